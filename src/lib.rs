@@ -1,0 +1,4 @@
+//! jit: just-in-time privileged access, requested and approved in Slack.
+
+pub mod clock;
+pub mod domain;
