@@ -2,5 +2,8 @@
 //! grammar and the request state machine. Nothing in here performs I/O or reads the clock;
 //! callers pass the current time in.
 
+pub mod command;
 pub mod duration;
 pub mod ids;
+pub mod policy;
+pub mod request;

@@ -1,0 +1,1075 @@
+//! The policy file: who may request what, for how long, who approves, and how access is issued.
+//!
+//! [`Policy::parse`] turns TOML text into a validated [`Policy`]; every error carries the line and
+//! column it refers to. Evaluation ([`Policy::evaluate`], [`Policy::explain`]) is pure: group
+//! membership is supplied by the caller through [`Membership`], so the ack path never waits on Slack.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::GrantDuration;
+use super::ids::{ResourceId, SlackChannelId, SlackGroupId, SlackUserId};
+
+/// AWS caps AssumeRole sessions at 12 hours.
+pub const AWS_MAX_SESSION: GrantDuration = GrantDuration::from_hours(12);
+/// AWS's floor for AssumeRole `DurationSeconds`.
+pub const AWS_MIN_SESSION: GrantDuration = GrantDuration::from_mins(15);
+/// AWS's limit on session-policy plaintext.
+pub const AWS_SESSION_POLICY_MAX_CHARS: usize = 2048;
+
+// ---------------------------------------------------------------------------------------------
+// File shape
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    slack: SlackFile,
+    #[serde(default)]
+    defaults: DefaultsFile,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    resource: Vec<Spanned<ResourceFile>>,
+    #[serde(default)]
+    identity: Vec<Spanned<IdentityFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackFile {
+    audit_channel: SlackChannelId,
+    admins: PrincipalsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultsFile {
+    #[serde(default = "default_reminder_before")]
+    reminder_before: GrantDuration,
+    #[serde(default = "default_pending_timeout")]
+    pending_timeout: GrantDuration,
+    #[serde(default = "default_max_duration")]
+    max_duration: GrantDuration,
+    #[serde(default)]
+    default_duration: Option<GrantDuration>,
+    #[serde(default = "one")]
+    approvals_required: u32,
+}
+
+impl Default for DefaultsFile {
+    fn default() -> Self {
+        Self {
+            reminder_before: default_reminder_before(),
+            pending_timeout: default_pending_timeout(),
+            max_duration: default_max_duration(),
+            default_duration: None,
+            approvals_required: 1,
+        }
+    }
+}
+
+fn default_reminder_before() -> GrantDuration {
+    GrantDuration::from_mins(10)
+}
+fn default_pending_timeout() -> GrantDuration {
+    GrantDuration::from_mins(30)
+}
+fn default_max_duration() -> GrantDuration {
+    GrantDuration::from_hours(4)
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default = "default_requests_per_minute")]
+    requests_per_user_per_minute: u32,
+    #[serde(default = "default_alert_after")]
+    teardown_alert_after_failures: u32,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            requests_per_user_per_minute: default_requests_per_minute(),
+            teardown_alert_after_failures: default_alert_after(),
+        }
+    }
+}
+
+fn default_requests_per_minute() -> u32 {
+    10
+}
+fn default_alert_after() -> u32 {
+    5
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct PrincipalsFile {
+    #[serde(default)]
+    users: Vec<SlackUserId>,
+    #[serde(default)]
+    groups: Vec<SlackGroupId>,
+    #[serde(default)]
+    identities: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproversFile {
+    channel: SlackChannelId,
+    #[serde(default)]
+    users: Vec<SlackUserId>,
+    #[serde(default)]
+    groups: Vec<SlackGroupId>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoApproveFile {
+    max_duration: GrantDuration,
+    #[serde(default)]
+    users: Vec<SlackUserId>,
+    #[serde(default)]
+    groups: Vec<SlackGroupId>,
+    #[serde(default)]
+    identities: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum ProviderKind {
+    None,
+    Exec,
+    AwsSts,
+    Postgres,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFile {
+    id: ResourceId,
+    #[serde(default)]
+    description: String,
+    provider: ProviderKind,
+    max_duration: Option<GrantDuration>,
+    default_duration: Option<GrantDuration>,
+    requesters: Option<PrincipalsFile>,
+    approvers: ApproversFile,
+    approvals_required: Option<u32>,
+    auto_approve: Option<AutoApproveFile>,
+    #[serde(default)]
+    breakglass: bool,
+    reminder_before: Option<GrantDuration>,
+    pending_timeout: Option<GrantDuration>,
+
+    // exec
+    grant_command: Option<Vec<String>>,
+    revoke_command: Option<Vec<String>>,
+    timeout: Option<GrantDuration>,
+    parameters: Option<toml::Table>,
+
+    // aws_sts
+    role_arn: Option<String>,
+    role_max_session: Option<GrantDuration>,
+    session_policy: Option<String>,
+    session_policy_file: Option<String>,
+    region: Option<String>,
+
+    // postgres
+    database_url_env: Option<String>,
+    mode: Option<PostgresModeKind>,
+    roles: Option<Vec<String>>,
+    connection_limit: Option<i32>,
+    db_users: Option<BTreeMap<String, String>>,
+    terminate_sessions: Option<bool>,
+    connect_host: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum PostgresModeKind {
+    Ephemeral,
+    Elevation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    owner: PrincipalsFile,
+    resources: Vec<ResourceId>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated model
+// ---------------------------------------------------------------------------------------------
+
+/// Users, user groups and (for requesters) non-human identities.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principals {
+    pub users: Vec<SlackUserId>,
+    pub groups: Vec<SlackGroupId>,
+    pub identities: Vec<String>,
+}
+
+impl Principals {
+    fn from_file(file: PrincipalsFile) -> Self {
+        Self {
+            users: file.users,
+            groups: file.groups,
+            identities: file.identities,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty() && self.identities.is_empty()
+    }
+
+    /// Whether `who` is listed directly, through a group, or as a named identity.
+    pub fn contains(&self, who: &Requester, membership: &dyn Membership) -> bool {
+        match who {
+            Requester::User(user) => self.contains_user(user, membership),
+            Requester::Identity(name) => self.identities.iter().any(|i| i == name),
+        }
+    }
+
+    pub fn contains_user(&self, user: &SlackUserId, membership: &dyn Membership) -> bool {
+        self.users.contains(user) || self.groups.iter().any(|g| membership.is_member(user, g))
+    }
+}
+
+/// Who is asking: a person in Slack, or a non-human identity over the API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Requester {
+    User(SlackUserId),
+    Identity(String),
+}
+
+impl Requester {
+    /// The stable string stored in the database: the Slack user ID, or `identity:<name>`.
+    pub fn key(&self) -> String {
+        match self {
+            Requester::User(u) => u.to_string(),
+            Requester::Identity(name) => format!("identity:{name}"),
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        match key.strip_prefix("identity:") {
+            Some(name) => Some(Requester::Identity(name.to_owned())),
+            None => SlackUserId::parse(key).ok().map(Requester::User),
+        }
+    }
+
+    pub fn user(&self) -> Option<&SlackUserId> {
+        match self {
+            Requester::User(u) => Some(u),
+            Requester::Identity(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Requester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// Answers "is this user in that Slack user group?" from whatever the caller has cached.
+pub trait Membership {
+    fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool;
+}
+
+/// Membership for callers that know no groups (the policy check CLI, unit tests).
+pub struct NoGroups;
+
+impl Membership for NoGroups {
+    fn is_member(&self, _: &SlackUserId, _: &SlackGroupId) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approvers {
+    pub channel: SlackChannelId,
+    pub users: Vec<SlackUserId>,
+    pub groups: Vec<SlackGroupId>,
+}
+
+impl Approvers {
+    pub fn includes(&self, user: &SlackUserId, membership: &dyn Membership) -> bool {
+        self.users.contains(user) || self.groups.iter().any(|g| membership.is_member(user, g))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoApprove {
+    pub max_duration: GrantDuration,
+    /// Empty: every permitted requester qualifies.
+    pub who: Principals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    pub grant_command: Vec<String>,
+    pub revoke_command: Vec<String>,
+    pub timeout: GrantDuration,
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsStsConfig {
+    pub role_arn: String,
+    /// The role's configured MaxSessionDuration (AWS default: 1 hour).
+    pub role_max_session: GrantDuration,
+    /// Compact JSON of the inline session policy, already checked against AWS's size limit.
+    pub session_policy: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresMode {
+    /// A fresh `LOGIN` role per grant, `IN ROLE` the granted roles.
+    Ephemeral { connection_limit: i32 },
+    /// `GRANT role TO <existing user>`, the user mapped from the requester.
+    Elevation {
+        db_users: BTreeMap<String, String>,
+        terminate_sessions: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Name of the environment variable that holds the admin connection URL.
+    pub database_url_env: String,
+    pub roles: Vec<String>,
+    pub mode: PostgresMode,
+    /// Host (and optionally port) to put in the handed-over connection string.
+    pub connect_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderConfig {
+    None,
+    Exec(ExecConfig),
+    AwsSts(AwsStsConfig),
+    Postgres(PostgresConfig),
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::None => "none",
+            ProviderConfig::Exec(_) => "exec",
+            ProviderConfig::AwsSts(_) => "aws_sts",
+            ProviderConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub id: ResourceId,
+    pub description: String,
+    pub provider: ProviderConfig,
+    pub max_duration: GrantDuration,
+    pub default_duration: GrantDuration,
+    /// `None`: any Slack user may request (identities must always be named).
+    pub requesters: Option<Principals>,
+    pub approvers: Approvers,
+    pub approvals_required: u32,
+    pub auto_approve: Option<AutoApprove>,
+    pub breakglass: bool,
+    pub reminder_before: GrantDuration,
+    pub pending_timeout: GrantDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub description: String,
+    pub owner: Principals,
+    pub resources: Vec<ResourceId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_user_per_minute: u32,
+    pub teardown_alert_after_failures: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub audit_channel: SlackChannelId,
+    pub admins: Principals,
+    pub limits: Limits,
+    resources: Vec<Resource>,
+    identities: Vec<Identity>,
+}
+
+/// A policy error with the position it refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+/// Reads a file named in the policy (a session policy, say). Supplied by the caller so that
+/// parsing stays free of I/O.
+pub type FileReader<'a> = &'a dyn Fn(&str) -> std::io::Result<String>;
+
+/// Validates an AWS session policy: JSON, and at most 2,048 characters once compacted.
+/// Returns the compact form that is sent to AWS.
+pub fn validate_session_policy(text: &str) -> Result<String, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("session policy is not valid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("session policy must be a JSON object".into());
+    }
+    let compact = value.to_string();
+    let chars = compact.chars().count();
+    if chars > AWS_SESSION_POLICY_MAX_CHARS {
+        return Err(format!(
+            "session policy is {chars} characters once compacted; AWS allows at most {AWS_SESSION_POLICY_MAX_CHARS}"
+        ));
+    }
+    Ok(compact)
+}
+
+/// Checks an IAM role ARN's shape: `arn:<partition>:iam::<12-digit account>:role/<path/name>`.
+pub fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|name| !name.is_empty())
+}
+
+/// A PostgreSQL role or user name jit is willing to handle (quoted safely either way).
+fn is_reasonable_pg_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && !name.contains('\0')
+}
+
+impl Policy {
+    /// Parses and validates policy text. `read_file` resolves `session_policy_file` paths.
+    pub fn parse(text: &str, read_file: FileReader<'_>) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| position(text, s.start))
+                .unwrap_or((1, 1));
+            PolicyError {
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let defaults = file.defaults;
+        if defaults.approvals_required == 0 {
+            return Err(PolicyError {
+                line: 1,
+                column: 1,
+                message: "defaults.approvals_required must be at least 1".into(),
+            });
+        }
+
+        let mut identity_names = HashSet::new();
+        let mut identities = Vec::new();
+        for spanned in file.identity {
+            let (line, column) = position(text, spanned.span().start);
+            let err = |message: String| PolicyError {
+                line,
+                column,
+                message,
+            };
+            let identity = spanned.into_inner();
+            let name_ok = (1..=64).contains(&identity.name.len())
+                && identity
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                return Err(err(format!(
+                    "identity name `{}` must be 1-64 letters, digits, `-`, `_` or `.`",
+                    identity.name
+                )));
+            }
+            if !identity_names.insert(identity.name.clone()) {
+                return Err(err(format!(
+                    "identity `{}` is declared twice",
+                    identity.name
+                )));
+            }
+            let owner = Principals::from_file(identity.owner);
+            if owner.users.is_empty() && owner.groups.is_empty() {
+                return Err(err(format!(
+                    "identity `{}` needs an owner: a Slack user or user group",
+                    identity.name
+                )));
+            }
+            identities.push(Identity {
+                name: identity.name,
+                description: identity.description,
+                owner,
+                resources: identity.resources,
+            });
+        }
+
+        let mut seen = HashSet::new();
+        let mut resources = Vec::new();
+        for spanned in file.resource {
+            let (line, column) = position(text, spanned.span().start);
+            let err = |message: String| PolicyError {
+                line,
+                column,
+                message,
+            };
+            let raw = spanned.into_inner();
+            let id = raw.id.clone();
+            let err_for = |message: String| err(format!("resource `{id}`: {message}"));
+            if !seen.insert(raw.id.clone()) {
+                return Err(err_for("declared twice".into()));
+            }
+            let resource = build_resource(raw, &defaults, &identity_names, read_file)
+                .map_err(err_for)?;
+            resources.push(resource);
+        }
+
+        for identity in &identities {
+            for resource in &identity.resources {
+                if !seen.contains(resource) {
+                    return Err(PolicyError {
+                        line: 1,
+                        column: 1,
+                        message: format!(
+                            "identity `{}` names resource `{resource}`, which is not declared",
+                            identity.name
+                        ),
+                    });
+                }
+            }
+        }
+
+        let admins = Principals::from_file(file.slack.admins);
+        if admins.users.is_empty() && admins.groups.is_empty() {
+            return Err(PolicyError {
+                line: 1,
+                column: 1,
+                message: "slack.admins must name at least one user or user group".into(),
+            });
+        }
+        if file.limits.requests_per_user_per_minute == 0 {
+            return Err(PolicyError {
+                line: 1,
+                column: 1,
+                message: "limits.requests_per_user_per_minute must be at least 1".into(),
+            });
+        }
+        Ok(Policy {
+            audit_channel: file.slack.audit_channel,
+            admins,
+            limits: Limits {
+                requests_per_user_per_minute: file.limits.requests_per_user_per_minute,
+                teardown_alert_after_failures: file.limits.teardown_alert_after_failures.max(1),
+            },
+            resources,
+            identities,
+        })
+    }
+
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    pub fn resource(&self, id: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.id.as_str() == id)
+    }
+
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+
+    pub fn identity(&self, name: &str) -> Option<&Identity> {
+        self.identities.iter().find(|i| i.name == name)
+    }
+
+    pub fn is_admin(&self, user: &SlackUserId, membership: &dyn Membership) -> bool {
+        self.admins.contains_user(user, membership)
+    }
+
+    /// The resources `who` may request, in policy order.
+    pub fn requestable_by<'a>(
+        &'a self,
+        who: &'a Requester,
+        membership: &'a dyn Membership,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.resources
+            .iter()
+            .filter(move |r| self.may_request(r, who, membership))
+    }
+
+    fn may_request(&self, resource: &Resource, who: &Requester, membership: &dyn Membership) -> bool {
+        match who {
+            Requester::User(_) => resource
+                .requesters
+                .as_ref()
+                .is_none_or(|p| p.contains(who, membership)),
+            Requester::Identity(name) => {
+                let declared = self
+                    .identity(name)
+                    .is_some_and(|i| i.resources.contains(&resource.id));
+                declared
+                    && resource
+                        .requesters
+                        .as_ref()
+                        .is_some_and(|p| p.contains(who, membership))
+            }
+        }
+    }
+
+    /// Ids close to `given`, best first, for "did you mean".
+    pub fn suggest(&self, given: &str) -> Vec<String> {
+        let given = given.to_ascii_lowercase();
+        let mut scored: Vec<(f64, &str)> = self
+            .resources
+            .iter()
+            .map(|r| {
+                let id = r.id.as_str();
+                let mut score = strsim::jaro_winkler(&given, id);
+                if id.contains(&given) || given.contains(id) {
+                    score = score.max(0.9);
+                }
+                (score, id)
+            })
+            .filter(|(score, _)| *score >= 0.75)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        scored.into_iter().take(3).map(|(_, id)| id.to_owned()).collect()
+    }
+
+    /// Decides how a request would be handled, or why it is refused.
+    pub fn evaluate<'a>(
+        &'a self,
+        resource_id: &str,
+        who: &Requester,
+        duration: Option<GrantDuration>,
+        membership: &dyn Membership,
+    ) -> Result<Evaluation<'a>, Refusal> {
+        let resource = self
+            .resource(resource_id)
+            .ok_or_else(|| Refusal::UnknownResource {
+                given: resource_id.to_owned(),
+                suggestions: self.suggest(resource_id),
+            })?;
+        if !self.may_request(resource, who, membership) {
+            return Err(Refusal::NotAllowed {
+                resource: resource.id.clone(),
+            });
+        }
+        let duration = duration.unwrap_or(resource.default_duration);
+        if duration > resource.max_duration {
+            return Err(Refusal::TooLong {
+                resource: resource.id.clone(),
+                requested: duration,
+                max: resource.max_duration,
+            });
+        }
+        let route = match &resource.auto_approve {
+            Some(rule)
+                if duration <= rule.max_duration
+                    && (rule.who.is_empty() || rule.who.contains(who, membership)) =>
+            {
+                Route::Auto
+            }
+            _ => Route::Approval,
+        };
+        Ok(Evaluation {
+            resource,
+            duration,
+            route,
+        })
+    }
+
+    /// Whether `approver` may decide a request by `requester` on `resource`.
+    pub fn may_decide(
+        &self,
+        resource: &Resource,
+        requester: &Requester,
+        approver: &SlackUserId,
+        membership: &dyn Membership,
+    ) -> Result<(), DecisionRefusal> {
+        if requester.user() == Some(approver) {
+            return Err(DecisionRefusal::OwnRequest);
+        }
+        if let Requester::Identity(name) = requester {
+            // The owner of a non-human identity asks on its behalf; they do not approve it.
+            if self
+                .identity(name)
+                .is_some_and(|i| i.owner.contains_user(approver, membership))
+            {
+                return Err(DecisionRefusal::OwnIdentity);
+            }
+        }
+        if !resource.approvers.includes(approver, membership) {
+            return Err(DecisionRefusal::NotAnApprover);
+        }
+        Ok(())
+    }
+}
+
+fn build_resource(
+    raw: ResourceFile,
+    defaults: &DefaultsFile,
+    identity_names: &HashSet<String>,
+    read_file: FileReader<'_>,
+) -> Result<Resource, String> {
+    let max_duration = raw.max_duration.unwrap_or(defaults.max_duration);
+    let default_duration = raw
+        .default_duration
+        .or(defaults.default_duration)
+        .unwrap_or_else(|| max_duration.min(GrantDuration::from_hours(1)));
+    if default_duration > max_duration {
+        return Err(format!(
+            "default_duration {default_duration} is longer than max_duration {max_duration}"
+        ));
+    }
+    let approvals_required = raw.approvals_required.unwrap_or(defaults.approvals_required);
+    if approvals_required == 0 {
+        return Err("approvals_required must be at least 1".into());
+    }
+    if raw.approvers.users.is_empty() && raw.approvers.groups.is_empty() {
+        return Err(
+            "approvers must name at least one user or user group (the channel only says where to ask)"
+                .into(),
+        );
+    }
+    if raw.approvers.groups.is_empty() && (raw.approvers.users.len() as u32) < approvals_required {
+        return Err(format!(
+            "approvals_required is {approvals_required} but only {} approver(s) are listed",
+            raw.approvers.users.len()
+        ));
+    }
+    let check_identities = |names: &[String], what: &str| -> Result<(), String> {
+        match names.iter().find(|n| !identity_names.contains(*n)) {
+            Some(unknown) => Err(format!(
+                "{what} names identity `{unknown}`, which has no [[identity]] entry"
+            )),
+            None => Ok(()),
+        }
+    };
+    let requesters = raw.requesters.map(Principals::from_file);
+    if let Some(p) = &requesters {
+        check_identities(&p.identities, "requesters")?;
+    }
+    let auto_approve = match raw.auto_approve {
+        Some(rule) => {
+            if rule.max_duration > max_duration {
+                return Err(format!(
+                    "auto_approve.max_duration {} is longer than max_duration {max_duration}",
+                    rule.max_duration
+                ));
+            }
+            check_identities(&rule.identities, "auto_approve")?;
+            Some(AutoApprove {
+                max_duration: rule.max_duration,
+                who: Principals {
+                    users: rule.users,
+                    groups: rule.groups,
+                    identities: rule.identities,
+                },
+            })
+        }
+        None => None,
+    };
+
+    let kind = raw.provider;
+    let mut misplaced: Vec<&str> = Vec::new();
+    let mut not_for = |present: bool, key: &'static str, allowed: ProviderKind| {
+        if present && kind != allowed {
+            misplaced.push(key);
+        }
+    };
+    not_for(raw.grant_command.is_some(), "grant_command", ProviderKind::Exec);
+    not_for(raw.revoke_command.is_some(), "revoke_command", ProviderKind::Exec);
+    not_for(raw.timeout.is_some(), "timeout", ProviderKind::Exec);
+    not_for(raw.parameters.is_some(), "parameters", ProviderKind::Exec);
+    not_for(raw.role_arn.is_some(), "role_arn", ProviderKind::AwsSts);
+    not_for(raw.role_max_session.is_some(), "role_max_session", ProviderKind::AwsSts);
+    not_for(raw.session_policy.is_some(), "session_policy", ProviderKind::AwsSts);
+    not_for(raw.session_policy_file.is_some(), "session_policy_file", ProviderKind::AwsSts);
+    not_for(raw.region.is_some(), "region", ProviderKind::AwsSts);
+    not_for(raw.database_url_env.is_some(), "database_url_env", ProviderKind::Postgres);
+    not_for(raw.mode.is_some(), "mode", ProviderKind::Postgres);
+    not_for(raw.roles.is_some(), "roles", ProviderKind::Postgres);
+    not_for(raw.connection_limit.is_some(), "connection_limit", ProviderKind::Postgres);
+    not_for(raw.db_users.is_some(), "db_users", ProviderKind::Postgres);
+    not_for(raw.terminate_sessions.is_some(), "terminate_sessions", ProviderKind::Postgres);
+    not_for(raw.connect_host.is_some(), "connect_host", ProviderKind::Postgres);
+    if !misplaced.is_empty() {
+        return Err(format!(
+            "{} only apply to another provider than `{}`",
+            misplaced.join(", "),
+            ProviderConfig::kind_name(kind)
+        ));
+    }
+
+    let provider = match kind {
+        ProviderKind::None => ProviderConfig::None,
+        ProviderKind::Exec => {
+            let command = |c: Option<Vec<String>>, key: &str| match c {
+                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Ok(argv),
+                _ => Err(format!(
+                    "provider `exec` needs {key} = [\"program\", \"arg\", …]"
+                )),
+            };
+            let parameters = match raw.parameters {
+                Some(table) => serde_json::to_value(table)
+                    .map_err(|e| format!("parameters cannot be passed as JSON: {e}"))?,
+                None => serde_json::Value::Object(Default::default()),
+            };
+            ProviderConfig::Exec(ExecConfig {
+                grant_command: command(raw.grant_command, "grant_command")?,
+                revoke_command: command(raw.revoke_command, "revoke_command")?,
+                timeout: raw.timeout.unwrap_or(GrantDuration::from_secs(30)),
+                parameters,
+            })
+        }
+        ProviderKind::AwsSts => {
+            let role_arn = raw
+                .role_arn
+                .ok_or("provider `aws_sts` needs role_arn")?;
+            if !is_role_arn(&role_arn) {
+                return Err(format!(
+                    "role_arn `{role_arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/name)"
+                ));
+            }
+            let role_max_session = raw.role_max_session.unwrap_or(GrantDuration::from_hours(1));
+            if role_max_session > AWS_MAX_SESSION || role_max_session < AWS_MIN_SESSION {
+                return Err(format!(
+                    "role_max_session {role_max_session} must be between 15m and 12h, as in IAM"
+                ));
+            }
+            if max_duration > role_max_session {
+                return Err(format!(
+                    "max_duration {max_duration} is longer than the role's maximum session ({role_max_session}); \
+                     AWS credentials cannot outlive it (raise role_max_session if the role allows up to 12h)"
+                ));
+            }
+            let session_policy = match (raw.session_policy, raw.session_policy_file) {
+                (Some(_), Some(_)) => {
+                    return Err("set session_policy or session_policy_file, not both".into());
+                }
+                (Some(text), None) => Some(validate_session_policy(&text)?),
+                (None, Some(path)) => {
+                    let text = read_file(&path)
+                        .map_err(|e| format!("cannot read session_policy_file `{path}`: {e}"))?;
+                    Some(validate_session_policy(&text)?)
+                }
+                (None, None) => None,
+            };
+            ProviderConfig::AwsSts(AwsStsConfig {
+                role_arn,
+                role_max_session,
+                session_policy,
+                region: raw.region,
+            })
+        }
+        ProviderKind::Postgres => {
+            let database_url_env = raw
+                .database_url_env
+                .ok_or("provider `postgres` needs database_url_env, the name of the environment variable holding the admin URL")?;
+            let env_ok = !database_url_env.is_empty()
+                && database_url_env
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if !env_ok {
+                return Err(format!(
+                    "database_url_env must be an environment variable name such as PROD_DB_ADMIN_URL, not `{database_url_env}`"
+                ));
+            }
+            let roles = raw.roles.unwrap_or_default();
+            if roles.is_empty() {
+                return Err("provider `postgres` needs roles = [\"role\", …] to grant".into());
+            }
+            if let Some(bad) = roles.iter().find(|r| !is_reasonable_pg_name(r)) {
+                return Err(format!("role name `{bad}` is not a valid PostgreSQL name"));
+            }
+            let mode = match raw.mode.unwrap_or(PostgresModeKind::Ephemeral) {
+                PostgresModeKind::Ephemeral => {
+                    if raw.db_users.is_some() || raw.terminate_sessions.is_some() {
+                        return Err(
+                            "db_users and terminate_sessions apply to mode = \"elevation\" only"
+                                .into(),
+                        );
+                    }
+                    let connection_limit = raw.connection_limit.unwrap_or(5);
+                    if !(1..=1000).contains(&connection_limit) {
+                        return Err("connection_limit must be between 1 and 1000".into());
+                    }
+                    PostgresMode::Ephemeral { connection_limit }
+                }
+                PostgresModeKind::Elevation => {
+                    if raw.connection_limit.is_some() {
+                        return Err("connection_limit applies to mode = \"ephemeral\" only".into());
+                    }
+                    let db_users = raw.db_users.unwrap_or_default();
+                    if db_users.is_empty() {
+                        return Err(
+                            "mode = \"elevation\" needs db_users = { U0123ABCD = \"db_user\" } to map requesters to database users"
+                                .into(),
+                        );
+                    }
+                    for (key, user) in &db_users {
+                        if Requester::from_key(key).is_none() {
+                            return Err(format!(
+                                "db_users key `{key}` is neither a Slack user ID nor identity:<name>"
+                            ));
+                        }
+                        if !is_reasonable_pg_name(user) {
+                            return Err(format!("db_users value `{user}` is not a valid PostgreSQL name"));
+                        }
+                    }
+                    PostgresMode::Elevation {
+                        db_users,
+                        terminate_sessions: raw.terminate_sessions.unwrap_or(false),
+                    }
+                }
+            };
+            ProviderConfig::Postgres(PostgresConfig {
+                database_url_env,
+                roles,
+                mode,
+                connect_host: raw.connect_host,
+            })
+        }
+    };
+
+    Ok(Resource {
+        id: raw.id,
+        description: raw.description,
+        provider,
+        max_duration,
+        default_duration,
+        requesters,
+        approvers: Approvers {
+            channel: raw.approvers.channel,
+            users: raw.approvers.users,
+            groups: raw.approvers.groups,
+        },
+        approvals_required,
+        auto_approve,
+        breakglass: raw.breakglass,
+        reminder_before: raw.reminder_before.unwrap_or(defaults.reminder_before),
+        pending_timeout: raw.pending_timeout.unwrap_or(defaults.pending_timeout),
+    })
+}
+
+impl ProviderConfig {
+    fn kind_name(kind: ProviderKind) -> &'static str {
+        match kind {
+            ProviderKind::None => "none",
+            ProviderKind::Exec => "exec",
+            ProviderKind::AwsSts => "aws_sts",
+            ProviderKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// How an allowed request proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Approved at once by policy.
+    Auto,
+    /// Posted to the approvers.
+    Approval,
+}
+
+#[derive(Debug, Clone)]
+pub struct Evaluation<'a> {
+    pub resource: &'a Resource,
+    pub duration: GrantDuration,
+    pub route: Route,
+}
+
+/// Why a request is refused. Shown to the requester.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("There is no resource `{given}`.{}", did_you_mean(.suggestions))]
+    UnknownResource {
+        given: String,
+        suggestions: Vec<String>,
+    },
+    #[error("You are not allowed to request `{resource}`. `/jit why {resource}` shows who may.")]
+    NotAllowed { resource: ResourceId },
+    #[error("`{resource}` can be granted for at most {max} ({}); you asked for {requested}.", .max.humanize())]
+    TooLong {
+        resource: ResourceId,
+        requested: GrantDuration,
+        max: GrantDuration,
+    },
+}
+
+fn did_you_mean(suggestions: &[String]) -> String {
+    match suggestions {
+        [] => " `/jit request` without arguments lists the resources you can request.".into(),
+        [one] => format!(" Did you mean `{one}`?"),
+        many => format!(
+            " Did you mean one of {}?",
+            many.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Why someone may not approve or deny a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionRefusal {
+    #[error("You cannot approve or deny your own request.")]
+    OwnRequest,
+    #[error("You own this identity, so someone else has to decide its requests.")]
+    OwnIdentity,
+    #[error("You are not an approver for this resource.")]
+    NotAnApprover,
+}
+
+#[cfg(test)]
+mod tests;

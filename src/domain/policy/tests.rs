@@ -1,0 +1,357 @@
+use super::*;
+
+const EXAMPLE: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"], groups = ["S0SECURITY"] }
+
+[defaults]
+reminder_before = "10m"
+pending_timeout = "30m"
+
+[[resource]]
+id = "aws-prod-readonly"
+description = "Read-only in the production AWS account"
+provider = "aws_sts"
+role_arn = "arn:aws:iam::123456789012:role/jit-prod-readonly"
+role_max_session = "4h"
+max_duration = "4h"
+default_duration = "1h"
+requesters = { groups = ["S0ENGINEERS"] }
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"], groups = ["S0SRE"] }
+approvals_required = 1
+auto_approve = { max_duration = "1h", groups = ["S0ONCALL"] }
+breakglass = false
+
+[[resource]]
+id = "prod-db"
+provider = "exec"
+grant_command = ["./grant.sh"]
+revoke_command = ["./revoke.sh", "--force"]
+max_duration = "8h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB"] }
+approvals_required = 2
+breakglass = true
+parameters = { cluster = "main", port = 5432 }
+"#;
+
+fn no_files(path: &str) -> std::io::Result<String> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{path} not found"),
+    ))
+}
+
+fn parse(text: &str) -> Result<Policy, PolicyError> {
+    Policy::parse(text, &no_files)
+}
+
+struct Groups(Vec<(&'static str, &'static str)>);
+
+impl Membership for Groups {
+    fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool {
+        self.0
+            .iter()
+            .any(|(g, u)| *g == group.as_str() && *u == user.as_str())
+    }
+}
+
+fn user(id: &str) -> Requester {
+    Requester::User(SlackUserId::parse(id).unwrap())
+}
+
+fn d(text: &str) -> GrantDuration {
+    GrantDuration::parse(text).unwrap()
+}
+
+#[test]
+fn parses_the_design_example() {
+    let policy = parse(EXAMPLE).unwrap();
+    assert_eq!(policy.audit_channel.as_str(), "C0AUDIT");
+    assert_eq!(policy.resources().len(), 2);
+    let aws = policy.resource("aws-prod-readonly").unwrap();
+    assert_eq!(aws.max_duration, d("4h"));
+    assert_eq!(aws.default_duration, d("1h"));
+    assert_eq!(aws.reminder_before, d("10m"));
+    assert!(matches!(aws.provider, ProviderConfig::AwsSts(_)));
+    let db = policy.resource("prod-db").unwrap();
+    assert_eq!(db.approvals_required, 2);
+    assert!(db.breakglass);
+    let ProviderConfig::Exec(exec) = &db.provider else {
+        panic!("exec expected")
+    };
+    assert_eq!(exec.revoke_command, vec!["./revoke.sh", "--force"]);
+    assert_eq!(exec.timeout, d("30s"));
+    assert_eq!(exec.parameters["port"], 5432);
+    assert_eq!(db.default_duration, d("1h"), "defaults to min(max, 1h)");
+}
+
+fn error_of(text: &str) -> PolicyError {
+    parse(text).expect_err("the policy should be refused")
+}
+
+#[test]
+fn syntax_and_unknown_keys_report_line_and_column() {
+    let err = error_of("[slack]\naudit_channel = \"C0AUDIT\"\nadmins = { users = [\"U0A\"] }\ncolour = 1\n");
+    assert_eq!((err.line, err.column), (4, 1), "{err}");
+    assert!(err.message.contains("unknown field `colour`"), "{err}");
+
+    let err = error_of("[slack\n");
+    assert_eq!(err.line, 1, "{err}");
+
+    let bad_duration = EXAMPLE.replace("max_duration = \"8h\"", "max_duration = \"8 hours\"");
+    let err = error_of(&bad_duration);
+    assert!(err.message.contains("1h30m"), "{err}");
+    let line = bad_duration
+        .lines()
+        .position(|l| l.contains("8 hours"))
+        .unwrap()
+        + 1;
+    assert_eq!(err.line, line, "{err}");
+}
+
+#[test]
+fn semantic_errors_point_at_their_resource() {
+    let cases = [
+        (
+            EXAMPLE.replace("id = \"prod-db\"", "id = \"aws-prod-readonly\""),
+            "declared twice",
+        ),
+        (
+            EXAMPLE.replace("default_duration = \"1h\"", "default_duration = \"5h\""),
+            "longer than max_duration",
+        ),
+        (
+            EXAMPLE.replace("approvals_required = 2", "approvals_required = 3"),
+            "only 2 approver(s)",
+        ),
+        (
+            EXAMPLE.replace("approvals_required = 2", "approvals_required = 0"),
+            "at least 1",
+        ),
+        (
+            EXAMPLE.replace("grant_command = [\"./grant.sh\"]", "grant_command = []"),
+            "needs grant_command",
+        ),
+        (
+            EXAMPLE.replace(
+                "breakglass = true",
+                "breakglass = true\nrole_arn = \"arn:aws:iam::123456789012:role/x\"",
+            ),
+            "role_arn only apply to another provider",
+        ),
+        (
+            EXAMPLE.replace("role_max_session = \"4h\"", "role_max_session = \"2h\""),
+            "longer than the role's maximum session",
+        ),
+        (
+            EXAMPLE.replace("role_max_session = \"4h\"", "role_max_session = \"13h\""),
+            "between 15m and 12h",
+        ),
+        (
+            EXAMPLE.replace(
+                "role_arn = \"arn:aws:iam::123456789012:role/jit-prod-readonly\"",
+                "role_arn = \"arn:aws:s3:::bucket\"",
+            ),
+            "not an IAM role ARN",
+        ),
+        (
+            EXAMPLE.replace(
+                "auto_approve = { max_duration = \"1h\"",
+                "auto_approve = { max_duration = \"5h\"",
+            ),
+            "auto_approve.max_duration",
+        ),
+        (
+            EXAMPLE.replace(
+                "users = [\"U0ALICE\", \"U0BOB\"] }",
+                "users = [] }",
+            ),
+            "approvers must name at least one",
+        ),
+        (
+            EXAMPLE.replace(
+                "requesters = { groups = [\"S0ENGINEERS\"] }",
+                "requesters = { identities = [\"ci\"] }",
+            ),
+            "identity `ci`, which has no [[identity]]",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = error_of(&text);
+        assert!(err.message.contains(expected), "expected {expected:?}, got {err}");
+        let resource_line = text.lines().position(|l| l == "[[resource]]").unwrap() + 1;
+        assert!(err.line >= resource_line, "{err} should point into a resource");
+    }
+}
+
+#[test]
+fn admins_and_slack_ids_are_checked() {
+    let err = error_of(&EXAMPLE.replace(
+        "admins = { users = [\"U0SECLEAD\"], groups = [\"S0SECURITY\"] }",
+        "admins = {}",
+    ));
+    assert!(err.message.contains("slack.admins"), "{err}");
+    let err = error_of(&EXAMPLE.replace("\"C0AUDIT\"", "\"#audit\""));
+    assert!(err.message.contains("not a Slack channel ID"), "{err}");
+    assert_eq!(err.line, 3, "{err}");
+}
+
+#[test]
+fn session_policies_are_size_checked() {
+    let small = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#;
+    assert_eq!(validate_session_policy(small).unwrap(), small);
+    let spaced = "{ \"Version\" : \"2012-10-17\" }";
+    assert_eq!(
+        validate_session_policy(spaced).unwrap(),
+        "{\"Version\":\"2012-10-17\"}"
+    );
+    let big = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"s3:GetObject","Resource":"{}"}}]}}"#,
+        "x".repeat(2100)
+    );
+    assert!(validate_session_policy(&big).unwrap_err().contains("at most 2048"));
+    assert!(validate_session_policy("not json").is_err());
+
+    let with_file = EXAMPLE.replace(
+        "breakglass = false",
+        "breakglass = false\nsession_policy_file = \"policy.json\"",
+    );
+    let big_clone = big.clone();
+    let reader = move |path: &str| -> std::io::Result<String> {
+        assert_eq!(path, "policy.json");
+        Ok(big_clone.clone())
+    };
+    let err = Policy::parse(&with_file, &reader).unwrap_err();
+    assert!(err.message.contains("at most 2048"), "{err}");
+    let err = parse(&with_file).unwrap_err();
+    assert!(err.message.contains("cannot read session_policy_file"), "{err}");
+}
+
+#[test]
+fn evaluation_routes_and_refuses() {
+    let policy = parse(EXAMPLE).unwrap();
+    let groups = Groups(vec![
+        ("S0ENGINEERS", "U0DEV"),
+        ("S0ENGINEERS", "U0ONCALL"),
+        ("S0ONCALL", "U0ONCALL"),
+    ]);
+
+    let eval = policy
+        .evaluate("aws-prod-readonly", &user("U0DEV"), Some(d("2h")), &groups)
+        .unwrap();
+    assert_eq!(eval.route, Route::Approval);
+    assert_eq!(eval.duration, d("2h"));
+
+    let eval = policy
+        .evaluate("aws-prod-readonly", &user("U0ONCALL"), None, &groups)
+        .unwrap();
+    assert_eq!(eval.route, Route::Auto, "on-call within 1h is auto-approved");
+    assert_eq!(eval.duration, d("1h"));
+
+    let eval = policy
+        .evaluate("aws-prod-readonly", &user("U0ONCALL"), Some(d("1h1m")), &groups)
+        .unwrap();
+    assert_eq!(eval.route, Route::Approval, "longer than the auto-approve limit");
+
+    assert_eq!(
+        policy
+            .evaluate("aws-prod-readonly", &user("U0STRANGER"), None, &groups)
+            .unwrap_err(),
+        Refusal::NotAllowed {
+            resource: ResourceId::parse("aws-prod-readonly").unwrap()
+        }
+    );
+
+    let too_long = policy
+        .evaluate("aws-prod-readonly", &user("U0DEV"), Some(d("5h")), &groups)
+        .unwrap_err();
+    assert_eq!(
+        too_long.to_string(),
+        "`aws-prod-readonly` can be granted for at most 4h (4 hours); you asked for 5h."
+    );
+
+    let unknown = policy
+        .evaluate("aws-prod-readonly-x", &user("U0DEV"), None, &groups)
+        .unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "There is no resource `aws-prod-readonly-x`. Did you mean `aws-prod-readonly`?"
+    );
+    let unknown = policy
+        .evaluate("zzz", &user("U0DEV"), None, &groups)
+        .unwrap_err();
+    assert!(unknown.to_string().contains("lists the resources"), "{unknown}");
+
+    // Anyone may request prod-db (no requesters), but identities must be named.
+    assert!(
+        policy
+            .evaluate("prod-db", &user("U0STRANGER"), None, &groups)
+            .is_ok()
+    );
+    assert!(matches!(
+        policy.evaluate("prod-db", &Requester::Identity("ci".into()), None, &groups),
+        Err(Refusal::NotAllowed { .. })
+    ));
+}
+
+#[test]
+fn suggestions_rank_close_ids() {
+    let policy = parse(EXAMPLE).unwrap();
+    assert_eq!(policy.suggest("prod-bd"), vec!["prod-db"]);
+    assert_eq!(policy.suggest("aws"), vec!["aws-prod-readonly"]);
+    assert!(policy.suggest("kubernetes").is_empty());
+}
+
+#[test]
+fn deciding_needs_an_approver_who_is_not_the_requester() {
+    let policy = parse(EXAMPLE).unwrap();
+    let groups = Groups(vec![("S0SRE", "U0SRE")]);
+    let aws = policy.resource("aws-prod-readonly").unwrap();
+    let alice = SlackUserId::parse("U0ALICE").unwrap();
+    let sre = SlackUserId::parse("U0SRE").unwrap();
+    let mallory = SlackUserId::parse("U0MALLORY").unwrap();
+    assert_eq!(policy.may_decide(aws, &user("U0DEV"), &alice, &groups), Ok(()));
+    assert_eq!(policy.may_decide(aws, &user("U0DEV"), &sre, &groups), Ok(()));
+    assert_eq!(
+        policy.may_decide(aws, &user("U0ALICE"), &alice, &groups),
+        Err(DecisionRefusal::OwnRequest)
+    );
+    assert_eq!(
+        policy.may_decide(aws, &user("U0DEV"), &mallory, &groups),
+        Err(DecisionRefusal::NotAnApprover)
+    );
+    // Admins are not approvers unless listed.
+    let lead = SlackUserId::parse("U0SECLEAD").unwrap();
+    assert!(policy.is_admin(&lead, &groups));
+    assert_eq!(
+        policy.may_decide(aws, &user("U0DEV"), &lead, &groups),
+        Err(DecisionRefusal::NotAnApprover)
+    );
+}
+
+#[test]
+fn identities_request_only_what_they_are_declared_for() {
+    let text = format!(
+        "{EXAMPLE}\n[[identity]]\nname = \"ci-deploy\"\nowner = {{ users = [\"U0OWNER\"] }}\nresources = [\"prod-db\"]\n"
+    )
+    .replace(
+        "approvals_required = 2",
+        "approvals_required = 2\nrequesters = { identities = [\"ci-deploy\"], users = [\"U0DEV\"] }",
+    );
+    let policy = parse(&text).unwrap();
+    let ci = Requester::Identity("ci-deploy".into());
+    assert!(policy.evaluate("prod-db", &ci, None, &NoGroups).is_ok());
+    assert!(policy.evaluate("aws-prod-readonly", &ci, None, &NoGroups).is_err());
+    let db = policy.resource("prod-db").unwrap();
+    let owner = SlackUserId::parse("U0OWNER").unwrap();
+    let alice = SlackUserId::parse("U0ALICE").unwrap();
+    assert_eq!(
+        policy.may_decide(db, &ci, &owner, &NoGroups),
+        Err(DecisionRefusal::OwnIdentity)
+    );
+    assert_eq!(policy.may_decide(db, &ci, &alice, &NoGroups), Ok(()));
+
+    let unknown_resource = text.replace("resources = [\"prod-db\"]", "resources = [\"nope\"]");
+    assert!(error_of(&unknown_resource).message.contains("`nope`"));
+}
