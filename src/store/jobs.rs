@@ -1,0 +1,303 @@
+//! The job table behind [`crate::queue`]. See that module for the semantics; this file only
+//! holds the statements.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, SqliteConnection};
+
+use super::millis;
+use super::requests::Fenced;
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: &'static str,
+    pub payload: String,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    pub lane: Option<String>,
+    pub ordered: bool,
+    /// `None`: retried for ever.
+    pub max_attempts: Option<u32>,
+}
+
+/// A claimed job.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+    pub run_at: i64,
+    pub attempts: i64,
+    pub max_attempts: Option<i64>,
+    pub lane: Option<String>,
+    pub unique_key: Option<String>,
+}
+
+/// Inserts a job. `None`: a live job with the same unique key exists, so nothing was added.
+pub async fn enqueue(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING \
+         RETURNING id",
+    )
+    .bind(job.kind)
+    .bind(&job.payload)
+    .bind(millis(job.run_at))
+    .bind(job.unique_key.as_deref())
+    .bind(job.lane.as_deref())
+    .bind(job.ordered)
+    .bind(job.max_attempts.map(i64::from))
+    .bind(millis(now))
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Puts jobs whose lease ran out back in the queue. Their attempt counter stays, and the next
+/// claim increments it, which fences out the stale worker's completion.
+pub async fn reclaim_expired(conn: &mut SqliteConnection, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_until = NULL, updated_at = ?1 \
+         WHERE state = 'running' AND lease_until < ?1",
+    )
+    .bind(millis(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// At startup, with the instance lock held, every running job is an orphan of a dead process.
+pub async fn reclaim_all(conn: &mut SqliteConnection, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_until = NULL, updated_at = ? WHERE state = 'running'",
+    )
+    .bind(millis(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Claims up to `limit` due jobs in one statement, oldest due first.
+///
+/// A job is eligible when no job of its lane is running and, in an ordered lane, no earlier job
+/// of the lane is still queued; in an unordered lane, no lane-mate is due earlier. So at most one
+/// job per lane is eligible at a time, and one statement never claims two of a lane.
+pub async fn claim(
+    conn: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u32,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2, updated_at = ?1 \
+         WHERE id IN ( \
+           SELECT j.id FROM jobs j \
+           WHERE j.state = 'queued' AND j.run_at <= ?1 \
+             AND (j.lane IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM jobs o WHERE o.lane = j.lane AND o.id <> j.id AND ( \
+                 o.state = 'running' \
+                 OR (o.state = 'queued' AND j.ordered = 1 AND o.id < j.id) \
+                 OR (o.state = 'queued' AND j.ordered = 0 AND o.run_at <= ?1 \
+                     AND (o.run_at < j.run_at OR (o.run_at = j.run_at AND o.id < j.id)))))) \
+           ORDER BY j.run_at, j.id LIMIT ?3) \
+         RETURNING id, kind, payload, run_at, attempts, max_attempts, lane, unique_key",
+    )
+    .bind(millis(now))
+    .bind(millis(lease_until))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Marks a claimed job done, if this worker still owns it.
+pub async fn complete(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempt: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = ? \
+         WHERE id = ? AND attempts = ? AND state = 'running'",
+    )
+    .bind(millis(now))
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Puts a failed job back for another attempt at `retry_at`.
+pub async fn retry(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempt: i64,
+    error: &str,
+    retry_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', run_at = ?, last_error = ?, lease_until = NULL, updated_at = ? \
+         WHERE id = ? AND attempts = ? AND state = 'running'",
+    )
+    .bind(millis(retry_at))
+    .bind(error)
+    .bind(millis(now))
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Postpones a job without counting the attempt (Slack said "slow down").
+pub async fn defer(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempt: i64,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', run_at = ?, attempts = attempts - 1, lease_until = NULL, updated_at = ? \
+         WHERE id = ? AND attempts = ? AND state = 'running'",
+    )
+    .bind(millis(run_at))
+    .bind(millis(now))
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Gives up on a job. It stays in the table, visible, for an operator.
+pub async fn bury(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempt: i64,
+    error: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'dead', last_error = ?, lease_until = NULL, updated_at = ? \
+         WHERE id = ? AND attempts = ? AND state = 'running'",
+    )
+    .bind(error)
+    .bind(millis(now))
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Extends the lease of a job that is still running.
+pub async fn renew(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempt: i64,
+    lease_until: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE jobs SET lease_until = ? WHERE id = ? AND attempts = ? AND state = 'running'",
+    )
+    .bind(millis(lease_until))
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Moves the queued job with `unique_key` to `run_at`. `false`: no such queued job.
+pub async fn reschedule(
+    conn: &mut SqliteConnection,
+    unique_key: &str,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET run_at = ?, updated_at = ? WHERE unique_key = ? AND state = 'queued'",
+    )
+    .bind(millis(run_at))
+    .bind(millis(now))
+    .bind(unique_key)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Whether a live (queued or running) job holds `unique_key`.
+pub async fn is_live(conn: &mut SqliteConnection, unique_key: &str) -> sqlx::Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE unique_key = ? AND state IN ('queued', 'running')",
+    )
+    .bind(unique_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// The earliest `run_at` among queued jobs, in Unix milliseconds.
+pub async fn next_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'queued'")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// The earliest lease expiry among running jobs, in Unix milliseconds.
+pub async fn next_lease_expiry(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT MIN(lease_until) FROM jobs WHERE state = 'running'")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Queued and running jobs by kind, and dead jobs (for metrics).
+pub async fn depth_by_kind(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT kind, state, COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'dead') GROUP BY kind, state",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Deletes finished jobs older than `before`.
+pub async fn prune_done(conn: &mut SqliteConnection, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM jobs WHERE state = 'done' AND updated_at < ?")
+        .bind(millis(before))
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// A job as listed for operators.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobSummary {
+    pub id: i64,
+    pub kind: String,
+    pub state: String,
+    pub attempts: i64,
+    pub run_at: i64,
+    pub last_error: Option<String>,
+    pub unique_key: Option<String>,
+}
+
+pub async fn by_state(conn: &mut SqliteConnection, state: &str, limit: i64) -> sqlx::Result<Vec<JobSummary>> {
+    sqlx::query_as(
+        "SELECT id, kind, state, attempts, run_at, last_error, unique_key FROM jobs WHERE state = ? ORDER BY id LIMIT ?",
+    )
+    .bind(state)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+fn fenced(rows: u64) -> Fenced {
+    if rows == 1 { Fenced::Applied } else { Fenced::Lost }
+}

@@ -1,0 +1,133 @@
+//! Storage: every SQL statement of jit lives under this module.
+//!
+//! SQLite runs in WAL mode with `busy_timeout` and foreign keys, all set on the connect options
+//! so that every pooled connection gets them. Transactions that read and then write start with
+//! `BEGIN IMMEDIATE` ([`Store::begin_write`]): a deferred transaction that upgrades to a writer
+//! can fail with SQLITE_BUSY regardless of the timeout. No write transaction is held across a
+//! network call; callers claim, commit, call, and then record.
+//!
+//! Functions take `&mut SqliteConnection`, so a caller can run several of them inside its own
+//! transaction (`&mut *tx`).
+
+pub mod audit;
+pub mod jobs;
+pub mod requests;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+/// The schema, embedded at compile time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How hard SQLite works to keep the last commits through a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsynced.
+    Full,
+    /// `synchronous=NORMAL` (WAL): an application crash loses nothing, a power loss may lose the
+    /// last commits.
+    Normal,
+}
+
+impl Durability {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "full" => Some(Durability::Full),
+            "normal" => Some(Durability::Normal),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+pub type WriteTx = Transaction<'static, Sqlite>;
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+    pub async fn connect(url: &str, durability: Durability) -> anyhow::Result<Store> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("JIT_DATABASE_URL `{url}` is not a SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the database at {url}"))?;
+        Ok(Store { pool })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("cannot apply database migrations")
+    }
+
+    /// Starts a write transaction that holds the write lock from the start.
+    pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// A pooled connection for reads.
+    pub async fn read(&self) -> sqlx::Result<sqlx::pool::PoolConnection<Sqlite>> {
+        self.pool.acquire().await
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Timestamps stored as text use one fixed format, so the hash chain and exports are stable.
+pub fn format_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    Ok(chrono::DateTime::parse_from_rfc3339(text)
+        .with_context(|| format!("bad timestamp `{text}` in the database"))?
+        .with_timezone(&chrono::Utc))
+}
+
+/// Unix milliseconds, as used by the job queue.
+pub fn millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

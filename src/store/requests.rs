@@ -1,0 +1,475 @@
+//! Requests and approvals.
+//!
+//! Every state change is an `UPDATE … WHERE id = ? AND state = ?`: when it affects no row,
+//! somebody else changed the request first, and the caller reports that instead of acting.
+
+use anyhow::{Context, anyhow};
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, SqliteConnection};
+
+use super::{format_time, parse_time};
+use crate::domain::duration::GrantDuration;
+use crate::domain::ids::{RequestId, ResourceId, SlackChannelId};
+use crate::domain::policy::Requester;
+use crate::domain::request::{Kind, Request, State};
+
+/// The one projection of a request row.
+macro_rules! select_requests {
+    ($($tail:literal)*) => {
+        concat!(
+            "SELECT id, kind, parent_id, requester, resource, duration_secs, justification, ticket, \
+             state, approvals_required, created_at, pending_until, decided_at, decided_by, \
+             decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
+             approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
+             access_key, origin_channel FROM requests ",
+            $($tail),*
+        )
+    };
+}
+
+#[derive(Debug, FromRow)]
+struct RequestRow {
+    id: i64,
+    kind: String,
+    parent_id: Option<i64>,
+    requester: String,
+    resource: String,
+    duration_secs: i64,
+    justification: String,
+    ticket: Option<String>,
+    state: String,
+    approvals_required: i64,
+    created_at: String,
+    pending_until: Option<String>,
+    decided_at: Option<String>,
+    decided_by: Option<String>,
+    decision_note: Option<String>,
+    granted_at: Option<String>,
+    expires_at: Option<String>,
+    ended_at: Option<String>,
+    revoked_at: Option<String>,
+    failure: Option<String>,
+    approval_channel: Option<String>,
+    approval_ts: Option<String>,
+    audit_ts: Option<String>,
+    reviewed_by: Option<String>,
+    reviewed_at: Option<String>,
+    grant_handle: Option<String>,
+    access_key: Option<String>,
+    origin_channel: Option<String>,
+}
+
+/// A request plus the storage-only columns the workers need.
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    pub request: Request,
+    pub grant_handle: Option<String>,
+    pub access_key: Option<String>,
+    pub origin_channel: Option<SlackChannelId>,
+}
+
+fn time(value: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    value.as_deref().map(parse_time).transpose()
+}
+
+impl TryFrom<RequestRow> for StoredRequest {
+    type Error = anyhow::Error;
+
+    fn try_from(row: RequestRow) -> anyhow::Result<Self> {
+        let request = Request {
+            id: RequestId(row.id),
+            kind: Kind::parse(&row.kind).ok_or_else(|| anyhow!("unknown kind {}", row.kind))?,
+            parent: row.parent_id.map(RequestId),
+            requester: Requester::from_key(&row.requester)
+                .ok_or_else(|| anyhow!("bad requester {}", row.requester))?,
+            resource: ResourceId::parse(&row.resource)?,
+            duration: GrantDuration::from_secs(row.duration_secs.max(1) as u64),
+            justification: row.justification,
+            ticket: row.ticket,
+            state: State::parse(&row.state).ok_or_else(|| anyhow!("unknown state {}", row.state))?,
+            approvals_required: row.approvals_required.max(1) as u32,
+            created_at: parse_time(&row.created_at)?,
+            pending_until: time(row.pending_until)?,
+            decided_at: time(row.decided_at)?,
+            decided_by: row.decided_by,
+            decision_note: row.decision_note,
+            granted_at: time(row.granted_at)?,
+            expires_at: time(row.expires_at)?,
+            ended_at: time(row.ended_at)?,
+            revoked_at: time(row.revoked_at)?,
+            failure: row.failure,
+            approval_channel: row
+                .approval_channel
+                .as_deref()
+                .map(SlackChannelId::parse)
+                .transpose()?,
+            approval_ts: row.approval_ts,
+            audit_ts: row.audit_ts,
+            reviewed_by: row.reviewed_by,
+            reviewed_at: time(row.reviewed_at)?,
+        };
+        Ok(StoredRequest {
+            request,
+            grant_handle: row.grant_handle,
+            access_key: row.access_key,
+            origin_channel: row
+                .origin_channel
+                .as_deref()
+                .and_then(|c| SlackChannelId::parse(c).ok()),
+        })
+    }
+}
+
+/// What a new request starts with.
+#[derive(Debug, Clone)]
+pub struct NewRequest<'a> {
+    pub kind: Kind,
+    pub parent: Option<RequestId>,
+    pub requester: &'a Requester,
+    pub resource: &'a ResourceId,
+    pub duration: GrantDuration,
+    pub justification: &'a str,
+    pub ticket: Option<&'a str>,
+    pub approvals_required: u32,
+    pub created_at: DateTime<Utc>,
+    pub pending_until: Option<DateTime<Utc>>,
+    pub origin_channel: Option<&'a SlackChannelId>,
+}
+
+pub async fn insert(conn: &mut SqliteConnection, new: &NewRequest<'_>) -> sqlx::Result<RequestId> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO requests (kind, parent_id, requester, resource, duration_secs, justification, \
+         ticket, state, approvals_required, created_at, pending_until, origin_channel) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(new.kind.as_str())
+    .bind(new.parent.map(|p| p.0))
+    .bind(new.requester.key())
+    .bind(new.resource.as_str())
+    .bind(new.duration.as_secs() as i64)
+    .bind(new.justification)
+    .bind(new.ticket)
+    .bind(new.approvals_required as i64)
+    .bind(format_time(new.created_at))
+    .bind(new.pending_until.map(format_time))
+    .bind(new.origin_channel.map(|c| c.as_str()))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(RequestId(id))
+}
+
+pub async fn get(conn: &mut SqliteConnection, id: RequestId) -> anyhow::Result<Option<StoredRequest>> {
+    let row: Option<RequestRow> = sqlx::query_as(select_requests!("WHERE id = ?"))
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("cannot load request")?;
+    row.map(StoredRequest::try_from).transpose()
+}
+
+/// Requests of `requester` in any of the open states, newest first.
+pub async fn open_for_requester(
+    conn: &mut SqliteConnection,
+    requester: &Requester,
+) -> anyhow::Result<Vec<StoredRequest>> {
+    let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
+        "WHERE requester = ? AND state IN ('pending', 'approved', 'active') ORDER BY id DESC LIMIT 50"
+    ))
+    .bind(requester.key())
+    .fetch_all(&mut *conn)
+    .await
+    .context("cannot list requests")?;
+    rows.into_iter().map(StoredRequest::try_from).collect()
+}
+
+/// Break-glass grants that no admin has reviewed yet, oldest first.
+pub async fn unreviewed_breakglass(conn: &mut SqliteConnection) -> anyhow::Result<Vec<StoredRequest>> {
+    let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
+        "WHERE kind = 'breakglass' AND reviewed_at IS NULL ORDER BY id LIMIT 50"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .context("cannot list break-glass grants")?;
+    rows.into_iter().map(StoredRequest::try_from).collect()
+}
+
+/// Pending requests on any of `resources`, oldest first (for an approver's App Home).
+pub async fn pending_on(
+    conn: &mut SqliteConnection,
+    resources: &[&str],
+) -> anyhow::Result<Vec<StoredRequest>> {
+    let mut out = Vec::new();
+    for resource in resources {
+        let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
+            "WHERE resource = ? AND state = 'pending' ORDER BY id LIMIT 50"
+        ))
+        .bind(resource)
+        .fetch_all(&mut *conn)
+        .await
+        .context("cannot list pending requests")?;
+        for row in rows {
+            out.push(StoredRequest::try_from(row)?);
+        }
+    }
+    out.sort_by_key(|r| r.request.id);
+    Ok(out)
+}
+
+/// All requests, newest first; `active_only` limits to grants that are active now.
+pub async fn list(
+    conn: &mut SqliteConnection,
+    active_only: bool,
+    limit: i64,
+) -> anyhow::Result<Vec<StoredRequest>> {
+    let rows: Vec<RequestRow> = if active_only {
+        sqlx::query_as(select_requests!("WHERE state = 'active' ORDER BY id DESC LIMIT ?"))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+    } else {
+        sqlx::query_as(select_requests!("ORDER BY id DESC LIMIT ?"))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+    }
+    .context("cannot list requests")?;
+    rows.into_iter().map(StoredRequest::try_from).collect()
+}
+
+/// Counts requests by state (for metrics).
+pub async fn count_by_state(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT state, COUNT(*) FROM requests GROUP BY state")
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Records one approver's approval. `false`: this approver had already approved.
+pub async fn add_approval(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    approver: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO approvals (request_id, approver, decided_at) VALUES (?, ?, ?) \
+         ON CONFLICT (request_id, approver) DO NOTHING",
+    )
+    .bind(id.0)
+    .bind(approver)
+    .bind(format_time(at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Approvers so far, in the order they approved.
+pub async fn approvals(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT approver FROM approvals WHERE request_id = ? ORDER BY decided_at, rowid")
+        .bind(id.0)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Outcome of a fenced update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Fenced {
+    Applied,
+    /// The row was not in the expected state: someone else changed it first.
+    Lost,
+}
+
+fn fenced(rows: u64) -> Fenced {
+    if rows == 1 { Fenced::Applied } else { Fenced::Lost }
+}
+
+/// A decision on a pending request: approved, denied, cancelled or timed out.
+pub async fn decide(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    to: State,
+    decided_by: &str,
+    note: Option<&str>,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let ended = to.is_final().then(|| format_time(at));
+    let done = sqlx::query(
+        "UPDATE requests SET state = ?, decided_by = ?, decision_note = ?, decided_at = ?, \
+         ended_at = COALESCE(?, ended_at) WHERE id = ? AND state = 'pending'",
+    )
+    .bind(to.as_str())
+    .bind(decided_by)
+    .bind(note)
+    .bind(format_time(at))
+    .bind(ended)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Approved → active, once the provider has issued access.
+pub async fn activate(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    granted_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    grant_handle: &str,
+    access_key: &str,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE requests SET state = 'active', granted_at = ?, expires_at = ?, grant_handle = ?, \
+         access_key = ? WHERE id = ? AND state = 'approved'",
+    )
+    .bind(format_time(granted_at))
+    .bind(format_time(expires_at))
+    .bind(grant_handle)
+    .bind(access_key)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Records the handle of access that was issued but could not be activated (the request moved
+/// on meanwhile), so the teardown knows what to revoke.
+pub async fn record_handle(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    grant_handle: &str,
+    access_key: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE requests SET grant_handle = ?, access_key = ? WHERE id = ? AND grant_handle IS NULL",
+    )
+    .bind(grant_handle)
+    .bind(access_key)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves a request from `from` to a final state `to` (expire, release, revoke, fail, apply).
+pub async fn end(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    from: State,
+    to: State,
+    at: DateTime<Utc>,
+    note: Option<&str>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE requests SET state = ?, ended_at = ?, failure = COALESCE(?, failure) \
+         WHERE id = ? AND state = ?",
+    )
+    .bind(to.as_str())
+    .bind(format_time(at))
+    .bind(note)
+    .bind(id.0)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Moves the expiry of an active grant.
+pub async fn set_expiry(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done =
+        sqlx::query("UPDATE requests SET expires_at = ? WHERE id = ? AND state = 'active'")
+            .bind(format_time(expires_at))
+            .bind(id.0)
+            .execute(&mut *conn)
+            .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Marks the teardown as confirmed. Fenced so it happens once.
+pub async fn mark_revoked(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query("UPDATE requests SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        .bind(format_time(at))
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Other grants that hold the same access and are not torn down yet (reference counting).
+pub async fn other_holders(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    access_key: &str,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT id FROM requests WHERE access_key = ? AND id <> ? AND revoked_at IS NULL ORDER BY id",
+    )
+    .bind(access_key)
+    .bind(id.0)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Remembers the approvers' message, once.
+pub async fn set_approval_message(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    channel: &SlackChannelId,
+    ts: &str,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE requests SET approval_channel = ?, approval_ts = ? WHERE id = ? AND approval_ts IS NULL",
+    )
+    .bind(channel.as_str())
+    .bind(ts)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Remembers the audit thread's root message, once.
+pub async fn set_audit_root(conn: &mut SqliteConnection, id: RequestId, ts: &str) -> sqlx::Result<Fenced> {
+    let done = sqlx::query("UPDATE requests SET audit_ts = ? WHERE id = ? AND audit_ts IS NULL")
+        .bind(ts)
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// An admin's review of a break-glass grant, once.
+pub async fn mark_reviewed(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    by: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE requests SET reviewed_by = ?, reviewed_at = ? \
+         WHERE id = ? AND kind = 'breakglass' AND reviewed_at IS NULL",
+    )
+    .bind(by)
+    .bind(format_time(at))
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Pending extensions of a grant (cancelled when the grant ends).
+pub async fn pending_extensions(conn: &mut SqliteConnection, parent: RequestId) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT id FROM requests WHERE parent_id = ? AND kind = 'extension' AND state IN ('pending', 'approved')",
+    )
+    .bind(parent.0)
+    .fetch_all(&mut *conn)
+    .await
+}
