@@ -165,15 +165,33 @@ mod tests {
             (" 2h ", 7200),
             ("120m", 7200),
         ] {
-            assert_eq!(GrantDuration::parse(text).unwrap().as_secs(), secs, "{text}");
+            assert_eq!(
+                GrantDuration::parse(text).unwrap().as_secs(),
+                secs,
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn refuses_everything_else_with_the_accepted_forms() {
         for text in [
-            "2", "h", "2x", "2H", "1m1h", "1h1h", "1.5h", "-1h", "+1h", "2 h", "1h 30m", "two",
-            "1hour", "１h", "1h30", "9999999999s",
+            "2",
+            "h",
+            "2x",
+            "2H",
+            "1m1h",
+            "1h1h",
+            "1.5h",
+            "-1h",
+            "+1h",
+            "2 h",
+            "1h 30m",
+            "two",
+            "1hour",
+            "１h",
+            "1h30",
+            "9999999999s",
         ] {
             let err = GrantDuration::parse(text).unwrap_err();
             assert!(

@@ -179,7 +179,16 @@ mod tests {
         assert_eq!(RequestId::parse("42").unwrap(), RequestId(42));
         assert_eq!(RequestId::parse("#42").unwrap(), RequestId(42));
         assert_eq!(RequestId(42).to_string(), "#42");
-        for bad in ["", "#", "0", "-1", "+4", "4x", "##4", "99999999999999999999"] {
+        for bad in [
+            "",
+            "#",
+            "0",
+            "-1",
+            "+4",
+            "4x",
+            "##4",
+            "99999999999999999999",
+        ] {
             assert!(RequestId::parse(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -452,8 +452,8 @@ pub type FileReader<'a> = &'a dyn Fn(&str) -> std::io::Result<String>;
 /// Validates an AWS session policy: JSON, and at most 2,048 characters once compacted.
 /// Returns the compact form that is sent to AWS.
 pub fn validate_session_policy(text: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("session policy is not valid JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("session policy is not valid JSON: {e}"))?;
     if !value.is_object() {
         return Err("session policy must be a JSON object".into());
     }
@@ -491,10 +491,7 @@ impl Policy {
     /// Parses and validates policy text. `read_file` resolves `session_policy_file` paths.
     pub fn parse(text: &str, read_file: FileReader<'_>) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| position(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| position(text, s.start)).unwrap_or((1, 1));
             PolicyError {
                 line,
                 column,
@@ -567,8 +564,8 @@ impl Policy {
             if !seen.insert(raw.id.clone()) {
                 return Err(err_for("declared twice".into()));
             }
-            let resource = build_resource(raw, &defaults, &identity_names, read_file)
-                .map_err(err_for)?;
+            let resource =
+                build_resource(raw, &defaults, &identity_names, read_file).map_err(err_for)?;
             resources.push(resource);
         }
 
@@ -645,7 +642,12 @@ impl Policy {
             .filter(move |r| self.may_request(r, who, membership))
     }
 
-    fn may_request(&self, resource: &Resource, who: &Requester, membership: &dyn Membership) -> bool {
+    fn may_request(
+        &self,
+        resource: &Resource,
+        who: &Requester,
+        membership: &dyn Membership,
+    ) -> bool {
         match who {
             Requester::User(_) => resource
                 .requesters
@@ -681,7 +683,11 @@ impl Policy {
             .filter(|(score, _)| *score >= 0.75)
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-        scored.into_iter().take(3).map(|(_, id)| id.to_owned()).collect()
+        scored
+            .into_iter()
+            .take(3)
+            .map(|(_, id)| id.to_owned())
+            .collect()
     }
 
     /// Decides how a request would be handled, or why it is refused.
@@ -770,7 +776,9 @@ fn build_resource(
             "default_duration {default_duration} is longer than max_duration {max_duration}"
         ));
     }
-    let approvals_required = raw.approvals_required.unwrap_or(defaults.approvals_required);
+    let approvals_required = raw
+        .approvals_required
+        .unwrap_or(defaults.approvals_required);
     if approvals_required == 0 {
         return Err("approvals_required must be at least 1".into());
     }
@@ -826,22 +834,58 @@ fn build_resource(
             misplaced.push(key);
         }
     };
-    not_for(raw.grant_command.is_some(), "grant_command", ProviderKind::Exec);
-    not_for(raw.revoke_command.is_some(), "revoke_command", ProviderKind::Exec);
+    not_for(
+        raw.grant_command.is_some(),
+        "grant_command",
+        ProviderKind::Exec,
+    );
+    not_for(
+        raw.revoke_command.is_some(),
+        "revoke_command",
+        ProviderKind::Exec,
+    );
     not_for(raw.timeout.is_some(), "timeout", ProviderKind::Exec);
     not_for(raw.parameters.is_some(), "parameters", ProviderKind::Exec);
     not_for(raw.role_arn.is_some(), "role_arn", ProviderKind::AwsSts);
-    not_for(raw.role_max_session.is_some(), "role_max_session", ProviderKind::AwsSts);
-    not_for(raw.session_policy.is_some(), "session_policy", ProviderKind::AwsSts);
-    not_for(raw.session_policy_file.is_some(), "session_policy_file", ProviderKind::AwsSts);
+    not_for(
+        raw.role_max_session.is_some(),
+        "role_max_session",
+        ProviderKind::AwsSts,
+    );
+    not_for(
+        raw.session_policy.is_some(),
+        "session_policy",
+        ProviderKind::AwsSts,
+    );
+    not_for(
+        raw.session_policy_file.is_some(),
+        "session_policy_file",
+        ProviderKind::AwsSts,
+    );
     not_for(raw.region.is_some(), "region", ProviderKind::AwsSts);
-    not_for(raw.database_url_env.is_some(), "database_url_env", ProviderKind::Postgres);
+    not_for(
+        raw.database_url_env.is_some(),
+        "database_url_env",
+        ProviderKind::Postgres,
+    );
     not_for(raw.mode.is_some(), "mode", ProviderKind::Postgres);
     not_for(raw.roles.is_some(), "roles", ProviderKind::Postgres);
-    not_for(raw.connection_limit.is_some(), "connection_limit", ProviderKind::Postgres);
+    not_for(
+        raw.connection_limit.is_some(),
+        "connection_limit",
+        ProviderKind::Postgres,
+    );
     not_for(raw.db_users.is_some(), "db_users", ProviderKind::Postgres);
-    not_for(raw.terminate_sessions.is_some(), "terminate_sessions", ProviderKind::Postgres);
-    not_for(raw.connect_host.is_some(), "connect_host", ProviderKind::Postgres);
+    not_for(
+        raw.terminate_sessions.is_some(),
+        "terminate_sessions",
+        ProviderKind::Postgres,
+    );
+    not_for(
+        raw.connect_host.is_some(),
+        "connect_host",
+        ProviderKind::Postgres,
+    );
     if !misplaced.is_empty() {
         return Err(format!(
             "{} only apply to another provider than `{}`",
@@ -872,9 +916,7 @@ fn build_resource(
             })
         }
         ProviderKind::AwsSts => {
-            let role_arn = raw
-                .role_arn
-                .ok_or("provider `aws_sts` needs role_arn")?;
+            let role_arn = raw.role_arn.ok_or("provider `aws_sts` needs role_arn")?;
             if !is_role_arn(&role_arn) {
                 return Err(format!(
                     "role_arn `{role_arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/name)"
@@ -963,7 +1005,9 @@ fn build_resource(
                             ));
                         }
                         if !is_reasonable_pg_name(user) {
-                            return Err(format!("db_users value `{user}` is not a valid PostgreSQL name"));
+                            return Err(format!(
+                                "db_users value `{user}` is not a valid PostgreSQL name"
+                            ));
                         }
                     }
                     PostgresMode::Elevation {

@@ -295,7 +295,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(legal, 11 + 11 + 6, "the legal paths are exactly those listed");
+        assert_eq!(
+            legal,
+            11 + 11 + 6,
+            "the legal paths are exactly those listed"
+        );
     }
 
     #[test]

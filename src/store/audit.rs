@@ -96,7 +96,10 @@ pub async fn get(conn: &mut SqliteConnection, seq: i64) -> sqlx::Result<Option<A
         .await
 }
 
-pub async fn for_request(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Result<Vec<AuditRow>> {
+pub async fn for_request(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+) -> sqlx::Result<Vec<AuditRow>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE request_id = ? ORDER BY seq")
         .bind(id.0)
         .fetch_all(&mut *conn)
@@ -104,7 +107,11 @@ pub async fn for_request(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Re
 }
 
 /// Rows after `after_seq`, in order, at most `limit` (for exports and verification in pages).
-pub async fn page(conn: &mut SqliteConnection, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditRow>> {
+pub async fn page(
+    conn: &mut SqliteConnection,
+    after_seq: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditRow>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
         .bind(after_seq)
         .bind(limit)
@@ -115,8 +122,14 @@ pub async fn page(conn: &mut SqliteConnection, after_seq: i64, limit: i64) -> sq
 /// What `audit verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    Intact { rows: u64 },
-    Broken { rows_checked: u64, seq: i64, reason: String },
+    Intact {
+        rows: u64,
+    },
+    Broken {
+        rows_checked: u64,
+        seq: i64,
+        reason: String,
+    },
 }
 
 /// Re-checks the whole chain in order; stops at the first bad row.
@@ -134,7 +147,10 @@ pub async fn verify(conn: &mut SqliteConnection) -> sqlx::Result<Verification> {
                 return Ok(Verification::Broken {
                     rows_checked: checked,
                     seq: row.seq,
-                    reason: format!("row {expected_seq} is missing (the next row is {})", row.seq),
+                    reason: format!(
+                        "row {expected_seq} is missing (the next row is {})",
+                        row.seq
+                    ),
                 });
             }
             if row.prev_hash != prev_hash {

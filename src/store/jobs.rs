@@ -259,7 +259,9 @@ pub async fn next_lease_expiry(conn: &mut SqliteConnection) -> sqlx::Result<Opti
 }
 
 /// Queued and running jobs by kind, and dead jobs (for metrics).
-pub async fn depth_by_kind(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, String, i64)>> {
+pub async fn depth_by_kind(
+    conn: &mut SqliteConnection,
+) -> sqlx::Result<Vec<(String, String, i64)>> {
     sqlx::query_as(
         "SELECT kind, state, COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'dead') GROUP BY kind, state",
     )
@@ -288,7 +290,11 @@ pub struct JobSummary {
     pub unique_key: Option<String>,
 }
 
-pub async fn by_state(conn: &mut SqliteConnection, state: &str, limit: i64) -> sqlx::Result<Vec<JobSummary>> {
+pub async fn by_state(
+    conn: &mut SqliteConnection,
+    state: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<JobSummary>> {
     sqlx::query_as(
         "SELECT id, kind, state, attempts, run_at, last_error, unique_key FROM jobs WHERE state = ? ORDER BY id LIMIT ?",
     )
@@ -299,5 +305,9 @@ pub async fn by_state(conn: &mut SqliteConnection, state: &str, limit: i64) -> s
 }
 
 fn fenced(rows: u64) -> Fenced {
-    if rows == 1 { Fenced::Applied } else { Fenced::Lost }
+    if rows == 1 {
+        Fenced::Applied
+    } else {
+        Fenced::Lost
+    }
 }

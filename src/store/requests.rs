@@ -86,7 +86,8 @@ impl TryFrom<RequestRow> for StoredRequest {
             duration: GrantDuration::from_secs(row.duration_secs.max(1) as u64),
             justification: row.justification,
             ticket: row.ticket,
-            state: State::parse(&row.state).ok_or_else(|| anyhow!("unknown state {}", row.state))?,
+            state: State::parse(&row.state)
+                .ok_or_else(|| anyhow!("unknown state {}", row.state))?,
             approvals_required: row.approvals_required.max(1) as u32,
             created_at: parse_time(&row.created_at)?,
             pending_until: time(row.pending_until)?,
@@ -158,7 +159,10 @@ pub async fn insert(conn: &mut SqliteConnection, new: &NewRequest<'_>) -> sqlx::
     Ok(RequestId(id))
 }
 
-pub async fn get(conn: &mut SqliteConnection, id: RequestId) -> anyhow::Result<Option<StoredRequest>> {
+pub async fn get(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+) -> anyhow::Result<Option<StoredRequest>> {
     let row: Option<RequestRow> = sqlx::query_as(select_requests!("WHERE id = ?"))
         .bind(id.0)
         .fetch_optional(&mut *conn)
@@ -183,7 +187,9 @@ pub async fn open_for_requester(
 }
 
 /// Break-glass grants that no admin has reviewed yet, oldest first.
-pub async fn unreviewed_breakglass(conn: &mut SqliteConnection) -> anyhow::Result<Vec<StoredRequest>> {
+pub async fn unreviewed_breakglass(
+    conn: &mut SqliteConnection,
+) -> anyhow::Result<Vec<StoredRequest>> {
     let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
         "WHERE kind = 'breakglass' AND reviewed_at IS NULL ORDER BY id LIMIT 50"
     ))
@@ -222,10 +228,12 @@ pub async fn list(
     limit: i64,
 ) -> anyhow::Result<Vec<StoredRequest>> {
     let rows: Vec<RequestRow> = if active_only {
-        sqlx::query_as(select_requests!("WHERE state = 'active' ORDER BY id DESC LIMIT ?"))
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await
+        sqlx::query_as(select_requests!(
+            "WHERE state = 'active' ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
     } else {
         sqlx::query_as(select_requests!("ORDER BY id DESC LIMIT ?"))
             .bind(limit)
@@ -264,10 +272,12 @@ pub async fn add_approval(
 
 /// Approvers so far, in the order they approved.
 pub async fn approvals(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT approver FROM approvals WHERE request_id = ? ORDER BY decided_at, rowid")
-        .bind(id.0)
-        .fetch_all(&mut *conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT approver FROM approvals WHERE request_id = ? ORDER BY decided_at, rowid",
+    )
+    .bind(id.0)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// Outcome of a fenced update.
@@ -280,7 +290,11 @@ pub enum Fenced {
 }
 
 fn fenced(rows: u64) -> Fenced {
-    if rows == 1 { Fenced::Applied } else { Fenced::Lost }
+    if rows == 1 {
+        Fenced::Applied
+    } else {
+        Fenced::Lost
+    }
 }
 
 /// A decision on a pending request: approved, denied, cancelled or timed out.
@@ -379,12 +393,11 @@ pub async fn set_expiry(
     id: RequestId,
     expires_at: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done =
-        sqlx::query("UPDATE requests SET expires_at = ? WHERE id = ? AND state = 'active'")
-            .bind(format_time(expires_at))
-            .bind(id.0)
-            .execute(&mut *conn)
-            .await?;
+    let done = sqlx::query("UPDATE requests SET expires_at = ? WHERE id = ? AND state = 'active'")
+        .bind(format_time(expires_at))
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await?;
     Ok(fenced(done.rows_affected()))
 }
 
@@ -394,11 +407,12 @@ pub async fn mark_revoked(
     id: RequestId,
     at: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query("UPDATE requests SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-        .bind(format_time(at))
-        .bind(id.0)
-        .execute(&mut *conn)
-        .await?;
+    let done =
+        sqlx::query("UPDATE requests SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(format_time(at))
+            .bind(id.0)
+            .execute(&mut *conn)
+            .await?;
     Ok(fenced(done.rows_affected()))
 }
 
@@ -436,7 +450,11 @@ pub async fn set_approval_message(
 }
 
 /// Remembers the audit thread's root message, once.
-pub async fn set_audit_root(conn: &mut SqliteConnection, id: RequestId, ts: &str) -> sqlx::Result<Fenced> {
+pub async fn set_audit_root(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    ts: &str,
+) -> sqlx::Result<Fenced> {
     let done = sqlx::query("UPDATE requests SET audit_ts = ? WHERE id = ? AND audit_ts IS NULL")
         .bind(ts)
         .bind(id.0)
@@ -465,7 +483,10 @@ pub async fn mark_reviewed(
 }
 
 /// Pending extensions of a grant (cancelled when the grant ends).
-pub async fn pending_extensions(conn: &mut SqliteConnection, parent: RequestId) -> sqlx::Result<Vec<i64>> {
+pub async fn pending_extensions(
+    conn: &mut SqliteConnection,
+    parent: RequestId,
+) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
         "SELECT id FROM requests WHERE parent_id = ? AND kind = 'extension' AND state IN ('pending', 'approved')",
     )

@@ -92,7 +92,9 @@ fn error_of(text: &str) -> PolicyError {
 
 #[test]
 fn syntax_and_unknown_keys_report_line_and_column() {
-    let err = error_of("[slack]\naudit_channel = \"C0AUDIT\"\nadmins = { users = [\"U0A\"] }\ncolour = 1\n");
+    let err = error_of(
+        "[slack]\naudit_channel = \"C0AUDIT\"\nadmins = { users = [\"U0A\"] }\ncolour = 1\n",
+    );
     assert_eq!((err.line, err.column), (4, 1), "{err}");
     assert!(err.message.contains("unknown field `colour`"), "{err}");
 
@@ -163,10 +165,7 @@ fn semantic_errors_point_at_their_resource() {
             "auto_approve.max_duration",
         ),
         (
-            EXAMPLE.replace(
-                "users = [\"U0ALICE\", \"U0BOB\"] }",
-                "users = [] }",
-            ),
+            EXAMPLE.replace("users = [\"U0ALICE\", \"U0BOB\"] }", "users = [] }"),
             "approvers must name at least one",
         ),
         (
@@ -179,9 +178,15 @@ fn semantic_errors_point_at_their_resource() {
     ];
     for (text, expected) in cases {
         let err = error_of(&text);
-        assert!(err.message.contains(expected), "expected {expected:?}, got {err}");
+        assert!(
+            err.message.contains(expected),
+            "expected {expected:?}, got {err}"
+        );
         let resource_line = text.lines().position(|l| l == "[[resource]]").unwrap() + 1;
-        assert!(err.line >= resource_line, "{err} should point into a resource");
+        assert!(
+            err.line >= resource_line,
+            "{err} should point into a resource"
+        );
     }
 }
 
@@ -210,7 +215,11 @@ fn session_policies_are_size_checked() {
         r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"s3:GetObject","Resource":"{}"}}]}}"#,
         "x".repeat(2100)
     );
-    assert!(validate_session_policy(&big).unwrap_err().contains("at most 2048"));
+    assert!(
+        validate_session_policy(&big)
+            .unwrap_err()
+            .contains("at most 2048")
+    );
     assert!(validate_session_policy("not json").is_err());
 
     let with_file = EXAMPLE.replace(
@@ -225,7 +234,10 @@ fn session_policies_are_size_checked() {
     let err = Policy::parse(&with_file, &reader).unwrap_err();
     assert!(err.message.contains("at most 2048"), "{err}");
     let err = parse(&with_file).unwrap_err();
-    assert!(err.message.contains("cannot read session_policy_file"), "{err}");
+    assert!(
+        err.message.contains("cannot read session_policy_file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -246,13 +258,26 @@ fn evaluation_routes_and_refuses() {
     let eval = policy
         .evaluate("aws-prod-readonly", &user("U0ONCALL"), None, &groups)
         .unwrap();
-    assert_eq!(eval.route, Route::Auto, "on-call within 1h is auto-approved");
+    assert_eq!(
+        eval.route,
+        Route::Auto,
+        "on-call within 1h is auto-approved"
+    );
     assert_eq!(eval.duration, d("1h"));
 
     let eval = policy
-        .evaluate("aws-prod-readonly", &user("U0ONCALL"), Some(d("1h1m")), &groups)
+        .evaluate(
+            "aws-prod-readonly",
+            &user("U0ONCALL"),
+            Some(d("1h1m")),
+            &groups,
+        )
         .unwrap();
-    assert_eq!(eval.route, Route::Approval, "longer than the auto-approve limit");
+    assert_eq!(
+        eval.route,
+        Route::Approval,
+        "longer than the auto-approve limit"
+    );
 
     assert_eq!(
         policy
@@ -281,7 +306,10 @@ fn evaluation_routes_and_refuses() {
     let unknown = policy
         .evaluate("zzz", &user("U0DEV"), None, &groups)
         .unwrap_err();
-    assert!(unknown.to_string().contains("lists the resources"), "{unknown}");
+    assert!(
+        unknown.to_string().contains("lists the resources"),
+        "{unknown}"
+    );
 
     // Anyone may request prod-db (no requesters), but identities must be named.
     assert!(
@@ -311,8 +339,14 @@ fn deciding_needs_an_approver_who_is_not_the_requester() {
     let alice = SlackUserId::parse("U0ALICE").unwrap();
     let sre = SlackUserId::parse("U0SRE").unwrap();
     let mallory = SlackUserId::parse("U0MALLORY").unwrap();
-    assert_eq!(policy.may_decide(aws, &user("U0DEV"), &alice, &groups), Ok(()));
-    assert_eq!(policy.may_decide(aws, &user("U0DEV"), &sre, &groups), Ok(()));
+    assert_eq!(
+        policy.may_decide(aws, &user("U0DEV"), &alice, &groups),
+        Ok(())
+    );
+    assert_eq!(
+        policy.may_decide(aws, &user("U0DEV"), &sre, &groups),
+        Ok(())
+    );
     assert_eq!(
         policy.may_decide(aws, &user("U0ALICE"), &alice, &groups),
         Err(DecisionRefusal::OwnRequest)
@@ -342,7 +376,11 @@ fn identities_request_only_what_they_are_declared_for() {
     let policy = parse(&text).unwrap();
     let ci = Requester::Identity("ci-deploy".into());
     assert!(policy.evaluate("prod-db", &ci, None, &NoGroups).is_ok());
-    assert!(policy.evaluate("aws-prod-readonly", &ci, None, &NoGroups).is_err());
+    assert!(
+        policy
+            .evaluate("aws-prod-readonly", &ci, None, &NoGroups)
+            .is_err()
+    );
     let db = policy.resource("prod-db").unwrap();
     let owner = SlackUserId::parse("U0OWNER").unwrap();
     let alice = SlackUserId::parse("U0ALICE").unwrap();
