@@ -2,5 +2,6 @@
 
 pub mod clock;
 pub mod domain;
+pub mod providers;
 pub mod slack;
 pub mod store;

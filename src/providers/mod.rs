@@ -1,0 +1,251 @@
+//! Providers issue and remove access. A provider is told *what* to grant and *until when*; the
+//! queue decides *when* to call it, retries it, and records the outcome.
+//!
+//! Both calls are idempotent: a job interrupted after the provider call and before its completion
+//! is run again, so granting twice must not issue two grants, and revoking twice must be harmless.
+//! Errors say whether a retry may help ([`ProviderError::Retryable`]) or not
+//! ([`ProviderError::Fatal`]). Error texts are shown to people and stored in the audit log, so they
+//! must never contain a secret.
+
+pub mod exec;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ids::{RequestId, ResourceId};
+use crate::domain::policy::{ProviderConfig, Requester, Resource};
+
+/// What to grant.
+#[derive(Debug, Clone)]
+pub struct GrantSpec {
+    pub request_id: RequestId,
+    pub requester: Requester,
+    /// The requester's Slack email, where Slack gave one.
+    pub requester_email: Option<String>,
+    pub resource: ResourceId,
+    /// When access must end. Providers cap credentials at this instant.
+    pub expires_at: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+/// Why access is being removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// The grant ran out.
+    Expired,
+    /// Ended early by its holder, an admin, or a failed activation.
+    Early,
+}
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub struct RevokeSpec {
+    pub request_id: RequestId,
+    pub requester: Requester,
+    pub resource: ResourceId,
+    /// The handle [`Issued::handle`] returned.
+    pub handle: String,
+    /// When the grant would have ended on its own (credentials issued for it expire by then).
+    pub natural_expiry: DateTime<Utc>,
+    pub reason: RevokeReason,
+    pub now: DateTime<Utc>,
+}
+
+/// Secret values handed to the holder, such as AWS keys or a connection string. `Debug` never
+/// shows them; only [`Credentials::expose`] does, and only the reveal modal and the encrypted
+/// store call it.
+#[derive(Clone)]
+pub struct Credentials(SecretString);
+
+impl Credentials {
+    /// From name → value pairs, kept in the given order.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let map: serde_json::Map<String, serde_json::Value> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), serde_json::Value::String(v.into())))
+            .collect();
+        Credentials(SecretString::from(
+            serde_json::Value::Object(map).to_string(),
+        ))
+    }
+
+    /// From a JSON object whose values are strings (anything else is turned into its JSON text).
+    pub fn from_json_object(object: &serde_json::Map<String, serde_json::Value>) -> Self {
+        Self::from_pairs(object.iter().map(|(k, v)| {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), value)
+        }))
+    }
+
+    /// The serialized form stored (encrypted) at rest.
+    pub fn to_secret_json(&self) -> &SecretString {
+        &self.0
+    }
+
+    pub fn from_secret_json(json: SecretString) -> Self {
+        Credentials(json)
+    }
+
+    /// The name → value pairs. Call only where the secret is meant to go.
+    pub fn expose(&self) -> BTreeMap<String, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(self.0.expose_secret()).unwrap_or_default();
+        value
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The names only, safe to log and show.
+    pub fn names(&self) -> Vec<String> {
+        self.expose().into_keys().collect()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({:?}: [REDACTED])", self.names())
+    }
+}
+
+/// What a grant produced.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Identifies the issued access for the revoke call. Not secret; stored and shown in the audit.
+    pub handle: String,
+    /// Secret values for the holder, if any.
+    pub credentials: Option<Credentials>,
+    /// Non-secret text for the holder (how to connect, what changed).
+    pub instructions: Option<String>,
+    /// When the issued credentials stop working, if before the grant's end.
+    pub credentials_expire_at: Option<DateTime<Utc>>,
+}
+
+/// What a revoke produced.
+#[derive(Debug, Clone, Default)]
+pub struct Revoked {
+    /// Work left for later: the provider's [`Provider::cleanup`] is called at this time.
+    pub cleanup_at: Option<DateTime<Utc>>,
+    /// Non-secret detail for the audit.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// A retry may succeed (timeouts, throttling, unreachable endpoints).
+    #[error("{0}")]
+    Retryable(String),
+    /// A retry will not help (bad configuration, access denied, invalid input).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl ProviderError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Retryable(_))
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Issues access until `spec.expires_at`. Idempotent per request id.
+    async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError>;
+
+    /// Removes the access behind `spec.handle`. Idempotent.
+    async fn revoke(&self, spec: &RevokeSpec) -> Result<Revoked, ProviderError>;
+
+    /// Moves the end of issued access to `spec.expires_at`. Returns new credentials if the old
+    /// ones cannot outlive their original expiry. The default grants again.
+    async fn extend(&self, spec: &GrantSpec, handle: &str) -> Result<Issued, ProviderError> {
+        let _ = handle;
+        self.grant(spec).await
+    }
+
+    /// Deferred work requested by [`Revoked::cleanup_at`]. Idempotent.
+    async fn cleanup(&self, spec: &RevokeSpec) -> Result<(), ProviderError> {
+        let _ = spec;
+        Ok(())
+    }
+}
+
+/// Approval only: records the grant, provisions nothing.
+pub struct NoneProvider;
+
+#[async_trait::async_trait]
+impl Provider for NoneProvider {
+    async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
+        Ok(Issued {
+            // Shared by every grant of this resource to this person, so overlapping grants are
+            // counted as one access.
+            handle: format!("none:{}:{}", spec.resource, spec.requester.key()),
+            credentials: None,
+            instructions: None,
+            credentials_expire_at: None,
+        })
+    }
+
+    async fn revoke(&self, _: &RevokeSpec) -> Result<Revoked, ProviderError> {
+        Ok(Revoked::default())
+    }
+}
+
+/// The provider of each resource, built once at startup.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_resource: BTreeMap<String, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    pub fn insert(&mut self, resource: &ResourceId, provider: Arc<dyn Provider>) {
+        self.by_resource.insert(resource.to_string(), provider);
+    }
+
+    pub fn get(&self, resource: &ResourceId) -> Option<Arc<dyn Provider>> {
+        self.by_resource.get(resource.as_str()).cloned()
+    }
+
+    /// Builds the providers that need no outside configuration (`none`, `exec`), and returns the
+    /// resources that still need one.
+    /// `exec` commands run in `workdir` (the policy file's directory).
+    pub fn with_local(
+        resources: &[Resource],
+        workdir: Option<&std::path::Path>,
+    ) -> (Self, Vec<Resource>) {
+        let mut providers = Providers::default();
+        let mut rest = Vec::new();
+        for resource in resources {
+            match &resource.provider {
+                ProviderConfig::None => providers.insert(&resource.id, Arc::new(NoneProvider)),
+                ProviderConfig::Exec(config) => {
+                    let mut exec = exec::ExecProvider::new(resource.id.clone(), config.clone());
+                    if let Some(dir) = workdir {
+                        exec = exec.in_dir(dir.to_path_buf());
+                    }
+                    providers.insert(&resource.id, Arc::new(exec))
+                }
+                ProviderConfig::AwsSts(_) | ProviderConfig::Postgres(_) => {
+                    rest.push(resource.clone())
+                }
+            }
+        }
+        (providers, rest)
+    }
+}
