@@ -1,1 +1,9 @@
+pub mod api;
+pub mod blocks;
+pub mod directory;
+pub mod home;
+pub mod payload;
 pub mod simulator;
+pub mod text;
+pub mod verify;
+pub mod views;

@@ -10,6 +10,7 @@
 //! transaction (`&mut *tx`).
 
 pub mod audit;
+pub mod credentials;
 pub mod jobs;
 pub mod requests;
 
@@ -70,7 +71,9 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted rows (erased credentials) are overwritten, not left in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)

@@ -1,0 +1,58 @@
+//! The running application: everything a handler or a job needs, built once at startup.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::clock::SharedClock;
+use crate::crypto::Cipher;
+use crate::domain::policy::Policy;
+use crate::metrics::Metrics;
+use crate::providers::Providers;
+use crate::queue::Waker;
+use crate::slack::api::SlackApi;
+use crate::slack::directory::Directory;
+use crate::slack::verify::Verifier;
+use crate::store::Store;
+
+pub struct App {
+    pub policy: Arc<Policy>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub slack: SlackApi,
+    pub directory: Directory,
+    pub providers: Providers,
+    pub cipher: Cipher,
+    pub verifier: Verifier,
+    pub waker: Waker,
+    pub metrics: Metrics,
+    /// Per-requester request rate (Slack users and identities alike).
+    pub request_limiter: DefaultKeyedRateLimiter<String>,
+    pub settings: Settings,
+}
+
+/// Tunables with production defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Jobs run at once by the worker.
+    pub workers: usize,
+    /// How long a claimed job is leased before another worker may take it.
+    pub lease: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            lease: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
+pub fn request_limiter(per_minute: u32) -> DefaultKeyedRateLimiter<String> {
+    let per_minute = NonZeroU32::new(per_minute.max(1)).expect("at least one");
+    RateLimiter::keyed(Quota::per_minute(per_minute))
+}
+
+pub type SharedApp = Arc<App>;

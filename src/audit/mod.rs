@@ -1,0 +1,211 @@
+//! Audit events: what happened, by whom, to which request.
+//!
+//! [`record`] appends an event to the hash-chained log (`store::audit`) inside the caller's
+//! transaction and enqueues its post to the request's audit thread in the same transaction. If
+//! the audit write fails, the whole action rolls back: the log never misses an action that
+//! happened.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use crate::domain::ids::RequestId;
+use crate::queue::{self, Job, Placement};
+use crate::store;
+
+/// Who did something, as stored in the `actor` column.
+pub mod actor {
+    /// The policy's auto-approval rules.
+    pub const POLICY: &str = "policy";
+    /// jit itself (timers, workers).
+    pub const SYSTEM: &str = "jit";
+
+    pub fn cli(os_user: &str) -> String {
+        format!("cli:{os_user}")
+    }
+}
+
+/// Every audit event. Names (`event`) are stable: exports and SIEM rules rely on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    Requested {
+        kind: String,
+        resource: String,
+        duration: String,
+        justification: String,
+        #[serde(default)]
+        ticket: Option<String>,
+        via: String,
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    AutoApproved {
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    /// One approval of several needed.
+    Approval {
+        count: u32,
+        required: u32,
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    Approved {
+        approvers: Vec<String>,
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    Denied {
+        reason: String,
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    Cancelled {
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    TimedOut {
+        #[serde(default)]
+        extension: Option<i64>,
+    },
+    Nudged,
+    Granted {
+        expires_at: String,
+        handle: String,
+        credentials: bool,
+    },
+    GrantFailed {
+        error: String,
+        attempt: u32,
+        last: bool,
+    },
+    Reminded {
+        expires_at: String,
+    },
+    Extended {
+        extension: i64,
+        expires_at: String,
+    },
+    ExtensionFailed {
+        extension: i64,
+        error: String,
+    },
+    Released,
+    Revoked {
+        reason: String,
+    },
+    Expired,
+    /// The provider confirmed the teardown (or it was skipped because the access is still held
+    /// under other grants).
+    TornDown {
+        #[serde(default)]
+        still_held_by: Vec<i64>,
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    TeardownFailed {
+        attempt: u32,
+        error: String,
+    },
+    /// Loud: repeated teardown failures, mentioning the admins.
+    TeardownAlert {
+        attempts: u32,
+        error: String,
+    },
+    Breakglass {
+        reason: String,
+    },
+    Reviewed {
+        revoke: bool,
+    },
+    CredentialsRevealed,
+    CredentialsErased,
+    CleanedUp {
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    /// Loud: a job gave up.
+    JobDead {
+        job: String,
+        error: String,
+    },
+}
+
+impl AuditEvent {
+    /// The stable event name.
+    pub fn name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The event's fields without the name.
+    pub fn detail(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("event");
+        }
+        value
+    }
+
+    /// Reads back a stored event.
+    pub fn from_row(event: &str, detail: &str) -> Option<AuditEvent> {
+        let mut value: serde_json::Value = serde_json::from_str(detail).ok()?;
+        value
+            .as_object_mut()?
+            .insert("event".into(), serde_json::Value::String(event.to_owned()));
+        serde_json::from_value(value).ok()
+    }
+
+    /// Events that must reach people even if nobody reads the thread.
+    pub fn is_alert(&self) -> bool {
+        matches!(
+            self,
+            AuditEvent::TeardownAlert { .. }
+                | AuditEvent::JobDead { .. }
+                | AuditEvent::Breakglass { .. }
+        )
+    }
+}
+
+/// Appends `event` and schedules its post to the audit thread. Returns the sequence number.
+pub async fn record(
+    conn: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    request: Option<RequestId>,
+    actor: &str,
+    event: &AuditEvent,
+) -> sqlx::Result<i64> {
+    let seq =
+        store::audit::append(conn, now, request, actor, &event.name(), &event.detail()).await?;
+    let placement = match request {
+        Some(id) => Placement::messages_of(id),
+        None => Placement::none(),
+    };
+    queue::enqueue(conn, &Job::AuditPost { seq }, placement, now, now).await?;
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_into_name_and_detail_and_back() {
+        let event = AuditEvent::Denied {
+            reason: "not during the freeze".into(),
+            extension: None,
+        };
+        assert_eq!(event.name(), "denied");
+        assert_eq!(
+            event.detail(),
+            serde_json::json!({"reason": "not during the freeze", "extension": null})
+        );
+        let back = AuditEvent::from_row("denied", &event.detail().to_string()).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(AuditEvent::Released.name(), "released");
+        assert!(AuditEvent::from_row("nonsense", "{}").is_none());
+    }
+}

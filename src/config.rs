@@ -1,0 +1,321 @@
+//! Settings from the environment, loaded and validated once at startup.
+//!
+//! Secrets can be given directly (`SLACK_BOT_TOKEN=…`) or as a file (`SLACK_BOT_TOKEN_FILE=/run/…`),
+//! not both. Every problem is reported as one line that names the variable.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+use crate::store::Durability;
+
+/// A configuration problem, shown as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Reads environment variables; injected so tests need not touch the process environment.
+pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads a secret from `NAME` or `NAME_FILE`.
+pub fn secret(env: EnvFn<'_>, name: &str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    match (env(name), env(&file_var)) {
+        (Some(_), Some(_)) => Err(ConfigError(format!(
+            "{name} and {file_var} are both set; set only one"
+        ))),
+        (Some(value), None) => {
+            if value.trim().is_empty() {
+                Err(ConfigError(format!("{name} is set but empty")))
+            } else {
+                Ok(Some(SecretString::from(value.trim().to_owned())))
+            }
+        }
+        (None, Some(path)) => {
+            let content = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("{file_var}: cannot read `{path}`: {e}")))?;
+            let content = content.trim();
+            if content.is_empty() {
+                return Err(ConfigError(format!("{file_var}: `{path}` is empty")));
+            }
+            Ok(Some(SecretString::from(content.to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+pub fn required_secret(env: EnvFn<'_>, name: &str) -> Result<SecretString, ConfigError> {
+    secret(env, name)?
+        .ok_or_else(|| ConfigError(format!("{name} is not set (set {name} or {name}_FILE)")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Settings every command needs: where the database and the policy are.
+#[derive(Debug, Clone)]
+pub struct BaseConfig {
+    pub database_url: String,
+    pub durability: Durability,
+    pub policy_path: PathBuf,
+}
+
+impl BaseConfig {
+    pub fn from_env(env: EnvFn<'_>) -> Result<Self, ConfigError> {
+        let database_url = env("JIT_DATABASE_URL").unwrap_or_else(|| "sqlite://jit.db".into());
+        if !database_url.starts_with("sqlite:") {
+            return Err(ConfigError(format!(
+                "JIT_DATABASE_URL must be a sqlite: URL such as sqlite://jit.db, not `{}`",
+                database_url.split('@').next_back().unwrap_or_default()
+            )));
+        }
+        let durability = match env("JIT_SQLITE_SYNCHRONOUS") {
+            None => Durability::Full,
+            Some(value) => Durability::parse(&value).ok_or_else(|| {
+                ConfigError(format!(
+                    "JIT_SQLITE_SYNCHRONOUS must be `full` or `normal`, not `{value}`"
+                ))
+            })?,
+        };
+        Ok(Self {
+            database_url,
+            durability,
+            policy_path: PathBuf::from(env("JIT_POLICY").unwrap_or_else(|| "jit.toml".into())),
+        })
+    }
+}
+
+/// Everything `jit serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub base: BaseConfig,
+    pub signing_secrets: Vec<SecretString>,
+    pub bot_token: SecretString,
+    pub app_token: Option<SecretString>,
+    pub slack_api_url: String,
+    pub listen: SocketAddr,
+    pub encryption_key: SecretString,
+    pub workers: usize,
+    pub posts_per_channel_per_second: NonZeroU32,
+}
+
+fn parse_number<T: std::str::FromStr>(
+    env: EnvFn<'_>,
+    name: &str,
+    default: T,
+    valid: impl Fn(&T) -> bool,
+    what: &str,
+) -> Result<T, ConfigError> {
+    match env(name) {
+        None => Ok(default),
+        Some(text) => match text.trim().parse::<T>() {
+            Ok(value) if valid(&value) => Ok(value),
+            _ => Err(ConfigError(format!("{name} must be {what}, not `{text}`"))),
+        },
+    }
+}
+
+impl ServeConfig {
+    pub fn from_env(env: EnvFn<'_>) -> Result<Self, ConfigError> {
+        let base = BaseConfig::from_env(env)?;
+        let signing = required_secret(env, "SLACK_SIGNING_SECRET")?;
+        let signing_secrets: Vec<SecretString> = {
+            use secrecy::ExposeSecret;
+            signing
+                .expose_secret()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect()
+        };
+        if signing_secrets.is_empty() {
+            return Err(ConfigError(
+                "SLACK_SIGNING_SECRET holds no secret (a comma-separated list is allowed)".into(),
+            ));
+        }
+        let bot_token = required_secret(env, "SLACK_BOT_TOKEN")?;
+        {
+            use secrecy::ExposeSecret;
+            if !bot_token.expose_secret().starts_with("xoxb-") {
+                return Err(ConfigError(
+                    "SLACK_BOT_TOKEN must be a bot token (it starts with xoxb-)".into(),
+                ));
+            }
+        }
+        let app_token = secret(env, "SLACK_APP_TOKEN")?;
+        if let Some(token) = &app_token {
+            use secrecy::ExposeSecret;
+            if !token.expose_secret().starts_with("xapp-") {
+                return Err(ConfigError(
+                    "SLACK_APP_TOKEN must be an app-level token (it starts with xapp-)".into(),
+                ));
+            }
+        }
+        let slack_api_url =
+            env("JIT_SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into());
+        if url::Url::parse(&slack_api_url).is_err() {
+            return Err(ConfigError(format!(
+                "JIT_SLACK_API_URL `{slack_api_url}` is not a URL"
+            )));
+        }
+        let listen_text = env("JIT_LISTEN").unwrap_or_else(|| "0.0.0.0:3000".into());
+        let listen = listen_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "JIT_LISTEN must be an address such as 0.0.0.0:3000, not `{listen_text}`"
+            ))
+        })?;
+        let encryption_key = required_secret(env, "JIT_ENCRYPTION_KEY")?;
+        let workers = parse_number(
+            env,
+            "JIT_WORKERS",
+            16usize,
+            |n| (1..=256).contains(n),
+            "a number from 1 to 256",
+        )?;
+        let posts = parse_number(
+            env,
+            "JIT_SLACK_CHANNEL_RATE",
+            1u32,
+            |n| (1..=1000).contains(n),
+            "messages per second per channel, from 1 to 1000",
+        )?;
+        Ok(Self {
+            base,
+            signing_secrets,
+            bot_token,
+            app_token,
+            slack_api_url,
+            listen,
+            encryption_key,
+            workers,
+            posts_per_channel_per_second: NonZeroU32::new(posts).expect("validated above"),
+        })
+    }
+}
+
+pub fn log_format(env: EnvFn<'_>) -> Result<LogFormat, ConfigError> {
+    match env("JIT_LOG_FORMAT").as_deref() {
+        None | Some("pretty") => Ok(LogFormat::Pretty),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(ConfigError(format!(
+            "JIT_LOG_FORMAT must be `json` or `pretty`, not `{other}`"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("SLACK_SIGNING_SECRET", "s1, s2"),
+        ("SLACK_BOT_TOKEN", "xoxb-123"),
+        ("JIT_ENCRYPTION_KEY", "k"),
+    ];
+
+    #[test]
+    fn defaults_and_rotation_list() {
+        let env = env_of(GOOD);
+        let config = ServeConfig::from_env(&env).unwrap();
+        assert_eq!(config.signing_secrets.len(), 2);
+        assert_eq!(config.signing_secrets[1].expose_secret(), "s2");
+        assert_eq!(config.base.database_url, "sqlite://jit.db");
+        assert_eq!(config.base.policy_path, PathBuf::from("jit.toml"));
+        assert_eq!(config.listen.to_string(), "0.0.0.0:3000");
+        assert_eq!(config.slack_api_url, "https://slack.com/api");
+        assert_eq!(config.base.durability, Durability::Full);
+    }
+
+    #[test]
+    fn each_problem_names_its_variable() {
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![], "SLACK_SIGNING_SECRET is not set"),
+            (
+                vec![("SLACK_SIGNING_SECRET", "s")],
+                "SLACK_BOT_TOKEN is not set",
+            ),
+            (
+                vec![("SLACK_SIGNING_SECRET", "s"), ("SLACK_BOT_TOKEN", "xoxp-1")],
+                "SLACK_BOT_TOKEN must be a bot token",
+            ),
+            (
+                vec![("SLACK_SIGNING_SECRET", "s"), ("SLACK_BOT_TOKEN", "xoxb-1")],
+                "JIT_ENCRYPTION_KEY is not set",
+            ),
+            (
+                [GOOD, &[("JIT_LISTEN", "nowhere")]].concat(),
+                "JIT_LISTEN must be an address",
+            ),
+            (
+                [GOOD, &[("JIT_DATABASE_URL", "postgres://u:p@h/db")]].concat(),
+                "JIT_DATABASE_URL must be a sqlite: URL",
+            ),
+            (
+                [GOOD, &[("JIT_WORKERS", "0")]].concat(),
+                "JIT_WORKERS must be a number from 1 to 256",
+            ),
+            (
+                [GOOD, &[("SLACK_BOT_TOKEN_FILE", "/x")]].concat(),
+                "SLACK_BOT_TOKEN and SLACK_BOT_TOKEN_FILE are both set",
+            ),
+            (
+                vec![("SLACK_SIGNING_SECRET_FILE", "/nonexistent/jit-secret")],
+                "SLACK_SIGNING_SECRET_FILE: cannot read `/nonexistent/jit-secret`",
+            ),
+            (
+                [GOOD, &[("JIT_SQLITE_SYNCHRONOUS", "off")]].concat(),
+                "JIT_SQLITE_SYNCHRONOUS must be `full` or `normal`",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let env = env_of(&pairs);
+            let err = ServeConfig::from_env(&env).unwrap_err().to_string();
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
+            assert!(!err.contains('\n'));
+            assert!(!err.contains("p@h"), "no URL credentials in errors: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "xoxb-from-file\n").unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let pairs = [
+            ("SLACK_SIGNING_SECRET", "s"),
+            ("SLACK_BOT_TOKEN_FILE", path.as_str()),
+            ("JIT_ENCRYPTION_KEY", "k"),
+        ];
+        let env = env_of(&pairs);
+        let config = ServeConfig::from_env(&env).unwrap();
+        assert_eq!(config.bot_token.expose_secret(), "xoxb-from-file");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("xoxb-from-file"), "{debug}");
+    }
+}

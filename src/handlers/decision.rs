@@ -1,0 +1,297 @@
+//! Deciding requests: approvals (one or several), denials, and approval by policy.
+//!
+//! Every decision is an update fenced on `state = 'pending'`, and each approver's approval is a
+//! row keyed by (request, approver). Double clicks, concurrent clicks and Slack retries therefore
+//! produce exactly one decision and one grant job.
+
+use chrono::{DateTime, Utc};
+
+use super::{HandlerError, HandlerResult, load, request::reload};
+use crate::app::App;
+use crate::audit::{self, AuditEvent, actor};
+use crate::domain::ids::{RequestId, SlackUserId};
+use crate::domain::policy::Resource;
+use crate::domain::request::{Kind, Request, State};
+use crate::queue::{self, Job, Placement, keys};
+use crate::slack::blocks;
+use crate::store::WriteTx;
+use crate::store::requests::{self, Fenced};
+
+/// What a click on Approve did.
+#[derive(Debug, Clone)]
+pub enum ApproveOutcome {
+    /// The last approval needed: the request is approved.
+    Approved(Request),
+    /// One more approval recorded; more are needed.
+    Partial { count: u32, required: u32 },
+    /// This approver had already approved.
+    AlreadyApprovedByYou,
+    /// Someone decided first.
+    AlreadyDecided(Request),
+}
+
+/// Checks that `approver` may decide `request`, refreshing group membership on a cache miss.
+pub async fn authorize<'a>(
+    app: &'a App,
+    request: &Request,
+    approver: &SlackUserId,
+) -> HandlerResult<&'a Resource> {
+    let resource = app
+        .policy
+        .resource(request.resource.as_str())
+        .ok_or_else(|| {
+            HandlerError::user(format!(
+                "`{}` is no longer in the policy, so request {} cannot be decided.",
+                request.resource, request.id
+            ))
+        })?;
+    app.directory
+        .refresh_on_miss(approver, &resource.approvers.groups)
+        .await;
+    app.policy
+        .may_decide(resource, &request.requester, approver, &app.directory)
+        .map_err(|refusal| HandlerError::user(format!("{refusal} (request {})", request.id)))?;
+    Ok(resource)
+}
+
+pub async fn approve(
+    app: &App,
+    approver: &SlackUserId,
+    id: RequestId,
+) -> HandlerResult<ApproveOutcome> {
+    let stored = load(app, id).await?;
+    authorize(app, &stored.request, approver).await?;
+    if stored.request.state != State::Pending {
+        return Ok(ApproveOutcome::AlreadyDecided(stored.request));
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    let request = reload(&mut tx, id).await?;
+    if request.state != State::Pending {
+        return Ok(ApproveOutcome::AlreadyDecided(request));
+    }
+    if !requests::add_approval(&mut tx, id, approver.as_str(), now).await? {
+        return Ok(ApproveOutcome::AlreadyApprovedByYou);
+    }
+    let approvals = requests::approvals(&mut tx, id).await?;
+    let count = approvals.len() as u32;
+    let outcome = if count >= request.approvals_required {
+        let request = approve_as(&mut tx, app, request, &approvals.join(","), now, false).await?;
+        ApproveOutcome::Approved(request)
+    } else {
+        audit::record(
+            &mut tx,
+            now,
+            Some(request.parent.unwrap_or(id)),
+            approver.as_str(),
+            &AuditEvent::Approval {
+                count,
+                required: request.approvals_required,
+                extension: request.parent.map(|_| id.0),
+            },
+        )
+        .await?;
+        queue::enqueue(
+            &mut tx,
+            &Job::ApprovalMessage { request: id },
+            Placement::messages_of(id),
+            now,
+            now,
+        )
+        .await?;
+        ApproveOutcome::Partial {
+            count,
+            required: request.approvals_required,
+        }
+    };
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(outcome)
+}
+
+/// Approves a pending request as `decided_by` (approvers joined by commas, `policy`, or the
+/// break-glass requester) and enqueues what follows: the grant (or the extension), the update
+/// of the approvers' message, and the requester's DM.
+pub async fn approve_as(
+    tx: &mut WriteTx,
+    app: &App,
+    request: Request,
+    decided_by: &str,
+    now: DateTime<Utc>,
+    breakglass: bool,
+) -> HandlerResult<Request> {
+    let id = request.id;
+    if requests::decide(tx, id, State::Approved, decided_by, None, now).await? == Fenced::Lost {
+        return Err(HandlerError::user(format!(
+            "Request {id} was decided a moment ago by someone else."
+        )));
+    }
+    let extension = request.parent.map(|_| id.0);
+    let target = request.parent.unwrap_or(id);
+    if decided_by == actor::POLICY {
+        audit::record(
+            tx,
+            now,
+            Some(target),
+            actor::POLICY,
+            &AuditEvent::AutoApproved { extension },
+        )
+        .await?;
+    } else if !breakglass {
+        audit::record(
+            tx,
+            now,
+            Some(target),
+            decided_by.split(',').next_back().unwrap_or(decided_by),
+            &AuditEvent::Approved {
+                approvers: decided_by.split(',').map(str::to_owned).collect(),
+                extension,
+            },
+        )
+        .await?;
+    }
+    let request = reload(tx, id).await?;
+    enqueue_issue(tx, &request, now).await?;
+    let posted_to_approvers = request.pending_until.is_some();
+    if posted_to_approvers {
+        queue::enqueue(
+            tx,
+            &Job::ApprovalMessage { request: id },
+            Placement::messages_of(id),
+            now,
+            now,
+        )
+        .await?;
+        if let Some(user) = request.requester.user() {
+            let dm = blocks::decision_dm(&request);
+            queue::enqueue(
+                tx,
+                &Job::Dm {
+                    user: user.clone(),
+                    text: dm.text,
+                    blocks: Some(dm.blocks),
+                },
+                Placement::messages_of(id),
+                now,
+                now,
+            )
+            .await?;
+        }
+        app.metrics
+            .approval_latency((now - request.created_at).num_milliseconds() as f64 / 1000.0);
+        app.metrics.request("approved");
+    }
+    Ok(request)
+}
+
+/// Approval by the policy's auto-approve rule.
+pub async fn approve_by_policy(
+    tx: &mut WriteTx,
+    app: &App,
+    request: Request,
+    now: DateTime<Utc>,
+) -> HandlerResult<Request> {
+    approve_as(tx, app, request, actor::POLICY, now, false).await
+}
+
+/// The job that acts on an approval: issue the grant, or apply the extension.
+async fn enqueue_issue(
+    tx: &mut WriteTx,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let id = request.id;
+    let (job, key) = match request.kind {
+        Kind::Extension => (Job::Extend { extension: id }, keys::extend(id)),
+        Kind::Access | Kind::Breakglass => (Job::Grant { request: id }, keys::grant(id)),
+    };
+    queue::enqueue(tx, &job, Placement::access_of(request, key), now, now).await?;
+    Ok(())
+}
+
+pub const MAX_REASON: usize = 1000;
+
+pub async fn deny(
+    app: &App,
+    approver: &SlackUserId,
+    id: RequestId,
+    reason: &str,
+) -> HandlerResult<Request> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(HandlerError::user(
+            "Please give a reason for the requester.",
+        ));
+    }
+    if reason.chars().count() > MAX_REASON {
+        return Err(HandlerError::user(format!(
+            "The reason is too long: at most {MAX_REASON} characters."
+        )));
+    }
+    let stored = load(app, id).await?;
+    authorize(app, &stored.request, approver).await?;
+    let already = |request: &Request| {
+        HandlerError::user(format!(
+            "Request {id} is already {}; nothing was changed.",
+            request.state.label()
+        ))
+    };
+    if stored.request.state != State::Pending {
+        return Err(already(&stored.request));
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    if requests::decide(
+        &mut tx,
+        id,
+        State::Denied,
+        approver.as_str(),
+        Some(reason),
+        now,
+    )
+    .await?
+        == Fenced::Lost
+    {
+        let request = reload(&mut tx, id).await?;
+        return Err(already(&request));
+    }
+    let request = reload(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        now,
+        Some(request.parent.unwrap_or(id)),
+        approver.as_str(),
+        &AuditEvent::Denied {
+            reason: reason.to_owned(),
+            extension: request.parent.map(|_| id.0),
+        },
+    )
+    .await?;
+    queue::enqueue(
+        &mut tx,
+        &Job::ApprovalMessage { request: id },
+        Placement::messages_of(id),
+        now,
+        now,
+    )
+    .await?;
+    if let Some(user) = request.requester.user() {
+        let dm = blocks::decision_dm(&request);
+        queue::enqueue(
+            &mut tx,
+            &Job::Dm {
+                user: user.clone(),
+                text: dm.text,
+                blocks: Some(dm.blocks),
+            },
+            Placement::messages_of(id),
+            now,
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    app.waker.wake();
+    app.metrics.request("denied");
+    Ok(request)
+}

@@ -1,0 +1,1041 @@
+//! The life of a grant after approval: issue, remind, extend, release or revoke, tear down.
+//!
+//! These run as queue jobs (`run_*`) or as commands. Provider calls happen outside any
+//! transaction; their results are recorded with fenced updates afterwards, so a crash between
+//! the call and the record only means the (idempotent) call is made again.
+
+use super::request::reload;
+use super::{HandlerError, HandlerResult, load};
+use crate::app::App;
+use crate::audit::{self, AuditEvent, actor};
+use crate::domain::ids::{RequestId, SlackUserId};
+use crate::domain::policy::Requester;
+use crate::domain::request::{Kind, Request, State};
+use crate::providers::{GrantSpec, Issued, ProviderError, RevokeReason, RevokeSpec};
+use crate::queue::worker::{JobCtx, Outcome};
+use crate::queue::{self, Job, Placement, keys};
+use crate::slack::blocks;
+use crate::store::requests::{self, Fenced, StoredRequest};
+use crate::store::{self, WriteTx, format_time};
+use chrono::{DateTime, Utc};
+
+async fn get(app: &App, id: RequestId) -> anyhow::Result<Option<StoredRequest>> {
+    let mut conn = app.store.read().await?;
+    requests::get(&mut conn, id).await
+}
+
+/// The key under which overlapping grants of the same access are counted.
+fn access_key(request: &Request, handle: &str) -> String {
+    format!("{}\n{handle}", request.resource)
+}
+
+async fn requester_email(app: &App, requester: &Requester) -> Option<String> {
+    let user = requester.user()?;
+    match app.slack.user_email(user.as_str()).await {
+        Ok(email) => email,
+        Err(err) => {
+            tracing::warn!(user = %user, error = %err, "cannot look up the requester's email; using the Slack user id");
+            None
+        }
+    }
+}
+
+async fn dm(
+    tx: &mut WriteTx,
+    request: &Request,
+    msg: blocks::Msg,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    if let Some(user) = request.requester.user() {
+        queue::enqueue(
+            tx,
+            &Job::Dm {
+                user: user.clone(),
+                text: msg.text,
+                blocks: Some(msg.blocks),
+            },
+            Placement::messages_of(request.parent.unwrap_or(request.id)),
+            now,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn update_approval_message(
+    tx: &mut WriteTx,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    if request.pending_until.is_some() {
+        queue::enqueue(
+            tx,
+            &Job::ApprovalMessage {
+                request: request.id,
+            },
+            Placement::messages_of(request.id),
+            now,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// When the reminder for a grant ending at `expires_at` goes out.
+fn remind_at(
+    app: &App,
+    request: &Request,
+    granted_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let lead = app
+        .policy
+        .resource(request.resource.as_str())
+        .map(|r| r.reminder_before.to_chrono())
+        .unwrap_or_else(|| chrono::Duration::minutes(10));
+    // Short grants are reminded at half time rather than at once.
+    let lead = lead.min((expires_at - granted_at) / 2);
+    expires_at - lead
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue
+// ---------------------------------------------------------------------------------------------
+
+pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<Outcome> {
+    let Some(stored) = get(app, id).await? else {
+        return Ok(Outcome::Fail(format!("request {id} does not exist")));
+    };
+    let request = &stored.request;
+    match request.state {
+        State::Approved => {}
+        // An earlier attempt may have issued access and died before recording it, and the
+        // request ended since: issue again (idempotent) to learn the handle, then tear down.
+        State::Released | State::Revoked if stored.grant_handle.is_none() && ctx.attempt > 1 => {}
+        _ => return Ok(Outcome::Done),
+    }
+    let Some(provider) = app.providers.get(&request.resource) else {
+        fail_grant(
+            app,
+            request,
+            "the resource has no provider (was it removed from the policy?)",
+            ctx,
+        )
+        .await?;
+        return Ok(Outcome::Done);
+    };
+    let now = app.clock.now();
+    let expires_at = now + request.duration.to_chrono();
+    let spec = GrantSpec {
+        request_id: id,
+        requester: request.requester.clone(),
+        requester_email: requester_email(app, &request.requester).await,
+        resource: request.resource.clone(),
+        expires_at,
+        now,
+    };
+    match provider.grant(&spec).await {
+        Ok(issued) => {
+            record_issued(app, &stored, issued, now, expires_at).await?;
+            Ok(Outcome::Done)
+        }
+        Err(ProviderError::Retryable(error)) if !ctx.is_last() => {
+            let mut tx = app.store.begin_write().await?;
+            audit::record(
+                &mut tx,
+                now,
+                Some(id),
+                actor::SYSTEM,
+                &AuditEvent::GrantFailed {
+                    error: error.clone(),
+                    attempt: ctx.attempt,
+                    last: false,
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Outcome::Retry(error))
+        }
+        Err(err) => {
+            fail_grant(app, request, &err.to_string(), ctx).await?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+async fn record_issued(
+    app: &App,
+    stored: &StoredRequest,
+    issued: Issued,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let request = &stored.request;
+    let id = request.id;
+    let key = access_key(request, &issued.handle);
+    let mut tx = app.store.begin_write().await?;
+    if requests::activate(&mut tx, id, now, expires_at, &issued.handle, &key).await? == Fenced::Lost
+    {
+        // Released or revoked while the provider was working: remove what was just issued.
+        requests::record_handle(&mut tx, id, &issued.handle, &key).await?;
+        let current = reload(&mut tx, id).await.map_err(anyhow_of)?;
+        queue::enqueue(
+            &mut tx,
+            &Job::Revoke { request: id },
+            Placement::access_of(&current, keys::revoke(id)),
+            now,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        app.waker.wake();
+        return Ok(());
+    }
+    if let Some(credentials) = &issued.credentials {
+        let sealed = app
+            .cipher
+            .seal_secret(credentials.to_secret_json(), &store::credentials::aad(id));
+        store::credentials::put(&mut tx, id, &sealed, now).await?;
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::Granted {
+            expires_at: format_time(expires_at),
+            handle: issued.handle.clone(),
+            credentials: issued.credentials.is_some(),
+        },
+    )
+    .await?;
+    let active = reload(&mut tx, id).await.map_err(anyhow_of)?;
+    queue::enqueue(
+        &mut tx,
+        &Job::Revoke { request: id },
+        Placement::access_of(&active, keys::revoke(id)),
+        expires_at,
+        now,
+    )
+    .await?;
+    queue::enqueue(
+        &mut tx,
+        &Job::Remind { request: id },
+        Placement::unique(keys::remind(id)),
+        remind_at(app, &active, now, expires_at),
+        now,
+    )
+    .await?;
+    dm(
+        &mut tx,
+        &active,
+        blocks::issued_dm(
+            &active,
+            expires_at,
+            issued.instructions.as_deref(),
+            issued.credentials.is_some(),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(())
+}
+
+fn anyhow_of(err: HandlerError) -> anyhow::Error {
+    match err {
+        HandlerError::Internal(e) => e,
+        HandlerError::User(text) => anyhow::anyhow!(text),
+    }
+}
+
+async fn fail_grant(app: &App, request: &Request, error: &str, ctx: JobCtx) -> anyhow::Result<()> {
+    let now = app.clock.now();
+    let id = request.id;
+    let mut tx = app.store.begin_write().await?;
+    if requests::end(
+        &mut tx,
+        id,
+        State::Approved,
+        State::Failed,
+        now,
+        Some(error),
+    )
+    .await?
+        == Fenced::Lost
+    {
+        return Ok(());
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::GrantFailed {
+            error: error.to_owned(),
+            attempt: ctx.attempt,
+            last: true,
+        },
+    )
+    .await?;
+    let failed = reload(&mut tx, id).await.map_err(anyhow_of)?;
+    update_approval_message(&mut tx, &failed, now).await?;
+    dm(&mut tx, &failed, blocks::failed_dm(&failed, error), now).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tear down
+// ---------------------------------------------------------------------------------------------
+
+pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<Outcome> {
+    let Some(stored) = get(app, id).await? else {
+        return Ok(Outcome::Fail(format!("request {id} does not exist")));
+    };
+    if stored.request.revoked_at.is_some() {
+        return Ok(Outcome::Done);
+    }
+    let now = app.clock.now();
+    let mut request = stored.request.clone();
+    if request.state == State::Active {
+        let expires = request.expires_at.unwrap_or(now);
+        if now < expires {
+            // Extended since this job was scheduled: come back at the new expiry.
+            return Ok(Outcome::RunAt(expires));
+        }
+        let mut tx = app.store.begin_write().await?;
+        if requests::end(&mut tx, id, State::Active, State::Expired, now, None).await?
+            == Fenced::Applied
+        {
+            audit::record(&mut tx, now, Some(id), actor::SYSTEM, &AuditEvent::Expired).await?;
+        }
+        request = reload(&mut tx, id).await.map_err(anyhow_of)?;
+        tx.commit().await?;
+    }
+    let Some(handle) = stored.grant_handle.clone() else {
+        // Ended before anything was issued.
+        finish_teardown(
+            app,
+            &request,
+            Vec::new(),
+            Some("nothing had been issued".into()),
+            None,
+        )
+        .await?;
+        return Ok(Outcome::Done);
+    };
+    let key = stored
+        .access_key
+        .clone()
+        .unwrap_or_else(|| access_key(&request, &handle));
+    let holders = {
+        let mut conn = app.store.read().await?;
+        requests::other_holders(&mut conn, id, &key).await?
+    };
+    if !holders.is_empty() {
+        finish_teardown(app, &request, holders, None, None).await?;
+        return Ok(Outcome::Done);
+    }
+    let Some(provider) = app.providers.get(&request.resource) else {
+        let error = format!(
+            "`{}` has no provider any more (was it removed from the policy?); remove the access by hand",
+            request.resource
+        );
+        record_teardown_failure(app, &request, ctx, &error).await?;
+        return Ok(Outcome::Retry(error));
+    };
+    let spec = RevokeSpec {
+        request_id: id,
+        requester: request.requester.clone(),
+        resource: request.resource.clone(),
+        handle,
+        natural_expiry: request.expires_at.unwrap_or(now),
+        reason: if request.state == State::Expired {
+            RevokeReason::Expired
+        } else {
+            RevokeReason::Early
+        },
+        now,
+    };
+    match provider.revoke(&spec).await {
+        Ok(revoked) => {
+            finish_teardown(
+                app,
+                &request,
+                Vec::new(),
+                revoked.detail,
+                revoked.cleanup_at,
+            )
+            .await?;
+            Ok(Outcome::Done)
+        }
+        Err(err) => {
+            let error = err.to_string();
+            record_teardown_failure(app, &request, ctx, &error).await?;
+            // Teardowns are never dropped, fatal or not: a person may fix the cause.
+            Ok(Outcome::Retry(error))
+        }
+    }
+}
+
+async fn record_teardown_failure(
+    app: &App,
+    request: &Request,
+    ctx: JobCtx,
+    error: &str,
+) -> anyhow::Result<()> {
+    let alert_after = app.policy.limits.teardown_alert_after_failures;
+    let event = if ctx.attempt == alert_after
+        || (ctx.attempt > alert_after && ctx.attempt.is_multiple_of(12))
+    {
+        Some(AuditEvent::TeardownAlert {
+            attempts: ctx.attempt,
+            error: error.to_owned(),
+        })
+    } else if ctx.attempt < alert_after {
+        Some(AuditEvent::TeardownFailed {
+            attempt: ctx.attempt,
+            error: error.to_owned(),
+        })
+    } else {
+        None
+    };
+    if let Some(event) = event {
+        let now = app.clock.now();
+        let mut tx = app.store.begin_write().await?;
+        audit::record(&mut tx, now, Some(request.id), actor::SYSTEM, &event).await?;
+        tx.commit().await?;
+        app.waker.wake();
+    }
+    Ok(())
+}
+
+async fn finish_teardown(
+    app: &App,
+    request: &Request,
+    still_held_by: Vec<i64>,
+    detail: Option<String>,
+    cleanup_at: Option<DateTime<Utc>>,
+) -> anyhow::Result<()> {
+    let now = app.clock.now();
+    let id = request.id;
+    let mut tx = app.store.begin_write().await?;
+    if requests::mark_revoked(&mut tx, id, now).await? == Fenced::Lost {
+        return Ok(());
+    }
+    if store::credentials::erase(&mut tx, id).await? {
+        audit::record(
+            &mut tx,
+            now,
+            Some(id),
+            actor::SYSTEM,
+            &AuditEvent::CredentialsErased,
+        )
+        .await?;
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::TornDown {
+            still_held_by,
+            detail,
+        },
+    )
+    .await?;
+    for extension in requests::pending_extensions(&mut tx, id).await? {
+        let extension = RequestId(extension);
+        if requests::decide(
+            &mut tx,
+            extension,
+            State::Cancelled,
+            actor::SYSTEM,
+            Some("the grant ended"),
+            now,
+        )
+        .await?
+            == Fenced::Applied
+        {
+            audit::record(
+                &mut tx,
+                now,
+                Some(id),
+                actor::SYSTEM,
+                &AuditEvent::Cancelled {
+                    extension: Some(extension.0),
+                },
+            )
+            .await?;
+            let cancelled = reload(&mut tx, extension).await.map_err(anyhow_of)?;
+            update_approval_message(&mut tx, &cancelled, now).await?;
+        }
+    }
+    if let Some(at) = cleanup_at {
+        queue::enqueue(
+            &mut tx,
+            &Job::Cleanup { request: id },
+            Placement::access_of(request, keys::cleanup(id)),
+            at,
+            now,
+        )
+        .await?;
+    }
+    if request.granted_at.is_some() {
+        dm(&mut tx, request, blocks::ended_dm(request, None), now).await?;
+    }
+    tx.commit().await?;
+    app.waker.wake();
+    if let (State::Expired, Some(expires)) = (request.state, request.expires_at) {
+        app.metrics
+            .teardown_lag((now - expires).num_milliseconds() as f64 / 1000.0);
+    }
+    Ok(())
+}
+
+pub async fn run_cleanup(app: &App, id: RequestId, _ctx: JobCtx) -> anyhow::Result<Outcome> {
+    let Some(stored) = get(app, id).await? else {
+        return Ok(Outcome::Done);
+    };
+    let request = &stored.request;
+    let (Some(handle), Some(provider)) = (
+        stored.grant_handle.clone(),
+        app.providers.get(&request.resource),
+    ) else {
+        return Ok(Outcome::Done);
+    };
+    let now = app.clock.now();
+    let spec = RevokeSpec {
+        request_id: id,
+        requester: request.requester.clone(),
+        resource: request.resource.clone(),
+        handle,
+        natural_expiry: request.expires_at.unwrap_or(now),
+        reason: RevokeReason::Early,
+        now,
+    };
+    match provider.cleanup(&spec).await {
+        Ok(()) => {
+            let mut tx = app.store.begin_write().await?;
+            audit::record(
+                &mut tx,
+                now,
+                Some(id),
+                actor::SYSTEM,
+                &AuditEvent::CleanedUp { detail: None },
+            )
+            .await?;
+            tx.commit().await?;
+            app.waker.wake();
+            Ok(Outcome::Done)
+        }
+        Err(err) => Ok(Outcome::Retry(err.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extend
+// ---------------------------------------------------------------------------------------------
+
+pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Result<Outcome> {
+    let Some(ext) = get(app, ext_id).await? else {
+        return Ok(Outcome::Done);
+    };
+    let ext = ext.request;
+    if ext.state != State::Approved || ext.kind != Kind::Extension {
+        return Ok(Outcome::Done);
+    }
+    let parent_id = ext.parent.unwrap_or(ext_id);
+    let parent = get(app, parent_id).await?;
+    let Some(parent) =
+        parent.filter(|p| p.request.state == State::Active && p.grant_handle.is_some())
+    else {
+        fail_extension(app, &ext, parent_id, "the grant has already ended").await?;
+        return Ok(Outcome::Done);
+    };
+    let now = app.clock.now();
+    let current = parent.request.expires_at.unwrap_or(now);
+    // Extensions add to the current end; a clock that stepped back never shortens or stretches it.
+    let new_expiry = current + ext.duration.to_chrono();
+    let Some(provider) = app.providers.get(&parent.request.resource) else {
+        fail_extension(
+            app,
+            &ext,
+            parent_id,
+            "the resource has no provider any more",
+        )
+        .await?;
+        return Ok(Outcome::Done);
+    };
+    let spec = GrantSpec {
+        request_id: parent_id,
+        requester: parent.request.requester.clone(),
+        requester_email: requester_email(app, &parent.request.requester).await,
+        resource: parent.request.resource.clone(),
+        expires_at: new_expiry,
+        now,
+    };
+    let handle = parent.grant_handle.clone().unwrap_or_default();
+    let issued = match provider.extend(&spec, &handle).await {
+        Ok(issued) => issued,
+        Err(ProviderError::Retryable(error)) if !ctx.is_last() => return Ok(Outcome::Retry(error)),
+        Err(err) => {
+            fail_extension(app, &ext, parent_id, &err.to_string()).await?;
+            return Ok(Outcome::Done);
+        }
+    };
+    let mut tx = app.store.begin_write().await?;
+    if requests::set_expiry(&mut tx, parent_id, new_expiry).await? == Fenced::Lost {
+        drop(tx);
+        fail_extension(
+            app,
+            &ext,
+            parent_id,
+            "the grant ended while it was being extended",
+        )
+        .await?;
+        return Ok(Outcome::Done);
+    }
+    let _ = requests::end(&mut tx, ext_id, State::Approved, State::Applied, now, None).await?;
+    if let Some(credentials) = &issued.credentials {
+        let sealed = app.cipher.seal_secret(
+            credentials.to_secret_json(),
+            &store::credentials::aad(parent_id),
+        );
+        store::credentials::put(&mut tx, parent_id, &sealed, now).await?;
+    }
+    let grant = reload(&mut tx, parent_id).await.map_err(anyhow_of)?;
+    if !store::jobs::reschedule(&mut tx, &keys::revoke(parent_id), new_expiry, now).await? {
+        queue::enqueue(
+            &mut tx,
+            &Job::Revoke { request: parent_id },
+            Placement::access_of(&grant, keys::revoke(parent_id)),
+            new_expiry,
+            now,
+        )
+        .await?;
+    }
+    let remind = remind_at(app, &grant, now, new_expiry);
+    if !store::jobs::reschedule(&mut tx, &keys::remind(parent_id), remind, now).await? {
+        queue::enqueue(
+            &mut tx,
+            &Job::Remind { request: parent_id },
+            Placement::unique(keys::remind(parent_id)),
+            remind,
+            now,
+        )
+        .await?;
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(parent_id),
+        actor::SYSTEM,
+        &AuditEvent::Extended {
+            extension: ext_id.0,
+            expires_at: format_time(new_expiry),
+        },
+    )
+    .await?;
+    dm(
+        &mut tx,
+        &grant,
+        blocks::extended_dm(&grant, new_expiry),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(Outcome::Done)
+}
+
+async fn fail_extension(
+    app: &App,
+    ext: &Request,
+    parent: RequestId,
+    error: &str,
+) -> anyhow::Result<()> {
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    if requests::end(
+        &mut tx,
+        ext.id,
+        State::Approved,
+        State::Failed,
+        now,
+        Some(error),
+    )
+    .await?
+        == Fenced::Lost
+    {
+        return Ok(());
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(parent),
+        actor::SYSTEM,
+        &AuditEvent::ExtensionFailed {
+            extension: ext.id.0,
+            error: error.to_owned(),
+        },
+    )
+    .await?;
+    let failed = reload(&mut tx, ext.id).await.map_err(anyhow_of)?;
+    update_approval_message(&mut tx, &failed, now).await?;
+    dm(
+        &mut tx,
+        &failed,
+        blocks::simple(format!(
+            ":warning: Your extension {} could not be applied: {}",
+            ext.id,
+            crate::slack::text::escape_truncated(error, 500)
+        )),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers
+// ---------------------------------------------------------------------------------------------
+
+pub async fn run_remind(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
+    let Some(stored) = get(app, id).await? else {
+        return Ok(Outcome::Done);
+    };
+    let request = stored.request;
+    let (State::Active, Some(expires), Some(granted)) =
+        (request.state, request.expires_at, request.granted_at)
+    else {
+        return Ok(Outcome::Done);
+    };
+    let now = app.clock.now();
+    if now >= expires {
+        return Ok(Outcome::Done);
+    }
+    let at = remind_at(app, &request, granted, expires);
+    if now < at {
+        return Ok(Outcome::RunAt(at));
+    }
+    let mut tx = app.store.begin_write().await?;
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::Reminded {
+            expires_at: format_time(expires),
+        },
+    )
+    .await?;
+    dm(
+        &mut tx,
+        &request,
+        blocks::reminder_dm(&request, expires, now),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(Outcome::Done)
+}
+
+pub async fn run_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
+    let Some(stored) = get(app, id).await? else {
+        return Ok(Outcome::Done);
+    };
+    if stored.request.state != State::Pending {
+        return Ok(Outcome::Done);
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    audit::record(
+        &mut tx,
+        now,
+        Some(stored.request.parent.unwrap_or(id)),
+        actor::SYSTEM,
+        &AuditEvent::Nudged,
+    )
+    .await?;
+    queue::enqueue(
+        &mut tx,
+        &Job::ApprovalNudge { request: id },
+        Placement::messages_of(id),
+        now,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(Outcome::Done)
+}
+
+pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
+    let Some(stored) = get(app, id).await? else {
+        return Ok(Outcome::Done);
+    };
+    let request = stored.request;
+    if request.state != State::Pending {
+        return Ok(Outcome::Done);
+    }
+    let now = app.clock.now();
+    if let Some(until) = request.pending_until.filter(|u| now < *u) {
+        return Ok(Outcome::RunAt(until));
+    }
+    let mut tx = app.store.begin_write().await?;
+    if requests::decide(&mut tx, id, State::TimedOut, actor::SYSTEM, None, now).await?
+        == Fenced::Lost
+    {
+        return Ok(Outcome::Done);
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(request.parent.unwrap_or(id)),
+        actor::SYSTEM,
+        &AuditEvent::TimedOut {
+            extension: request.parent.map(|_| id.0),
+        },
+    )
+    .await?;
+    let timed_out = reload(&mut tx, id).await.map_err(anyhow_of)?;
+    update_approval_message(&mut tx, &timed_out, now).await?;
+    dm(&mut tx, &timed_out, blocks::decision_dm(&timed_out), now).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    app.metrics.request("timed_out");
+    Ok(Outcome::Done)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands: release, revoke, review, reveal
+// ---------------------------------------------------------------------------------------------
+
+/// Ends a grant early (active, or approved and not yet issued) and moves its teardown to now.
+async fn end_early(
+    app: &App,
+    request: &Request,
+    to: State,
+    actor: &str,
+    event: AuditEvent,
+) -> HandlerResult<Request> {
+    let id = request.id;
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    let mut ended = false;
+    for from in [State::Active, State::Approved] {
+        if requests::end(&mut tx, id, from, to, now, None).await? == Fenced::Applied {
+            ended = true;
+            break;
+        }
+    }
+    if !ended {
+        let current = reload(&mut tx, id).await?;
+        return Err(HandlerError::user(format!(
+            "Request {id} is {}; there is no access to end.",
+            current.state.label()
+        )));
+    }
+    audit::record(&mut tx, now, Some(id), actor, &event).await?;
+    store::jobs::reschedule(&mut tx, &keys::revoke(id), now, now).await?;
+    let current = reload(&mut tx, id).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(current)
+}
+
+/// The holder gives up their access now.
+pub async fn release(app: &App, who: &Requester, id: RequestId) -> HandlerResult<Request> {
+    let request = load(app, id).await?.request;
+    if &request.requester != who {
+        return Err(HandlerError::user(format!(
+            "Request {id} is not yours, so you cannot release it."
+        )));
+    }
+    end_early(
+        app,
+        &request,
+        State::Released,
+        &who.key(),
+        AuditEvent::Released,
+    )
+    .await
+}
+
+/// Who is revoking: an admin in Slack, or an operator at the command line.
+pub enum Revoker<'a> {
+    Slack(&'a SlackUserId),
+    Cli(&'a str),
+}
+
+/// An admin ends someone's access now.
+pub async fn revoke(
+    app: &App,
+    by: Revoker<'_>,
+    id: RequestId,
+    reason: &str,
+) -> HandlerResult<Request> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(HandlerError::user("Please give a reason for revoking."));
+    }
+    let actor = match by {
+        Revoker::Slack(user) => {
+            require_admin(app, user).await?;
+            user.to_string()
+        }
+        Revoker::Cli(os_user) => actor::cli(os_user),
+    };
+    let request = load(app, id).await?.request;
+    let revoked = end_early(
+        app,
+        &request,
+        State::Revoked,
+        &actor,
+        AuditEvent::Revoked {
+            reason: reason.to_owned(),
+        },
+    )
+    .await?;
+    // Tell the holder why now; the teardown DM follows once the access is gone.
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    dm(
+        &mut tx,
+        &revoked,
+        blocks::simple(format!(
+            ":no_entry: Your access to {} (request {id}) was revoked by {}: {}",
+            crate::slack::text::code(revoked.resource.as_str()),
+            crate::slack::text::actor(&actor),
+            crate::slack::text::escape_truncated(reason, 1000)
+        )),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(revoked)
+}
+
+pub async fn require_admin(app: &App, user: &SlackUserId) -> HandlerResult<()> {
+    app.directory
+        .refresh_on_miss(user, &app.policy.admins.groups)
+        .await;
+    if app.policy.is_admin(user, &app.directory) {
+        Ok(())
+    } else {
+        Err(HandlerError::user("Only jit admins can do that."))
+    }
+}
+
+/// An admin's after-the-fact review of a break-glass grant, optionally revoking it.
+pub async fn review(
+    app: &App,
+    admin: &SlackUserId,
+    id: RequestId,
+    revoke_too: bool,
+) -> HandlerResult<Request> {
+    require_admin(app, admin).await?;
+    let request = load(app, id).await?.request;
+    if request.kind != Kind::Breakglass {
+        return Err(HandlerError::user(format!(
+            "Request {id} is not a break-glass grant."
+        )));
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    if requests::mark_reviewed(&mut tx, id, admin.as_str(), now).await? == Fenced::Lost {
+        let current = reload(&mut tx, id).await?;
+        return Err(HandlerError::user(format!(
+            "Break-glass grant {id} was already reviewed by {}.",
+            current
+                .reviewed_by
+                .as_deref()
+                .map(crate::slack::text::actor)
+                .unwrap_or_default()
+        )));
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        admin.as_str(),
+        &AuditEvent::Reviewed { revoke: revoke_too },
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    if revoke_too && matches!(request.state, State::Active | State::Approved) {
+        return end_early(
+            app,
+            &request,
+            State::Revoked,
+            admin.as_str(),
+            AuditEvent::Revoked {
+                reason: "break-glass review".into(),
+            },
+        )
+        .await;
+    }
+    Ok(load(app, id).await?.request)
+}
+
+/// The holder's credentials, for the reveal modal. The reveal is audited before it happens.
+pub async fn reveal(
+    app: &App,
+    user: &SlackUserId,
+    id: RequestId,
+) -> HandlerResult<(Request, Vec<(String, String)>)> {
+    let stored = load(app, id).await?;
+    let request = stored.request;
+    if request.requester.user() != Some(user) {
+        return Err(HandlerError::user(
+            "Only the holder of a grant can reveal its credentials.",
+        ));
+    }
+    if request.state != State::Active {
+        return Err(HandlerError::user(format!(
+            "Request {id} is {}; its credentials are gone.",
+            request.state.label()
+        )));
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    let Some(sealed) = store::credentials::get(&mut tx, id).await? else {
+        return Err(HandlerError::user(format!(
+            "Request {id} has no credentials to reveal."
+        )));
+    };
+    let secret = app
+        .cipher
+        .open_secret(&sealed, &store::credentials::aad(id))
+        .map_err(|_| {
+            HandlerError::Internal(anyhow::anyhow!(
+                "the stored credentials of request {id} cannot be decrypted (was JIT_ENCRYPTION_KEY changed?)"
+            ))
+        })?;
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        user.as_str(),
+        &AuditEvent::CredentialsRevealed,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    let pairs: Vec<(String, String)> = crate::providers::Credentials::from_secret_json(secret)
+        .expose()
+        .into_iter()
+        .collect();
+    Ok((request, pairs))
+}

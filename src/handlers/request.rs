@@ -1,0 +1,462 @@
+//! Asking for access: submit, cancel, list, explain, extend and break-glass.
+
+use chrono::{DateTime, Utc};
+
+use super::{HandlerError, HandlerResult, decision, load};
+use crate::app::App;
+use crate::audit::{self, AuditEvent};
+use crate::domain::duration::GrantDuration;
+use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
+use crate::domain::policy::{Refusal, Requester, Resource, Route};
+use crate::domain::request::{Kind, Request, State};
+use crate::queue::{self, Job, Placement, keys};
+use crate::store::WriteTx;
+use crate::store::requests::{self, NewRequest, StoredRequest};
+
+pub const MAX_JUSTIFICATION: usize = 2000;
+pub const MAX_TICKET: usize = 200;
+
+/// Where a request came from, for the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Slack,
+    Api,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Slack => "slack",
+            Via::Api => "api",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    pub requester: Requester,
+    pub resource: &'a str,
+    /// `None`: the resource's default duration.
+    pub duration: Option<GrantDuration>,
+    pub justification: &'a str,
+    pub ticket: Option<&'a str>,
+    pub via: Via,
+    pub origin_channel: Option<SlackChannelId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub request: Request,
+    pub resource: Resource,
+    /// Approved by policy at once.
+    pub auto: bool,
+}
+
+/// Field-level problems, so a modal can show each next to its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldError {
+    Resource(String),
+    Duration(String),
+    Justification(String),
+    Ticket(String),
+}
+
+impl FieldError {
+    pub fn message(&self) -> &str {
+        match self {
+            FieldError::Resource(m)
+            | FieldError::Duration(m)
+            | FieldError::Justification(m)
+            | FieldError::Ticket(m) => m,
+        }
+    }
+}
+
+/// Checks the free-text fields of a submission.
+pub fn check_text(justification: &str, ticket: Option<&str>) -> Result<(), FieldError> {
+    let justification = justification.trim();
+    if justification.is_empty() {
+        return Err(FieldError::Justification(
+            "Please say why you need access: the justification is empty.".into(),
+        ));
+    }
+    if justification.chars().count() > MAX_JUSTIFICATION {
+        return Err(FieldError::Justification(format!(
+            "The justification is too long: at most {MAX_JUSTIFICATION} characters."
+        )));
+    }
+    if let Some(ticket) = ticket
+        && (ticket.chars().count() > MAX_TICKET || ticket.contains('\n'))
+    {
+        return Err(FieldError::Ticket(format!(
+            "The ticket must be one line of at most {MAX_TICKET} characters."
+        )));
+    }
+    Ok(())
+}
+
+fn refusal_field(refusal: &Refusal) -> FieldError {
+    match refusal {
+        Refusal::UnknownResource { .. } | Refusal::NotAllowed { .. } => {
+            FieldError::Resource(refusal.to_string())
+        }
+        Refusal::TooLong { .. } => FieldError::Duration(refusal.to_string()),
+    }
+}
+
+/// Whether `requester` may submit another request now (per-requester rate limit).
+fn check_rate(app: &App, requester: &Requester) -> HandlerResult<()> {
+    if app.request_limiter.check_key(&requester.key()).is_err() {
+        app.metrics.request("rate_limited");
+        return Err(HandlerError::user(format!(
+            "You are sending requests too quickly (at most {} a minute). Please wait a minute and try again.",
+            app.policy.limits.requests_per_user_per_minute
+        )));
+    }
+    Ok(())
+}
+
+/// Submits a request. Field errors come back separately so a form can place them.
+pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submitted, FieldError>> {
+    if let Err(field) = check_text(s.justification, s.ticket) {
+        return Ok(Err(field));
+    }
+    let evaluation = match app
+        .policy
+        .evaluate(s.resource, &s.requester, s.duration, &app.directory)
+    {
+        Ok(e) => e,
+        Err(refusal) => {
+            app.metrics.request("refused");
+            return Ok(Err(refusal_field(&refusal)));
+        }
+    };
+    check_rate(app, &s.requester)?;
+    let resource = evaluation.resource.clone();
+    let auto = evaluation.route == Route::Auto;
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    let request = insert(
+        &mut tx,
+        NewRequest {
+            kind: Kind::Access,
+            parent: None,
+            requester: &s.requester,
+            resource: &resource.id,
+            duration: evaluation.duration,
+            justification: s.justification.trim(),
+            ticket: s.ticket.map(str::trim).filter(|t| !t.is_empty()),
+            approvals_required: resource.approvals_required,
+            created_at: now,
+            pending_until: (!auto).then(|| now + resource.pending_timeout.to_chrono()),
+            origin_channel: s.origin_channel.as_ref(),
+        },
+        actor_of(&s.requester),
+        s.via,
+    )
+    .await?;
+    let request = route(&mut tx, app, request, &resource, auto, now).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    app.metrics
+        .request(if auto { "auto_approved" } else { "submitted" });
+    Ok(Ok(Submitted {
+        request,
+        resource,
+        auto,
+    }))
+}
+
+pub fn actor_of(requester: &Requester) -> String {
+    requester.key()
+}
+
+/// Inserts a request and its `requested` audit event; returns it as stored.
+async fn insert(
+    tx: &mut WriteTx,
+    new: NewRequest<'_>,
+    actor: String,
+    via: Via,
+) -> HandlerResult<Request> {
+    let id = requests::insert(tx, &new).await?;
+    let request = requests::get(tx, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("request {id} vanished inside its transaction"))?
+        .request;
+    audit::record(
+        tx,
+        new.created_at,
+        Some(request.parent.unwrap_or(id)),
+        &actor,
+        &AuditEvent::Requested {
+            kind: request.kind.as_str().into(),
+            resource: request.resource.to_string(),
+            duration: request.duration.to_string(),
+            justification: request.justification.clone(),
+            ticket: request.ticket.clone(),
+            via: via.as_str().into(),
+            extension: request.parent.map(|_| id.0),
+        },
+    )
+    .await?;
+    Ok(request)
+}
+
+/// Sends a new request down its route: approved by policy now, or posted to the approvers with
+/// the nudge and the pending timeout scheduled.
+async fn route(
+    tx: &mut WriteTx,
+    app: &App,
+    request: Request,
+    resource: &Resource,
+    auto: bool,
+    now: DateTime<Utc>,
+) -> HandlerResult<Request> {
+    if auto {
+        return decision::approve_by_policy(tx, app, request, now).await;
+    }
+    let id = request.id;
+    queue::enqueue(
+        tx,
+        &Job::ApprovalMessage { request: id },
+        Placement::messages_of(id),
+        now,
+        now,
+    )
+    .await?;
+    let timeout = resource.pending_timeout;
+    queue::enqueue(
+        tx,
+        &Job::Nudge { request: id },
+        Placement::unique(keys::nudge(id)),
+        now + timeout.half().to_chrono(),
+        now,
+    )
+    .await?;
+    queue::enqueue(
+        tx,
+        &Job::PendingTimeout { request: id },
+        Placement::unique(keys::pending_timeout(id)),
+        now + timeout.to_chrono(),
+        now,
+    )
+    .await?;
+    Ok(request)
+}
+
+/// Withdraws one's own pending request.
+pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<Request> {
+    let stored = load(app, id).await?;
+    if &stored.request.requester != who {
+        return Err(HandlerError::user(format!(
+            "Request {id} is not yours, so you cannot cancel it."
+        )));
+    }
+    if stored.request.state != State::Pending {
+        return Err(HandlerError::user(format!(
+            "Request {id} is {}, so there is nothing to cancel.{}",
+            stored.request.state.label(),
+            if stored.request.state == State::Active {
+                format!(" To give up the access, use `/jit release {}`.", id.0)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    if requests::decide(&mut tx, id, State::Cancelled, &who.key(), None, now).await?
+        == requests::Fenced::Lost
+    {
+        return Err(HandlerError::user(format!(
+            "Request {id} was decided a moment ago, so it cannot be cancelled."
+        )));
+    }
+    let target = stored.request.parent.unwrap_or(id);
+    audit::record(
+        &mut tx,
+        now,
+        Some(target),
+        &who.key(),
+        &AuditEvent::Cancelled {
+            extension: stored.request.parent.map(|_| id.0),
+        },
+    )
+    .await?;
+    queue::enqueue(
+        &mut tx,
+        &Job::ApprovalMessage { request: id },
+        Placement::messages_of(id),
+        now,
+        now,
+    )
+    .await?;
+    let request = reload(&mut tx, id).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    app.metrics.request("cancelled");
+    Ok(request)
+}
+
+pub async fn reload(tx: &mut WriteTx, id: RequestId) -> HandlerResult<Request> {
+    Ok(requests::get(tx, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("request {id} vanished"))?
+        .request)
+}
+
+/// My open requests, and for admins the break-glass grants waiting for review.
+pub struct Listing {
+    pub mine: Vec<StoredRequest>,
+    pub unreviewed_breakglass: Option<Vec<StoredRequest>>,
+}
+
+pub async fn list(app: &App, who: &Requester) -> HandlerResult<Listing> {
+    let mut conn = app.store.read().await?;
+    let mine = requests::open_for_requester(&mut conn, who).await?;
+    let is_admin = who
+        .user()
+        .is_some_and(|u| app.policy.is_admin(u, &app.directory));
+    let unreviewed_breakglass = if is_admin {
+        Some(requests::unreviewed_breakglass(&mut conn).await?)
+    } else {
+        None
+    };
+    Ok(Listing {
+        mine,
+        unreviewed_breakglass,
+    })
+}
+
+/// Asks for more time on an active grant. The extension goes through the policy like any
+/// request; it may be approved at once.
+pub async fn extend(
+    app: &App,
+    who: &Requester,
+    grant_id: RequestId,
+    duration: GrantDuration,
+    reason: Option<&str>,
+    via: Via,
+) -> HandlerResult<Submitted> {
+    let grant = load(app, grant_id).await?.request;
+    if &grant.requester != who {
+        return Err(HandlerError::user(format!(
+            "Grant {grant_id} is not yours, so you cannot extend it."
+        )));
+    }
+    if grant.kind == Kind::Extension {
+        return Err(HandlerError::user(format!(
+            "{grant_id} is an extension; extend the grant it belongs to ({}).",
+            grant.parent.map(|p| p.to_string()).unwrap_or_default()
+        )));
+    }
+    if grant.state != State::Active {
+        return Err(HandlerError::user(format!(
+            "Grant {grant_id} is {}; only active grants can be extended.",
+            grant.state.label()
+        )));
+    }
+    let evaluation = app
+        .policy
+        .evaluate(grant.resource.as_str(), who, Some(duration), &app.directory)
+        .map_err(|r| HandlerError::user(r.to_string()))?;
+    check_rate(app, who)?;
+    let resource = evaluation.resource.clone();
+    let auto = evaluation.route == Route::Auto;
+    let justification = reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("More time on {grant_id}: {}", grant.justification));
+    let justification: String = justification.chars().take(MAX_JUSTIFICATION).collect();
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    let request = insert(
+        &mut tx,
+        NewRequest {
+            kind: Kind::Extension,
+            parent: Some(grant_id),
+            requester: who,
+            resource: &resource.id,
+            duration,
+            justification: &justification,
+            ticket: grant.ticket.as_deref(),
+            approvals_required: resource.approvals_required,
+            created_at: now,
+            pending_until: (!auto).then(|| now + resource.pending_timeout.to_chrono()),
+            origin_channel: None,
+        },
+        actor_of(who),
+        via,
+    )
+    .await?;
+    let request = route(&mut tx, app, request, &resource, auto, now).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(Submitted {
+        request,
+        resource,
+        auto,
+    })
+}
+
+/// Emergency access: granted at once where the resource allows it, broadcast loudly, and
+/// reviewed by an admin afterwards.
+pub async fn breakglass(
+    app: &App,
+    user: &SlackUserId,
+    resource_id: &str,
+    reason: &str,
+) -> HandlerResult<Request> {
+    let who = Requester::User(user.clone());
+    if let Err(FieldError::Justification(m) | FieldError::Ticket(m)) = check_text(reason, None) {
+        return Err(HandlerError::user(m));
+    }
+    let evaluation = app
+        .policy
+        .evaluate(resource_id, &who, None, &app.directory)
+        .map_err(|r| HandlerError::user(r.to_string()))?;
+    let resource = evaluation.resource.clone();
+    if !resource.breakglass {
+        return Err(HandlerError::user(format!(
+            "Break-glass is not enabled for `{}`. Use `/jit request {} <duration> <justification>`.",
+            resource.id, resource.id
+        )));
+    }
+    check_rate(app, &who)?;
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    let id = requests::insert(
+        &mut tx,
+        &NewRequest {
+            kind: Kind::Breakglass,
+            parent: None,
+            requester: &who,
+            resource: &resource.id,
+            duration: resource.default_duration,
+            justification: reason.trim(),
+            ticket: None,
+            approvals_required: 1,
+            created_at: now,
+            pending_until: None,
+            origin_channel: None,
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        &who.key(),
+        &AuditEvent::Breakglass {
+            reason: reason.trim().to_owned(),
+        },
+    )
+    .await?;
+    let request = reload(&mut tx, id).await?;
+    let request = decision::approve_as(&mut tx, app, request, &who.key(), now, true).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    app.metrics.request("breakglass");
+    Ok(request)
+}

@@ -1,0 +1,325 @@
+//! The durable job queue.
+//!
+//! - **Rows.** A job is a row in `jobs` (see `store::jobs`), inserted inside the caller's write
+//!   transaction, so the state change that asks for work and the work itself commit together.
+//! - **Claim.** One `UPDATE … RETURNING` moves due jobs to `running`, bumps `attempts`, and sets
+//!   a lease. A job whose lease runs out is put back and claimed again; the bump means the stale
+//!   worker's completion (fenced on `attempts`) affects nothing.
+//! - **At least once.** Handlers are idempotent: a job interrupted after its effect and before its
+//!   completion runs again.
+//! - **Retries.** Exponential backoff with jitter, capped; after `max_attempts` a job is buried
+//!   (`dead`) and an alert goes to the audit channel. Teardowns have no maximum: they are never
+//!   dropped, and they alert after repeated failure.
+//! - **Uniqueness.** A partial unique index gives one live job per `unique_key` (one teardown per
+//!   grant); such jobs are rescheduled, not duplicated.
+//! - **Lanes.** Jobs sharing a lane never run concurrently (grant, revoke and extend of one
+//!   person's access to one resource). In an *ordered* lane they also run in insertion order (the
+//!   Slack messages about one request, so its audit thread reads in order).
+//! - **Wake-up.** The worker sleeps until the next `run_at` or an enqueue notification.
+
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+use tokio::sync::Notify;
+
+use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
+use crate::domain::request::Request;
+use crate::store::jobs::{self, NewJob};
+
+/// Every kind of job, with its payload. The `kind` names are stable: they are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Job {
+    /// Issue access for an approved request.
+    #[serde(rename = "grant")]
+    Grant { request: RequestId },
+    /// Remove access (at expiry, or earlier when rescheduled).
+    #[serde(rename = "revoke")]
+    Revoke { request: RequestId },
+    /// Apply an approved extension to its grant.
+    #[serde(rename = "extend")]
+    Extend { extension: RequestId },
+    /// Deferred provider work after a revoke (e.g. lifting an AWS session deny).
+    #[serde(rename = "cleanup")]
+    Cleanup { request: RequestId },
+    /// Remind the holder before expiry.
+    #[serde(rename = "remind")]
+    Remind { request: RequestId },
+    /// Nudge approvers at half the pending timeout.
+    #[serde(rename = "nudge")]
+    Nudge { request: RequestId },
+    /// Expire an undecided request.
+    #[serde(rename = "pending_timeout")]
+    PendingTimeout { request: RequestId },
+    /// Post or update the approvers' message to match the request's state.
+    #[serde(rename = "slack.approval")]
+    ApprovalMessage { request: RequestId },
+    /// Remind the approvers in the approval message's thread.
+    #[serde(rename = "slack.nudge")]
+    ApprovalNudge { request: RequestId },
+    /// Post one audit event in its request's audit thread (or the audit channel).
+    #[serde(rename = "slack.audit")]
+    AuditPost { seq: i64 },
+    /// A direct message. Never carries secrets.
+    #[serde(rename = "slack.dm")]
+    Dm {
+        user: SlackUserId,
+        text: String,
+        #[serde(default)]
+        blocks: Option<serde_json::Value>,
+    },
+    /// A message only `user` sees in `channel`.
+    #[serde(rename = "slack.ephemeral")]
+    Ephemeral {
+        channel: SlackChannelId,
+        user: SlackUserId,
+        text: String,
+    },
+    /// Refresh a user's App Home.
+    #[serde(rename = "slack.home")]
+    Home { user: SlackUserId },
+}
+
+/// How a kind of job is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: Option<u32>,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Job {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::Grant { .. } => "grant",
+            Job::Revoke { .. } => "revoke",
+            Job::Extend { .. } => "extend",
+            Job::Cleanup { .. } => "cleanup",
+            Job::Remind { .. } => "remind",
+            Job::Nudge { .. } => "nudge",
+            Job::PendingTimeout { .. } => "pending_timeout",
+            Job::ApprovalMessage { .. } => "slack.approval",
+            Job::ApprovalNudge { .. } => "slack.nudge",
+            Job::AuditPost { .. } => "slack.audit",
+            Job::Dm { .. } => "slack.dm",
+            Job::Ephemeral { .. } => "slack.ephemeral",
+            Job::Home { .. } => "slack.home",
+        }
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let secs = Duration::from_secs;
+        match self {
+            Job::Revoke { .. } => RetryPolicy {
+                max_attempts: None,
+                base: secs(2),
+                cap: secs(300),
+            },
+            Job::Grant { .. } | Job::Extend { .. } => RetryPolicy {
+                max_attempts: Some(6),
+                base: secs(2),
+                cap: secs(120),
+            },
+            Job::Cleanup { .. } => RetryPolicy {
+                max_attempts: Some(30),
+                base: secs(30),
+                cap: secs(3600),
+            },
+            Job::Remind { .. } | Job::Nudge { .. } | Job::PendingTimeout { .. } => RetryPolicy {
+                max_attempts: Some(10),
+                base: secs(2),
+                cap: secs(60),
+            },
+            Job::ApprovalMessage { .. }
+            | Job::ApprovalNudge { .. }
+            | Job::AuditPost { .. }
+            | Job::Dm { .. }
+            | Job::Ephemeral { .. }
+            | Job::Home { .. } => RetryPolicy {
+                max_attempts: Some(15),
+                base: secs(2),
+                cap: secs(600),
+            },
+        }
+    }
+
+    /// The request this job is about, if any.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            Job::Grant { request }
+            | Job::Revoke { request }
+            | Job::Cleanup { request }
+            | Job::Remind { request }
+            | Job::Nudge { request }
+            | Job::PendingTimeout { request }
+            | Job::ApprovalMessage { request }
+            | Job::ApprovalNudge { request } => Some(*request),
+            Job::Extend { extension } => Some(*extension),
+            Job::AuditPost { .. } | Job::Dm { .. } | Job::Ephemeral { .. } | Job::Home { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// The delay before attempt `attempt + 1`, after `attempt` failures: exponential, capped, with
+/// ±25% jitter so that retries of many jobs spread out.
+pub fn backoff(policy: RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy
+        .base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = exp.min(policy.cap);
+    let jitter = rand::rng().random_range(0.75..=1.25);
+    capped.mul_f64(jitter)
+}
+
+/// Where and how a job is enqueued.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub unique_key: Option<String>,
+    pub lane: Option<String>,
+    pub ordered: bool,
+}
+
+impl Placement {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn unique(key: String) -> Self {
+        Self {
+            unique_key: Some(key),
+            ..Self::default()
+        }
+    }
+
+    /// Slack messages about one request, in order.
+    pub fn messages_of(request: RequestId) -> Self {
+        Self {
+            unique_key: None,
+            lane: Some(format!("slack:{}", request.0)),
+            ordered: true,
+        }
+    }
+
+    /// Provider calls for one person's access to one resource: never concurrent.
+    pub fn access_of(request: &Request, unique_key: String) -> Self {
+        Self {
+            unique_key: Some(unique_key),
+            lane: Some(access_lane(request)),
+            ordered: false,
+        }
+    }
+}
+
+pub fn access_lane(request: &Request) -> String {
+    format!("access:{}:{}", request.resource, request.requester.key())
+}
+
+/// Inserts `job` to run at `run_at`. `None`: a live job with the same unique key exists.
+pub async fn enqueue(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    placement: Placement,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<i64>> {
+    let payload = serde_json::to_string(job).expect("jobs serialize");
+    jobs::enqueue(
+        conn,
+        &NewJob {
+            kind: job.kind(),
+            payload,
+            run_at,
+            unique_key: placement.unique_key,
+            lane: placement.lane,
+            ordered: placement.ordered,
+            max_attempts: job.retry_policy().max_attempts,
+        },
+        now,
+    )
+    .await
+}
+
+/// Wakes the worker after a commit that enqueued work.
+#[derive(Debug, Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    pub async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// Unique keys, in one place.
+pub mod keys {
+    use crate::domain::ids::RequestId;
+
+    pub fn grant(id: RequestId) -> String {
+        format!("grant:{}", id.0)
+    }
+    pub fn revoke(id: RequestId) -> String {
+        format!("revoke:{}", id.0)
+    }
+    pub fn extend(id: RequestId) -> String {
+        format!("extend:{}", id.0)
+    }
+    pub fn cleanup(id: RequestId) -> String {
+        format!("cleanup:{}", id.0)
+    }
+    pub fn remind(id: RequestId) -> String {
+        format!("remind:{}", id.0)
+    }
+    pub fn nudge(id: RequestId) -> String {
+        format!("nudge:{}", id.0)
+    }
+    pub fn pending_timeout(id: RequestId) -> String {
+        format!("pending_timeout:{}", id.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_stable_and_round_trip() {
+        let job = Job::Revoke {
+            request: RequestId(7),
+        };
+        let json = serde_json::to_string(&job).unwrap();
+        assert_eq!(json, r#"{"kind":"revoke","request":7}"#);
+        assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), job);
+        assert!(serde_json::from_str::<Job>(r#"{"kind":"mystery"}"#).is_err());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: None,
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(60),
+        };
+        let first = backoff(policy, 1);
+        assert!((1.5..=2.5).contains(&first.as_secs_f64()), "{first:?}");
+        let third = backoff(policy, 3);
+        assert!((6.0..=10.0).contains(&third.as_secs_f64()), "{third:?}");
+        for attempt in [10, 31, 1000] {
+            let late = backoff(policy, attempt);
+            assert!((45.0..=75.0).contains(&late.as_secs_f64()), "{late:?}");
+        }
+        let samples: std::collections::HashSet<u128> =
+            (0..20).map(|_| backoff(policy, 5).as_millis()).collect();
+        assert!(samples.len() > 1, "jitter varies the delay");
+    }
+}

@@ -1,0 +1,242 @@
+//! Modals: the request form, the deny reason, the extend form and the credentials reveal.
+//! Block and action ids here are what [`crate::slack::interactions`] reads back.
+
+use serde_json::{Value, json};
+
+use super::blocks::ids;
+use super::text;
+use crate::domain::duration::GrantDuration;
+use crate::domain::policy::Resource;
+use crate::domain::request::Request;
+
+pub const RESOURCE_BLOCK: (&str, &str) = ("resource", "resource_select");
+pub const DURATION_BLOCK: (&str, &str) = ("duration", "duration_select");
+pub const JUSTIFICATION_BLOCK: (&str, &str) = ("justification", "justification_input");
+pub const TICKET_BLOCK: (&str, &str) = ("ticket", "ticket_input");
+pub const REASON_BLOCK: (&str, &str) = ("reason", "reason_input");
+
+/// Durations offered in the forms (each still checked against the resource's maximum).
+const DURATION_CHOICES: &[u64] = &[
+    15 * 60,
+    30 * 60,
+    3600,
+    2 * 3600,
+    4 * 3600,
+    8 * 3600,
+    12 * 3600,
+    24 * 3600,
+];
+
+/// Slack allows at most 100 options in a static select.
+const MAX_OPTIONS: usize = 100;
+
+fn plain(text: &str) -> Value {
+    json!({"type": "plain_text", "text": text, "emoji": true})
+}
+
+fn option(label: &str, value: &str) -> Value {
+    let label: String = label.chars().take(75).collect();
+    json!({"text": plain(&label), "value": value})
+}
+
+fn duration_option(d: GrantDuration) -> Value {
+    option(&d.humanize(), &d.to_string())
+}
+
+/// The offered durations up to `max`, always including `default` and `max` themselves.
+fn duration_options(default: GrantDuration, max: GrantDuration) -> Vec<Value> {
+    let mut choices: Vec<GrantDuration> = DURATION_CHOICES
+        .iter()
+        .map(|s| GrantDuration::from_secs(*s))
+        .filter(|d| *d <= max)
+        .collect();
+    for d in [default, max] {
+        if !choices.contains(&d) {
+            choices.push(d);
+        }
+    }
+    choices.sort();
+    choices.into_iter().map(duration_option).collect()
+}
+
+fn modal(
+    callback_id: &str,
+    title: &str,
+    submit: Option<&str>,
+    metadata: &str,
+    blocks: Vec<Value>,
+) -> Value {
+    let mut view = json!({
+        "type": "modal",
+        "callback_id": callback_id,
+        "title": plain(title),
+        "close": plain("Cancel"),
+        "private_metadata": metadata,
+        "blocks": blocks,
+    });
+    if let Some(submit) = submit {
+        view["submit"] = plain(submit);
+    }
+    view
+}
+
+/// The request form. `metadata` travels back with the submission (the channel it was opened in).
+pub fn request_modal(resources: &[&Resource], preselect: Option<&str>, metadata: &str) -> Value {
+    if resources.is_empty() {
+        return modal(
+            ids::REQUEST_MODAL,
+            "Request access",
+            None,
+            metadata,
+            vec![
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": "There is nothing you may request. `/jit why <resource>` explains who may request what."}}),
+            ],
+        );
+    }
+    let options: Vec<Value> = resources
+        .iter()
+        .take(MAX_OPTIONS)
+        .map(|r| {
+            let label = if r.description.is_empty() {
+                r.id.to_string()
+            } else {
+                format!("{} ({})", r.id, r.description)
+            };
+            option(&label, r.id.as_str())
+        })
+        .collect();
+    let mut resource_select = json!({
+        "type": "static_select",
+        "action_id": RESOURCE_BLOCK.1,
+        "placeholder": plain("Choose a resource"),
+        "options": options,
+    });
+    let selected = preselect.and_then(|id| resources.iter().find(|r| r.id.as_str() == id));
+    if let Some(r) = selected {
+        let index = resources.iter().position(|x| x.id == r.id).unwrap_or(0);
+        if index < MAX_OPTIONS {
+            resource_select["initial_option"] = resource_select["options"][index].clone();
+        }
+    }
+    // Offer durations up to the longest maximum; the chosen resource's own limit is checked on submit.
+    let max = resources
+        .iter()
+        .map(|r| r.max_duration)
+        .max()
+        .unwrap_or(GrantDuration::from_hours(1));
+    let default = selected
+        .map(|r| r.default_duration)
+        .unwrap_or(GrantDuration::from_hours(1))
+        .min(max);
+    let mut blocks = vec![
+        json!({"type": "input", "block_id": RESOURCE_BLOCK.0, "label": plain("Resource"), "element": resource_select}),
+        json!({"type": "input", "block_id": DURATION_BLOCK.0, "label": plain("For how long"), "element": {
+            "type": "static_select",
+            "action_id": DURATION_BLOCK.1,
+            "options": duration_options(default, max),
+            "initial_option": duration_option(default),
+        }}),
+        json!({"type": "input", "block_id": JUSTIFICATION_BLOCK.0, "label": plain("Justification"), "element": {
+            "type": "plain_text_input",
+            "action_id": JUSTIFICATION_BLOCK.1,
+            "multiline": true,
+            "max_length": 2000,
+            "placeholder": plain("What are you doing, and why do you need this access?"),
+        }}),
+        json!({"type": "input", "block_id": TICKET_BLOCK.0, "optional": true, "label": plain("Ticket"), "element": {
+            "type": "plain_text_input",
+            "action_id": TICKET_BLOCK.1,
+            "max_length": 200,
+            "placeholder": plain("e.g. INC-123"),
+        }}),
+    ];
+    if resources.len() > MAX_OPTIONS {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+            "Showing the first {MAX_OPTIONS} of {} resources; use `/jit request <resource> <duration> <justification>` for the others.",
+            resources.len()
+        )}]}));
+    }
+    modal(
+        ids::REQUEST_MODAL,
+        "Request access",
+        Some("Request"),
+        metadata,
+        blocks,
+    )
+}
+
+/// Asks an approver why they deny. `metadata` is the request id.
+pub fn deny_modal(request: &Request) -> Value {
+    modal(
+        ids::DENY_MODAL,
+        "Deny request",
+        Some("Deny"),
+        &request.id.0.to_string(),
+        vec![
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
+                "Deny request {} by {} for {}?",
+                request.id,
+                text::requester(&request.requester),
+                text::code(request.resource.as_str())
+            )}}),
+            json!({"type": "input", "block_id": REASON_BLOCK.0, "label": plain("Reason (shown to the requester)"), "element": {
+                "type": "plain_text_input",
+                "action_id": REASON_BLOCK.1,
+                "multiline": true,
+                "max_length": 1000,
+            }}),
+        ],
+    )
+}
+
+/// Asks the holder for how much longer. `metadata` is the grant's id.
+pub fn extend_modal(grant: &Request, resource: &Resource) -> Value {
+    let default = resource.default_duration.min(resource.max_duration);
+    modal(
+        ids::EXTEND_MODAL,
+        "Extend access",
+        Some("Extend"),
+        &grant.id.0.to_string(),
+        vec![
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
+                "Add time to {} (request {}). Extensions go through the policy like any request.",
+                text::code(grant.resource.as_str()),
+                grant.id
+            )}}),
+            json!({"type": "input", "block_id": DURATION_BLOCK.0, "label": plain("Add"), "element": {
+                "type": "static_select",
+                "action_id": DURATION_BLOCK.1,
+                "options": duration_options(default, resource.max_duration),
+                "initial_option": duration_option(default),
+            }}),
+            json!({"type": "input", "block_id": REASON_BLOCK.0, "optional": true, "label": plain("Why"), "element": {
+                "type": "plain_text_input",
+                "action_id": REASON_BLOCK.1,
+                "max_length": 1000,
+            }}),
+        ],
+    )
+}
+
+/// The credentials, shown once in a modal: modals are not kept in channel history.
+pub fn reveal_modal(request: &Request, pairs: &[(String, String)], expires: &str) -> Value {
+    let exports: String = pairs
+        .iter()
+        .map(|(k, v)| format!("export {k}='{}'", v.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    modal(
+        ids::REVEAL_MODAL,
+        "Your credentials",
+        None,
+        &request.id.0.to_string(),
+        vec![
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
+                "{} (request {}), valid until {expires}. Paste into your shell; do not share.",
+                text::code(request.resource.as_str()),
+                request.id
+            )}}),
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{}```", text::escape(&exports))}}),
+        ],
+    )
+}
