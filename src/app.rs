@@ -30,6 +30,14 @@ pub struct App {
     /// Per-requester request rate (Slack users and identities alike).
     pub request_limiter: DefaultKeyedRateLimiter<String>,
     pub settings: Settings,
+    pub health: Health,
+}
+
+/// Liveness signals read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix milliseconds of the worker loop's last turn (0: never ran).
+    pub worker_beat: std::sync::atomic::AtomicI64,
 }
 
 /// Tunables with production defaults.

@@ -2,13 +2,18 @@
 
 pub mod app;
 pub mod audit;
+pub mod bootstrap;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod handlers;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod queue;
+pub mod serve;
+pub mod server;
 pub mod slack;
 pub mod store;

@@ -1,1 +1,30 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // slack-morphism and the AWS SDK both use rustls: pick one crypto provider for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = jit::cli::Cli::parse();
+    if let Err(message) = jit::logging::init(&jit::config::process_env) {
+        eprintln!("jit: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("jit: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(jit::cli::run(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            eprintln!("jit: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

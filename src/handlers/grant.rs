@@ -957,11 +957,7 @@ pub async fn review(
         let current = reload(&mut tx, id).await?;
         return Err(HandlerError::user(format!(
             "Break-glass grant {id} was already reviewed by {}.",
-            current
-                .reviewed_by
-                .as_deref()
-                .map(crate::slack::text::actor)
-                .unwrap_or_default()
+            current.reviewed_by.as_deref().unwrap_or("an admin")
         )));
     }
     audit::record(

@@ -277,6 +277,10 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
+        app.health.worker_beat.store(
+            chrono::Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let free = slots.available_permits() as u32;
         let claimed = if free > 0 {
             match claim(&app, free).await {

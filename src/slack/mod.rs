@@ -1,7 +1,10 @@
 pub mod api;
 pub mod blocks;
+pub mod commands;
 pub mod directory;
+pub mod events;
 pub mod home;
+pub mod interactions;
 pub mod payload;
 pub mod simulator;
 pub mod text;

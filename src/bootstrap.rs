@@ -1,0 +1,154 @@
+//! Building the application from configuration: shared by `jit serve`, the demo, the
+//! benchmarks and the test harness, so they all run the same wiring.
+
+use std::fs::File;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::SecretString;
+
+use crate::app::{App, Health, Settings, request_limiter};
+use crate::clock::SharedClock;
+use crate::crypto::Cipher;
+use crate::domain::policy::Policy;
+use crate::metrics::Metrics;
+use crate::providers::Providers;
+use crate::queue::Waker;
+use crate::slack::api::SlackApi;
+use crate::slack::directory::Directory;
+use crate::slack::verify::Verifier;
+use crate::store::Store;
+
+/// Reads and validates the policy file. Errors name the file, line and column.
+pub fn load_policy(path: &Path) -> Result<Policy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
+    let dir = policy_dir(path);
+    let read = |relative: &str| std::fs::read_to_string(dir.join(relative));
+    Policy::parse(&text, &read).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The directory relative paths in the policy are resolved against.
+pub fn policy_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Everything needed to assemble an [`App`].
+pub struct Parts {
+    pub policy: Policy,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub slack_api_url: String,
+    pub bot_token: SecretString,
+    pub signing_secrets: Vec<SecretString>,
+    pub cipher: Cipher,
+    pub providers: Providers,
+    pub settings: Settings,
+    pub posts_per_channel_per_second: NonZeroU32,
+}
+
+pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
+    let metrics = Metrics::new();
+    let slack = SlackApi::new(
+        &parts.slack_api_url,
+        parts.bot_token,
+        parts.posts_per_channel_per_second,
+        metrics.clone(),
+    )
+    .context("cannot set up the Slack client")?;
+    let per_minute = parts.policy.limits.requests_per_user_per_minute;
+    Ok(Arc::new(App {
+        policy: Arc::new(parts.policy),
+        store: parts.store,
+        directory: Directory::new(slack.clone()),
+        slack,
+        verifier: Verifier::new(parts.signing_secrets, parts.clock.clone()),
+        clock: parts.clock,
+        providers: parts.providers,
+        cipher: parts.cipher,
+        waker: Waker::default(),
+        metrics,
+        request_limiter: request_limiter(per_minute),
+        settings: parts.settings,
+        health: Health::default(),
+    }))
+}
+
+/// Holds `<database>.lock` while one `jit serve` uses a SQLite file, so two servers never run
+/// the queue on the same database (which the crash recovery at startup relies on).
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: Option<File>,
+}
+
+impl InstanceLock {
+    pub fn acquire(database_url: &str) -> anyhow::Result<Self> {
+        let Some(path) = sqlite_path(database_url) else {
+            return Ok(Self { _file: None });
+        };
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another jit process is serving {} (its lock {} is held)",
+                path.display(),
+                lock_path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+    }
+}
+
+/// The file behind a `sqlite:` URL, if it is a file.
+pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(PathBuf::from(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://jit.db"),
+            Some(PathBuf::from("jit.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/jit/jit.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/jit/jit.db"))
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn a_second_instance_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/jit.db", dir.path().display());
+        let first = InstanceLock::acquire(&url).unwrap();
+        let err = InstanceLock::acquire(&url).unwrap_err().to_string();
+        assert!(err.contains("another jit process"), "{err}");
+        drop(first);
+        InstanceLock::acquire(&url).unwrap();
+    }
+}

@@ -1,0 +1,375 @@
+//! The `jit` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{App, Settings};
+use crate::bootstrap::{self, Parts};
+use crate::clock::SystemClock;
+use crate::config::{self, BaseConfig, ServeConfig};
+use crate::crypto::Cipher;
+use crate::domain::ids::RequestId;
+use crate::domain::policy::{Policy, ProviderConfig};
+use crate::handlers::grant::{self, Revoker};
+use crate::store::{self, Store, audit::Verification};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jit",
+    version,
+    about = "Just-in-time privileged access, approved in Slack"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bot: HTTP (or Socket Mode) for Slack, the job worker, health and metrics.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate a policy file.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Read and check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// List and revoke grants.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
+    /// Print a fresh random JIT_ENCRYPTION_KEY.
+    Keygen,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate FILE (default: $JIT_POLICY or jit.toml) and print a summary.
+    Check { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write audit events, one JSON object per line, for a SIEM.
+    Export {
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+    /// Re-check the whole hash chain; exit non-zero and name the first bad row on tamper.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// List recent requests and grants.
+    List {
+        /// Only grants that are active now.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Revoke a grant now, through the same teardown path as Slack. Audited as `cli:<OS user>`.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Runs a command. `Ok(code)` is the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let env = config::process_env;
+    match cli.command {
+        Command::Serve => crate::serve::serve(ServeConfig::from_env(&env)?)
+            .await
+            .map(|_| 0),
+        Command::Migrate => {
+            let base = BaseConfig::from_env(&env)?;
+            let store = Store::connect(&base.database_url, base.durability).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", base.database_url);
+            Ok(0)
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => {
+            let path = file.unwrap_or(BaseConfig::from_env(&env)?.policy_path);
+            match bootstrap::load_policy(&path) {
+                Ok(policy) => {
+                    print!("{}", summary(&path, &policy));
+                    Ok(0)
+                }
+                Err(message) => {
+                    eprintln!("jit: {message}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Audit { command } => audit(command).await,
+        Command::Grants { command } => grants(command).await,
+        Command::Keygen => {
+            println!("{}", crate::crypto::generate_key());
+            Ok(0)
+        }
+    }
+}
+
+/// What `jit policy check` prints.
+pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
+    let mut out = format!("{}: OK\n", path.display());
+    let names = |p: &crate::domain::policy::Principals| {
+        let mut parts: Vec<String> = p.users.iter().map(|u| u.to_string()).collect();
+        parts.extend(p.groups.iter().map(|g| format!("group {g}")));
+        parts.extend(p.identities.iter().map(|i| format!("identity {i}")));
+        if parts.is_empty() {
+            "nobody".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "audit channel {}; admins: {}\n",
+        policy.audit_channel,
+        names(&policy.admins)
+    ));
+    out.push_str(&format!("{} resource(s):\n", policy.resources().len()));
+    for r in policy.resources() {
+        let approvers = crate::domain::policy::Principals {
+            users: r.approvers.users.clone(),
+            groups: r.approvers.groups.clone(),
+            identities: Vec::new(),
+        };
+        let provider = match &r.provider {
+            ProviderConfig::AwsSts(c) => format!("aws_sts {}", c.role_arn),
+            ProviderConfig::Postgres(c) => {
+                format!("postgres (admin URL from ${})", c.database_url_env)
+            }
+            ProviderConfig::Exec(c) => format!("exec {}", c.grant_command.join(" ")),
+            ProviderConfig::None => "none".into(),
+        };
+        out.push_str(&format!(
+            "  {}: {provider}\n    max {} (default {}); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry\n",
+            r.id,
+            r.max_duration,
+            r.default_duration,
+            r.requesters.as_ref().map(names).unwrap_or_else(|| "anyone".into()),
+            r.approvals_required,
+            names(&approvers),
+            r.approvers.channel,
+            r.auto_approve
+                .as_ref()
+                .map(|a| format!(
+                    "up to {} for {}",
+                    a.max_duration,
+                    if a.who.is_empty() { "any requester".into() } else { names(&a.who) }
+                ))
+                .unwrap_or_else(|| "never".into()),
+            if r.breakglass { "allowed" } else { "no" },
+            r.pending_timeout,
+            r.reminder_before,
+        ));
+    }
+    if !policy.identities().is_empty() {
+        out.push_str(&format!("{} identit(ies):\n", policy.identities().len()));
+        for i in policy.identities() {
+            out.push_str(&format!(
+                "  {}: owner {}; may request {}\n",
+                i.name,
+                names(&i.owner),
+                i.resources
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    out
+}
+
+async fn open_store() -> anyhow::Result<Store> {
+    let base = BaseConfig::from_env(&config::process_env)?;
+    let store = Store::connect(&base.database_url, base.durability).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").with_context(|| {
+        format!(
+            "--since `{text}` is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)"
+        )
+    })?;
+    Ok(date
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc())
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<i32> {
+    let store = open_store().await?;
+    let mut conn = store.read().await?;
+    match command {
+        AuditCommand::Export {
+            since,
+            format: ExportFormat::Jsonl,
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut after = 0;
+            loop {
+                let rows = store::audit::page(&mut conn, after, 1000).await?;
+                let Some(last) = rows.last() else { break };
+                after = last.seq;
+                for row in rows {
+                    if let Some(since) = since
+                        && store::parse_time(&row.at).is_ok_and(|at| at < since)
+                    {
+                        continue;
+                    }
+                    let line = serde_json::json!({
+                        "seq": row.seq,
+                        "at": row.at,
+                        "request_id": row.request_id,
+                        "actor": row.actor,
+                        "event": row.event,
+                        "detail": row.detail_json(),
+                        "prev_hash": row.prev_hash,
+                        "hash": row.hash,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+            }
+            out.flush()?;
+            Ok(0)
+        }
+        AuditCommand::Verify => match store::audit::verify(&mut conn).await? {
+            Verification::Intact { rows } => {
+                println!("audit log intact: {rows} events, hash chain verified");
+                Ok(0)
+            }
+            Verification::Broken {
+                rows_checked,
+                seq,
+                reason,
+            } => {
+                println!(
+                    "audit log TAMPERED: row {seq}: {reason} ({rows_checked} rows before it are intact)"
+                );
+                Ok(1)
+            }
+        },
+    }
+}
+
+/// An application for one-shot admin commands: the database and the policy, no Slack traffic.
+async fn admin_app() -> anyhow::Result<Arc<App>> {
+    let env = config::process_env;
+    let base = BaseConfig::from_env(&env)?;
+    let policy = bootstrap::load_policy(&base.policy_path).map_err(anyhow::Error::msg)?;
+    let store = Store::connect(&base.database_url, base.durability).await?;
+    store.migrate().await?;
+    // This process never sends to Slack nor opens credentials; it only records decisions that
+    // the running server's worker carries out.
+    let mut key = [0u8; 32];
+    rand::fill(&mut key);
+    bootstrap::build(Parts {
+        policy,
+        store,
+        clock: Arc::new(SystemClock::default()),
+        slack_api_url: env("JIT_SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into()),
+        bot_token: secrecy::SecretString::from("xoxb-unused-by-the-cli"),
+        signing_secrets: Vec::new(),
+        cipher: Cipher::from_bytes(&key),
+        providers: Default::default(),
+        settings: Settings::default(),
+        posts_per_channel_per_second: std::num::NonZeroU32::new(1).expect("one"),
+    })
+}
+
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+async fn grants(command: GrantsCommand) -> anyhow::Result<i32> {
+    match command {
+        GrantsCommand::List { active, limit } => {
+            let store = open_store().await?;
+            let mut conn = store.read().await?;
+            let rows = store::requests::list(&mut conn, active, limit).await?;
+            println!(
+                "{:<6} {:<11} {:<10} {:<24} {:<18} {:<8} {:<20}",
+                "ID", "KIND", "STATE", "RESOURCE", "REQUESTER", "FOR", "EXPIRES"
+            );
+            for stored in rows {
+                let r = stored.request;
+                let expires = match (r.state, r.expires_at) {
+                    (_, Some(at)) => store::format_time(at),
+                    _ => "-".into(),
+                };
+                let state =
+                    if r.state.is_final() && r.granted_at.is_some() && r.revoked_at.is_none() {
+                        format!("{}*", r.state)
+                    } else {
+                        r.state.to_string()
+                    };
+                println!(
+                    "{:<6} {:<11} {:<10} {:<24} {:<18} {:<8} {:<20}",
+                    r.id.0,
+                    r.kind.as_str(),
+                    state,
+                    r.resource.as_str(),
+                    r.requester.key(),
+                    r.duration.to_string(),
+                    expires
+                );
+            }
+            println!("(* = ended, teardown still in progress)");
+            Ok(0)
+        }
+        GrantsCommand::Revoke { id, reason } => {
+            let id = RequestId::parse(&id).map_err(anyhow::Error::msg)?;
+            let app = admin_app().await?;
+            let user = os_user();
+            match grant::revoke(&app, Revoker::Cli(&user), id, &reason).await {
+                Ok(request) => {
+                    println!(
+                        "request {} is revoked; the running jit server removes the access within seconds",
+                        request.id
+                    );
+                    Ok(0)
+                }
+                Err(err) => {
+                    eprintln!("jit: {}", err.user_message());
+                    Ok(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `jit serve`: wire everything up and run until SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::app::{App, Settings};
+use crate::bootstrap::{self, InstanceLock, Parts};
+use crate::clock::SystemClock;
+use crate::config::ServeConfig;
+use crate::crypto::Cipher;
+use crate::providers::Providers;
+use crate::queue::worker;
+use crate::server;
+use crate::slack::directory;
+use crate::store::Store;
+
+/// How often user-group membership is refreshed in the background.
+const DIRECTORY_REFRESH: Duration = Duration::from_secs(300);
+
+pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
+    let policy = bootstrap::load_policy(&config.base.policy_path).map_err(anyhow::Error::msg)?;
+    let cipher = Cipher::from_base64_or_hex(&config.encryption_key)
+        .map_err(|e| anyhow::anyhow!("JIT_ENCRYPTION_KEY: {e}"))?;
+    let store = Store::connect(&config.base.database_url, config.base.durability).await?;
+    store.migrate().await?;
+    let dir = bootstrap::policy_dir(&config.base.policy_path);
+    let (providers, _external) = Providers::with_local(policy.resources(), Some(&dir));
+    bootstrap::build(Parts {
+        policy,
+        store,
+        clock: Arc::new(SystemClock::default()),
+        slack_api_url: config.slack_api_url.clone(),
+        bot_token: config.bot_token.clone(),
+        signing_secrets: config.signing_secrets.clone(),
+        cipher,
+        providers,
+        settings: Settings {
+            workers: config.workers,
+            ..Settings::default()
+        },
+        posts_per_channel_per_second: config.posts_per_channel_per_second,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let _lock = InstanceLock::acquire(&config.base.database_url)?;
+    let app = build_app(&config).await?;
+    worker::recover(&app).await?;
+
+    let groups = directory::groups_in(&app.policy);
+    let refresher = tokio::spawn(app.directory.clone().keep_fresh(groups, DIRECTORY_REFRESH));
+    let (stop, stopped) = watch::channel(false);
+    let worker_task = tokio::spawn(worker::run(app.clone(), stopped));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("JIT_LISTEN: cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        resources = app.policy.resources().len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "jit is ready"
+    );
+    axum::serve(listener, server::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("shutting down: letting running jobs finish");
+    let _ = stop.send(true);
+    app.waker.wake();
+    let _ = worker_task.await;
+    refresher.abort();
+    app.store.close().await;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The HTTP front door: Slack's three routes, health, readiness and metrics.
+//!
+//! Every Slack route goes through [`SlackRequest`], an extractor that limits the body to 64 KiB
+//! (413 beyond), verifies the v0 signature against the injected clock (401, with an empty body,
+//! on any failure), and only then parses the payload. Handlers get a verified, typed value.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::app::App;
+use crate::slack::payload::{EventBody, Interaction, InteractionForm, SlashCommand};
+use crate::slack::{commands, events, interactions};
+
+/// Slack bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A payload type Slack sends, and how to read it from a verified body.
+pub trait SlackPayload: Sized {
+    fn parse(body: &[u8]) -> Result<Self, String>;
+}
+
+impl SlackPayload for SlashCommand {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())
+    }
+}
+
+impl SlackPayload for Interaction {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let form: InteractionForm =
+            serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())?;
+        serde_json::from_str(&form.payload).map_err(|e| e.to_string())
+    }
+}
+
+impl SlackPayload for EventBody {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    }
+}
+
+/// A verified Slack request, parsed.
+pub struct SlackRequest<T> {
+    pub payload: T,
+    /// `X-Slack-Retry-Num`, when Slack is redelivering.
+    pub retry: Option<u32>,
+}
+
+fn reject(app: &App, status: StatusCode, reason: &str) -> Response {
+    app.metrics.http_rejected(reason);
+    tracing::warn!(reason, status = status.as_u16(), "rejected a Slack request");
+    (status, Body::empty()).into_response()
+}
+
+/// Checks size and signature; returns the raw body.
+pub async fn verified_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(reject(app, StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| reject(app, StatusCode::PAYLOAD_TOO_LARGE, "too_large"))?;
+    let timestamp = headers
+        .get("x-slack-request-timestamp")
+        .map(|v| v.as_bytes());
+    let signature = headers.get("x-slack-signature").map(|v| v.as_bytes());
+    if let Err(err) = app.verifier.verify(timestamp, signature, &bytes) {
+        let reason = match err {
+            crate::slack::verify::VerifyError::Stale => "stale",
+            crate::slack::verify::VerifyError::Mismatch => "bad_signature",
+            _ => "malformed",
+        };
+        return Err(reject(app, StatusCode::UNAUTHORIZED, reason));
+    }
+    Ok(bytes)
+}
+
+impl<T: SlackPayload> FromRequest<Arc<App>> for SlackRequest<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = verified_body(app, &parts.headers, body).await?;
+        let payload = T::parse(&bytes).map_err(|e| {
+            tracing::warn!(error = %e, "a verified Slack request could not be parsed");
+            app.metrics.http_rejected("unparseable");
+            (StatusCode::BAD_REQUEST, "cannot parse the payload").into_response()
+        })?;
+        let retry = parts
+            .headers
+            .get("x-slack-retry-num")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(SlackRequest { payload, retry })
+    }
+}
+
+async fn slash_command(State(app): State<Arc<App>>, req: SlackRequest<SlashCommand>) -> Response {
+    match commands::handle(&app, &req.payload).await.body() {
+        Some(body) => Json(body).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+async fn interaction(State(app): State<Arc<App>>, req: SlackRequest<Interaction>) -> Response {
+    match interactions::handle(&app, req.payload).await {
+        interactions::InteractionReply::Empty => StatusCode::OK.into_response(),
+        interactions::InteractionReply::Json(body) => Json(body).into_response(),
+    }
+}
+
+async fn event(State(app): State<Arc<App>>, req: SlackRequest<EventBody>) -> Response {
+    match events::handle(&app, req.payload).await {
+        Some(body) => Json(body).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the database answers and the worker loop has run recently.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Err(err) = app.store.ping().await {
+        tracing::warn!(error = %err, "readiness: database check failed");
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+    }
+    let beat = app.health.worker_beat.load(Ordering::Relaxed);
+    let age_ms = chrono::Utc::now().timestamp_millis() - beat;
+    if beat == 0 || age_ms > 30_000 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "worker not running").into_response();
+    }
+    "ready".into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Err(err) = refresh_gauges(&app).await {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "cannot refresh metrics from the database"
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn refresh_gauges(app: &App) -> anyhow::Result<()> {
+    let mut conn = app.store.read().await?;
+    let states = crate::store::requests::count_by_state(&mut conn).await?;
+    let active = states
+        .iter()
+        .find(|(s, _)| s == "active")
+        .map_or(0, |(_, n)| *n);
+    app.metrics.set_active_grants(active);
+    let depth = crate::store::jobs::depth_by_kind(&mut conn).await?;
+    app.metrics.set_queue_depth(&depth);
+    Ok(())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/slack/commands", post(slash_command))
+        .route("/slack/interactions", post(interaction))
+        .route("/slack/events", post(event))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}

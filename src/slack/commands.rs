@@ -1,0 +1,357 @@
+//! `/jit`: parse the text, act, and answer with an ephemeral message. Every answer is built
+//! here; the only outbound call in this path is `views.open` for the form.
+
+use serde_json::json;
+
+use super::blocks::{self, Msg};
+use super::payload::SlashCommand;
+use super::{text, views};
+use crate::app::App;
+use crate::domain::command::{self, Command};
+use crate::domain::duration::GrantDuration;
+use crate::domain::ids::{SlackChannelId, SlackUserId};
+use crate::domain::policy::{Requester, Route};
+use crate::domain::request::State;
+use crate::handlers::grant::{self, Revoker};
+use crate::handlers::request::{self, Submission, Via};
+use crate::handlers::{HandlerError, decision};
+use crate::store::requests::StoredRequest;
+
+/// What to send back to Slack for a slash command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandReply {
+    /// Shown only to the person who typed the command.
+    Ephemeral(Msg),
+    /// Nothing to say (a modal was opened).
+    Empty,
+}
+
+impl CommandReply {
+    fn text(line: impl Into<String>) -> Self {
+        CommandReply::Ephemeral(blocks::simple(line.into()))
+    }
+
+    /// The HTTP response body Slack expects, if any.
+    pub fn body(&self) -> Option<serde_json::Value> {
+        match self {
+            CommandReply::Ephemeral(msg) => Some(json!({
+                "response_type": "ephemeral",
+                "text": msg.text,
+                "blocks": msg.blocks,
+            })),
+            CommandReply::Empty => None,
+        }
+    }
+}
+
+fn error_reply(err: HandlerError) -> CommandReply {
+    // Handler messages are plain text that may quote what people typed: escape them.
+    CommandReply::text(format!(":warning: {}", text::escape(&err.user_message())))
+}
+
+pub async fn handle(app: &App, cmd: &SlashCommand) -> CommandReply {
+    let Ok(user) = SlackUserId::parse(&cmd.user_id) else {
+        return CommandReply::text("jit could not tell who you are (no valid user_id).");
+    };
+    let channel = SlackChannelId::parse(&cmd.channel_id).ok();
+    let parsed = match command::parse(&cmd.text) {
+        Ok(parsed) => parsed,
+        Err(err) => return CommandReply::text(text::escape(&err.user_message())),
+    };
+    let who = Requester::User(user.clone());
+    match parsed {
+        Command::Help => CommandReply::text(text::escape(&command::help_text())),
+        Command::OpenForm { resource } => {
+            open_form(app, &user, &cmd.trigger_id, channel, resource.as_deref()).await
+        }
+        Command::Request {
+            resource,
+            duration,
+            justification,
+        } => {
+            let submission = Submission {
+                requester: who,
+                resource: &resource,
+                duration: Some(duration),
+                justification: &justification,
+                ticket: None,
+                via: Via::Slack,
+                origin_channel: channel,
+            };
+            match request::submit(app, submission).await {
+                Ok(Ok(submitted)) => CommandReply::text(submitted_line(&submitted)),
+                Ok(Err(field)) => CommandReply::text(format!(
+                    ":warning: {}\nUsage: `{}`",
+                    text::escape(field.message()),
+                    text::escape(&command::Subcommand::Request.usage())
+                )),
+                Err(err) => error_reply(err),
+            }
+        }
+        Command::List => match request::list(app, &who).await {
+            Ok(listing) => CommandReply::Ephemeral(list_reply(
+                &listing.mine,
+                listing.unreviewed_breakglass.as_deref(),
+            )),
+            Err(err) => error_reply(err),
+        },
+        Command::Cancel { id } => match request::cancel(app, &who, id).await {
+            Ok(_) => CommandReply::text(format!(":no_entry_sign: Request {id} is cancelled.")),
+            Err(err) => error_reply(err),
+        },
+        Command::Why { resource, duration } => {
+            CommandReply::Ephemeral(why_reply(app, &user, &resource, duration))
+        }
+        Command::Release { id } => match grant::release(app, &who, id).await {
+            Ok(_) => CommandReply::text(format!(
+                ":lock: Releasing request {id}: the access is being removed now. You will get a DM when it is gone."
+            )),
+            Err(err) => error_reply(err),
+        },
+        Command::Extend { id, duration } => {
+            match request::extend(app, &who, id, duration, None, Via::Slack).await {
+                Ok(submitted) => CommandReply::text(if submitted.auto {
+                    format!(
+                        ":hourglass_flowing_sand: Extension {} of {id} by {} was approved by policy; adding the time now.",
+                        submitted.request.id, duration
+                    )
+                } else {
+                    format!(
+                        ":inbox_tray: Extension {} of {id} by {} is waiting for approval from {} in {}.",
+                        submitted.request.id,
+                        duration,
+                        blocks::approvers_of(&submitted.resource),
+                        text::channel(&submitted.resource.approvers.channel)
+                    )
+                }),
+                Err(err) => error_reply(err),
+            }
+        }
+        Command::Revoke { id, reason } => {
+            match grant::revoke(app, Revoker::Slack(&user), id, &reason).await {
+                Ok(_) => CommandReply::text(format!(
+                    ":no_entry: Request {id} is revoked; the access is being removed now."
+                )),
+                Err(err) => error_reply(err),
+            }
+        }
+        Command::Breakglass { resource, reason } => {
+            match request::breakglass(app, &user, &resource, &reason).await {
+                Ok(request) => CommandReply::text(format!(
+                    ":rotating_light: Break-glass access to {} (request {}) is being issued now for {}. This was announced to the admins and will be reviewed.",
+                    text::code(request.resource.as_str()),
+                    request.id,
+                    request.duration.humanize()
+                )),
+                Err(err) => error_reply(err),
+            }
+        }
+    }
+}
+
+fn submitted_line(submitted: &request::Submitted) -> String {
+    let r = &submitted.request;
+    if submitted.auto {
+        format!(
+            ":zap: Request {} for {} ({}) was approved by policy. Access is being issued; you will get a DM.",
+            r.id,
+            text::code(r.resource.as_str()),
+            r.duration.humanize()
+        )
+    } else {
+        format!(
+            ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. You will get a DM when it is decided.",
+            r.id,
+            text::code(r.resource.as_str()),
+            r.duration.humanize(),
+            blocks::approvers_of(&submitted.resource),
+            text::channel(&submitted.resource.approvers.channel)
+        )
+    }
+}
+
+async fn open_form(
+    app: &App,
+    user: &SlackUserId,
+    trigger_id: &str,
+    channel: Option<SlackChannelId>,
+    resource: Option<&str>,
+) -> CommandReply {
+    let who = Requester::User(user.clone());
+    let resources: Vec<_> = app.policy.requestable_by(&who, &app.directory).collect();
+    if let Some(wanted) = resource
+        && !resources.iter().any(|r| r.id.as_str() == wanted)
+    {
+        return match app.policy.evaluate(wanted, &who, None, &app.directory) {
+            Err(refusal) => {
+                CommandReply::text(format!(":warning: {}", text::escape(&refusal.to_string())))
+            }
+            Ok(_) => CommandReply::text(format!(
+                ":warning: You cannot request {}.",
+                text::code(wanted)
+            )),
+        };
+    }
+    let metadata = channel.map(|c| c.to_string()).unwrap_or_default();
+    let view = views::request_modal(&resources, resource, &metadata);
+    match app.slack.open_view(trigger_id, &view).await {
+        Ok(_) => CommandReply::Empty,
+        Err(err) => {
+            tracing::warn!(error = %err, "views.open failed for the request form");
+            CommandReply::text(format!(
+                ":warning: jit could not open the request form ({}). You can still type `{}`.",
+                text::escape(err.code()),
+                text::escape(&command::Subcommand::Request.usage())
+            ))
+        }
+    }
+}
+
+fn list_reply(mine: &[StoredRequest], breakglass: Option<&[StoredRequest]>) -> Msg {
+    let mut lines = vec!["*Your pending and active requests*".to_owned()];
+    if mine.is_empty() {
+        lines.push("Nothing pending or active. `/jit request` asks for access.".into());
+    }
+    for stored in mine {
+        let r = &stored.request;
+        let status = match (r.state, r.expires_at) {
+            (State::Active, Some(until)) => format!(
+                "active until {} · `/jit release {}` · `/jit extend {} &lt;duration&gt;`",
+                text::time(until),
+                r.id.0,
+                r.id.0
+            ),
+            (State::Pending, _) => format!("{} · `/jit cancel {}`", r.state.label(), r.id.0),
+            (state, _) => state.label().to_owned(),
+        };
+        lines.push(format!(
+            "• *{}* {} for {} · {status}",
+            r.id,
+            text::code(r.resource.as_str()),
+            r.duration.humanize()
+        ));
+    }
+    if let Some(unreviewed) = breakglass {
+        lines.push(String::new());
+        lines.push("*Break-glass grants waiting for an admin's review*".into());
+        if unreviewed.is_empty() {
+            lines.push("None.".into());
+        }
+        for stored in unreviewed {
+            let r = &stored.request;
+            lines.push(format!(
+                "• *{}* {} took {} {} ({}): {}",
+                r.id,
+                text::requester(&r.requester),
+                text::code(r.resource.as_str()),
+                text::time(r.created_at),
+                r.state.label(),
+                text::escape_truncated(&r.justification, 200)
+            ));
+        }
+    }
+    blocks::simple(lines.join("\n"))
+}
+
+/// `/jit why`: which rule applies, who approves, the maximum, and whether auto-approval applies.
+pub fn why_reply(
+    app: &App,
+    user: &SlackUserId,
+    resource_id: &str,
+    duration: Option<GrantDuration>,
+) -> Msg {
+    let policy = &app.policy;
+    let who = Requester::User(user.clone());
+    let Some(resource) = policy.resource(resource_id) else {
+        let refusal = policy
+            .evaluate(resource_id, &who, duration, &app.directory)
+            .err()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        return blocks::simple(format!(":warning: {}", text::escape(&refusal)));
+    };
+    let mut lines = vec![format!(
+        "*{}*{} · provider `{}`",
+        text::code(resource.id.as_str()),
+        if resource.description.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", text::escape(&resource.description))
+        },
+        resource.provider.kind()
+    )];
+    let may = match &resource.requesters {
+        None => "anyone in the workspace".to_owned(),
+        Some(p) => text::principals(p),
+    };
+    let evaluation = policy.evaluate(resource_id, &who, duration, &app.directory);
+    let allowed = !matches!(
+        evaluation,
+        Err(crate::domain::policy::Refusal::NotAllowed { .. })
+    );
+    lines.push(format!(
+        "• Who may request: {may} ({})",
+        if allowed {
+            "that includes you"
+        } else {
+            "not you"
+        }
+    ));
+    lines.push(format!(
+        "• Approvers: {} in {} · {} approval{} needed · nobody approves their own request",
+        blocks::approvers_of(resource),
+        text::channel(&resource.approvers.channel),
+        resource.approvals_required,
+        if resource.approvals_required == 1 {
+            ""
+        } else {
+            "s"
+        }
+    ));
+    lines.push(format!(
+        "• Duration: at most {} ({}), {} by default",
+        resource.max_duration,
+        resource.max_duration.humanize(),
+        resource.default_duration
+    ));
+    let asked = duration.unwrap_or(resource.default_duration);
+    let auto = match &resource.auto_approve {
+        None => "• Auto-approval: never for this resource".to_owned(),
+        Some(rule) => {
+            let whom = if rule.who.is_empty() {
+                "anyone who may request it".to_owned()
+            } else {
+                text::principals(&rule.who)
+            };
+            let verdict = match &evaluation {
+                Ok(e) if e.route == Route::Auto => format!("*yes* for you at {asked}"),
+                Ok(_) if asked > rule.max_duration => {
+                    format!("no for you at {asked} (longer than {})", rule.max_duration)
+                }
+                Ok(_) => "no for you (you are not in the rule)".to_owned(),
+                Err(e) => format!("no: {}", text::escape(&e.to_string())),
+            };
+            format!(
+                "• Auto-approval: for {whom} up to {} — {verdict}",
+                rule.max_duration
+            )
+        }
+    };
+    lines.push(auto);
+    lines.push(format!(
+        "• Pending requests expire after {}; reminders go out {} before a grant ends",
+        resource.pending_timeout, resource.reminder_before
+    ));
+    lines.push(format!(
+        "• Break-glass: {}",
+        if resource.breakglass {
+            "allowed (granted at once, announced to the admins, reviewed afterwards)"
+        } else {
+            "not allowed"
+        }
+    ));
+    blocks::simple(lines.join("\n"))
+}
+
+/// Approve clicks and friends reuse the decision handlers; see [`super::interactions`].
+pub use decision::ApproveOutcome;

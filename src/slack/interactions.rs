@@ -1,0 +1,364 @@
+//! Button clicks (`block_actions`) and modal submissions (`view_submission`).
+//!
+//! Clicks are answered with an empty 200; anything the clicker should read goes out as an
+//! ephemeral message (or a DM) through the queue. Modals open within the three seconds the
+//! click's `trigger_id` lives. Submissions answer with `response_action`: inline field errors,
+//! or `clear`.
+
+use serde_json::{Value, json};
+
+use super::blocks::{self, ids};
+use super::payload::{BlockActions, Interaction, View, ViewSubmission};
+use super::{text, views};
+use crate::app::App;
+use crate::domain::duration::GrantDuration;
+use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
+use crate::domain::policy::Requester;
+use crate::domain::request::State;
+use crate::handlers::decision::{self, ApproveOutcome};
+use crate::handlers::grant;
+use crate::handlers::request::{self, FieldError, Submission, Via};
+use crate::handlers::{HandlerError, load};
+use crate::queue::{self, Job, Placement};
+
+/// What to send back to Slack for an interaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InteractionReply {
+    Empty,
+    /// A `response_action` body for a view submission.
+    Json(Value),
+}
+
+pub async fn handle(app: &App, interaction: Interaction) -> InteractionReply {
+    match interaction {
+        Interaction::BlockActions(actions) => {
+            block_actions(app, actions).await;
+            InteractionReply::Empty
+        }
+        Interaction::ViewSubmission(submission) => view_submission(app, submission).await,
+        Interaction::Other => InteractionReply::Empty,
+    }
+}
+
+/// Tells the clicker something: ephemeral in the channel of the click, or a DM from App Home.
+async fn feedback(app: &App, channel: Option<&str>, user: &SlackUserId, line: String) {
+    let now = app.clock.now();
+    let job = match channel.and_then(|c| SlackChannelId::parse(c).ok()) {
+        Some(channel) => Job::Ephemeral {
+            channel,
+            user: user.clone(),
+            text: line,
+        },
+        None => Job::Dm {
+            user: user.clone(),
+            text: line,
+            blocks: None,
+        },
+    };
+    let result = async {
+        let mut tx = app.store.begin_write().await?;
+        queue::enqueue(&mut tx, &job, Placement::none(), now, now).await?;
+        tx.commit().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => app.waker.wake(),
+        Err(err) => tracing::error!(
+            error = format!("{err:#}"),
+            "cannot queue feedback for a click"
+        ),
+    }
+}
+
+fn request_id(value: Option<&str>) -> Option<RequestId> {
+    value.and_then(|v| RequestId::parse(v).ok())
+}
+
+async fn block_actions(app: &App, actions: BlockActions) {
+    let Ok(user) = SlackUserId::parse(&actions.user.id) else {
+        return;
+    };
+    let channel = actions.channel_id().map(str::to_owned);
+    let channel = channel.as_deref();
+    let trigger = actions.trigger_id.clone().unwrap_or_default();
+    for action in &actions.actions {
+        let id = request_id(action.value.as_deref());
+        let said = match (action.action_id.as_str(), id) {
+            (ids::OPEN_FORM, _) => open_form(app, &user, &trigger).await,
+            (_, None) => Some("That button carries no request number; nothing was done.".into()),
+            (ids::APPROVE, Some(id)) => match decision::approve(app, &user, id).await {
+                Ok(ApproveOutcome::Approved(_)) => None,
+                Ok(ApproveOutcome::Partial { count, required }) => Some(format!(
+                    "Your approval of request {id} is recorded ({count} of {required}); it needs {} more.",
+                    required - count
+                )),
+                Ok(ApproveOutcome::AlreadyApprovedByYou) => {
+                    Some(format!("You have already approved request {id}."))
+                }
+                Ok(ApproveOutcome::AlreadyDecided(r)) => Some(format!(
+                    "Request {id} is already {}; nothing was changed.",
+                    r.state.label()
+                )),
+                Err(err) => Some(err.user_message()),
+            },
+            (ids::DENY, Some(id)) => open_deny(app, &user, id, &trigger).await,
+            (ids::EXTEND, Some(id)) => open_extend(app, &user, id, &trigger).await,
+            (ids::RELEASE, Some(id)) => {
+                match grant::release(app, &Requester::User(user.clone()), id).await {
+                    Ok(_) => Some(format!(
+                        "Releasing request {id}: the access is being removed now."
+                    )),
+                    Err(err) => Some(err.user_message()),
+                }
+            }
+            (ids::REVEAL, Some(id)) => reveal(app, &user, id, &trigger).await,
+            (ids::REVIEW, Some(id)) | (ids::REVIEW_REVOKE, Some(id)) => {
+                let revoke = action.action_id == ids::REVIEW_REVOKE;
+                match grant::review(app, &user, id, revoke).await {
+                    Ok(_) => Some(format!(
+                        "Break-glass grant {id} is marked reviewed{}.",
+                        if revoke { " and is being revoked" } else { "" }
+                    )),
+                    Err(err) => Some(err.user_message()),
+                }
+            }
+            (other, _) => {
+                tracing::debug!(action = other, "ignoring an unknown action");
+                None
+            }
+        };
+        if let Some(line) = said {
+            feedback(app, channel, &user, text::escape(&line)).await;
+        }
+    }
+}
+
+async fn open_form(app: &App, user: &SlackUserId, trigger: &str) -> Option<String> {
+    let who = Requester::User(user.clone());
+    let resources: Vec<_> = app.policy.requestable_by(&who, &app.directory).collect();
+    let view = views::request_modal(&resources, None, "");
+    match app.slack.open_view(trigger, &view).await {
+        Ok(_) => None,
+        Err(err) => Some(format!(
+            "jit could not open the request form ({}).",
+            err.code()
+        )),
+    }
+}
+
+async fn open_deny(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> Option<String> {
+    let request = match load(app, id).await {
+        Ok(stored) => stored.request,
+        Err(err) => return Some(err.user_message()),
+    };
+    if let Err(err) = decision::authorize(app, &request, user).await {
+        return Some(err.user_message());
+    }
+    if request.state != State::Pending {
+        return Some(format!(
+            "Request {id} is already {}; nothing was changed.",
+            request.state.label()
+        ));
+    }
+    match app
+        .slack
+        .open_view(trigger, &views::deny_modal(&request))
+        .await
+    {
+        Ok(_) => None,
+        Err(err) => Some(format!(
+            "jit could not open the deny form ({}); please click Deny again.",
+            err.code()
+        )),
+    }
+}
+
+async fn open_extend(
+    app: &App,
+    user: &SlackUserId,
+    id: RequestId,
+    trigger: &str,
+) -> Option<String> {
+    let request = match load(app, id).await {
+        Ok(stored) => stored.request,
+        Err(err) => return Some(err.user_message()),
+    };
+    if request.requester.user() != Some(user) {
+        return Some(format!("Grant {id} is not yours, so you cannot extend it."));
+    }
+    if request.state != State::Active {
+        return Some(format!(
+            "Grant {id} is {}; only active grants can be extended.",
+            request.state.label()
+        ));
+    }
+    let Some(resource) = app.policy.resource(request.resource.as_str()) else {
+        return Some(format!(
+            "`{}` is no longer in the policy.",
+            request.resource
+        ));
+    };
+    match app
+        .slack
+        .open_view(trigger, &views::extend_modal(&request, resource))
+        .await
+    {
+        Ok(_) => None,
+        Err(err) => Some(format!(
+            "jit could not open the extend form ({}); you can use `/jit extend {} <duration>`.",
+            err.code(),
+            id.0
+        )),
+    }
+}
+
+async fn reveal(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> Option<String> {
+    let (request, pairs) = match grant::reveal(app, user, id).await {
+        Ok(found) => found,
+        Err(err) => return Some(err.user_message()),
+    };
+    let expires = request.expires_at.map(text::utc).unwrap_or_default();
+    let view = views::reveal_modal(&request, &pairs, &expires);
+    match app.slack.open_view(trigger, &view).await {
+        Ok(_) => None,
+        // Never log the error's detail here: the view holds secrets.
+        Err(err) => Some(format!(
+            "jit could not open the credentials window ({}); click Reveal credentials again.",
+            err.code()
+        )),
+    }
+}
+
+fn errors(block: &str, message: &str) -> InteractionReply {
+    InteractionReply::Json(json!({
+        "response_action": "errors",
+        "errors": { block: message },
+    }))
+}
+
+fn clear() -> InteractionReply {
+    InteractionReply::Json(json!({"response_action": "clear"}))
+}
+
+fn field_block(field: &FieldError) -> &'static str {
+    match field {
+        FieldError::Resource(_) => views::RESOURCE_BLOCK.0,
+        FieldError::Duration(_) => views::DURATION_BLOCK.0,
+        FieldError::Justification(_) => views::JUSTIFICATION_BLOCK.0,
+        FieldError::Ticket(_) => views::TICKET_BLOCK.0,
+    }
+}
+
+fn duration_of(view: &View) -> Result<GrantDuration, String> {
+    let text = view
+        .input(views::DURATION_BLOCK.0, views::DURATION_BLOCK.1)
+        .ok_or_else(|| "Choose how long you need access.".to_owned())?;
+    GrantDuration::parse(&text).map_err(|e| e.to_string())
+}
+
+async fn view_submission(app: &App, submission: ViewSubmission) -> InteractionReply {
+    let Ok(user) = SlackUserId::parse(&submission.user.id) else {
+        return InteractionReply::Empty;
+    };
+    let view = &submission.view;
+    match view.callback_id.as_deref() {
+        Some(ids::REQUEST_MODAL) => submit_request(app, &user, view).await,
+        Some(ids::DENY_MODAL) => {
+            let Some(id) = request_id(view.private_metadata.as_deref()) else {
+                return errors(
+                    views::REASON_BLOCK.0,
+                    "This form lost its request number; close it and click Deny again.",
+                );
+            };
+            let reason = view
+                .input(views::REASON_BLOCK.0, views::REASON_BLOCK.1)
+                .unwrap_or_default();
+            match decision::deny(app, &user, id, &reason).await {
+                Ok(_) => clear(),
+                Err(err) => errors(views::REASON_BLOCK.0, &err.user_message()),
+            }
+        }
+        Some(ids::EXTEND_MODAL) => {
+            let Some(id) = request_id(view.private_metadata.as_deref()) else {
+                return errors(
+                    views::DURATION_BLOCK.0,
+                    "This form lost its grant number; close it and click Extend again.",
+                );
+            };
+            let duration = match duration_of(view) {
+                Ok(d) => d,
+                Err(message) => return errors(views::DURATION_BLOCK.0, &message),
+            };
+            let reason = view.input(views::REASON_BLOCK.0, views::REASON_BLOCK.1);
+            let who = Requester::User(user.clone());
+            match request::extend(app, &who, id, duration, reason.as_deref(), Via::Slack).await {
+                Ok(_) => clear(),
+                Err(err) => errors(views::DURATION_BLOCK.0, &err.user_message()),
+            }
+        }
+        _ => InteractionReply::Empty,
+    }
+}
+
+async fn submit_request(app: &App, user: &SlackUserId, view: &View) -> InteractionReply {
+    let Some(resource) = view.input(views::RESOURCE_BLOCK.0, views::RESOURCE_BLOCK.1) else {
+        return errors(views::RESOURCE_BLOCK.0, "Choose a resource.");
+    };
+    let duration = match duration_of(view) {
+        Ok(d) => d,
+        Err(message) => return errors(views::DURATION_BLOCK.0, &message),
+    };
+    let justification = view
+        .input(views::JUSTIFICATION_BLOCK.0, views::JUSTIFICATION_BLOCK.1)
+        .unwrap_or_default();
+    let ticket = view.input(views::TICKET_BLOCK.0, views::TICKET_BLOCK.1);
+    let origin = view
+        .private_metadata
+        .as_deref()
+        .and_then(|c| SlackChannelId::parse(c).ok());
+    let submission = Submission {
+        requester: Requester::User(user.clone()),
+        resource: &resource,
+        duration: Some(duration),
+        justification: &justification,
+        ticket: ticket.as_deref(),
+        via: Via::Slack,
+        origin_channel: origin,
+    };
+    match request::submit(app, submission).await {
+        Ok(Ok(submitted)) => {
+            let msg = blocks::submitted_dm(&submitted.request, &submitted.resource, submitted.auto);
+            let now = app.clock.now();
+            let queued = async {
+                let mut tx = app.store.begin_write().await?;
+                queue::enqueue(
+                    &mut tx,
+                    &Job::Dm {
+                        user: user.clone(),
+                        text: msg.text,
+                        blocks: Some(msg.blocks),
+                    },
+                    Placement::messages_of(submitted.request.id),
+                    now,
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(err) = queued {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    "cannot queue the confirmation DM"
+                );
+            }
+            app.waker.wake();
+            clear()
+        }
+        Ok(Err(field)) => errors(field_block(&field), field.message()),
+        Err(HandlerError::User(message)) => errors(views::JUSTIFICATION_BLOCK.0, &message),
+        Err(err) => errors(views::JUSTIFICATION_BLOCK.0, &err.user_message()),
+    }
+}
