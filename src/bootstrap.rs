@@ -65,7 +65,7 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
     Ok(Arc::new(App {
         policy: Arc::new(parts.policy),
         store: parts.store,
-        directory: Directory::new(slack.clone()),
+        directory: Directory::new(slack.clone(), parts.clock.clone()),
         slack,
         verifier: Verifier::new(parts.signing_secrets, parts.clock.clone()),
         clock: parts.clock,

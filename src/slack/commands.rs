@@ -56,7 +56,9 @@ pub async fn handle(app: &App, cmd: &SlashCommand) -> CommandReply {
     let channel = SlackChannelId::parse(&cmd.channel_id).ok();
     let parsed = match command::parse(&cmd.text) {
         Ok(parsed) => parsed,
-        Err(err) => return CommandReply::text(text::escape(&err.user_message())),
+        Err(err) => {
+            return CommandReply::text(format!(":warning: {}", text::escape(&err.user_message())));
+        }
     };
     let who = Requester::User(user.clone());
     match parsed {

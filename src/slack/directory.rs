@@ -7,8 +7,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
+use crate::clock::SharedClock;
 use crate::domain::ids::{SlackGroupId, SlackUserId};
 use crate::domain::policy::{Membership, Policy};
 use crate::slack::api::SlackApi;
@@ -18,13 +21,14 @@ const MISS_REFRESH_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Cache {
-    groups: HashMap<SlackGroupId, (HashSet<SlackUserId>, Instant)>,
+    groups: HashMap<SlackGroupId, (HashSet<SlackUserId>, DateTime<Utc>)>,
 }
 
 #[derive(Clone)]
 pub struct Directory {
     cache: Arc<RwLock<Cache>>,
     api: SlackApi,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Directory {
@@ -54,10 +58,11 @@ pub fn groups_in(policy: &Policy) -> Vec<SlackGroupId> {
 }
 
 impl Directory {
-    pub fn new(api: SlackApi) -> Self {
+    pub fn new(api: SlackApi, clock: SharedClock) -> Self {
         Self {
             cache: Arc::new(RwLock::new(Cache::default())),
             api,
+            clock,
         }
     }
 
@@ -72,7 +77,7 @@ impl Directory {
                 let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
                 cache
                     .groups
-                    .insert(group.clone(), (members, Instant::now()));
+                    .insert(group.clone(), (members, self.clock.now()));
                 true
             }
             Err(err) => {
@@ -94,15 +99,15 @@ impl Directory {
         if groups.is_empty() || groups.iter().any(|g| self.is_member(user, g)) {
             return;
         }
+        let now = self.clock.now();
         let stale: Vec<SlackGroupId> = {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
             groups
                 .iter()
                 .filter(|g| {
-                    cache
-                        .groups
-                        .get(*g)
-                        .is_none_or(|(_, at)| at.elapsed() >= MISS_REFRESH_AFTER)
+                    cache.groups.get(*g).is_none_or(|(_, at)| {
+                        (now - *at).to_std().unwrap_or_default() >= MISS_REFRESH_AFTER
+                    })
                 })
                 .cloned()
                 .collect()

@@ -1,0 +1,468 @@
+//! Boots the real server on a random port with a temporary SQLite file, a manual clock and the
+//! fake Slack Web API over HTTP. Tests talk to it the way Slack does: signed HTTP requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use jit::app::{App, Settings};
+use jit::bootstrap::{self, Parts};
+use jit::clock::ManualClock;
+use jit::crypto::Cipher;
+use jit::domain::ids::RequestId;
+use jit::domain::policy::Policy;
+use jit::domain::request::{Request, State};
+use jit::providers::Providers;
+use jit::slack::simulator::{FakeSlack, Message};
+use jit::store::requests::StoredRequest;
+use jit::store::{Durability, Store};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+pub const SIGNING_SECRET: &str = "test-signing-secret";
+pub const BOT_TOKEN: &str = "xoxb-test-token";
+
+pub const DEV: &str = "U0DEV";
+pub const ALICE: &str = "U0ALICE";
+pub const BOB: &str = "U0BOB";
+pub const CAROL: &str = "U0CAROL";
+pub const MALLORY: &str = "U0MALLORY";
+pub const ONCALL: &str = "U0ONCALL";
+pub const SECLEAD: &str = "U0SECLEAD";
+pub const APPROVALS: &str = "C0APPROVALS";
+pub const AUDIT: &str = "C0AUDIT";
+pub const ORIGIN: &str = "C0GENERAL";
+
+/// The harness policy. `{log}` and `{script}` are filled in per harness.
+pub const POLICY: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"], groups = ["S0SECURITY"] }
+
+[defaults]
+reminder_before = "10m"
+pending_timeout = "30m"
+
+[limits]
+requests_per_user_per_minute = 1000
+teardown_alert_after_failures = 3
+
+[[resource]]
+id = "db"
+description = "Production database"
+provider = "exec"
+grant_command = ["{script}"]
+revoke_command = ["{script}"]
+timeout = "10s"
+parameters = { log = "{log}" }
+max_duration = "4h"
+default_duration = "1h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB"], groups = ["S0SRE"] }
+auto_approve = { max_duration = "30m", groups = ["S0ONCALL"] }
+breakglass = true
+
+[[resource]]
+id = "db-shared"
+description = "Membership of a shared group"
+provider = "exec"
+grant_command = ["{script}"]
+revoke_command = ["{script}"]
+parameters = { log = "{log}", shared = true }
+max_duration = "4h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+auto_approve = { max_duration = "4h" }
+
+[[resource]]
+id = "two-person"
+provider = "exec"
+grant_command = ["{script}"]
+revoke_command = ["{script}"]
+parameters = { log = "{log}" }
+max_duration = "2h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB", "U0CAROL"] }
+approvals_required = 2
+
+[[resource]]
+id = "staging"
+provider = "none"
+max_duration = "1d"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+auto_approve = { max_duration = "8h" }
+
+[[resource]]
+id = "restricted"
+provider = "none"
+max_duration = "1h"
+requesters = { users = ["U0CAROL"] }
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+"#;
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 14, 0, 0).unwrap()
+}
+
+pub struct Harness {
+    pub app: Arc<App>,
+    pub slack: FakeSlack,
+    pub clock: ManualClock,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub provider_log: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub db_path: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A slash-command answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.body["text"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::with_policy(POLICY).await
+    }
+
+    pub async fn with_policy(template: &str) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let provider_log = dir.path().join("provider.log");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py");
+        let text = template
+            .replace("{log}", provider_log.to_str().unwrap())
+            .replace("{script}", script.to_str().unwrap());
+        let policy = Policy::parse(&text, &|p: &str| std::fs::read_to_string(p)).unwrap();
+
+        let slack = FakeSlack::start(BOT_TOKEN).await.unwrap();
+        for (id, name) in [
+            (DEV, "dev"),
+            (ALICE, "alice"),
+            (BOB, "bob"),
+            (CAROL, "carol"),
+            (MALLORY, "mallory"),
+            (ONCALL, "oncall"),
+            (SECLEAD, "seclead"),
+        ] {
+            slack.set_user(id, name, Some(&format!("{name}@example.com")));
+        }
+        slack.set_group_members("S0SRE", &["U0SRE1"]);
+        slack.set_group_members("S0ONCALL", &[ONCALL]);
+        slack.set_group_members("S0SECURITY", &[]);
+
+        let db_path = dir.path().join("jit.db");
+        let store = Store::connect(
+            &format!("sqlite://{}", db_path.display()),
+            Durability::Normal,
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let clock = ManualClock::new(t0());
+        let (providers, _) = Providers::with_local(policy.resources(), None);
+        let app = bootstrap::build(Parts {
+            policy,
+            store,
+            clock: Arc::new(clock.clone()),
+            slack_api_url: slack.api_url(),
+            bot_token: SecretString::from(BOT_TOKEN),
+            signing_secrets: vec![
+                SecretString::from("old-secret"),
+                SecretString::from(SIGNING_SECRET),
+            ],
+            cipher: Cipher::from_bytes(&[7u8; 32]),
+            providers,
+            settings: Settings::default(),
+            posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+        })
+        .unwrap();
+        let groups = jit::slack::directory::groups_in(&app.policy);
+        app.directory.refresh_all(&groups).await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = jit::server::router(app.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Harness {
+            app,
+            slack,
+            clock,
+            url,
+            http: reqwest::Client::new(),
+            provider_log,
+            dir,
+            db_path,
+            server,
+        }
+    }
+
+    /// Signs `body` as Slack would, at the harness clock's time.
+    pub fn sign(&self, body: &str) -> (String, String) {
+        let ts = self.clock_now().timestamp();
+        let sig =
+            jit::slack::verify::sign(&SecretString::from(SIGNING_SECRET), ts, body.as_bytes());
+        (ts.to_string(), sig)
+    }
+
+    pub fn clock_now(&self) -> DateTime<Utc> {
+        jit::clock::Clock::now(&self.clock)
+    }
+
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> reqwest::Response {
+        let (ts, sig) = self.sign(&body);
+        self.http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .header("x-slack-request-timestamp", ts)
+            .header("x-slack-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `/jit <text>` typed by `user` in #general.
+    pub async fn slash(&self, user: &str, text: &str) -> Reply {
+        let body = serde_urlencoded::to_string([
+            ("token", "unused"),
+            ("team_id", "T0001"),
+            ("channel_id", ORIGIN),
+            ("user_id", user),
+            ("command", "/jit"),
+            ("text", text),
+            ("response_url", "https://hooks.slack.invalid/commands/1"),
+            ("trigger_id", "1337.42.trigger"),
+        ])
+        .unwrap();
+        let response = self
+            .post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+            .await;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        Reply { status, body }
+    }
+
+    pub async fn interaction(&self, payload: Value) -> Reply {
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        let response = self
+            .post_signed(
+                "/slack/interactions",
+                "application/x-www-form-urlencoded",
+                body,
+            )
+            .await;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        Reply { status, body }
+    }
+
+    /// A button click by `user` on a message in `channel` (the fixture's shape).
+    pub fn click_payload(user: &str, action_id: &str, value: &str, channel: &str) -> Value {
+        let mut payload: Value =
+            serde_json::from_str(include_str!("../fixtures/slack/block-actions.json")).unwrap();
+        payload["user"]["id"] = json!(user);
+        payload["channel"]["id"] = json!(channel);
+        payload["container"]["channel_id"] = json!(channel);
+        payload["actions"][0]["action_id"] = json!(action_id);
+        payload["actions"][0]["value"] = json!(value);
+        payload
+    }
+
+    pub async fn click(&self, user: &str, action_id: &str, id: RequestId) -> Reply {
+        let channel = if action_id == "jit.approve" || action_id == "jit.deny" {
+            APPROVALS.to_owned()
+        } else {
+            self.slack.dm_channel_for(user)
+        };
+        self.interaction(Self::click_payload(
+            user,
+            action_id,
+            &id.0.to_string(),
+            &channel,
+        ))
+        .await
+    }
+
+    /// A modal submission with the given `(block, action, value)` inputs.
+    pub async fn submit(
+        &self,
+        user: &str,
+        callback_id: &str,
+        metadata: &str,
+        inputs: &[(&str, &str, &str)],
+    ) -> Reply {
+        let mut payload: Value =
+            serde_json::from_str(include_str!("../fixtures/slack/view-submission.json")).unwrap();
+        payload["user"]["id"] = json!(user);
+        payload["view"]["callback_id"] = json!(callback_id);
+        payload["view"]["private_metadata"] = json!(metadata);
+        let mut values = serde_json::Map::new();
+        for (block, action, value) in inputs {
+            let state = if action.ends_with("_select") {
+                json!({"type": "static_select", "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value}})
+            } else {
+                json!({"type": "plain_text_input", "value": value})
+            };
+            values.insert((*block).to_owned(), json!({ *action: state }));
+        }
+        payload["view"]["state"]["values"] = Value::Object(values);
+        self.interaction(payload).await
+    }
+
+    /// Runs every due job, as the worker would.
+    pub async fn run_jobs(&self) -> usize {
+        jit::queue::worker::run_due(&self.app).await.unwrap()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub async fn advance_and_run(&self, by: Duration) -> usize {
+        self.advance(by);
+        self.run_jobs().await
+    }
+
+    pub async fn stored(&self, id: RequestId) -> StoredRequest {
+        let mut conn = self.app.store.read().await.unwrap();
+        jit::store::requests::get(&mut conn, id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub async fn request(&self, id: RequestId) -> Request {
+        self.stored(id).await.request
+    }
+
+    pub async fn state(&self, id: RequestId) -> State {
+        self.request(id).await.state
+    }
+
+    /// Audit event names for a request's thread, in order.
+    pub async fn audit_events(&self, id: RequestId) -> Vec<String> {
+        let mut conn = self.app.store.read().await.unwrap();
+        jit::store::audit::for_request(&mut conn, id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event)
+            .collect()
+    }
+
+    /// Provider calls logged by the test script, as (action, request id).
+    pub fn provider_calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.provider_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn provider_actions(&self, id: RequestId) -> Vec<String> {
+        self.provider_calls()
+            .into_iter()
+            .filter(|c| c["request_id"] == json!(id.0))
+            .map(|c| match c.get("failed") {
+                Some(code) => format!("{}!{code}", c["action"].as_str().unwrap()),
+                None => c["action"].as_str().unwrap().to_owned(),
+            })
+            .collect()
+    }
+
+    /// Makes the test provider fail its next `times` calls with exit `code`.
+    pub fn fail_provider(&self, times: u32, code: i32) {
+        std::fs::write(
+            format!("{}.fail", self.provider_log.display()),
+            format!("{times} {code}"),
+        )
+        .unwrap();
+    }
+
+    /// The last top-level message in the approvers' channel.
+    pub fn approval_message(&self) -> Message {
+        self.slack
+            .messages(APPROVALS)
+            .last()
+            .cloned()
+            .expect("an approval message")
+    }
+
+    pub fn dm_texts(&self, user: &str) -> Vec<String> {
+        self.slack
+            .dms(user)
+            .into_iter()
+            .map(|m| m.rendered())
+            .collect()
+    }
+
+    pub fn ephemeral_texts(&self, user: &str) -> Vec<String> {
+        self.slack
+            .ephemerals(user)
+            .into_iter()
+            .map(|m| m.text)
+            .collect()
+    }
+
+    /// The audit thread of the request whose root mentions `id`, rendered.
+    pub fn audit_thread(&self, id: RequestId) -> Vec<String> {
+        let root = self
+            .slack
+            .messages(AUDIT)
+            .into_iter()
+            .find(|m| m.text == format!("Audit thread for request {id}"))
+            .expect("an audit thread root");
+        self.slack
+            .thread(AUDIT, &root.ts)
+            .into_iter()
+            .map(|m| m.rendered())
+            .collect()
+    }
+
+    /// The id in a reply such as "Request #3 for …".
+    pub fn id_in(text: &str) -> RequestId {
+        let start = text.find('#').expect("a request id in the reply");
+        let digits: String = text[start + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        RequestId(digits.parse().unwrap())
+    }
+
+    /// Submits `/jit request …` and returns the new request's id.
+    pub async fn request_access(&self, user: &str, text: &str) -> RequestId {
+        let reply = self.slash(user, &format!("request {text}")).await;
+        assert_eq!(reply.status, 200);
+        Self::id_in(&reply.text())
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real router and worker, driven by signed Slack requests, against the
+//! fake Slack Web API over HTTP and real provider processes.
+
+mod harness;
+
+mod approval_flow;
+mod edge;

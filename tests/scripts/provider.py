@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A test provider for the `exec` protocol.
+
+Reads the JSON request on stdin and appends it, with the outcome, to the file named by
+parameters.log (one JSON object per line). Behaviour is steered by files next to the log:
+  <log>.fail        holds "N CODE": fail the next N calls with exit CODE (75 = retry later)
+  <log>.sleep       holds seconds to sleep before answering
+Grants print a handle (shared per person and resource when parameters.shared is true), a fresh
+secret credential, and instructions.
+"""
+import json
+import os
+import secrets
+import sys
+import time
+
+request = json.load(sys.stdin)
+params = request.get("parameters") or {}
+log = params["log"]
+
+sleep_file = log + ".sleep"
+if os.path.exists(sleep_file):
+    time.sleep(float(open(sleep_file).read().strip() or "0"))
+
+fail_file = log + ".fail"
+if os.path.exists(fail_file):
+    parts = open(fail_file).read().split()
+    remaining, code = int(parts[0]), int(parts[1]) if len(parts) > 1 else 1
+    if remaining > 0:
+        with open(fail_file, "w") as f:
+            f.write(f"{remaining - 1} {code}")
+        with open(log, "a") as f:
+            f.write(json.dumps({"action": request["action"], "request_id": request["request_id"], "failed": code}) + "\n")
+        print(f"simulated failure of {request['action']} (exit {code})", file=sys.stderr)
+        sys.exit(code)
+
+entry = {
+    "action": request["action"],
+    "request_id": request["request_id"],
+    "requester": request["requester"],
+    "resource": request["resource"],
+    "expires_at": request.get("expires_at"),
+    "handle": request.get("handle"),
+}
+out = {}
+if request["action"] in ("grant", "extend"):
+    if params.get("shared"):
+        handle = f"member:{request['resource']}:{request['requester']}"
+    else:
+        handle = f"login:{request['resource']}:{request['request_id']}"
+    secret = "s3cr3t-" + secrets.token_hex(16)
+    out = {
+        "handle": handle,
+        "credentials": {"USERNAME": f"jit_{request['request_id']}", "PASSWORD": secret},
+        "instructions": f"Connect with the credentials, until {request['expires_at']}.",
+    }
+    entry["handle"] = handle
+    entry["secret"] = secret
+with open(log, "a") as f:
+    f.write(json.dumps(entry) + "\n")
+print(json.dumps(out))
