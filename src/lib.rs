@@ -1,6 +1,7 @@
 //! jit: just-in-time privileged access, requested and approved in Slack.
 
 pub mod clock;
+pub mod crypto;
 pub mod domain;
 pub mod providers;
 pub mod slack;
