@@ -514,6 +514,15 @@ async fn an_unreachable_endpoint_is_retryable_and_errors_hold_no_secrets() {
         assert!(!text.contains(secret), "{text}");
         assert!(!text.contains("session-token-secret"), "{text}");
     }
+    // A grant that has already ended is refused before any call (no 900 s session for it).
+    let err = p
+        .grant(&grant_spec(2, None, now, -1))
+        .await
+        .expect_err("grant already over");
+    assert!(
+        !err.is_retryable() && err.to_string().contains("ended"),
+        "{err}"
+    );
     // A malformed handle is a fatal error, not a retry loop.
     let bad = RevokeSpec {
         request_id: RequestId(1),

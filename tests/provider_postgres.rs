@@ -496,6 +496,12 @@ async fn an_unreachable_server_is_retryable_and_errors_hold_no_secrets() {
         assert_no_secret(&text, "TopSecretAdminPassword");
         assert_no_secret(&text, url);
     }
+    // A grant that has already ended is refused before any call.
+    let err = p.grant(&grant_spec(2, tester(), -1)).await.unwrap_err();
+    assert!(
+        !err.is_retryable() && err.to_string().contains("ended"),
+        "{err}"
+    );
     // A URL that is not one is refused without being echoed.
     let err = PostgresProvider::new(
         resource(),

@@ -397,6 +397,7 @@ impl AwsStsProvider {
 #[async_trait::async_trait]
 impl Provider for AwsStsProvider {
     async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
+        ensure_not_over(spec)?;
         let session = session_name(spec.request_id, &requester_label(spec));
         let identity = source_identity(&spec.requester, spec.requester_email.as_deref());
         tracing::debug!(resource = %self.resource, %session, "assuming role");
@@ -405,6 +406,7 @@ impl Provider for AwsStsProvider {
 
     async fn extend(&self, spec: &GrantSpec, handle: &str) -> Result<Issued, ProviderError> {
         // The same session name, so an early revoke of either request covers both.
+        ensure_not_over(spec)?;
         let old = StsHandle::parse(handle)?;
         self.assume(spec, &old.session, &old.source_identity).await
     }
@@ -469,6 +471,18 @@ impl Provider for AwsStsProvider {
 // ---------------------------------------------------------------------------------------------
 // Pure helpers (unit-tested below)
 // ---------------------------------------------------------------------------------------------
+
+/// A grant whose end has passed (a job delayed by downtime, say) is not issued: STS's 900 s
+/// floor would otherwise hand out access the grant no longer covers.
+fn ensure_not_over(spec: &GrantSpec) -> Result<(), ProviderError> {
+    if spec.expires_at <= spec.now {
+        return Err(ProviderError::Fatal(format!(
+            "the grant ended at {}, before credentials were issued",
+            rfc3339(spec.expires_at)
+        )));
+    }
+    Ok(())
+}
 
 /// `DurationSeconds` for a grant ending at `expires_at`: the whole seconds left, capped at the
 /// role's maximum session (and STS's 12 h), and at least STS's 900 s.

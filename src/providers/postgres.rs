@@ -418,6 +418,12 @@ impl PostgresProvider {
 #[async_trait::async_trait]
 impl Provider for PostgresProvider {
     async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
+        if spec.expires_at <= spec.now {
+            return Err(ProviderError::Fatal(format!(
+                "the grant ended at {}, before access was provisioned",
+                pg_timestamp(spec.expires_at)
+            )));
+        }
         match &self.config.mode {
             PostgresMode::Ephemeral { connection_limit } => {
                 self.grant_ephemeral(spec, *connection_limit).await
@@ -428,7 +434,7 @@ impl Provider for PostgresProvider {
 
     async fn extend(&self, spec: &GrantSpec, handle: &str) -> Result<Issued, ProviderError> {
         match &self.config.mode {
-            PostgresMode::Ephemeral { .. } => {
+            PostgresMode::Ephemeral { .. } if spec.expires_at > spec.now => {
                 let role = parse_ephemeral_handle(handle)?;
                 let sql = format!(
                     "ALTER ROLE {} VALID UNTIL {}",
@@ -452,7 +458,7 @@ impl Provider for PostgresProvider {
                     Err(e) => Err(e),
                 }
             }
-            PostgresMode::Elevation { .. } => self.grant(spec).await,
+            _ => self.grant(spec).await,
         }
     }
 
