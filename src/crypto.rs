@@ -26,7 +26,7 @@ pub const KEY_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "the encryption key is empty; set JIT_ENCRYPTION_KEY to 32 random bytes in base64 (generate one with `jit keygen` or `openssl rand -base64 32`)"
+        "the encryption key is empty; set JIT_ENCRYPTION_KEY to 32 random bytes in base64 (for example from `openssl rand -base64 32`)"
     )]
     Empty,
     #[error(

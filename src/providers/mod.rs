@@ -7,7 +7,9 @@
 //! ([`ProviderError::Fatal`]). Error texts are shown to people and stored in the audit log, so they
 //! must never contain a secret.
 
+pub mod aws_sts;
 pub mod exec;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::fmt;
