@@ -27,7 +27,7 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let store = Store::connect(&config.base.database_url, config.base.durability).await?;
     store.migrate().await?;
     let dir = bootstrap::policy_dir(&config.base.policy_path);
-    let (providers, _external) = Providers::with_local(policy.resources(), Some(&dir));
+    let providers = Providers::build(policy.resources(), Some(&dir), None).await?;
     bootstrap::build(Parts {
         policy,
         store,

@@ -225,19 +225,28 @@ impl Providers {
     }
 
     /// Builds the providers that need no outside configuration (`none`, `exec`), and returns the
-    /// resources that still need one.
-    /// `exec` commands run in `workdir` (the policy file's directory).
+    /// resources that still need one. `exec` commands run in `workdir` (the policy file's
+    /// directory) and never see the admin URLs of `postgres` resources.
     pub fn with_local(
         resources: &[Resource],
         workdir: Option<&std::path::Path>,
     ) -> (Self, Vec<Resource>) {
+        let hidden: Vec<String> = resources
+            .iter()
+            .filter_map(|r| match &r.provider {
+                ProviderConfig::Postgres(c) => Some(c.database_url_env.clone()),
+                _ => None,
+            })
+            .flat_map(|name| [format!("{name}_FILE"), name])
+            .collect();
         let mut providers = Providers::default();
         let mut rest = Vec::new();
         for resource in resources {
             match &resource.provider {
                 ProviderConfig::None => providers.insert(&resource.id, Arc::new(NoneProvider)),
                 ProviderConfig::Exec(config) => {
-                    let mut exec = exec::ExecProvider::new(resource.id.clone(), config.clone());
+                    let mut exec = exec::ExecProvider::new(resource.id.clone(), config.clone())
+                        .hiding_env(hidden.clone());
                     if let Some(dir) = workdir {
                         exec = exec.in_dir(dir.to_path_buf());
                     }
@@ -249,5 +258,45 @@ impl Providers {
             }
         }
         (providers, rest)
+    }
+
+    /// Builds every resource's provider. `aws_endpoint` overrides the AWS endpoint (tests and the
+    /// demo point it at moto; in production aws-config reads `AWS_ENDPOINT_URL` itself). A
+    /// missing admin URL for a postgres resource stops startup with a message naming the variable.
+    pub async fn build(
+        resources: &[Resource],
+        workdir: Option<&std::path::Path>,
+        aws_endpoint: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let (mut providers, rest) = Self::with_local(resources, workdir);
+        let mut sdk = None;
+        for resource in rest {
+            match &resource.provider {
+                ProviderConfig::AwsSts(config) => {
+                    if sdk.is_none() {
+                        sdk = Some(aws_sts::load_aws_config(aws_endpoint, None).await);
+                    }
+                    let sdk = sdk.as_ref().expect("loaded above");
+                    providers.insert(
+                        &resource.id,
+                        Arc::new(aws_sts::AwsStsProvider::new(
+                            resource.id.clone(),
+                            config.clone(),
+                            sdk,
+                        )),
+                    );
+                }
+                ProviderConfig::Postgres(config) => {
+                    let url = postgres::admin_url_from_env(config)
+                        .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
+                    let provider =
+                        postgres::PostgresProvider::new(resource.id.clone(), config.clone(), &url)
+                            .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
+                    providers.insert(&resource.id, Arc::new(provider));
+                }
+                ProviderConfig::None | ProviderConfig::Exec(_) => {}
+            }
+        }
+        Ok(providers)
     }
 }

@@ -45,7 +45,7 @@ pending_timeout = "30m"
 
 [limits]
 requests_per_user_per_minute = 1000
-teardown_alert_after_failures = 3
+teardown_alert_after_failures = 2
 
 [[resource]]
 id = "db"
@@ -108,7 +108,7 @@ pub struct Harness {
     pub url: String,
     pub http: reqwest::Client,
     pub provider_log: PathBuf,
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
     pub db_path: PathBuf,
     server: tokio::task::JoinHandle<()>,
 }
@@ -132,12 +132,49 @@ impl Reply {
     }
 }
 
+/// How to start a harness beyond the defaults.
+pub struct Options {
+    pub policy: String,
+    pub start: DateTime<Utc>,
+    /// Builds `aws_sts` resources against this endpoint (moto), with static test credentials.
+    pub aws_endpoint: Option<String>,
+    /// Builds `postgres` resources with this admin URL.
+    pub postgres_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            policy: POLICY.to_owned(),
+            start: t0(),
+            aws_endpoint: None,
+            postgres_url: None,
+        }
+    }
+}
+
+/// The AWS SDK configuration the tests use against moto.
+pub async fn moto_sdk(endpoint: &str) -> aws_config::SdkConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    jit::providers::aws_sts::aws_config_loader(Some(endpoint), Some("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "jit-tests",
+        ))
+        .load()
+        .await
+}
+
 impl Harness {
     pub async fn start() -> Harness {
-        Self::with_policy(POLICY).await
+        Self::with_options(Options::default()).await
     }
 
-    pub async fn with_policy(template: &str) -> Harness {
+    pub async fn with_options(options: Options) -> Harness {
+        let template = options.policy.as_str();
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let provider_log = dir.path().join("provider.log");
@@ -171,8 +208,41 @@ impl Harness {
         .await
         .unwrap();
         store.migrate().await.unwrap();
-        let clock = ManualClock::new(t0());
-        let (providers, _) = Providers::with_local(policy.resources(), None);
+        let clock = ManualClock::new(options.start);
+        let (mut providers, external) = Providers::with_local(policy.resources(), None);
+        for resource in external {
+            match &resource.provider {
+                jit::domain::policy::ProviderConfig::AwsSts(config) => {
+                    let endpoint = options
+                        .aws_endpoint
+                        .as_deref()
+                        .expect("an aws_sts resource needs Options::aws_endpoint");
+                    let sdk = moto_sdk(endpoint).await;
+                    providers.insert(
+                        &resource.id,
+                        Arc::new(jit::providers::aws_sts::AwsStsProvider::new(
+                            resource.id.clone(),
+                            config.clone(),
+                            &sdk,
+                        )),
+                    );
+                }
+                jit::domain::policy::ProviderConfig::Postgres(config) => {
+                    let url = options
+                        .postgres_url
+                        .as_deref()
+                        .expect("a postgres resource needs Options::postgres_url");
+                    let provider = jit::providers::postgres::PostgresProvider::new(
+                        resource.id.clone(),
+                        config.clone(),
+                        &SecretString::from(url.to_owned()),
+                    )
+                    .unwrap();
+                    providers.insert(&resource.id, Arc::new(provider));
+                }
+                _ => {}
+            }
+        }
         let app = bootstrap::build(Parts {
             policy,
             store,
@@ -205,7 +275,7 @@ impl Harness {
             url,
             http: reqwest::Client::new(),
             provider_log,
-            dir,
+            _dir: dir,
             db_path,
             server,
         }

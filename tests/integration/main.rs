@@ -4,4 +4,6 @@
 mod harness;
 
 mod approval_flow;
+mod credentials;
 mod edge;
+mod lifecycle;
