@@ -51,6 +51,15 @@ pub enum Command {
     },
     /// Print a fresh random JIT_ENCRYPTION_KEY.
     Keygen,
+    /// Run the whole flow locally with a built-in Slack simulator, and print what everyone sees.
+    Demo {
+        /// Keep the temporary database for inspection.
+        #[arg(long)]
+        keep: bool,
+        /// Simulated start time (RFC 3339); default now.
+        #[arg(long, hide = true)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +136,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Audit { command } => audit(command).await,
         Command::Grants { command } => grants(command).await,
+        Command::Demo { keep, at } => {
+            let start = at.as_deref().map(parse_since).transpose()?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let intact =
+                crate::demo::run(crate::demo::DemoOptions { keep, start }, &mut out).await?;
+            Ok(if intact { 0 } else { 1 })
+        }
         Command::Keygen => {
             println!("{}", crate::crypto::generate_key());
             Ok(0)

@@ -2,6 +2,7 @@ pub mod api;
 pub mod blocks;
 pub mod commands;
 pub mod directory;
+pub mod driver;
 pub mod events;
 pub mod home;
 pub mod interactions;

@@ -164,7 +164,10 @@ async fn the_form_opens_and_submits_with_inline_errors() {
     );
     let opened = h.slack.opened_views();
     assert_eq!(opened.len(), 1);
-    assert_eq!(opened[0].trigger_id, "1337.42.trigger");
+    assert_eq!(
+        opened[0].trigger_id, "U0DEV.command.trigger",
+        "the trigger_id of the command"
+    );
     let view = &opened[0].view;
     assert_eq!(view["callback_id"], "jit.request_modal");
     assert_eq!(view["private_metadata"], ORIGIN);

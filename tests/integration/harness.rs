@@ -107,6 +107,7 @@ pub struct Harness {
     pub clock: ManualClock,
     pub url: String,
     pub http: reqwest::Client,
+    pub driver: jit::slack::driver::SlackDriver,
     pub provider_log: PathBuf,
     pub _dir: tempfile::TempDir,
     pub db_path: PathBuf,
@@ -268,12 +269,18 @@ impl Harness {
         let server = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
+        let driver = jit::slack::driver::SlackDriver::new(
+            &url,
+            SecretString::from(SIGNING_SECRET),
+            Arc::new(clock.clone()),
+        );
         Harness {
             app,
             slack,
             clock,
             url,
             http: reqwest::Client::new(),
+            driver,
             provider_log,
             _dir: dir,
             db_path,
@@ -313,47 +320,19 @@ impl Harness {
 
     /// `/jit <text>` typed by `user` in #general.
     pub async fn slash(&self, user: &str, text: &str) -> Reply {
-        let body = serde_urlencoded::to_string([
-            ("token", "unused"),
-            ("team_id", "T0001"),
-            ("channel_id", ORIGIN),
-            ("user_id", user),
-            ("command", "/jit"),
-            ("text", text),
-            ("response_url", "https://hooks.slack.invalid/commands/1"),
-            ("trigger_id", "1337.42.trigger"),
-        ])
-        .unwrap();
-        let response = self
-            .post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
-            .await;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        Reply { status, body }
+        let answer = self.driver.slash(user, ORIGIN, text).await.unwrap();
+        Reply {
+            status: answer.status,
+            body: answer.body,
+        }
     }
 
     pub async fn interaction(&self, payload: Value) -> Reply {
-        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
-        let response = self
-            .post_signed(
-                "/slack/interactions",
-                "application/x-www-form-urlencoded",
-                body,
-            )
-            .await;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        Reply { status, body }
+        let answer = self.driver.interaction(&payload).await.unwrap();
+        Reply {
+            status: answer.status,
+            body: answer.body,
+        }
     }
 
     /// A button click by `user` on a message in `channel` (the fixture's shape).

@@ -1,0 +1,171 @@
+//! Plays Slack's part towards jit: builds slash commands, clicks and modal submissions the way
+//! Slack sends them, signs them with the signing secret, and posts them to jit's HTTP routes.
+//! Used by `jit demo`, the benchmarks and the test harness, so all three speak to the real
+//! server exactly as Slack would.
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::clock::SharedClock;
+
+/// An answer from jit.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The JSON body, or `Null` when jit answered with an empty body.
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `text` of an ephemeral reply.
+    pub fn text(&self) -> String {
+        self.body["text"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[derive(Clone)]
+pub struct SlackDriver {
+    http: reqwest::Client,
+    base_url: String,
+    secret: SecretString,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for SlackDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlackDriver({})", self.base_url)
+    }
+}
+
+/// Slack's block_actions payload for a button click on a message in `channel`.
+pub fn click_payload(user: &str, action_id: &str, value: &str, channel: &str) -> Value {
+    json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "team_id": "T0JITSIM"},
+        "api_app_id": "A0JITAPP",
+        "token": "unused",
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": channel, "is_ephemeral": false},
+        "trigger_id": format!("{}.{}.trigger", user, action_id),
+        "team": {"id": "T0JITSIM", "domain": "example"},
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "channel": {"id": channel, "name": "channel"},
+        "response_url": "https://hooks.slack.invalid/actions/1",
+        "actions": [{
+            "type": "button",
+            "action_id": action_id,
+            "block_id": "decision",
+            "text": {"type": "plain_text", "text": action_id, "emoji": true},
+            "value": value,
+            "action_ts": "1700000010.123456"
+        }]
+    })
+}
+
+/// Slack's view_submission payload with `(block_id, action_id, value)` inputs; action ids ending
+/// in `_select` are sent as selected options, the others as typed text.
+pub fn submission_payload(
+    user: &str,
+    callback_id: &str,
+    metadata: &str,
+    inputs: &[(&str, &str, &str)],
+) -> Value {
+    let mut values = serde_json::Map::new();
+    for (block, action, value) in inputs {
+        let state = if action.ends_with("_select") {
+            json!({"type": "static_select", "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value}})
+        } else {
+            json!({"type": "plain_text_input", "value": value})
+        };
+        values.insert((*block).to_owned(), json!({ *action: state }));
+    }
+    json!({
+        "type": "view_submission",
+        "team": {"id": "T0JITSIM", "domain": "example"},
+        "user": {"id": user, "username": user.to_lowercase(), "team_id": "T0JITSIM"},
+        "api_app_id": "A0JITAPP",
+        "trigger_id": format!("{user}.submit.trigger"),
+        "view": {
+            "id": "V0MODAL",
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": metadata,
+            "state": {"values": values}
+        },
+        "enterprise": null,
+        "is_enterprise_install": false
+    })
+}
+
+impl SlackDriver {
+    /// `base_url` is jit's HTTP address; requests are signed with `secret` at `clock`'s time.
+    pub fn new(base_url: &str, secret: SecretString, clock: SharedClock) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            secret,
+            clock,
+        }
+    }
+
+    /// Posts `body` to `path`, signed as Slack signs it.
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> anyhow::Result<Answer> {
+        let ts = self.clock.now().timestamp();
+        let signature = super::verify::sign(&self.secret, ts, body.as_bytes());
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", content_type)
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", signature)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Answer { status, body })
+    }
+
+    /// `/jit <text>` typed by `user` in `channel`.
+    pub async fn slash(&self, user: &str, channel: &str, text: &str) -> anyhow::Result<Answer> {
+        let body = serde_urlencoded::to_string([
+            ("token", "unused"),
+            ("team_id", "T0JITSIM"),
+            ("channel_id", channel),
+            ("user_id", user),
+            ("command", "/jit"),
+            ("text", text),
+            ("response_url", "https://hooks.slack.invalid/commands/1"),
+            ("trigger_id", &format!("{user}.command.trigger")),
+        ])?;
+        self.post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+            .await
+    }
+
+    /// An interaction payload (a click or a submission).
+    pub async fn interaction(&self, payload: &Value) -> anyhow::Result<Answer> {
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())])?;
+        self.post_signed(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            body,
+        )
+        .await
+    }
+
+    /// An Events API body.
+    pub async fn event(&self, body: &Value) -> anyhow::Result<Answer> {
+        self.post_signed("/slack/events", "application/json", body.to_string())
+            .await
+    }
+}
