@@ -181,6 +181,7 @@ pub async fn approve_as(
             .approval_latency((now - request.created_at).num_milliseconds() as f64 / 1000.0);
         app.metrics.request("approved");
     }
+    tracing::info!(request_id = id.0, decided_by, "request approved");
     Ok(request)
 }
 
@@ -293,5 +294,6 @@ pub async fn deny(
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("denied");
+    tracing::info!(request_id = id.0, approver = %approver, "request denied");
     Ok(request)
 }

@@ -228,6 +228,13 @@ async fn record_issued(
         now,
     )
     .await?;
+    tracing::info!(
+        request_id = id.0,
+        resource = %active.resource,
+        expires_at = %format_time(expires_at),
+        handle = %issued.handle,
+        "access issued"
+    );
     dm(
         &mut tx,
         &active,
@@ -491,6 +498,7 @@ async fn finish_teardown(
     }
     tx.commit().await?;
     app.waker.wake();
+    tracing::info!(request_id = id.0, state = %request.state, "access removed");
     if let (State::Expired, Some(expires)) = (request.state, request.expires_at) {
         app.metrics
             .teardown_lag((now - expires).num_milliseconds() as f64 / 1000.0);
@@ -813,6 +821,7 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("timed_out");
+    tracing::info!(request_id = id.0, "request timed out without a decision");
     Ok(Outcome::Done)
 }
 

@@ -160,6 +160,14 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
     app.waker.wake();
     app.metrics
         .request(if auto { "auto_approved" } else { "submitted" });
+    tracing::info!(
+        request_id = request.id.0,
+        resource = %resource.id,
+        requester = %request.requester,
+        duration = %request.duration,
+        route = if auto { "auto" } else { "approval" },
+        "request submitted"
+    );
     Ok(Ok(Submitted {
         request,
         resource,
@@ -295,6 +303,7 @@ pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("cancelled");
+    tracing::info!(request_id = id.0, "request cancelled");
     Ok(request)
 }
 
@@ -458,5 +467,6 @@ pub async fn breakglass(
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("breakglass");
+    tracing::warn!(request_id = request.id.0, resource = %request.resource, requester = %request.requester, "break-glass access taken");
     Ok(request)
 }

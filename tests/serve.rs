@@ -1,0 +1,437 @@
+//! `jit serve` as operators run it: the real binary, configured by environment variables, with
+//! JSON logs, readiness, metrics, graceful shutdown, and the admin CLI next to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jit::clock::SystemClock;
+use jit::slack::driver::SlackDriver;
+use jit::slack::simulator::FakeSlack;
+use secrecy::SecretString;
+
+const SECRET: &str = "serve-test-signing-secret";
+const TOKEN: &str = "xoxb-serve-test";
+
+const POLICY: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "staging"
+provider = "none"
+max_duration = "4h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+auto_approve = { max_duration = "4h" }
+"#;
+
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start(slack: &FakeSlack) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("jit.toml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let port = free_port();
+        let env: Vec<(String, String)> = vec![
+            (
+                "SLACK_SIGNING_SECRET".into(),
+                format!("rotated-out,{SECRET}"),
+            ),
+            ("SLACK_BOT_TOKEN".into(), TOKEN.into()),
+            ("JIT_ENCRYPTION_KEY".into(), jit::crypto::generate_key()),
+            ("JIT_SLACK_API_URL".into(), slack.api_url()),
+            (
+                "JIT_DATABASE_URL".into(),
+                format!("sqlite://{}", dir.path().join("jit.db").display()),
+            ),
+            ("JIT_POLICY".into(), policy.display().to_string()),
+            ("JIT_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("JIT_LOG_FORMAT".into(), "json".into()),
+            ("JIT_SLACK_CHANNEL_RATE".into(), "100".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        let log = dir.path().join("serve.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_jit"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            env,
+            _dir: dir,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("USER", "opsperson")
+            .envs(self.env.iter().cloned())
+            .output()
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn wait_for<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn db_path(server: &Server) -> &Path {
+    let url = &server
+        .env
+        .iter()
+        .find(|(k, _)| k == "JIT_DATABASE_URL")
+        .unwrap()
+        .1;
+    Path::new(url.strip_prefix("sqlite://").unwrap())
+}
+
+#[tokio::test]
+async fn serve_logs_metrics_cli_and_graceful_shutdown() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = FakeSlack::start(TOKEN).await.unwrap();
+    slack.set_user("U0DEV", "dev", Some("dev@example.com"));
+    let mut server = Server::start(&slack);
+    let http = reqwest::Client::new();
+
+    let ready_url = format!("{}/readyz", server.url);
+    wait_for("/readyz", async || {
+        http.get(&ready_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let metrics = |body: String| {
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text")
+    };
+    let sample = |scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or(0.0)
+    };
+    let before = metrics(
+        http.get(format!("{}/metrics", server.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        sample(&before, "jit_requests_total", ("outcome", "auto_approved")),
+        0.0
+    );
+
+    // A signed request through the real binary, as Slack would send it.
+    let driver = SlackDriver::new(
+        &server.url,
+        SecretString::from(SECRET),
+        Arc::new(SystemClock::default()),
+    );
+    let reply = driver
+        .slash("U0DEV", "C0GENERAL", "request staging 1h check the canary")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.text().contains("Request #1 for `staging`"),
+        "{}",
+        reply.text()
+    );
+    wait_for("the grant DM", async || {
+        slack
+            .dms("U0DEV")
+            .iter()
+            .any(|m| m.rendered().contains("You now have `staging`"))
+    })
+    .await;
+
+    let after = metrics(
+        http.get(format!("{}/metrics", server.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        sample(&after, "jit_requests_total", ("outcome", "auto_approved")),
+        1.0
+    );
+    assert!(
+        after.samples.iter().any(|s| s.metric == "jit_active_grants"
+            && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0)),
+        "one active grant"
+    );
+    assert!(
+        sample(
+            &after,
+            "jit_slack_api_calls_total",
+            ("method", "chat.postMessage")
+        ) >= 1.0
+    );
+
+    // The admin CLI works beside the running server.
+    let list = server.cli(&["grants", "list", "--active"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("staging"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    let revoke = server.cli(&["grants", "revoke", "1", "--reason", "rotation drill"]);
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    // The server's worker carries out the CLI's revoke through the same job path.
+    wait_for("the revoke DM", async || {
+        slack.dms("U0DEV").iter().any(|m| {
+            m.rendered()
+                .contains("was revoked by `cli:opsperson`: rotation drill")
+        })
+    })
+    .await;
+    wait_for("the teardown", async || {
+        slack
+            .dms("U0DEV")
+            .iter()
+            .any(|m| m.rendered().contains("It has been removed"))
+    })
+    .await;
+
+    let export = server.cli(&["audit", "export", "--format", "jsonl"]);
+    assert!(export.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "requested",
+            "auto_approved",
+            "granted",
+            "revoked",
+            "torn_down"
+        ]
+    );
+    assert_eq!(events[3]["actor"], "cli:opsperson");
+    assert_eq!(events[3]["detail"]["reason"], "rotation drill");
+    let since = server.cli(&["audit", "export", "--since", "2999-01-01"]);
+    assert!(since.stdout.is_empty());
+    let verify = server.cli(&["audit", "verify"]);
+    assert!(verify.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout),
+        "audit log intact: 5 events, hash chain verified\n"
+    );
+
+    // A second server on the same database is refused.
+    let second = server.cli(&["serve"]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another jit process is serving"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // SIGTERM: a clean exit.
+    let pid = server.child.id() as i32;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jit serve did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+
+    // JSON logs: every line is an object; lines about a request carry its id.
+    let logs = server.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ready = lines
+        .iter()
+        .find(|l| l["message"] == "jit is ready")
+        .expect("a ready line");
+    assert!(ready["startup_ms"].as_u64().is_some());
+    for message in ["request submitted", "access issued", "access removed"] {
+        let line = lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no `{message}` line in\n{logs}"));
+        assert_eq!(line["request_id"], 1, "{line}");
+    }
+    assert!(
+        !logs.contains(SECRET) && !logs.contains(TOKEN),
+        "no secrets in the logs"
+    );
+
+    // Tamper with the database: verify names the deleted row and fails.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path(&server).display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER audit_log_no_delete")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let verify = server.cli(&["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        out.starts_with("audit log TAMPERED: row 4: row 3 is missing"),
+        "{out}"
+    );
+}
+
+#[test]
+fn startup_errors_are_one_clear_line() {
+    let run = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jit"))
+            .arg("serve")
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+        stderr
+    };
+    assert_eq!(
+        run(&[]),
+        "jit: SLACK_SIGNING_SECRET is not set (set SLACK_SIGNING_SECRET or SLACK_SIGNING_SECRET_FILE)\n"
+    );
+    let base = [("SLACK_SIGNING_SECRET", "s"), ("SLACK_BOT_TOKEN", "xoxb-1")];
+    assert_eq!(
+        run(&base),
+        "jit: JIT_ENCRYPTION_KEY is not set (set JIT_ENCRYPTION_KEY or JIT_ENCRYPTION_KEY_FILE)\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("jit.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("jit.db").display());
+    let bad_key = run(&[
+        base[0],
+        base[1],
+        ("JIT_ENCRYPTION_KEY", "too-short"),
+        ("JIT_POLICY", policy.to_str().unwrap()),
+        ("JIT_DATABASE_URL", &db),
+    ]);
+    assert!(
+        bad_key.starts_with("jit: JIT_ENCRYPTION_KEY: "),
+        "{bad_key}"
+    );
+    assert!(
+        !bad_key.contains("too-short"),
+        "the key is never echoed: {bad_key}"
+    );
+    let key = jit::crypto::generate_key();
+    let no_policy = run(&[
+        base[0],
+        base[1],
+        ("JIT_ENCRYPTION_KEY", &key),
+        ("JIT_POLICY", "/nonexistent/jit.toml"),
+        ("JIT_DATABASE_URL", &db),
+    ]);
+    assert!(
+        no_policy.starts_with("jit: cannot read the policy file /nonexistent/jit.toml"),
+        "{no_policy}"
+    );
+    let bad_log = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .arg("serve")
+        .env_clear()
+        .env("JIT_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(bad_log.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&bad_log.stderr),
+        "jit: JIT_LOG_FORMAT must be `json` or `pretty`, not `xml`\n"
+    );
+}
