@@ -29,6 +29,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Per-requester request rate (Slack users and identities alike).
     pub request_limiter: DefaultKeyedRateLimiter<String>,
+    /// Per-token API call rate.
+    pub api_limiter: DefaultKeyedRateLimiter<i64>,
     pub settings: Settings,
     pub health: Health,
 }
@@ -47,6 +49,8 @@ pub struct Settings {
     pub workers: usize,
     /// How long a claimed job is leased before another worker may take it.
     pub lease: std::time::Duration,
+    /// API calls per token per minute.
+    pub api_calls_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -54,6 +58,7 @@ impl Default for Settings {
         Self {
             workers: 16,
             lease: std::time::Duration::from_secs(120),
+            api_calls_per_minute: 120,
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
         waker: Waker::default(),
         metrics,
         request_limiter: request_limiter(per_minute),
+        api_limiter: crate::api::call_limiter(parts.settings.api_calls_per_minute),
         settings: parts.settings,
         health: Health::default(),
     }))

@@ -51,6 +51,45 @@ pub enum Command {
     },
     /// Print a fresh random JIT_ENCRYPTION_KEY.
     Keygen,
+    /// Manage non-human identities' API tokens.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// Client: ask a jit server for access (JIT_URL, JIT_TOKEN).
+    Request {
+        resource: String,
+        duration: String,
+        /// The justification approvers read.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Wait for the decision and print the credentials.
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for a decision.
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+        #[arg(long, value_enum, default_value = "env")]
+        format: crate::client::Format,
+    },
+    /// Client: print credentials of an active grant of RESOURCE, asking for one if needed
+    /// (use `--format credential_process` in an AWS CLI profile).
+    Credentials {
+        resource: String,
+        #[arg(long, value_enum, default_value = "env")]
+        format: crate::client::Format,
+        /// Duration of a new request, if one is needed.
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+    },
+    /// Client: give access back now.
+    Release { id: String },
     /// Run the whole flow locally with a built-in Slack simulator, and print what everyone sees.
     Demo {
         /// Keep the temporary database for inspection.
@@ -60,6 +99,25 @@ pub enum Command {
         #[arg(long, hide = true)]
         at: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// API tokens of an identity.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for NAME and print it once.
+    Create { name: String },
+    /// Revoke token ID (see `list`).
+    Revoke { id: i64 },
+    /// List tokens (ids, identities, dates; never the tokens).
+    List { name: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +194,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Audit { command } => audit(command).await,
         Command::Grants { command } => grants(command).await,
+        Command::Identity {
+            command: IdentityCommand::Token { command },
+        } => tokens(command).await,
+        Command::Request {
+            resource,
+            duration,
+            reason,
+            ticket,
+            wait,
+            timeout,
+            format,
+        } => {
+            let client = crate::client::Client::from_env(&env)?;
+            let wait = wait.then(|| parse_timeout(&timeout)).transpose()?;
+            let out = crate::client::request(
+                &client,
+                &resource,
+                &duration,
+                &reason,
+                ticket.as_deref(),
+                wait,
+                format,
+            )
+            .await?;
+            print!("{out}");
+            Ok(0)
+        }
+        Command::Credentials {
+            resource,
+            format,
+            duration,
+            reason,
+            timeout,
+        } => {
+            let client = crate::client::Client::from_env(&env)?;
+            let out = crate::client::credentials(
+                &client,
+                &resource,
+                &duration,
+                reason.as_deref(),
+                parse_timeout(&timeout)?,
+                format,
+            )
+            .await?;
+            print!("{out}");
+            Ok(0)
+        }
+        Command::Release { id } => {
+            let id = RequestId::parse(&id).map_err(anyhow::Error::msg)?;
+            let client = crate::client::Client::from_env(&env)?;
+            let answer = client.release(id.0).await?;
+            println!(
+                "request #{} is {}",
+                id.0,
+                answer["state"].as_str().unwrap_or("released")
+            );
+            Ok(0)
+        }
         Command::Demo { keep, at } => {
             let start = at.as_deref().map(parse_since).transpose()?;
             let stdout = std::io::stdout();
@@ -326,6 +442,69 @@ async fn admin_app() -> anyhow::Result<Arc<App>> {
         settings: Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1).expect("one"),
     })
+}
+
+fn parse_timeout(text: &str) -> anyhow::Result<std::time::Duration> {
+    let d = crate::domain::duration::GrantDuration::parse(text)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    Ok(std::time::Duration::from_secs(d.as_secs()))
+}
+
+async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
+    let env = config::process_env;
+    let base = BaseConfig::from_env(&env)?;
+    let store = open_store().await?;
+    let now = chrono::Utc::now();
+    let by = crate::audit::actor::cli(&os_user());
+    match command {
+        TokenCommand::Create { name } => {
+            let policy = bootstrap::load_policy(&base.policy_path).map_err(anyhow::Error::msg)?;
+            match crate::handlers::identity::create_token(&store, &policy, &name, &by, now).await {
+                Ok((id, token)) => {
+                    use secrecy::ExposeSecret;
+                    eprintln!(
+                        "token {id} for identity {name} (shown once; store it as JIT_TOKEN):"
+                    );
+                    println!("{}", token.expose_secret());
+                    Ok(0)
+                }
+                Err(err) => {
+                    eprintln!("jit: {}", err.user_message());
+                    Ok(1)
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            match crate::handlers::identity::revoke_token(&store, id, &by, now).await {
+                Ok(identity) => {
+                    println!("token {id} of identity {identity} is revoked");
+                    Ok(0)
+                }
+                Err(err) => {
+                    eprintln!("jit: {}", err.user_message());
+                    Ok(1)
+                }
+            }
+        }
+        TokenCommand::List { name } => {
+            let mut conn = store.read().await?;
+            println!(
+                "{:<6} {:<24} {:<26} {:<20} REVOKED",
+                "ID", "IDENTITY", "CREATED", "BY"
+            );
+            for t in store::tokens::list(&mut conn, name.as_deref()).await? {
+                println!(
+                    "{:<6} {:<24} {:<26} {:<20} {}",
+                    t.id,
+                    t.identity,
+                    t.created_at,
+                    t.created_by,
+                    t.revoked_at.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(0)
+        }
+    }
 }
 
 fn os_user() -> String {

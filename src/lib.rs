@@ -1,9 +1,11 @@
 //! jit: just-in-time privileged access, requested and approved in Slack.
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod bootstrap;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -130,6 +130,21 @@ pub enum AuditEvent {
         job: String,
         error: String,
     },
+    TokenCreated {
+        identity: String,
+        token_id: i64,
+    },
+    TokenRevoked {
+        identity: String,
+        token_id: i64,
+    },
+    /// A call to the HTTP API by a non-human identity.
+    ApiCall {
+        method: String,
+        path: String,
+        status: u16,
+        token_id: i64,
+    },
 }
 
 impl AuditEvent {
@@ -168,6 +183,18 @@ impl AuditEvent {
                 | AuditEvent::Breakglass { .. }
         )
     }
+}
+
+/// Appends `event` to the log without posting it to Slack (API calls, token changes: too
+/// frequent or too detached from a request to deserve a thread reply).
+pub async fn record_quietly(
+    conn: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    request: Option<RequestId>,
+    actor: &str,
+    event: &AuditEvent,
+) -> sqlx::Result<i64> {
+    store::audit::append(conn, now, request, actor, &event.name(), &event.detail()).await
 }
 
 /// Appends `event` and schedules its post to the audit thread. Returns the sequence number.

@@ -177,6 +177,12 @@ pub async fn approve_as(
             )
             .await?;
         }
+        let status = format!(
+            "approved by {}",
+            blocks::decision_line(&request).trim_start_matches(":white_check_mark: Approved by ")
+        );
+        super::identity::notify_owners(tx, app, &request, blocks::owner_dm(&request, &status), now)
+            .await?;
         app.metrics
             .approval_latency((now - request.created_at).num_milliseconds() as f64 / 1000.0);
         app.metrics.request("approved");
@@ -291,6 +297,20 @@ pub async fn deny(
         )
         .await?;
     }
+    super::identity::notify_owners(
+        &mut tx,
+        app,
+        &request,
+        blocks::owner_dm(
+            &request,
+            &format!(
+                "denied by <@{approver}>: {}",
+                crate::slack::text::escape_truncated(reason, 500)
+            ),
+        ),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("denied");

@@ -291,6 +291,20 @@ async fn fail_grant(app: &App, request: &Request, error: &str, ctx: JobCtx) -> a
     let failed = reload(&mut tx, id).await.map_err(anyhow_of)?;
     update_approval_message(&mut tx, &failed, now).await?;
     dm(&mut tx, &failed, blocks::failed_dm(&failed, error), now).await?;
+    super::identity::notify_owners(
+        &mut tx,
+        app,
+        &failed,
+        blocks::owner_dm(
+            &failed,
+            &format!(
+                "approved, but issuing failed: {}",
+                crate::slack::text::escape_truncated(error, 500)
+            ),
+        ),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     app.waker.wake();
     Ok(())
@@ -818,6 +832,14 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     let timed_out = reload(&mut tx, id).await.map_err(anyhow_of)?;
     update_approval_message(&mut tx, &timed_out, now).await?;
     dm(&mut tx, &timed_out, blocks::decision_dm(&timed_out), now).await?;
+    super::identity::notify_owners(
+        &mut tx,
+        app,
+        &timed_out,
+        blocks::owner_dm(&timed_out, "expired without a decision"),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("timed_out");
@@ -997,12 +1019,12 @@ pub async fn review(
 /// The holder's credentials, for the reveal modal. The reveal is audited before it happens.
 pub async fn reveal(
     app: &App,
-    user: &SlackUserId,
+    who: &Requester,
     id: RequestId,
 ) -> HandlerResult<(Request, Vec<(String, String)>)> {
     let stored = load(app, id).await?;
     let request = stored.request;
-    if request.requester.user() != Some(user) {
+    if &request.requester != who {
         return Err(HandlerError::user(
             "Only the holder of a grant can reveal its credentials.",
         ));
@@ -1032,7 +1054,7 @@ pub async fn reveal(
         &mut tx,
         now,
         Some(id),
-        user.as_str(),
+        &who.key(),
         &AuditEvent::CredentialsRevealed,
     )
     .await?;

@@ -10,6 +10,7 @@
 
 pub mod decision;
 pub mod grant;
+pub mod identity;
 pub mod notify;
 pub mod request;
 

@@ -10,6 +10,7 @@ use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
 use crate::domain::policy::{Refusal, Requester, Resource, Route};
 use crate::domain::request::{Kind, Request, State};
 use crate::queue::{self, Job, Placement, keys};
+use crate::slack::blocks;
 use crate::store::WriteTx;
 use crate::store::requests::{self, NewRequest, StoredRequest};
 
@@ -156,6 +157,23 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
     )
     .await?;
     let request = route(&mut tx, app, request, &resource, auto, now).await?;
+    let status = if auto {
+        "approved by policy".to_owned()
+    } else {
+        format!(
+            "waiting for approval from {} in {}",
+            blocks::approvers_of(&resource),
+            crate::slack::text::channel(&resource.approvers.channel)
+        )
+    };
+    super::identity::notify_owners(
+        &mut tx,
+        app,
+        &request,
+        blocks::owner_dm(&request, &status),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     app.waker.wake();
     app.metrics

@@ -247,17 +247,36 @@ pub async fn enqueue(
     .await
 }
 
-/// Wakes the worker after a commit that enqueued work.
-#[derive(Debug, Clone, Default)]
-pub struct Waker(Arc<Notify>);
+/// Called after every commit that changed something: wakes the worker (there may be new work)
+/// and anyone long-polling for a change (the API's `?wait=`).
+#[derive(Debug, Clone)]
+pub struct Waker {
+    worker: Arc<Notify>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Waker {
+    fn default() -> Self {
+        Self {
+            worker: Arc::new(Notify::new()),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
 
 impl Waker {
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.worker.notify_one();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub async fn woken(&self) {
-        self.0.notified().await;
+        self.worker.notified().await;
+    }
+
+    /// A receiver that sees every later [`Waker::wake`].
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

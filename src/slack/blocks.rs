@@ -417,6 +417,22 @@ pub fn extended_dm(grant: &Request, expires_at: DateTime<Utc>) -> Msg {
     }
 }
 
+/// A DM to the owners of a non-human identity about its request.
+pub fn owner_dm(request: &Request, status: &str) -> Msg {
+    let line = format!(
+        ":robot_face: {} asked for {} (request {}): {}\n{}",
+        text::requester(&request.requester),
+        what(request),
+        request.id,
+        status,
+        text::quote(&request.justification, 500)
+    );
+    Msg {
+        text: line.clone(),
+        blocks: json!([section(line)]),
+    }
+}
+
 pub fn simple(line: String) -> Msg {
     Msg {
         text: line.clone(),
@@ -636,6 +652,20 @@ fn describe(event: &AuditEvent, who: &str) -> String {
                 .map(|d| format!(" ({})", text::escape_truncated(d, 500)))
                 .unwrap_or_default()
         ),
+        TokenCreated { identity, token_id } => format!(
+            "{who} created API token {token_id} for identity {}",
+            text::code(identity)
+        ),
+        TokenRevoked { identity, token_id } => format!(
+            "{who} revoked API token {token_id} of identity {}",
+            text::code(identity)
+        ),
+        ApiCall {
+            method,
+            path,
+            status,
+            ..
+        } => format!("{who} called `{method} {}` ({status})", text::escape(path)),
         JobDead { job, error } => format!(
             "*A {} job gave up* after its last attempt: {}",
             text::code(job),

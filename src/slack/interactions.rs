@@ -214,7 +214,7 @@ async fn open_extend(
 }
 
 async fn reveal(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> Option<String> {
-    let (request, pairs) = match grant::reveal(app, user, id).await {
+    let (request, pairs) = match grant::reveal(app, &Requester::User(user.clone()), id).await {
         Ok(found) => found,
         Err(err) => return Some(err.user_message()),
     };

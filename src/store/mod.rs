@@ -13,6 +13,7 @@ pub mod audit;
 pub mod credentials;
 pub mod jobs;
 pub mod requests;
+pub mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;

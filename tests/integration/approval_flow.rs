@@ -51,9 +51,7 @@ async fn request_then_approve() {
     ");
     let dms = h.dm_texts(DEV);
     assert_eq!(dms.len(), 2, "{dms:#?}");
-    insta::assert_snapshot!(dms[0], @"
-    :white_check_mark: Your request #1 for `db` for *2 hours* was approved by <@U0ALICE>. Issuing access now.
-    ");
+    insta::assert_snapshot!(dms[0], @":white_check_mark: Your request #1 for `db` for *2 hours* was approved by <@U0ALICE>. Issuing access now.");
     assert!(
         dms[1].contains(":unlock: You now have `db` until"),
         "{}",
@@ -179,7 +177,7 @@ async fn the_form_opens_and_submits_with_inline_errors() {
         .collect();
     assert_eq!(
         options,
-        ["db", "db-shared", "two-person", "staging"],
+        ["db", "db-shared", "two-person", "staging", "ci-db"],
         "restricted is not offered to DEV"
     );
 

@@ -2,47 +2,12 @@
 //! the end, and never in chat, logs or the audit. Also the real providers end to end through
 //! the Slack flow (moto and PostgreSQL, when their variables are set).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use chrono::Duration;
 use jit::domain::ids::RequestId;
 use jit::domain::request::State;
 use serde_json::Value;
 
 use crate::harness::*;
-
-/// Collects everything written to the global tracing subscriber.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-fn capture_logs() -> LogBuffer {
-    let buffer = LogBuffer::default();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(buffer.clone())
-        .with_ansi(false)
-        .try_init()
-        .expect("this test binary installs the only global subscriber");
-    buffer
-}
 
 fn reveal_views(h: &Harness) -> Vec<Value> {
     h.slack
@@ -57,7 +22,7 @@ fn reveal_views(h: &Harness) -> Vec<Value> {
 /// other than the reveal modal, and the audit log.
 fn assert_nowhere(h: &Harness, logs: &LogBuffer, secrets: &[String]) {
     assert!(!secrets.is_empty());
-    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(logs.contains("jit"), "the log capture works");
     let mut files = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
@@ -95,7 +60,7 @@ fn assert_nowhere(h: &Harness, logs: &LogBuffer, secrets: &[String]) {
 
 #[tokio::test]
 async fn credentials_are_revealed_to_the_holder_only_and_stored_nowhere_else() {
-    let logs = capture_logs();
+    let logs = logs();
     let h = Harness::start().await;
     let id = h.request_access(DEV, "db 1h secret work").await;
     h.run_jobs().await;

@@ -266,3 +266,59 @@ async fn the_hash_chain_detects_an_edited_row() {
         other => panic!("tampering not detected: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn app_home_for_a_requester_and_for_an_approver() {
+    let h = Harness::start().await;
+    let pending = h.request_access(DEV, "db 1h pending one").await;
+    let active = h.request_access(DEV, "staging 2h active one").await;
+    h.run_jobs().await;
+    let open = |user: &str| json!({"type": "event_callback", "event_id": "Ev1", "event": {"type": "app_home_opened", "user": user, "tab": "home"}});
+    h.post_signed("/slack/events", "application/json", open(DEV).to_string())
+        .await;
+    h.post_signed("/slack/events", "application/json", open(ALICE).to_string())
+        .await;
+    h.run_jobs().await;
+
+    let home = jit::slack::simulator::render_blocks(&h.slack.published_view(DEV).unwrap());
+    insta::assert_snapshot!(home.replace(
+        &format!("{}", jit::clock::Clock::now(&h.clock).timestamp() + 7200),
+        "TS"
+    ));
+    assert!(home.contains(&format!("*{active}* `staging`")), "{home}");
+    assert!(home.contains(&format!("*{pending}* `db`")), "{home}");
+    assert!(
+        !home.contains("Waiting for your decision"),
+        "DEV approves nothing: {home}"
+    );
+
+    let home = jit::slack::simulator::render_blocks(&h.slack.published_view(ALICE).unwrap());
+    assert!(home.contains("*Waiting for your decision*"), "{home}");
+    assert!(
+        home.contains(&format!(
+            "*{pending}* `db` for 1 hour · waiting for approval · <@U0DEV>"
+        )),
+        "{home}"
+    );
+    assert!(home.contains("[Approve*] [Deny!]"), "{home}");
+
+    // Approving from App Home works like the channel button; feedback goes by DM.
+    let mut click = Harness::click_payload(ALICE, "jit.approve", &pending.0.to_string(), APPROVALS);
+    click["container"] = json!({"type": "view", "view_id": "V1"});
+    click.as_object_mut().unwrap().remove("channel");
+    h.interaction(click).await;
+    assert_eq!(
+        h.state(pending).await,
+        jit::domain::request::State::Approved
+    );
+
+    // The "Request access" button opens the form.
+    let mut form = Harness::click_payload(DEV, "jit.open_form", "", APPROVALS);
+    form["container"] = json!({"type": "view", "view_id": "V2"});
+    form.as_object_mut().unwrap().remove("channel");
+    h.interaction(form).await;
+    assert_eq!(
+        h.slack.opened_views().last().unwrap().view["callback_id"],
+        "jit.request_modal"
+    );
+}

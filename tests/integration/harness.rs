@@ -90,12 +90,75 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
 auto_approve = { max_duration = "8h" }
 
 [[resource]]
+id = "ci-db"
+description = "The CI database"
+provider = "exec"
+grant_command = ["{script}"]
+revoke_command = ["{script}"]
+parameters = { log = "{log}" }
+max_duration = "2h"
+requesters = { identities = ["ci"], users = ["U0DEV"] }
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0CAROL"] }
+
+[[identity]]
+name = "ci"
+description = "The deploy pipeline"
+owner = { users = ["U0CAROL"] }
+resources = ["ci-db"]
+
+[[identity]]
+name = "other-bot"
+owner = { users = ["U0BOB"] }
+resources = ["ci-db"]
+
+[[resource]]
 id = "restricted"
 provider = "none"
 max_duration = "1h"
 requesters = { users = ["U0CAROL"] }
 approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
 "#;
+
+/// Everything logged by any test in this binary (one global subscriber, installed once).
+#[derive(Clone, Default)]
+pub struct LogBuffer(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+pub fn logs() -> LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .init();
+        buffer
+    })
+    .clone()
+}
 
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 14, 0, 0).unwrap()

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod api;
 mod approval_flow;
 mod credentials;
 mod edge;
