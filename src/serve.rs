@@ -14,7 +14,7 @@ use crate::crypto::Cipher;
 use crate::providers::Providers;
 use crate::queue::worker;
 use crate::server;
-use crate::slack::directory;
+use crate::slack::{directory, socket};
 use crate::store::Store;
 
 /// How often user-group membership is refreshed in the background.
@@ -75,14 +75,21 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let groups = directory::groups_in(&app.policy);
     let refresher = tokio::spawn(app.directory.clone().keep_fresh(groups, DIRECTORY_REFRESH));
     let (stop, stopped) = watch::channel(false);
-    let worker_task = tokio::spawn(worker::run(app.clone(), stopped));
+    let worker_task = tokio::spawn(worker::run(app.clone(), stopped.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("JIT_LISTEN: cannot listen on {}", config.listen))?;
+    // With an app-level token, Slack's deliveries arrive over Socket Mode; the HTTP server still
+    // serves health, readiness and metrics (and keeps the signed /slack/* routes).
+    let socket_task = config.app_token.clone().map(|token| {
+        let options = socket::Options::new(config.slack_api_url.clone(), token);
+        tokio::spawn(socket::run(app.clone(), options, stopped.clone()))
+    });
     tracing::info!(
         listen = %config.listen,
         resources = app.policy.resources().len(),
+        socket_mode = socket_task.is_some(),
         startup_ms = started.elapsed().as_millis() as u64,
         "jit is ready"
     );
@@ -94,6 +101,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _ = stop.send(true);
     app.waker.wake();
     let _ = worker_task.await;
+    if let Some(task) = socket_task {
+        let _ = task.await;
+    }
     refresher.abort();
     app.store.close().await;
     Ok(())

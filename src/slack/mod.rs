@@ -8,6 +8,7 @@ pub mod home;
 pub mod interactions;
 pub mod payload;
 pub mod simulator;
+pub mod socket;
 pub mod text;
 pub mod verify;
 pub mod views;
