@@ -149,6 +149,14 @@ impl Job {
         }
     }
 
+    /// Access changes first: a backlog of messages never delays a teardown.
+    pub fn priority(&self) -> u8 {
+        match self {
+            Job::Revoke { .. } | Job::Grant { .. } | Job::Extend { .. } | Job::Cleanup { .. } => 0,
+            _ => 1,
+        }
+    }
+
     /// The request this job is about, if any.
     pub fn request(&self) -> Option<RequestId> {
         match self {
@@ -241,6 +249,7 @@ pub async fn enqueue(
             lane: placement.lane,
             ordered: placement.ordered,
             max_attempts: job.retry_policy().max_attempts,
+            priority: job.priority(),
         },
         now,
     )

@@ -126,6 +126,12 @@ fn view_from(value: &Value) -> Result<SlackView, SlackError> {
 
 impl SlackApi {
     /// `posts_per_channel_per_second` paces `chat.postMessage` per channel.
+    /// How long a call may take before it counts as a transient failure (default 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn new(
         api_url: &str,
         token: SecretString,
@@ -135,9 +141,11 @@ impl SlackApi {
         Ok(Self {
             client: new_client(api_url)?,
             token,
-            pacing: Arc::new(RateLimiter::keyed(Quota::per_second(
-                posts_per_channel_per_second,
-            ))),
+            // Slack tolerates short bursts above one message per second per channel.
+            pacing: Arc::new(RateLimiter::keyed(
+                Quota::per_second(posts_per_channel_per_second)
+                    .allow_burst(posts_per_channel_per_second.saturating_mul(NonZeroU32::new(3).expect("3"))),
+            )),
             timeout: Duration::from_secs(10),
             metrics,
         })
@@ -174,7 +182,13 @@ impl SlackApi {
         blocks: Option<&Value>,
         broadcast: bool,
     ) -> Result<String, SlackError> {
-        self.pacing.until_key_ready(&channel.to_owned()).await;
+        // Over the channel's pace, the job is put back rather than holding a worker while it waits.
+        if let Err(not_until) = self.pacing.check_key(&channel.to_owned()) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(SlackError::RateLimited {
+                retry_after: wait.max(Duration::from_millis(10)),
+            });
+        }
         let request = SlackApiChatPostMessageRequest::new(
             channel.into(),
             SlackMessageContent::new()

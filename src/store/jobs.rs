@@ -18,6 +18,8 @@ pub struct NewJob {
     pub ordered: bool,
     /// `None`: retried for ever.
     pub max_attempts: Option<u32>,
+    /// 0 runs before 1 when both are due.
+    pub priority: u8,
 }
 
 /// A claimed job.
@@ -40,8 +42,8 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
-        "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+        "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, priority, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8) \
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING \
          RETURNING id",
     )
@@ -53,6 +55,7 @@ pub async fn enqueue(
     .bind(job.ordered)
     .bind(job.max_attempts.map(i64::from))
     .bind(millis(now))
+    .bind(i64::from(job.priority))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -81,7 +84,7 @@ pub async fn reclaim_all(conn: &mut SqliteConnection, now: DateTime<Utc>) -> sql
     Ok(done.rows_affected())
 }
 
-/// Claims up to `limit` due jobs in one statement, oldest due first.
+/// Claims up to `limit` due jobs in one statement: by priority, then oldest due first.
 ///
 /// A job is eligible when no job of its lane is running and, in an ordered lane, no earlier job
 /// of the lane is still queued; in an unordered lane, no lane-mate is due earlier. So at most one
@@ -103,7 +106,7 @@ pub async fn claim(
                  OR (o.state = 'queued' AND j.ordered = 1 AND o.id < j.id) \
                  OR (o.state = 'queued' AND j.ordered = 0 AND o.run_at <= ?1 \
                      AND (o.run_at < j.run_at OR (o.run_at = j.run_at AND o.id < j.id)))))) \
-           ORDER BY j.run_at, j.id LIMIT ?3) \
+           ORDER BY j.priority, j.run_at, j.id LIMIT ?3) \
          RETURNING id, kind, payload, run_at, attempts, max_attempts, lane, unique_key",
     )
     .bind(millis(now))
