@@ -51,6 +51,8 @@ pub struct Settings {
     pub lease: std::time::Duration,
     /// API calls per token per minute.
     pub api_calls_per_minute: u32,
+    /// How long a Slack Web API call may take.
+    pub slack_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             workers: 16,
             lease: std::time::Duration::from_secs(120),
             api_calls_per_minute: 120,
+            slack_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -60,7 +60,8 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
         parts.posts_per_channel_per_second,
         metrics.clone(),
     )
-    .context("cannot set up the Slack client")?;
+    .context("cannot set up the Slack client")?
+    .with_timeout(parts.settings.slack_timeout);
     let per_minute = parts.policy.limits.requests_per_user_per_minute;
     Ok(Arc::new(App {
         policy: Arc::new(parts.policy),

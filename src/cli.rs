@@ -51,6 +51,8 @@ pub enum Command {
     },
     /// Print a fresh random JIT_ENCRYPTION_KEY.
     Keygen,
+    /// Measure the figures of the design's quality bars on this machine.
+    Bench(crate::bench::BenchArgs),
     /// Manage non-human identities' API tokens.
     Identity {
         #[command(subcommand)]
@@ -260,6 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 crate::demo::run(crate::demo::DemoOptions { keep, start }, &mut out).await?;
             Ok(if intact { 0 } else { 1 })
         }
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Keygen => {
             println!("{}", crate::crypto::generate_key());
             Ok(0)

@@ -1,16 +1,17 @@
 //! jit: just-in-time privileged access, requested and approved in Slack.
 
+pub use jit_core::{clock, domain};
+
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod bench;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;
-pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod demo;
-pub mod domain;
 pub mod handlers;
 pub mod logging;
 pub mod metrics;

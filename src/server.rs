@@ -15,36 +15,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::app::App;
-use crate::slack::payload::{EventBody, Interaction, InteractionForm, SlashCommand};
+pub use crate::slack::payload::SlackPayload;
+use crate::slack::payload::{EventBody, Interaction, SlashCommand};
 use crate::slack::{commands, events, interactions};
 
 /// Slack bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
-
-/// A payload type Slack sends, and how to read it from a verified body.
-pub trait SlackPayload: Sized {
-    fn parse(body: &[u8]) -> Result<Self, String>;
-}
-
-impl SlackPayload for SlashCommand {
-    fn parse(body: &[u8]) -> Result<Self, String> {
-        serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())
-    }
-}
-
-impl SlackPayload for Interaction {
-    fn parse(body: &[u8]) -> Result<Self, String> {
-        let form: InteractionForm =
-            serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())?;
-        serde_json::from_str(&form.payload).map_err(|e| e.to_string())
-    }
-}
-
-impl SlackPayload for EventBody {
-    fn parse(body: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(body).map_err(|e| e.to_string())
-    }
-}
 
 /// A verified Slack request, parsed.
 pub struct SlackRequest<T> {

@@ -3,7 +3,10 @@
 #[test]
 fn added_not_null_columns_have_defaults_and_every_migration_applies() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     assert!(!names.is_empty());
     for path in &names {
@@ -25,9 +28,14 @@ fn added_not_null_columns_have_defaults_and_every_migration_applies() {
 async fn migrations_apply_to_a_database_with_rows_and_twice() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/jit.db", dir.path().display());
-    let store = jit::store::Store::connect(&url, jit::store::Durability::Normal).await.unwrap();
+    let store = jit::store::Store::connect(&url, jit::store::Durability::Normal)
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(store.pool()).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
     assert_eq!(applied as usize, jit::store::MIGRATOR.iter().count());
 }

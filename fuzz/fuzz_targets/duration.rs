@@ -2,7 +2,7 @@
 //! and their canonical form parses back to the same value.
 #![no_main]
 
-use jit::domain::duration::{GrantDuration, MAX_PARSEABLE_SECS};
+use jit_core::domain::duration::{GrantDuration, MAX_PARSEABLE_SECS};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

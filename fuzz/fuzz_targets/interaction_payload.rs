@@ -1,21 +1,17 @@
 //! Slack request bodies, parsed exactly as the server does after verifying the signature:
-//! through `jit::server::SlackPayload`. Never panics, whatever the body.
+//! through `jit_core::slack::payload::SlackPayload`. Never panics, whatever the body.
 #![no_main]
 
-use jit::server::SlackPayload;
-use jit::slack::payload::{EventBody, Interaction, SlashCommand};
-use jit::slack::views::{
-    DURATION_BLOCK, JUSTIFICATION_BLOCK, REASON_BLOCK, RESOURCE_BLOCK, TICKET_BLOCK,
-};
+use jit_core::slack::payload::{EventBody, Interaction, SlackPayload, SlashCommand};
 use libfuzzer_sys::fuzz_target;
 
-/// The block and action ids jit's own views read, plus an odd one.
+/// The block and action ids jit's own views read (`jit_core::slack::views`), plus an odd one.
 const INPUTS: [(&str, &str); 6] = [
-    RESOURCE_BLOCK,
-    DURATION_BLOCK,
-    JUSTIFICATION_BLOCK,
-    TICKET_BLOCK,
-    REASON_BLOCK,
+    ("resource", "resource_select"),
+    ("duration", "duration_select"),
+    ("justification", "justification_input"),
+    ("ticket", "ticket_input"),
+    ("reason", "reason_input"),
     ("", ""),
 ];
 
@@ -47,7 +43,7 @@ fuzz_target!(|body: &[u8]| {
     }
     if let Ok(cmd) = <SlashCommand as SlackPayload>::parse(body) {
         // The server hands the text to the grammar next.
-        let _ = jit::domain::command::parse(&cmd.text);
+        let _ = jit_core::domain::command::parse(&cmd.text);
     }
     let _ = <EventBody as SlackPayload>::parse(body);
 });

@@ -1,7 +1,7 @@
 //! Policy text: never panics; every error points at a real position (1-based line and column).
 #![no_main]
 
-use jit::domain::policy::Policy;
+use jit_core::domain::policy::Policy;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use jit::clock::ManualClock;
-use jit::slack::verify::{Verifier, sign};
+use jit_core::clock::ManualClock;
+use jit_core::slack::verify::{Verifier, sign};
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;
 

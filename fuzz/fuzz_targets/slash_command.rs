@@ -2,7 +2,7 @@
 //! every error has a message for the person who typed it.
 #![no_main]
 
-use jit::domain::command::{Command, parse};
+use jit_core::domain::command::{Command, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -84,6 +84,9 @@ pub enum Job {
     /// Refresh a user's App Home.
     #[serde(rename = "slack.home")]
     Home { user: SlackUserId },
+    /// Does nothing: measures the queue itself (`jit bench queue`).
+    #[serde(rename = "noop")]
+    Noop,
 }
 
 /// How a kind of job is retried.
@@ -110,6 +113,7 @@ impl Job {
             Job::Dm { .. } => "slack.dm",
             Job::Ephemeral { .. } => "slack.ephemeral",
             Job::Home { .. } => "slack.home",
+            Job::Noop => "noop",
         }
     }
 
@@ -131,11 +135,13 @@ impl Job {
                 base: secs(30),
                 cap: secs(3600),
             },
-            Job::Remind { .. } | Job::Nudge { .. } | Job::PendingTimeout { .. } => RetryPolicy {
-                max_attempts: Some(10),
-                base: secs(2),
-                cap: secs(60),
-            },
+            Job::Remind { .. } | Job::Nudge { .. } | Job::PendingTimeout { .. } | Job::Noop => {
+                RetryPolicy {
+                    max_attempts: Some(10),
+                    base: secs(2),
+                    cap: secs(60),
+                }
+            }
             Job::ApprovalMessage { .. }
             | Job::ApprovalNudge { .. }
             | Job::AuditPost { .. }
@@ -169,9 +175,11 @@ impl Job {
             | Job::ApprovalMessage { request }
             | Job::ApprovalNudge { request } => Some(*request),
             Job::Extend { extension } => Some(*extension),
-            Job::AuditPost { .. } | Job::Dm { .. } | Job::Ephemeral { .. } | Job::Home { .. } => {
-                None
-            }
+            Job::AuditPost { .. }
+            | Job::Dm { .. }
+            | Job::Ephemeral { .. }
+            | Job::Home { .. }
+            | Job::Noop => None,
         }
     }
 }

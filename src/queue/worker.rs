@@ -68,6 +68,7 @@ async fn execute(app: &App, job: &Job, ctx: JobCtx) -> Outcome {
         } => notify::ephemeral(app, channel, user, text).await,
         Job::Home { user } => notify::home(app, user).await,
         Job::ApprovalNudge { request } => notify::approval_nudge(app, *request).await,
+        Job::Noop => Ok(Outcome::Done),
     };
     match result {
         Ok(outcome) => outcome,
@@ -169,6 +170,7 @@ async fn finish(
                     ) => {
                         audit::record(&mut tx, now, None, audit::actor::SYSTEM, &event).await?;
                     }
+                    Some(Job::Noop) => {}
                     Some(other) => {
                         audit::record(&mut tx, now, other.request(), audit::actor::SYSTEM, &event)
                             .await?;

@@ -143,8 +143,9 @@ impl SlackApi {
             token,
             // Slack tolerates short bursts above one message per second per channel.
             pacing: Arc::new(RateLimiter::keyed(
-                Quota::per_second(posts_per_channel_per_second)
-                    .allow_burst(posts_per_channel_per_second.saturating_mul(NonZeroU32::new(3).expect("3"))),
+                Quota::per_second(posts_per_channel_per_second).allow_burst(
+                    posts_per_channel_per_second.saturating_mul(NonZeroU32::new(3).expect("3")),
+                ),
             )),
             timeout: Duration::from_secs(10),
             metrics,
@@ -184,7 +185,9 @@ impl SlackApi {
     ) -> Result<String, SlackError> {
         // Over the channel's pace, the job is put back rather than holding a worker while it waits.
         if let Err(not_until) = self.pacing.check_key(&channel.to_owned()) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
             return Err(SlackError::RateLimited {
                 retry_after: wait.max(Duration::from_millis(10)),
             });

@@ -1,3 +1,5 @@
+pub use jit_core::slack::{payload, verify};
+
 pub mod api;
 pub mod blocks;
 pub mod commands;
@@ -6,9 +8,7 @@ pub mod driver;
 pub mod events;
 pub mod home;
 pub mod interactions;
-pub mod payload;
 pub mod simulator;
 pub mod socket;
 pub mod text;
-pub mod verify;
 pub mod views;

@@ -16,6 +16,7 @@ pub mod requests;
 pub mod tokens;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -56,9 +57,41 @@ impl Durability {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// One writer at a time inside this process. Writers queue here, in order, instead of
+    /// polling SQLite's lock in `busy_timeout` steps (which costs milliseconds under load);
+    /// other processes (the admin CLI) still meet SQLite's lock and its timeout.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
-pub type WriteTx = Transaction<'static, Sqlite>;
+/// A write transaction (`BEGIN IMMEDIATE`) holding the process's writer turn until it ends.
+/// Dereferences to the transaction, so `&mut *tx` is a `&mut SqliteConnection`.
+pub struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> sqlx::Result<()> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Transaction<'static, Sqlite>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
@@ -81,7 +114,10 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the database at {url}"))?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     /// Applies pending migrations.
@@ -94,7 +130,9 @@ impl Store {
 
     /// Starts a write transaction that holds the write lock from the start.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// A pooled connection for reads.

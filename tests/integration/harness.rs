@@ -204,6 +204,8 @@ pub struct Options {
     pub aws_endpoint: Option<String>,
     /// Builds `postgres` resources with this admin URL.
     pub postgres_url: Option<String>,
+    /// How long jit waits for a Slack call.
+    pub slack_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -213,6 +215,7 @@ impl Default for Options {
             start: t0(),
             aws_endpoint: None,
             postgres_url: None,
+            slack_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -319,7 +322,10 @@ impl Harness {
             ],
             cipher: Cipher::from_bytes(&[7u8; 32]),
             providers,
-            settings: Settings::default(),
+            settings: Settings {
+                slack_timeout: options.slack_timeout,
+                ..Settings::default()
+            },
             posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
         })
         .unwrap();

@@ -569,7 +569,7 @@ async fn downtime_longer_than_a_grant_tears_down_at_restart() {
     let mut tx = h.app.store.begin_write().await.unwrap();
     sqlx::query("UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ? WHERE kind = 'remind'")
         .bind((now + Duration::hours(10)).timestamp_millis())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -8,3 +8,4 @@ mod approval_flow;
 mod credentials;
 mod edge;
 mod lifecycle;
+mod reliability;

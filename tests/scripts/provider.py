@@ -41,6 +41,7 @@ entry = {
     "resource": request["resource"],
     "expires_at": request.get("expires_at"),
     "handle": request.get("handle"),
+    "at": time.time(),
 }
 out = {}
 if request["action"] in ("grant", "extend"):

@@ -67,7 +67,12 @@ impl Verifier {
         let hex_sig = signature
             .strip_prefix(b"v0=")
             .ok_or(VerifyError::BadSignatureFormat)?;
-        if hex_sig.len() != 64 {
+        // Slack writes lower-case hex; anything else is not its signature (no malleability).
+        if hex_sig.len() != 64
+            || !hex_sig
+                .iter()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(VerifyError::BadSignatureFormat);
         }
         let expected = hex::decode(hex_sig).map_err(|_| VerifyError::BadSignatureFormat)?;
@@ -121,7 +126,7 @@ mod tests {
 
     fn vector() -> Vector {
         let json: serde_json::Value = serde_json::from_str(include_str!(
-            "../../tests/fixtures/slack/signature-test-vector.json"
+            "../../../../tests/fixtures/slack/signature-test-vector.json"
         ))
         .unwrap();
         let field = |k: &str| json[k].as_str().unwrap().to_owned();

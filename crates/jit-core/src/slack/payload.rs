@@ -169,13 +169,38 @@ pub enum EventBody {
     Other,
 }
 
+/// A payload type Slack sends, and how to read it from a verified body.
+pub trait SlackPayload: Sized {
+    fn parse(body: &[u8]) -> Result<Self, String>;
+}
+
+impl SlackPayload for SlashCommand {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())
+    }
+}
+
+impl SlackPayload for Interaction {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let form: InteractionForm =
+            serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())?;
+        serde_json::from_str(&form.payload).map_err(|e| e.to_string())
+    }
+}
+
+impl SlackPayload for EventBody {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_the_fixtures() {
-        let form = include_str!("../../tests/fixtures/slack/slash-command.form");
+        let form = include_str!("../../../../tests/fixtures/slack/slash-command.form");
         let cmd: SlashCommand = serde_urlencoded::from_str(form.trim()).unwrap();
         assert_eq!(cmd.command, "/jit");
         assert_eq!(cmd.user_id, "U2147483697");
@@ -185,7 +210,7 @@ mod tests {
         );
 
         let actions: Interaction = serde_json::from_str(include_str!(
-            "../../tests/fixtures/slack/block-actions.json"
+            "../../../../tests/fixtures/slack/block-actions.json"
         ))
         .unwrap();
         let Interaction::BlockActions(actions) = actions else {
@@ -199,7 +224,7 @@ mod tests {
         );
 
         let submission: Interaction = serde_json::from_str(include_str!(
-            "../../tests/fixtures/slack/view-submission.json"
+            "../../../../tests/fixtures/slack/view-submission.json"
         ))
         .unwrap();
         let Interaction::ViewSubmission(submission) = submission else {

@@ -1,0 +1,142 @@
+//! `jit bench`: the figures of the design's quality bars, measured on this machine with real
+//! HTTP, a real SQLite file on disk, the Slack simulator and a provider with a set latency.
+//!
+//! - `ack`: signed `/jit request` commands from N connections for T seconds against `jit serve`
+//!   (a child process), next to a bare hyper + HMAC server and, when Node is available, Slack's
+//!   Bolt for JavaScript acking the same requests.
+//! - `queue`: claim-and-complete throughput of no-op jobs through the real worker, next to raw
+//!   single-row INSERT+COMMIT on the same file with the same pragmas.
+//! - `teardown`: many grants expiring across a minute, a provider revoke latency, and the
+//!   distribution of (revoked_at - expires_at).
+//! - `footprint`: idle RSS after start, and start-to-ready on an existing database.
+//!
+//! No test ever fails on these numbers; they are printed for people to compare with the bars.
+
+pub mod ack;
+pub mod footprint;
+pub mod queue;
+pub mod teardown;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::store::Durability;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Option<Which>,
+    /// SQLite durability for every benchmark: full (fsync per commit) or normal (WAL, no fsync).
+    #[arg(long, default_value = "full", global = true)]
+    pub durability: String,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Which {
+    /// Slash-command acks per second and latency against `jit serve`.
+    Ack(ack::AckArgs),
+    /// Job queue claim+complete throughput vs raw SQLite transactions.
+    Queue(queue::QueueArgs),
+    /// Teardown lag for many grants expiring within a minute.
+    Teardown(teardown::TeardownArgs),
+    /// Idle memory and start-to-ready time.
+    Footprint(footprint::FootprintArgs),
+    /// Everything, with default settings.
+    All,
+    /// (internal) A bare hyper + HMAC server, the floor the ack benchmark compares against.
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        secret: String,
+    },
+}
+
+/// Latency percentiles of a sample, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
+    if samples.is_empty() {
+        return Percentiles::default();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[index].as_secs_f64() * 1000.0
+    };
+    Percentiles {
+        count: samples.len(),
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: samples[samples.len() - 1].as_secs_f64() * 1000.0,
+    }
+}
+
+/// One line describing the machine and the run.
+pub fn conditions(durability: Durability) -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{} · {cores} core(s), {cpu} · SQLite synchronous={} · jit {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        durability.as_str().to_uppercase(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "meets the bar"
+    } else {
+        "MISSES the bar"
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let durability = Durability::parse(&args.durability)
+        .ok_or_else(|| anyhow::anyhow!("--durability must be full or normal"))?;
+    let which = args.which.unwrap_or(Which::All);
+    if let Which::BareServer { listen, secret } = &which {
+        ack::bare_server(listen, secret).await?;
+        return Ok(0);
+    }
+    println!("jit bench — {}", conditions(durability));
+    match which {
+        Which::Ack(a) => ack::run(a, durability).await?,
+        Which::Queue(a) => queue::run(a, durability).await?,
+        Which::Teardown(a) => teardown::run(a, durability).await?,
+        Which::Footprint(a) => footprint::run(a, durability).await?,
+        Which::All => {
+            ack::run(ack::AckArgs::default(), durability).await?;
+            queue::run(queue::QueueArgs::default(), durability).await?;
+            teardown::run(teardown::TeardownArgs::default(), durability).await?;
+            footprint::run(footprint::FootprintArgs::default(), durability).await?;
+        }
+        Which::BareServer { .. } => unreachable!("handled above"),
+    }
+    Ok(0)
+}
+
+pub(crate) fn print_bar(figure: &str, value: String, bar: &str, ok: bool) {
+    println!("  {figure:<34} {value:<28} bar: {bar:<34} {}", verdict(ok));
+}
