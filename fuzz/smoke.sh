@@ -8,8 +8,8 @@
 #   fuzz/smoke.sh policy duration      # only these targets
 #
 # This toolchain is stable: cargo-fuzz's nightly flags are enabled with RUSTC_BOOTSTRAP=1.
-# The fuzz crate builds jit and all its dependencies with sanitizer flags (several minutes cold
-# on 2 cores): set CARGO_TARGET_DIR to a directory outside the clone to keep it warm, e.g.
+# The fuzz crate builds jit-core (the pure parsers: a few small dependencies) with sanitizer
+# flags, about a minute cold on 2 cores; set CARGO_TARGET_DIR outside the clone to keep it warm, e.g.
 #   CARGO_TARGET_DIR=$HOME/.cache/jit-fuzz-target fuzz/smoke.sh
 # Use a directory of its own, not the one of the normal build: the flags differ, so the two
 # would keep rebuilding each other's dependencies.

@@ -33,6 +33,8 @@ pub struct App {
     pub api_limiter: DefaultKeyedRateLimiter<i64>,
     pub settings: Settings,
     pub health: Health,
+    /// Stores new requests with group commit.
+    pub submissions: crate::handlers::committer::Committer,
 }
 
 /// Liveness signals read by `/readyz`.

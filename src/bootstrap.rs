@@ -63,7 +63,8 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
     .context("cannot set up the Slack client")?
     .with_timeout(parts.settings.slack_timeout);
     let per_minute = parts.policy.limits.requests_per_user_per_minute;
-    Ok(Arc::new(App {
+    let (submissions, inbox) = crate::handlers::committer::channel();
+    let app = Arc::new(App {
         policy: Arc::new(parts.policy),
         store: parts.store,
         directory: Directory::new(slack.clone(), parts.clock.clone()),
@@ -78,7 +79,10 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
         api_limiter: crate::api::call_limiter(parts.settings.api_calls_per_minute),
         settings: parts.settings,
         health: Health::default(),
-    }))
+        submissions,
+    });
+    crate::handlers::committer::start(&app, inbox);
+    Ok(app)
 }
 
 /// Holds `<database>.lock` while one `jit serve` uses a SQLite file, so two servers never run

@@ -117,7 +117,23 @@ fn check_rate(app: &App, requester: &Requester) -> HandlerResult<()> {
     Ok(())
 }
 
+/// A submission that passed every check, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub requester: Requester,
+    pub resource: Resource,
+    pub duration: GrantDuration,
+    pub justification: String,
+    pub ticket: Option<String>,
+    pub origin_channel: Option<SlackChannelId>,
+    pub auto: bool,
+    pub via: Via,
+}
+
 /// Submits a request. Field errors come back separately so a form can place them.
+///
+/// The checks run here; the write goes through the group committer, which stores concurrent
+/// submissions in one transaction and answers each after the commit.
 pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submitted, FieldError>> {
     if let Err(field) = check_text(s.justification, s.ticket) {
         return Ok(Err(field));
@@ -133,49 +149,22 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         }
     };
     check_rate(app, &s.requester)?;
-    let resource = evaluation.resource.clone();
-    let auto = evaluation.route == Route::Auto;
-    let now = app.clock.now();
-    let mut tx = app.store.begin_write().await?;
-    let request = insert(
-        &mut tx,
-        NewRequest {
-            kind: Kind::Access,
-            parent: None,
-            requester: &s.requester,
-            resource: &resource.id,
-            duration: evaluation.duration,
-            justification: s.justification.trim(),
-            ticket: s.ticket.map(str::trim).filter(|t| !t.is_empty()),
-            approvals_required: resource.approvals_required,
-            created_at: now,
-            pending_until: (!auto).then(|| now + resource.pending_timeout.to_chrono()),
-            origin_channel: s.origin_channel.as_ref(),
-        },
-        actor_of(&s.requester),
-        s.via,
-    )
-    .await?;
-    let request = route(&mut tx, app, request, &resource, auto, now).await?;
-    let status = if auto {
-        "approved by policy".to_owned()
-    } else {
-        format!(
-            "waiting for approval from {} in {}",
-            blocks::approvers_of(&resource),
-            crate::slack::text::channel(&resource.approvers.channel)
-        )
+    let prepared = Prepared {
+        requester: s.requester.clone(),
+        resource: evaluation.resource.clone(),
+        duration: evaluation.duration,
+        justification: s.justification.trim().to_owned(),
+        ticket: s
+            .ticket
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned),
+        origin_channel: s.origin_channel.clone(),
+        auto: evaluation.route == Route::Auto,
+        via: s.via,
     };
-    super::identity::notify_owners(
-        &mut tx,
-        app,
-        &request,
-        blocks::owner_dm(&request, &status),
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    app.waker.wake();
+    let request = app.submissions.store(prepared.clone()).await?;
+    let (resource, auto) = (prepared.resource, prepared.auto);
     app.metrics
         .request(if auto { "auto_approved" } else { "submitted" });
     tracing::info!(
@@ -193,6 +182,51 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
     }))
 }
 
+/// Stores a prepared submission inside `tx`: the request, its audit event, its route (approval
+/// or policy) and the owners' DM for identities.
+pub async fn store(
+    tx: &mut WriteTx,
+    app: &App,
+    p: &Prepared,
+    now: DateTime<Utc>,
+) -> HandlerResult<Request> {
+    let resource = &p.resource;
+    let request = insert(
+        tx,
+        NewRequest {
+            kind: Kind::Access,
+            parent: None,
+            requester: &p.requester,
+            resource: &resource.id,
+            duration: p.duration,
+            justification: &p.justification,
+            ticket: p.ticket.as_deref(),
+            approvals_required: resource.approvals_required,
+            created_at: now,
+            pending_until: (!p.auto).then(|| now + resource.pending_timeout.to_chrono()),
+            origin_channel: p.origin_channel.as_ref(),
+        },
+        actor_of(&p.requester),
+        p.via,
+    )
+    .await?;
+    let request = route(tx, app, request, resource, p.auto, now).await?;
+    if matches!(request.requester, Requester::Identity(_)) {
+        let status = if p.auto {
+            "approved by policy".to_owned()
+        } else {
+            format!(
+                "waiting for approval from {} in {}",
+                blocks::approvers_of(resource),
+                crate::slack::text::channel(&resource.approvers.channel)
+            )
+        };
+        super::identity::notify_owners(tx, app, &request, blocks::owner_dm(&request, &status), now)
+            .await?;
+    }
+    Ok(request)
+}
+
 pub fn actor_of(requester: &Requester) -> String {
     requester.key()
 }
@@ -205,10 +239,33 @@ async fn insert(
     via: Via,
 ) -> HandlerResult<Request> {
     let id = requests::insert(tx, &new).await?;
-    let request = requests::get(tx, id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("request {id} vanished inside its transaction"))?
-        .request;
+    let request = Request {
+        id,
+        kind: new.kind,
+        parent: new.parent,
+        requester: new.requester.clone(),
+        resource: new.resource.clone(),
+        duration: new.duration,
+        justification: new.justification.to_owned(),
+        ticket: new.ticket.map(str::to_owned),
+        state: State::Pending,
+        approvals_required: new.approvals_required,
+        created_at: new.created_at,
+        pending_until: new.pending_until,
+        decided_at: None,
+        decided_by: None,
+        decision_note: None,
+        granted_at: None,
+        expires_at: None,
+        ended_at: None,
+        revoked_at: None,
+        failure: None,
+        approval_channel: None,
+        approval_ts: None,
+        audit_ts: None,
+        reviewed_by: None,
+        reviewed_at: None,
+    };
     audit::record(
         tx,
         new.created_at,

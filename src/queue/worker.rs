@@ -77,14 +77,22 @@ async fn execute(app: &App, job: &Job, ctx: JobCtx) -> Outcome {
     }
 }
 
-/// Runs one claimed job to its recorded outcome.
-async fn process(app: &App, row: JobRow) {
+/// A job that ran, waiting for its outcome to be recorded.
+struct Finished {
+    row: JobRow,
+    ctx: JobCtx,
+    job: Option<Job>,
+    outcome: Outcome,
+}
+
+/// Runs one claimed job (without recording the outcome).
+async fn run_job(app: &App, row: JobRow) -> Finished {
     let ctx = JobCtx {
         id: row.id,
         attempt: row.attempts.max(1) as u32,
         max_attempts: row.max_attempts.map(|m| m as u32),
     };
-    let outcome = match serde_json::from_str::<Job>(&row.payload) {
+    let (job, outcome) = match serde_json::from_str::<Job>(&row.payload) {
         Ok(job) => {
             let span = tracing::info_span!("job", id = row.id, kind = %row.kind, attempt = ctx.attempt, request_id = job.request().map(|r| r.0));
             let outcome = tracing::Instrument::instrument(execute(app, &job, ctx), span).await;
@@ -98,26 +106,85 @@ async fn process(app: &App, row: JobRow) {
             )),
         ),
     };
-    if let Err(err) = finish(app, &row, ctx, outcome.0.as_ref(), outcome.1).await {
+    Finished {
+        row,
+        ctx,
+        job,
+        outcome,
+    }
+}
+
+/// Runs one claimed job and records its outcome in a transaction of its own.
+async fn process(app: &App, row: JobRow) {
+    let done = run_job(app, row).await;
+    if let Err(err) = finish(app, &done).await {
         // The lease will run out and the job will be claimed again: nothing is lost.
         tracing::error!(
-            job = row.id,
+            job = done.row.id,
             error = format!("{err:#}"),
             "cannot record a job outcome"
         );
     }
 }
 
-async fn finish(
-    app: &App,
-    row: &JobRow,
-    ctx: JobCtx,
-    job: Option<&Job>,
-    outcome: Outcome,
-) -> anyhow::Result<()> {
-    let now = app.clock.now();
+async fn finish(app: &App, done: &Finished) -> anyhow::Result<()> {
     let mut tx = app.store.begin_write().await?;
-    let fenced = match &outcome {
+    finish_in(&mut tx, app, done).await?;
+    tx.commit().await?;
+    // A finished job may unblock the next job of its lane.
+    app.waker.wake();
+    Ok(())
+}
+
+/// Records many outcomes in one transaction (one commit, one fsync); falls back to one
+/// transaction each if the batch fails.
+async fn finish_batch(app: &App, batch: &[Finished]) {
+    let together = async {
+        let mut tx = app.store.begin_write().await?;
+        for done in batch {
+            finish_in(&mut tx, app, done).await?;
+        }
+        tx.commit().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match together {
+        Ok(()) => app.waker.wake(),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                jobs = batch.len(),
+                "recording a batch of job outcomes failed; recording them one by one"
+            );
+            for done in batch {
+                if let Err(err) = finish(app, done).await {
+                    tracing::error!(
+                        job = done.row.id,
+                        error = format!("{err:#}"),
+                        "cannot record a job outcome"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Records one outcome inside `tx`.
+async fn finish_in(
+    tx: &mut crate::store::WriteTx,
+    app: &App,
+    done: &Finished,
+) -> anyhow::Result<()> {
+    let Finished {
+        row,
+        ctx,
+        job,
+        outcome,
+    } = done;
+    let (ctx, job) = (*ctx, job.as_ref());
+    let now = app.clock.now();
+    let mut tx = tx;
+    let fenced = match outcome {
         Outcome::Done => jobs::complete(&mut tx, row.id, row.attempts, now).await?,
         Outcome::Defer(delay) => {
             let at = now + chrono::Duration::from_std(*delay).unwrap_or_default();
@@ -180,12 +247,9 @@ async fn finish(
             fenced
         }
     };
-    tx.commit().await?;
     if fenced == Fenced::Lost {
         tracing::warn!(job = row.id, kind = %row.kind, "job outcome fenced out: another worker took over after the lease ran out");
     }
-    // A finished job may unblock the next job of its lane.
-    app.waker.wake();
     Ok(())
 }
 
@@ -274,6 +338,26 @@ async fn idle_wait(app: &App) -> Duration {
 /// The production loop. Returns when `shutdown` turns true, after running jobs finish.
 pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(app.settings.workers));
+    // Outcomes are recorded by one task, many per transaction: under load that is one commit
+    // (one fsync) for a whole batch of finished jobs instead of one each.
+    let (finished, mut to_record) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+    let recorder = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            while let Some(first) = to_record.recv().await {
+                batch.push(first);
+                while batch.len() < 256 {
+                    match to_record.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                finish_batch(&app, &batch).await;
+                batch.clear();
+            }
+        })
+    };
     let mut last_housekeeping = std::time::Instant::now();
     loop {
         if *shutdown.borrow() {
@@ -300,10 +384,14 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         for row in claimed {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
             let app = app.clone();
+            let finished = finished.clone();
             tokio::spawn(async move {
                 let beat = tokio::spawn(heartbeat(app.clone(), row.id, row.attempts));
-                process(&app, row).await;
+                let done = run_job(&app, row).await;
                 beat.abort();
+                // The job stays `running` until its outcome is recorded, so its lane stays
+                // closed; the slot is free for another job meanwhile.
+                let _ = finished.send(done);
                 drop(permit);
             });
         }
@@ -321,12 +409,15 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {}
         }
     }
-    // Let running jobs finish (their leases protect them if we are killed meanwhile).
+    // Let running jobs finish (their leases protect them if we are killed meanwhile), then
+    // record their outcomes.
     let _ = tokio::time::timeout(
         Duration::from_secs(30),
         slots.acquire_many(app.settings.workers as u32),
     )
     .await;
+    drop(finished);
+    let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
 }
 
 async fn housekeeping(app: &App) {
