@@ -183,14 +183,13 @@ async fn finish_in(
     } = done;
     let (ctx, job) = (*ctx, job.as_ref());
     let now = app.clock.now();
-    let mut tx = tx;
     let fenced = match outcome {
-        Outcome::Done => jobs::complete(&mut tx, row.id, row.attempts, now).await?,
+        Outcome::Done => jobs::complete(tx, row.id, row.attempts, now).await?,
         Outcome::Defer(delay) => {
             let at = now + chrono::Duration::from_std(*delay).unwrap_or_default();
-            jobs::defer(&mut tx, row.id, row.attempts, at, now).await?
+            jobs::defer(tx, row.id, row.attempts, at, now).await?
         }
-        Outcome::RunAt(at) => jobs::defer(&mut tx, row.id, row.attempts, *at, now).await?,
+        Outcome::RunAt(at) => jobs::defer(tx, row.id, row.attempts, *at, now).await?,
         Outcome::Retry(error) if !ctx.is_last() => {
             let policy = job.map(Job::retry_policy).unwrap_or(super::RetryPolicy {
                 max_attempts: Some(1),
@@ -201,11 +200,11 @@ async fn finish_in(
             let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
             tracing::warn!(job = row.id, kind = %row.kind, attempt = ctx.attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
             app.metrics.job_retry(&row.kind);
-            jobs::retry(&mut tx, row.id, row.attempts, error, at, now).await?
+            jobs::retry(tx, row.id, row.attempts, error, at, now).await?
         }
         Outcome::Retry(error) | Outcome::Fail(error) => {
             tracing::error!(job = row.id, kind = %row.kind, attempt = ctx.attempt, error = %error, "job gave up");
-            let fenced = jobs::bury(&mut tx, row.id, row.attempts, error, now).await?;
+            let fenced = jobs::bury(tx, row.id, row.attempts, error, now).await?;
             if fenced == Fenced::Applied {
                 app.metrics.job_dead(&row.kind);
                 let event = AuditEvent::JobDead {
@@ -217,7 +216,7 @@ async fn finish_in(
                     // forever: record the event without posting it.
                     Some(Job::AuditPost { .. }) | None => {
                         crate::store::audit::append(
-                            &mut tx,
+                            tx,
                             now,
                             None,
                             audit::actor::SYSTEM,
@@ -235,11 +234,11 @@ async fn finish_in(
                         | Job::ApprovalNudge { .. }
                         | Job::Home { .. },
                     ) => {
-                        audit::record(&mut tx, now, None, audit::actor::SYSTEM, &event).await?;
+                        audit::record(tx, now, None, audit::actor::SYSTEM, &event).await?;
                     }
                     Some(Job::Noop) => {}
                     Some(other) => {
-                        audit::record(&mut tx, now, other.request(), audit::actor::SYSTEM, &event)
+                        audit::record(tx, now, other.request(), audit::actor::SYSTEM, &event)
                             .await?;
                     }
                 }
