@@ -207,11 +207,7 @@ pub async fn record(
 ) -> sqlx::Result<i64> {
     let seq =
         store::audit::append(conn, now, request, actor, &event.name(), &event.detail()).await?;
-    let placement = match request {
-        Some(id) => Placement::messages_of(id),
-        None => Placement::none(),
-    };
-    queue::enqueue(conn, &Job::AuditPost { seq }, placement, now, now).await?;
+    queue::enqueue(conn, &Job::AuditPost { seq }, Placement::audit(), now, now).await?;
     Ok(seq)
 }
 

@@ -94,7 +94,7 @@ pub async fn approve(
         queue::enqueue(
             &mut tx,
             &Job::ApprovalMessage { request: id },
-            Placement::messages_of(id),
+            super::approvals_placement(app, &request),
             now,
             now,
         )
@@ -157,7 +157,7 @@ pub async fn approve_as(
         queue::enqueue(
             tx,
             &Job::ApprovalMessage { request: id },
-            Placement::messages_of(id),
+            super::approvals_placement(app, &request),
             now,
             now,
         )
@@ -171,7 +171,7 @@ pub async fn approve_as(
                     text: dm.text,
                     blocks: Some(dm.blocks),
                 },
-                Placement::messages_of(id),
+                Placement::dm(user),
                 now,
                 now,
             )
@@ -277,7 +277,7 @@ pub async fn deny(
     queue::enqueue(
         &mut tx,
         &Job::ApprovalMessage { request: id },
-        Placement::messages_of(id),
+        super::approvals_placement(app, &request),
         now,
         now,
     )
@@ -291,7 +291,7 @@ pub async fn deny(
                 text: dm.text,
                 blocks: Some(dm.blocks),
             },
-            Placement::messages_of(id),
+            Placement::dm(user),
             now,
             now,
         )

@@ -54,7 +54,7 @@ async fn dm(
                 text: msg.text,
                 blocks: Some(msg.blocks),
             },
-            Placement::messages_of(request.parent.unwrap_or(request.id)),
+            Placement::dm(user),
             now,
             now,
         )
@@ -65,6 +65,7 @@ async fn dm(
 
 async fn update_approval_message(
     tx: &mut WriteTx,
+    app: &App,
     request: &Request,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
@@ -74,7 +75,7 @@ async fn update_approval_message(
             &Job::ApprovalMessage {
                 request: request.id,
             },
-            Placement::messages_of(request.id),
+            super::approvals_placement(app, request),
             now,
             now,
         )
@@ -289,7 +290,7 @@ async fn fail_grant(app: &App, request: &Request, error: &str, ctx: JobCtx) -> a
     )
     .await?;
     let failed = reload(&mut tx, id).await.map_err(anyhow_of)?;
-    update_approval_message(&mut tx, &failed, now).await?;
+    update_approval_message(&mut tx, app, &failed, now).await?;
     dm(&mut tx, &failed, blocks::failed_dm(&failed, error), now).await?;
     super::identity::notify_owners(
         &mut tx,
@@ -494,7 +495,7 @@ async fn finish_teardown(
             )
             .await?;
             let cancelled = reload(&mut tx, extension).await.map_err(anyhow_of)?;
-            update_approval_message(&mut tx, &cancelled, now).await?;
+            update_approval_message(&mut tx, app, &cancelled, now).await?;
         }
     }
     if let Some(at) = cleanup_at {
@@ -709,7 +710,7 @@ async fn fail_extension(
     )
     .await?;
     let failed = reload(&mut tx, ext.id).await.map_err(anyhow_of)?;
-    update_approval_message(&mut tx, &failed, now).await?;
+    update_approval_message(&mut tx, app, &failed, now).await?;
     dm(
         &mut tx,
         &failed,
@@ -791,7 +792,7 @@ pub async fn run_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
     queue::enqueue(
         &mut tx,
         &Job::ApprovalNudge { request: id },
-        Placement::messages_of(id),
+        super::approvals_placement(app, &stored.request),
         now,
         now,
     )
@@ -830,7 +831,7 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     )
     .await?;
     let timed_out = reload(&mut tx, id).await.map_err(anyhow_of)?;
-    update_approval_message(&mut tx, &timed_out, now).await?;
+    update_approval_message(&mut tx, app, &timed_out, now).await?;
     dm(&mut tx, &timed_out, blocks::decision_dm(&timed_out), now).await?;
     super::identity::notify_owners(
         &mut tx,

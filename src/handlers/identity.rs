@@ -139,7 +139,7 @@ pub async fn notify_owners(
                 text: msg.text.clone(),
                 blocks: Some(msg.blocks.clone()),
             },
-            Placement::messages_of(request.parent.unwrap_or(request.id)),
+            Placement::dm(user),
             now,
             now,
         )

@@ -78,6 +78,22 @@ fn error_reference() -> String {
     format!("E{n:08x}")
 }
 
+/// Where the approvers' message about `request` is queued: its channel's lane.
+pub fn approvals_placement(
+    app: &App,
+    request: &crate::domain::request::Request,
+) -> crate::queue::Placement {
+    let channel = request.approval_channel.clone().or_else(|| {
+        app.policy
+            .resource(request.resource.as_str())
+            .map(|r| r.approvers.channel.clone())
+    });
+    match channel {
+        Some(channel) => crate::queue::Placement::channel(&channel),
+        None => crate::queue::Placement::none(),
+    }
+}
+
 /// Loads a request or says it does not exist.
 pub async fn load(app: &App, id: RequestId) -> HandlerResult<StoredRequest> {
     let mut conn = app.store.read().await?;

@@ -302,7 +302,7 @@ async fn route(
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
-        Placement::messages_of(id),
+        Placement::channel(&resource.approvers.channel),
         now,
         now,
     )
@@ -369,7 +369,7 @@ pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<
     queue::enqueue(
         &mut tx,
         &Job::ApprovalMessage { request: id },
-        Placement::messages_of(id),
+        super::approvals_placement(app, &stored.request),
         now,
         now,
     )

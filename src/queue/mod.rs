@@ -13,8 +13,10 @@
 //! - **Uniqueness.** A partial unique index gives one live job per `unique_key` (one teardown per
 //!   grant); such jobs are rescheduled, not duplicated.
 //! - **Lanes.** Jobs sharing a lane never run concurrently (grant, revoke and extend of one
-//!   person's access to one resource). In an *ordered* lane they also run in insertion order (the
-//!   Slack messages about one request, so its audit thread reads in order).
+//!   person's access to one resource). An *ordered* lane is a chain: its jobs run one after the
+//!   other in insertion order (the messages to one Slack channel, so an audit thread reads in
+//!   order and the channel's pace is respected); only the head is `queued`, the rest `blocked`
+//!   until the head finishes.
 //! - **Wake-up.** The worker sleeps until the next `run_at` or an enqueue notification.
 
 pub mod worker;
@@ -215,11 +217,27 @@ impl Placement {
         }
     }
 
-    /// Slack messages about one request, in order.
-    pub fn messages_of(request: RequestId) -> Self {
+    /// Messages to one Slack channel: one at a time, in order. Slack paces posting per channel,
+    /// so a channel's messages wait their turn in the lane instead of being retried in a crowd,
+    /// and a request's messages in that channel (its audit thread) keep their order.
+    pub fn channel(channel: &SlackChannelId) -> Self {
+        Self::chain(format!("slack:{channel}"))
+    }
+
+    /// The audit channel's messages (one audit channel per policy).
+    pub fn audit() -> Self {
+        Self::chain("slack:audit".into())
+    }
+
+    /// Direct messages to one person, in order.
+    pub fn dm(user: &SlackUserId) -> Self {
+        Self::chain(format!("dm:{user}"))
+    }
+
+    fn chain(lane: String) -> Self {
         Self {
             unique_key: None,
-            lane: Some(format!("slack:{}", request.0)),
+            lane: Some(lane),
             ordered: true,
         }
     }

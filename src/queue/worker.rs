@@ -404,7 +404,10 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         let wait = idle_wait(&app).await;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = app.waker.woken() => {}
+            _ = app.waker.woken() => {
+                // Under load every commit wakes the worker; gather a few before claiming.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             _ = shutdown.changed() => {}
         }
     }

@@ -339,7 +339,7 @@ async fn submit_request(app: &App, user: &SlackUserId, view: &View) -> Interacti
                         text: msg.text,
                         blocks: Some(msg.blocks),
                     },
-                    Placement::messages_of(submitted.request.id),
+                    Placement::dm(user),
                     now,
                     now,
                 )

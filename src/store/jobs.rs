@@ -42,9 +42,11 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
-        "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, priority, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8) \
-         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running') DO NOTHING \
+        "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, priority, created_at, updated_at, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8, \
+           CASE WHEN ?6 = 1 AND EXISTS (SELECT 1 FROM jobs WHERE lane = ?5 AND state IN ('queued', 'blocked', 'running')) \
+                THEN 'blocked' ELSE 'queued' END) \
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'blocked', 'running') DO NOTHING \
          RETURNING id",
     )
     .bind(job.kind)
@@ -86,9 +88,10 @@ pub async fn reclaim_all(conn: &mut SqliteConnection, now: DateTime<Utc>) -> sql
 
 /// Claims up to `limit` due jobs in one statement: by priority, then oldest due first.
 ///
-/// A job is eligible when no job of its lane is running and, in an ordered lane, no earlier job
-/// of the lane is still queued; in an unordered lane, no lane-mate is due earlier. So at most one
-/// job per lane is eligible at a time, and one statement never claims two of a lane.
+/// In an ordered lane (a chain) only the head is `queued`; the rest wait as `blocked`, so no
+/// check is needed. In an unordered lane, a job is eligible when no lane-mate is running and
+/// none is due earlier. Either way at most one job per lane is eligible at a time, and one
+/// statement never claims two of a lane.
 pub async fn claim(
     conn: &mut SqliteConnection,
     now: DateTime<Utc>,
@@ -100,11 +103,10 @@ pub async fn claim(
          WHERE id IN ( \
            SELECT j.id FROM jobs j \
            WHERE j.state = 'queued' AND j.run_at <= ?1 \
-             AND (j.lane IS NULL OR NOT EXISTS ( \
+             AND (j.lane IS NULL OR j.ordered = 1 OR NOT EXISTS ( \
                SELECT 1 FROM jobs o WHERE o.lane = j.lane AND o.id <> j.id AND ( \
                  o.state = 'running' \
-                 OR (o.state = 'queued' AND j.ordered = 1 AND o.id < j.id) \
-                 OR (o.state = 'queued' AND j.ordered = 0 AND o.run_at <= ?1 \
+                 OR (o.state = 'queued' AND o.run_at <= ?1 \
                      AND (o.run_at < j.run_at OR (o.run_at = j.run_at AND o.id < j.id)))))) \
            ORDER BY j.priority, j.run_at, j.id LIMIT ?3) \
          RETURNING id, kind, payload, run_at, attempts, max_attempts, lane, unique_key",
@@ -132,7 +134,26 @@ pub async fn complete(
     .bind(attempt)
     .execute(&mut *conn)
     .await?;
+    if done.rows_affected() == 1 {
+        promote_next(conn, id).await?;
+    }
     Ok(fenced(done.rows_affected()))
+}
+
+/// After job `id` left its chain for good, the next job of the chain becomes its head.
+async fn promote_next(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued' WHERE id = ( \
+           SELECT MIN(n.id) FROM jobs n, jobs f \
+           WHERE f.id = ?1 AND f.ordered = 1 AND n.lane = f.lane AND n.state = 'blocked') \
+         AND NOT EXISTS ( \
+           SELECT 1 FROM jobs l, jobs f \
+           WHERE f.id = ?1 AND l.lane = f.lane AND l.state IN ('queued', 'running'))",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Puts a failed job back for another attempt at `retry_at`.
@@ -197,6 +218,9 @@ pub async fn bury(
     .bind(attempt)
     .execute(&mut *conn)
     .await?;
+    if done.rows_affected() == 1 {
+        promote_next(conn, id).await?;
+    }
     Ok(fenced(done.rows_affected()))
 }
 
@@ -239,7 +263,7 @@ pub async fn reschedule(
 /// Whether a live (queued or running) job holds `unique_key`.
 pub async fn is_live(conn: &mut SqliteConnection, unique_key: &str) -> sqlx::Result<bool> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE unique_key = ? AND state IN ('queued', 'running')",
+        "SELECT COUNT(*) FROM jobs WHERE unique_key = ? AND state IN ('queued', 'blocked', 'running')",
     )
     .bind(unique_key)
     .fetch_one(&mut *conn)
@@ -266,7 +290,7 @@ pub async fn depth_by_kind(
     conn: &mut SqliteConnection,
 ) -> sqlx::Result<Vec<(String, String, i64)>> {
     sqlx::query_as(
-        "SELECT kind, state, COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'dead') GROUP BY kind, state",
+        "SELECT kind, state, COUNT(*) FROM jobs WHERE state IN ('queued', 'blocked', 'running', 'dead') GROUP BY kind, state",
     )
     .fetch_all(&mut *conn)
     .await
