@@ -2,14 +2,15 @@
 //!
 //! Each `/jit request` needs one write transaction, and with `synchronous=FULL` each commit costs
 //! an fsync. One task takes every submission waiting at that moment, stores them in a single
-//! transaction (each inside its own savepoint, so one failure does not sink the others), commits
-//! once, and only then answers each caller. Every ack still follows a durable commit.
+//! transaction with a few multi-row statements, commits once, and only then answers each caller.
+//! Every ack still follows a durable commit. If the batch fails, each submission is stored alone,
+//! so one bad submission cannot sink the others.
 
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::request::{Prepared, store};
+use super::request::{Prepared, store, store_for_approval};
 use super::{HandlerError, HandlerResult};
 use crate::app::App;
 use crate::domain::request::Request;
@@ -75,40 +76,67 @@ pub fn start(app: &Arc<App>, inbox: Inbox) {
 
 async fn commit(app: &App, batch: &mut Vec<(Prepared, Reply)>) {
     let now = app.clock.now();
-    let mut results: Vec<HandlerResult<Request>> = Vec::with_capacity(batch.len());
-    let outcome = async {
-        let mut tx = app.store.begin_write().await?;
-        for (prepared, _) in batch.iter() {
-            sqlx::query("SAVEPOINT submission")
-                .execute(&mut **tx)
-                .await?;
-            let result = store(&mut tx, app, prepared, now).await;
-            if result.is_err() {
-                sqlx::query("ROLLBACK TO submission")
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            sqlx::query("RELEASE submission").execute(&mut **tx).await?;
-            results.push(result);
-        }
-        tx.commit().await?;
-        anyhow::Ok(())
-    }
-    .await;
-    match outcome {
-        Ok(()) => {
+    match store_batch(app, batch, now).await {
+        Ok(requests) => {
             app.waker.wake();
-            for ((_, reply), result) in batch.drain(..).zip(results) {
-                let _ = reply.send(result);
+            for ((_, reply), request) in batch.drain(..).zip(requests) {
+                let _ = reply.send(Ok(request));
             }
         }
+        // Something in the batch failed: store each alone, so one bad submission cannot sink
+        // the others, and each caller gets its own answer.
         Err(err) => {
-            let text = format!("{err:#}");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(HandlerError::Internal(anyhow::anyhow!(
-                    "storing the request failed: {text}"
-                ))));
+            tracing::warn!(
+                error = format!("{err:#}"),
+                submissions = batch.len(),
+                "storing a batch of requests failed; storing them one by one"
+            );
+            for (prepared, reply) in batch.drain(..) {
+                let one = async {
+                    let mut tx = app.store.begin_write().await?;
+                    let request = store(&mut tx, app, &prepared, now).await?;
+                    tx.commit().await?;
+                    Ok::<_, HandlerError>(request)
+                }
+                .await;
+                if one.is_ok() {
+                    app.waker.wake();
+                }
+                let _ = reply.send(one);
             }
         }
     }
+}
+
+/// One transaction for the whole batch: requests that go to approvers are stored in bulk, the
+/// others (approved by policy, or from identities) one after the other.
+async fn store_batch(
+    app: &App,
+    batch: &[(Prepared, Reply)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> HandlerResult<Vec<Request>> {
+    let bulk: Vec<&Prepared> = batch
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| is_bulk(p))
+        .collect();
+    let mut tx = app.store.begin_write().await?;
+    let mut bulk_stored = store_for_approval(&mut tx, &bulk, now).await?.into_iter();
+    let mut stored = Vec::with_capacity(batch.len());
+    for (prepared, _) in batch {
+        let request = if is_bulk(prepared) {
+            bulk_stored.next().ok_or_else(|| {
+                HandlerError::Internal(anyhow::anyhow!("a bulk submission went missing"))
+            })?
+        } else {
+            store(&mut tx, app, prepared, now).await?
+        };
+        stored.push(request);
+    }
+    tx.commit().await?;
+    Ok(stored)
+}
+
+fn is_bulk(p: &Prepared) -> bool {
+    !p.auto && matches!(p.requester, crate::domain::policy::Requester::User(_))
 }

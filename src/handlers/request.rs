@@ -227,6 +227,137 @@ pub async fn store(
     Ok(request)
 }
 
+/// Stores many requests that go to approvers (people, not identities) with a few statements in
+/// all: one insert for the requests, one for their audit events, one for their jobs. The result is
+/// what [`store`] would give for each, in the same order.
+pub async fn store_for_approval(
+    tx: &mut WriteTx,
+    items: &[&Prepared],
+    now: DateTime<Utc>,
+) -> HandlerResult<Vec<Request>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fields: Vec<(String, DateTime<Utc>)> = items
+        .iter()
+        .map(|p| {
+            (
+                p.requester.key(),
+                now + p.resource.pending_timeout.to_chrono(),
+            )
+        })
+        .collect();
+    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO requests (kind, requester, resource, duration_secs, justification, ticket, state, \
+         approvals_required, created_at, pending_until, origin_channel) ",
+    );
+    let created = crate::store::format_time(now);
+    insert.push_values(
+        items.iter().zip(&fields),
+        |mut b, (p, (requester, until))| {
+            b.push_bind("access")
+                .push_bind(requester.as_str())
+                .push_bind(p.resource.id.as_str())
+                .push_bind(p.duration.as_secs() as i64)
+                .push_bind(p.justification.as_str())
+                .push_bind(p.ticket.as_deref())
+                .push_bind("pending")
+                .push_bind(p.resource.approvals_required as i64)
+                .push_bind(created.as_str())
+                .push_bind(crate::store::format_time(*until))
+                .push_bind(p.origin_channel.as_ref().map(|c| c.as_str()));
+        },
+    );
+    insert.push(" RETURNING id");
+    // Rows get increasing ids in the order of the VALUES list.
+    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(tx.conn()).await?;
+    ids.sort_unstable();
+    if ids.len() != items.len() {
+        return Err(anyhow::anyhow!(
+            "inserted {} requests for {} submissions",
+            ids.len(),
+            items.len()
+        )
+        .into());
+    }
+    let requests: Vec<Request> = items
+        .iter()
+        .zip(&ids)
+        .zip(&fields)
+        .map(|((p, id), (_, until))| Request {
+            id: RequestId(*id),
+            kind: Kind::Access,
+            parent: None,
+            requester: p.requester.clone(),
+            resource: p.resource.id.clone(),
+            duration: p.duration,
+            justification: p.justification.clone(),
+            ticket: p.ticket.clone(),
+            state: State::Pending,
+            approvals_required: p.resource.approvals_required,
+            created_at: now,
+            pending_until: Some(*until),
+            decided_at: None,
+            decided_by: None,
+            decision_note: None,
+            granted_at: None,
+            expires_at: None,
+            ended_at: None,
+            revoked_at: None,
+            failure: None,
+            approval_channel: None,
+            approval_ts: None,
+            audit_ts: None,
+            reviewed_by: None,
+            reviewed_at: None,
+        })
+        .collect();
+    let events: Vec<_> = requests
+        .iter()
+        .zip(items)
+        .map(|(r, p)| {
+            let event = AuditEvent::Requested {
+                kind: r.kind.as_str().into(),
+                resource: r.resource.to_string(),
+                duration: r.duration.to_string(),
+                justification: r.justification.clone(),
+                ticket: r.ticket.clone(),
+                via: p.via.as_str().into(),
+                extension: None,
+            };
+            (
+                Some(r.id),
+                actor_of(&r.requester),
+                event.name(),
+                event.detail(),
+            )
+        })
+        .collect();
+    let seqs = crate::store::audit::append_many(tx, now, &events).await?;
+    let mut jobs = Vec::with_capacity(requests.len() * 4);
+    for (seq, (r, p)) in seqs.iter().zip(requests.iter().zip(items)) {
+        let timeout = p.resource.pending_timeout;
+        jobs.push((Job::AuditPost { seq: *seq }, Placement::audit(), now));
+        jobs.push((
+            Job::ApprovalMessage { request: r.id },
+            Placement::channel(&p.resource.approvers.channel),
+            now,
+        ));
+        jobs.push((
+            Job::Nudge { request: r.id },
+            Placement::unique(keys::nudge(r.id)),
+            now + timeout.half().to_chrono(),
+        ));
+        jobs.push((
+            Job::PendingTimeout { request: r.id },
+            Placement::unique(keys::pending_timeout(r.id)),
+            now + timeout.to_chrono(),
+        ));
+    }
+    queue::enqueue_many(tx, jobs, now).await?;
+    Ok(requests)
+}
+
 pub fn actor_of(requester: &Requester) -> String {
     requester.key()
 }

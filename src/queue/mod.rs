@@ -256,6 +256,32 @@ pub fn access_lane(request: &Request) -> String {
     format!("access:{}:{}", request.resource, request.requester.key())
 }
 
+fn new_job(job: &Job, placement: Placement, run_at: DateTime<Utc>) -> NewJob {
+    NewJob {
+        kind: job.kind(),
+        payload: serde_json::to_string(job).expect("jobs serialize"),
+        run_at,
+        unique_key: placement.unique_key,
+        lane: placement.lane,
+        ordered: placement.ordered,
+        max_attempts: job.retry_policy().max_attempts,
+        priority: job.priority(),
+    }
+}
+
+/// Inserts several jobs in one statement (see [`jobs::enqueue_many`]).
+pub async fn enqueue_many(
+    conn: &mut SqliteConnection,
+    batch: Vec<(Job, Placement, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let rows: Vec<NewJob> = batch
+        .into_iter()
+        .map(|(job, placement, run_at)| new_job(&job, placement, run_at))
+        .collect();
+    jobs::enqueue_many(conn, &rows, now).await
+}
+
 /// Inserts `job` to run at `run_at`. `None`: a live job with the same unique key exists.
 pub async fn enqueue(
     conn: &mut SqliteConnection,
@@ -264,22 +290,7 @@ pub async fn enqueue(
     run_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<i64>> {
-    let payload = serde_json::to_string(job).expect("jobs serialize");
-    jobs::enqueue(
-        conn,
-        &NewJob {
-            kind: job.kind(),
-            payload,
-            run_at,
-            unique_key: placement.unique_key,
-            lane: placement.lane,
-            ordered: placement.ordered,
-            max_attempts: job.retry_policy().max_attempts,
-            priority: job.priority(),
-        },
-        now,
-    )
-    .await
+    jobs::enqueue(conn, &new_job(job, placement, run_at), now).await
 }
 
 /// Called after every commit that changed something: wakes the worker (there may be new work)

@@ -89,6 +89,57 @@ pub async fn append(
     Ok(seq)
 }
 
+/// Appends several events in one statement, chained in order; returns their sequence numbers.
+pub async fn append_many(
+    conn: &mut SqliteConnection,
+    at: DateTime<Utc>,
+    events: &[(Option<RequestId>, String, String, serde_json::Value)],
+) -> sqlx::Result<Vec<i64>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (mut seq, mut prev_hash) = last.unwrap_or((0, GENESIS.to_owned()));
+    let at = format_time(at);
+    let mut rows = Vec::with_capacity(events.len());
+    for (request, actor, event, detail) in events {
+        seq += 1;
+        let detail = detail.to_string();
+        let request_id = request.map(|r| r.0);
+        let hash = chain_hash(&prev_hash, seq, &at, request_id, actor, event, &detail);
+        rows.push((
+            seq,
+            request_id,
+            actor,
+            event,
+            detail,
+            std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        ));
+    }
+    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO audit_log (seq, at, request_id, actor, event, detail, prev_hash, hash) ",
+    );
+    insert.push_values(
+        &rows,
+        |mut b, (seq, request_id, actor, event, detail, prev, hash)| {
+            b.push_bind(*seq)
+                .push_bind(&at)
+                .push_bind(*request_id)
+                .push_bind(actor.as_str())
+                .push_bind(event.as_str())
+                .push_bind(detail.as_str())
+                .push_bind(prev.as_str())
+                .push_bind(hash.as_str());
+        },
+    );
+    insert.build().execute(&mut *conn).await?;
+    Ok(rows.iter().map(|r| r.0).collect())
+}
+
 pub async fn get(conn: &mut SqliteConnection, seq: i64) -> sqlx::Result<Option<AuditRow>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE seq = ?")
         .bind(seq)

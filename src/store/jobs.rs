@@ -62,6 +62,74 @@ pub async fn enqueue(
     .await
 }
 
+/// Inserts several jobs in one statement. Chain states are worked out here: the first job of an
+/// ordered lane with no live job is its head (`queued`), every other one waits (`blocked`).
+/// Jobs whose unique key is live are skipped, as with [`enqueue`].
+pub async fn enqueue_many(
+    conn: &mut SqliteConnection,
+    jobs: &[NewJob],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut lanes: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.ordered)
+        .filter_map(|j| j.lane.as_deref())
+        .collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
+    if !lanes.is_empty() {
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT DISTINCT lane FROM jobs WHERE state IN ('queued', 'blocked', 'running') AND lane IN (",
+        );
+        let mut list = query.separated(", ");
+        for lane in &lanes {
+            list.push_bind(*lane);
+        }
+        query.push(")");
+        let live: Vec<String> = query.build_query_scalar().fetch_all(&mut *conn).await?;
+        busy.extend(live);
+    }
+    let states: Vec<&'static str> = jobs
+        .iter()
+        .map(|j| match (&j.lane, j.ordered) {
+            (Some(lane), true) => {
+                if busy.insert(lane.clone()) {
+                    "queued"
+                } else {
+                    "blocked"
+                }
+            }
+            _ => "queued",
+        })
+        .collect();
+    let now = millis(now);
+    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, priority, created_at, updated_at, state) ",
+    );
+    insert.push_values(jobs.iter().zip(states), |mut b, (job, state)| {
+        b.push_bind(job.kind)
+            .push_bind(job.payload.as_str())
+            .push_bind(millis(job.run_at))
+            .push_bind(job.unique_key.as_deref())
+            .push_bind(job.lane.as_deref())
+            .push_bind(job.ordered)
+            .push_bind(job.max_attempts.map(i64::from))
+            .push_bind(i64::from(job.priority))
+            .push_bind(now)
+            .push_bind(now)
+            .push_bind(state);
+    });
+    insert.push(
+        " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'blocked', 'running') DO NOTHING",
+    );
+    insert.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Puts jobs whose lease ran out back in the queue. Their attempt counter stays, and the next
 /// claim increments it, which fences out the stale worker's completion.
 pub async fn reclaim_expired(conn: &mut SqliteConnection, now: DateTime<Utc>) -> sqlx::Result<u64> {

@@ -71,6 +71,11 @@ pub struct WriteTx {
 }
 
 impl WriteTx {
+    /// The connection, for statements run directly.
+    pub fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+
     pub async fn commit(self) -> sqlx::Result<()> {
         self.tx.commit().await
     }

@@ -551,3 +551,77 @@ async fn a_429_from_slack_is_retried_after_retry_after() {
         "a rate limit does not count as a failed attempt"
     );
 }
+
+#[tokio::test]
+async fn concurrent_submissions_are_stored_together_and_completely() {
+    let h = Harness::start().await;
+    let texts: Vec<String> = (0..30)
+        .map(|i| format!("request db 1h together {i}"))
+        .collect();
+    let replies = futures::future::join_all(texts.iter().map(|t| h.slash(DEV, t))).await;
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.text().starts_with(":inbox_tray: Request #"))
+    );
+    let by_text: Vec<i64> = replies
+        .iter()
+        .map(|r| Harness::id_in(&r.text()).0)
+        .collect();
+    let mut ids = by_text.clone();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=30).collect::<Vec<_>>(),
+        "each got its own request"
+    );
+    let mut conn = h.app.store.read().await.unwrap();
+    assert_eq!(
+        jit::store::audit::verify(&mut conn).await.unwrap(),
+        jit::store::audit::Verification::Intact { rows: 30 }
+    );
+    let per_kind: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind, COUNT(*) FROM jobs GROUP BY kind ORDER BY kind")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    let per_kind: Vec<(&str, i64)> = per_kind.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    assert_eq!(
+        per_kind,
+        [
+            ("nudge", 30),
+            ("pending_timeout", 30),
+            ("slack.approval", 30),
+            ("slack.audit", 30)
+        ]
+    );
+    // Each Slack channel's messages form one chain: one head, the rest waiting behind it.
+    let chains: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT lane, state, COUNT(*) FROM jobs WHERE lane IS NOT NULL GROUP BY lane, state ORDER BY lane, state",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        chains,
+        [
+            ("slack:C0APPROVALS".to_owned(), "blocked".to_owned(), 29),
+            ("slack:C0APPROVALS".to_owned(), "queued".to_owned(), 1),
+            ("slack:audit".to_owned(), "blocked".to_owned(), 29),
+            ("slack:audit".to_owned(), "queued".to_owned(), 1),
+        ]
+    );
+    drop(conn);
+    h.run_jobs().await;
+    assert_eq!(h.slack.messages(APPROVALS).len(), 30);
+    for (i, id) in by_text.iter().enumerate() {
+        let thread = h.audit_thread(jit::domain::ids::RequestId(*id));
+        assert_eq!(thread.len(), 1, "request #{id}'s audit thread");
+        assert!(
+            thread[0].contains(&format!(">together {i}\n")),
+            "#{id} holds submission {i}: {thread:?}"
+        );
+        let request = h.request(jit::domain::ids::RequestId(*id)).await;
+        assert_eq!(request.justification, format!("together {i}"));
+    }
+}
