@@ -160,8 +160,10 @@ impl Job {
     /// Access changes first: a backlog of messages never delays a teardown.
     pub fn priority(&self) -> u8 {
         match self {
-            Job::Revoke { .. } | Job::Grant { .. } | Job::Extend { .. } | Job::Cleanup { .. } => 0,
-            _ => 1,
+            Job::Revoke { .. } | Job::Grant { .. } | Job::Extend { .. } | Job::Cleanup { .. } => {
+                crate::store::jobs::PRIORITY_ACCESS
+            }
+            _ => crate::store::jobs::PRIORITY_MESSAGES,
         }
     }
 

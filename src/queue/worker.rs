@@ -256,11 +256,27 @@ async fn finish_in(
 async fn claim(app: &App, limit: u32) -> anyhow::Result<Vec<JobRow>> {
     let now = app.clock.now();
     let lease_until = now + chrono::Duration::from_std(app.settings.lease).unwrap_or_default();
+    // A read first: when nothing is due and no lease has run out, there is nothing to claim,
+    // and the write lock stays free for the request path (every commit there wakes us).
+    if !anything_due(app, now).await? {
+        return Ok(Vec::new());
+    }
     let mut tx = app.store.begin_write().await?;
     jobs::reclaim_expired(&mut tx, now).await?;
     let rows = jobs::claim(&mut tx, now, lease_until, limit).await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// Whether a queued job is due or a running job's lease has run out, as of `now`.
+async fn anything_due(app: &App, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<bool> {
+    let mut conn = app.store.read().await?;
+    let now = crate::store::millis(now);
+    let due = jobs::next_due(&mut conn).await?.is_some_and(|at| at <= now);
+    Ok(due
+        || jobs::next_lease_expiry(&mut conn)
+            .await?
+            .is_some_and(|at| at < now))
 }
 
 /// Runs every job that is due now, one at a time, until none is left. Returns how many ran.

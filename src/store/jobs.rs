@@ -7,6 +7,12 @@ use sqlx::{FromRow, SqliteConnection};
 use super::millis;
 use super::requests::Fenced;
 
+/// Priorities a job can have: access changes (grants, revokes) before messages. Queries that
+/// look for the earliest due job seek each priority separately, so a backlog of jobs due later
+/// never has to be walked.
+pub const PRIORITY_ACCESS: u8 = 0;
+pub const PRIORITY_MESSAGES: u8 = 1;
+
 /// A job to insert.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -82,14 +88,18 @@ pub async fn enqueue_many(
     lanes.dedup();
     let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
     if !lanes.is_empty() {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT DISTINCT lane FROM jobs WHERE state IN ('queued', 'blocked', 'running') AND lane IN (",
-        );
-        let mut list = query.separated(", ");
-        for lane in &lanes {
-            list.push_bind(*lane);
+        // One EXISTS probe per lane: it stops at the first live job, however long the chain.
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT l.lane FROM (");
+        for (i, lane) in lanes.iter().enumerate() {
+            if i > 0 {
+                query.push(" UNION ALL ");
+            }
+            query.push("SELECT ").push_bind(*lane).push(" AS lane");
         }
-        query.push(")");
+        query.push(
+            ") l WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.lane = l.lane \
+             AND j.state IN ('queued', 'blocked', 'running'))",
+        );
         let live: Vec<String> = query.build_query_scalar().fetch_all(&mut *conn).await?;
         busy.extend(live);
     }
@@ -170,18 +180,20 @@ pub async fn claim(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2, updated_at = ?1 \
          WHERE id IN ( \
            SELECT j.id FROM jobs j \
-           WHERE j.state = 'queued' AND j.run_at <= ?1 \
-             AND (j.lane IS NULL OR j.ordered = 1 OR NOT EXISTS ( \
-               SELECT 1 FROM jobs o WHERE o.lane = j.lane AND o.id <> j.id AND ( \
-                 o.state = 'running' \
-                 OR (o.state = 'queued' AND o.run_at <= ?1 \
-                     AND (o.run_at < j.run_at OR (o.run_at = j.run_at AND o.id < j.id)))))) \
+           WHERE j.state = 'queued' AND j.priority IN (?4, ?5) AND j.run_at <= ?1 \
+             AND (j.lane IS NULL OR j.ordered = 1 OR ( \
+               NOT EXISTS (SELECT 1 FROM jobs o WHERE o.lane = j.lane AND o.state = 'running') \
+               AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.lane = j.lane AND o.state = 'queued' \
+                 AND o.id <> j.id AND o.run_at <= ?1 \
+                 AND (o.run_at < j.run_at OR (o.run_at = j.run_at AND o.id < j.id))))) \
            ORDER BY j.priority, j.run_at, j.id LIMIT ?3) \
          RETURNING id, kind, payload, run_at, attempts, max_attempts, lane, unique_key",
     )
     .bind(millis(now))
     .bind(millis(lease_until))
     .bind(limit)
+    .bind(i64::from(PRIORITY_ACCESS))
+    .bind(i64::from(PRIORITY_MESSAGES))
     .fetch_all(&mut *conn)
     .await
 }
@@ -341,9 +353,17 @@ pub async fn is_live(conn: &mut SqliteConnection, unique_key: &str) -> sqlx::Res
 
 /// The earliest `run_at` among queued jobs, in Unix milliseconds.
 pub async fn next_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'queued'")
-        .fetch_one(&mut *conn)
-        .await
+    // One index seek per priority; a single MIN over all queued jobs would walk every one.
+    sqlx::query_scalar(
+        "SELECT MIN(at) FROM ( \
+           SELECT MIN(run_at) AS at FROM jobs WHERE state = 'queued' AND priority = ?1 \
+           UNION ALL \
+           SELECT MIN(run_at) AS at FROM jobs WHERE state = 'queued' AND priority = ?2)",
+    )
+    .bind(i64::from(PRIORITY_ACCESS))
+    .bind(i64::from(PRIORITY_MESSAGES))
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// The earliest lease expiry among running jobs, in Unix milliseconds.

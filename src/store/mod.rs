@@ -116,6 +116,9 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
+            // A SQLite connection is a thread in this process; pinging it before every use
+            // only adds a round trip to each transaction.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the database at {url}"))?;
