@@ -5,12 +5,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, EnvFn, LogFormat};
 
-pub fn init(env: EnvFn<'_>) -> Result<(), String> {
+/// `default_level` applies when `RUST_LOG` is unset.
+pub fn init(env: EnvFn<'_>, default_level: &str) -> Result<(), String> {
     let format = config::log_format(env).map_err(|e| e.to_string())?;
     let filter = match env("RUST_LOG") {
         Some(directives) => EnvFilter::try_new(&directives)
             .map_err(|e| format!("RUST_LOG `{directives}` is not a valid filter: {e}"))?,
-        None => EnvFilter::new("info"),
+        None => EnvFilter::new(default_level),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

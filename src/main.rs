@@ -6,7 +6,12 @@ fn main() -> ExitCode {
     // slack-morphism and the AWS SDK both use rustls: pick one crypto provider for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = jit::cli::Cli::parse();
-    if let Err(message) = jit::logging::init(&jit::config::process_env) {
+    // Benchmarks print their figures; per-job log lines would drown them (and slow them down).
+    let default_level = match cli.command {
+        jit::cli::Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    if let Err(message) = jit::logging::init(&jit::config::process_env, default_level) {
         eprintln!("jit: {message}");
         return ExitCode::from(2);
     }

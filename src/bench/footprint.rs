@@ -27,10 +27,16 @@ impl Default for FootprintArgs {
     }
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// Resident memory in KiB: (total, anonymous, file-backed), from `/proc/<pid>/status`.
+/// File-backed pages are mostly the binary's own code, shared with every other jit process
+/// and with the page cache.
+fn rss_kib(pid: u32) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
 }
 
 fn stop(mut child: Child) {
@@ -91,13 +97,17 @@ pub async fn run(args: FootprintArgs, durability: Durability) -> anyhow::Result<
     }
     times.sort();
     let median = times[times.len() / 2];
-    let rss_mb = rss.map(|k| k as f64 / 1024.0);
-    println!(
-        "  idle RSS                {}",
-        rss_mb
-            .map(|m| format!("{m:.1} MiB"))
-            .unwrap_or_else(|| "unknown (no /proc)".into())
-    );
+    let mib = |k: u64| k as f64 / 1024.0;
+    let rss_mb = rss.map(|(total, _, _)| mib(total));
+    match rss {
+        Some((total, anon, file)) => println!(
+            "  idle RSS                {:.1} MiB ({:.1} MiB anonymous: heap and stacks; {:.1} MiB file-backed: mostly the binary's code)",
+            mib(total),
+            mib(anon),
+            mib(file)
+        ),
+        None => println!("  idle RSS                unknown (no /proc)"),
+    }
     println!(
         "  start to ready          median {:.0} ms (min {:.0} ms, max {:.0} ms), process start to /readyz 200",
         median.as_secs_f64() * 1000.0,
