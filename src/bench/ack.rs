@@ -33,6 +33,9 @@ pub struct AckArgs {
     /// Skip Bolt for JavaScript even if Node is available.
     #[arg(long)]
     pub no_bolt: bool,
+    /// How long the fake Slack takes to answer each Web API call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub slack_latency_ms: u64,
 }
 
 impl Default for AckArgs {
@@ -41,6 +44,7 @@ impl Default for AckArgs {
             connections: 16,
             seconds: 10,
             no_bolt: false,
+            slack_latency_ms: 0,
         }
     }
 }
@@ -332,13 +336,14 @@ async fn bolt_target() -> anyhow::Result<Option<Target>> {
 
 pub async fn run(args: AckArgs, durability: Durability) -> anyhow::Result<()> {
     println!(
-        "\nack: signed /jit request commands, {} connections, {} s per target, fresh signature and trigger_id per request",
-        args.connections, args.seconds
+        "\nack: signed /jit request commands, {} connections, {} s per target, fresh signature and trigger_id per request, fake Slack latency {} ms",
+        args.connections, args.seconds, args.slack_latency_ms
     );
     let dir = tempfile::Builder::new()
         .prefix("jit-bench-ack-")
         .tempdir()?;
     let slack = FakeSlack::start(TOKEN).await?;
+    slack.set_latency(Duration::from_millis(args.slack_latency_ms));
     let (child, url, db) = spawn_jit(dir.path(), &slack, durability).await?;
     let mut jit = Target {
         name: "jit serve",

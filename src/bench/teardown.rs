@@ -40,6 +40,9 @@ pub struct TeardownArgs {
     /// Worker concurrency.
     #[arg(long, default_value_t = 16)]
     pub workers: usize,
+    /// How long the fake Slack takes to answer each Web API call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub slack_latency_ms: u64,
 }
 
 impl Default for TeardownArgs {
@@ -49,6 +52,7 @@ impl Default for TeardownArgs {
             spread: 60,
             revoke_latency_ms: 50,
             workers: 16,
+            slack_latency_ms: 0,
         }
     }
 }
@@ -89,8 +93,8 @@ impl Provider for SlowProvider {
 
 pub async fn run(args: TeardownArgs, durability: Durability) -> anyhow::Result<()> {
     println!(
-        "\nteardown: {} grants expiring across {} s, provider revoke latency {} ms, {} workers",
-        args.grants, args.spread, args.revoke_latency_ms, args.workers
+        "\nteardown: {} grants expiring across {} s, provider revoke latency {} ms, {} workers, fake Slack latency {} ms",
+        args.grants, args.spread, args.revoke_latency_ms, args.workers, args.slack_latency_ms
     );
     let dir = tempfile::Builder::new()
         .prefix("jit-bench-teardown-")
@@ -109,6 +113,7 @@ pub async fn run(args: TeardownArgs, durability: Durability) -> anyhow::Result<(
         }),
     );
     let slack = FakeSlack::start("xoxb-bench").await?;
+    slack.set_latency(Duration::from_millis(args.slack_latency_ms));
 
     // The grants, active, with their teardowns scheduled as the grant job would.
     let setup = Instant::now();

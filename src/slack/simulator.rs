@@ -387,6 +387,11 @@ impl FakeSlack {
         }
     }
 
+    /// Answers every call only after `latency` (benchmarks model Slack's round trip with it).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
     /// Drops every fault not consumed yet.
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
@@ -462,6 +467,8 @@ struct SimState {
     home_views: HashMap<String, String>,
     calls: Vec<Call>,
     faults: Vec<PendingFault>,
+    /// Added to every answer.
+    latency: Duration,
     events: Vec<SlackEvent>,
 }
 
@@ -555,8 +562,14 @@ async fn handle(
         Ok(params) => Value::Object(params.clone()),
         Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
     };
-    // Bound first: the guard must be released before the fault's delay is awaited.
-    let fault = shared.lock().take_fault(&method);
+    // Bound first: the guard must be released before a delay is awaited.
+    let (fault, latency) = {
+        let mut state = shared.lock();
+        (state.take_fault(&method), state.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let faulted = match fault {
         Some(fault) => fault_reply(fault).await,
         None => None,
@@ -2264,6 +2277,23 @@ mod tests {
             .await
             .unwrap();
         assert!(started.elapsed() < Duration::from_millis(300), "only once");
+    }
+
+    #[tokio::test]
+    async fn a_set_latency_delays_every_answer() {
+        let (fake, client, token) = start().await;
+        let session = client.open_session(&token);
+        fake.set_latency(Duration::from_millis(200));
+        for n in 0..2 {
+            let started = Instant::now();
+            session
+                .chat_post_message(&post(CHANNEL, text(&format!("slow {n}"))))
+                .await
+                .unwrap();
+            // A lower bound only: a sleep never ends early.
+            assert!(started.elapsed() >= Duration::from_millis(200));
+        }
+        assert_eq!(fake.messages(CHANNEL).len(), 2, "both answered normally");
     }
 
     #[tokio::test]
