@@ -9,7 +9,8 @@ use super::requests::Fenced;
 
 /// Priorities a job can have: access changes (grants, revokes) before messages. Queries that
 /// look for the earliest due job seek each priority separately, so a backlog of jobs due later
-/// never has to be walked.
+/// never has to be walked. These two are the only ones: a new priority must be added to
+/// [`claim`] and [`next_due`] too, or its jobs would never run.
 pub const PRIORITY_ACCESS: u8 = 0;
 pub const PRIORITY_MESSAGES: u8 = 1;
 
@@ -424,5 +425,137 @@ fn fenced(rows: u64) -> Fenced {
         Fenced::Applied
     } else {
         Fenced::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone, Utc};
+
+    use super::*;
+    use crate::store::{Durability, Store};
+
+    fn job(kind: &'static str, priority: u8, run_at: DateTime<Utc>) -> NewJob {
+        NewJob {
+            kind,
+            payload: "{}".into(),
+            run_at,
+            unique_key: None,
+            lane: None,
+            ordered: false,
+            max_attempts: None,
+            priority,
+        }
+    }
+
+    /// Access jobs due later must not hide due messages (nor the other way round), and the
+    /// earliest due time is found across both priorities.
+    #[tokio::test]
+    async fn claims_take_due_jobs_by_priority_past_a_backlog_due_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let later = now + Duration::hours(1);
+
+        let mut tx = store.begin_write().await.unwrap();
+        let mut backlog = Vec::new();
+        for _ in 0..200 {
+            backlog.push(job("revoke_later", PRIORITY_ACCESS, later));
+            backlog.push(job("nudge_later", PRIORITY_MESSAGES, later));
+        }
+        enqueue_many(&mut tx, &backlog, now).await.unwrap();
+        assert_eq!(
+            next_due(&mut tx).await.unwrap(),
+            Some(millis(later)),
+            "the earliest run_at among queued jobs"
+        );
+        enqueue(
+            &mut tx,
+            &job("message_now", PRIORITY_MESSAGES, now - Duration::seconds(5)),
+            now,
+        )
+        .await
+        .unwrap();
+        enqueue(&mut tx, &job("revoke_now", PRIORITY_ACCESS, now), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            next_due(&mut tx).await.unwrap(),
+            Some(millis(now - Duration::seconds(5)))
+        );
+
+        // One claim returns its rows in id order; which rows it takes follows the priority.
+        let lease = now + Duration::minutes(1);
+        let kinds = |rows: Vec<JobRow>| rows.into_iter().map(|j| j.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(claim(&mut tx, now, lease, 1).await.unwrap()),
+            ["revoke_now"],
+            "access first"
+        );
+        assert_eq!(
+            kinds(claim(&mut tx, now, lease, 10).await.unwrap()),
+            ["message_now"],
+            "then messages; nothing that is due later"
+        );
+        assert!(
+            claim(&mut tx, now, lease, 10).await.unwrap().is_empty(),
+            "nothing else is due"
+        );
+        let lease = later + Duration::minutes(1);
+        let first = kinds(claim(&mut tx, later, lease, 200).await.unwrap());
+        assert!(
+            first.len() == 200 && first.iter().all(|k| k == "revoke_later"),
+            "the backlog once it is due, access first: {first:?}"
+        );
+        let rest = kinds(claim(&mut tx, later, lease, 500).await.unwrap());
+        assert!(rest.len() == 200 && rest.iter().all(|k| k == "nudge_later"));
+        tx.commit().await.unwrap();
+    }
+
+    /// In an ordered lane only the head is queued, across separate batches too; another lane
+    /// starts its own chain.
+    #[tokio::test]
+    async fn batches_chain_jobs_of_a_busy_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let in_lane = |kind: &'static str, lane: &str| NewJob {
+            lane: Some(lane.into()),
+            ordered: true,
+            ..job(kind, PRIORITY_MESSAGES, now)
+        };
+        let mut tx = store.begin_write().await.unwrap();
+        enqueue_many(
+            &mut tx,
+            &[in_lane("a1", "channel:A"), in_lane("a2", "channel:A")],
+            now,
+        )
+        .await
+        .unwrap();
+        enqueue_many(
+            &mut tx,
+            &[in_lane("a3", "channel:A"), in_lane("b1", "channel:B")],
+            now,
+        )
+        .await
+        .unwrap();
+        let states: Vec<(String, String)> =
+            sqlx::query_as("SELECT kind, state FROM jobs ORDER BY id")
+                .fetch_all(tx.conn())
+                .await
+                .unwrap();
+        let expected = [
+            ("a1", "queued"),
+            ("a2", "blocked"),
+            ("a3", "blocked"),
+            ("b1", "queued"),
+        ]
+        .map(|(k, s)| (k.to_owned(), s.to_owned()));
+        assert_eq!(states, expected);
+        tx.commit().await.unwrap();
     }
 }
