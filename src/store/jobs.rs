@@ -435,6 +435,16 @@ mod tests {
     use super::*;
     use crate::store::{Durability, Store};
 
+    /// A migrated store in a temporary directory (kept alive by the first value), and a time.
+    async fn fresh() -> (tempfile::TempDir, Store, DateTime<Utc>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        (dir, store, now)
+    }
+
     fn job(kind: &'static str, priority: u8, run_at: DateTime<Utc>) -> NewJob {
         NewJob {
             kind,
@@ -452,11 +462,7 @@ mod tests {
     /// earliest due time is found across both priorities.
     #[tokio::test]
     async fn claims_take_due_jobs_by_priority_past_a_backlog_due_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-        let store = Store::connect(&url, Durability::Normal).await.unwrap();
-        store.migrate().await.unwrap();
-        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let (_dir, store, now) = fresh().await;
         let later = now + Duration::hours(1);
 
         let mut tx = store.begin_write().await.unwrap();
@@ -518,11 +524,7 @@ mod tests {
     /// starts its own chain.
     #[tokio::test]
     async fn batches_chain_jobs_of_a_busy_lane() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-        let store = Store::connect(&url, Durability::Normal).await.unwrap();
-        store.migrate().await.unwrap();
-        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let (_dir, store, now) = fresh().await;
         let in_lane = |kind: &'static str, lane: &str| NewJob {
             lane: Some(lane.into()),
             ordered: true,
