@@ -42,6 +42,36 @@ pub struct App {
 pub struct Health {
     /// Unix milliseconds of the worker loop's last turn (0: never ran).
     pub worker_beat: std::sync::atomic::AtomicI64,
+    /// Set when Slack's traffic comes over Socket Mode rather than HTTP.
+    pub socket_mode: std::sync::atomic::AtomicBool,
+    /// Socket Mode connections open now that Slack greeted with `hello`.
+    pub socket_connections: std::sync::atomic::AtomicUsize,
+}
+
+impl Health {
+    /// Counts a greeted Socket Mode connection until the returned guard is dropped.
+    pub fn socket_connected(&self) -> SocketConnected<'_> {
+        self.socket_connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SocketConnected(self)
+    }
+
+    /// Whether Slack can reach us: always over HTTP; over Socket Mode, with a greeted connection.
+    pub fn slack_reachable(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        !self.socket_mode.load(SeqCst) || self.socket_connections.load(SeqCst) > 0
+    }
+}
+
+/// See [`Health::socket_connected`].
+pub struct SocketConnected<'a>(&'a Health);
+
+impl Drop for SocketConnected<'_> {
+    fn drop(&mut self) {
+        self.0
+            .socket_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Tunables with production defaults.

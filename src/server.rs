@@ -113,6 +113,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         tracing::warn!(error = %err, "readiness: database check failed");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
     }
+    if !app.health.slack_reachable() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Socket Mode not connected").into_response();
+    }
     let beat = app.health.worker_beat.load(Ordering::Relaxed);
     let age_ms = chrono::Utc::now().timestamp_millis() - beat;
     if beat == 0 || age_ms > 30_000 {

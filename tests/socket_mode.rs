@@ -462,3 +462,70 @@ async fn a_silent_connection_is_replaced() {
         .unwrap();
     drop(quiet);
 }
+
+/// `/readyz` over the real router: its status and body.
+async fn readiness(app: &Arc<App>) -> (u16, String) {
+    use tower::ServiceExt;
+    let response = jit::server::router(app.clone())
+        .oneshot(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `/readyz` until it answers `status`, or fails after the wait.
+async fn until_readiness(app: &Arc<App>, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (now, body) = readiness(app).await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {now} ({body}), expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_needs_a_connection_slack_greeted() {
+    let mut rig = Rig::start(0).await;
+    // This rig runs no worker: stand in for its heartbeat, so only the socket decides.
+    rig.app
+        .health
+        .worker_beat
+        .store(Utc::now().timestamp_millis(), Ordering::SeqCst);
+
+    let mut first = rig.next_socket().await;
+    assert_eq!(
+        readiness(&rig.app).await,
+        (503, "Socket Mode not connected".to_owned()),
+        "connected, but Slack has not said hello yet"
+    );
+    hello(&mut first).await;
+    assert_eq!(until_readiness(&rig.app, 200).await, "ready");
+
+    // The connection drops: not ready until the replacement is greeted.
+    first.close(None).await.unwrap();
+    drop(first);
+    let mut second = rig.next_socket().await;
+    assert_eq!(
+        until_readiness(&rig.app, 503).await,
+        "Socket Mode not connected"
+    );
+    hello(&mut second).await;
+    assert_eq!(until_readiness(&rig.app, 200).await, "ready");
+
+    rig.stop.send(true).unwrap();
+    rig.client.await.unwrap();
+}

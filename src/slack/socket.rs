@@ -139,6 +139,10 @@ pub async fn run(app: Arc<App>, options: Options, mut shutdown: watch::Receiver<
         }
     };
     let options = Arc::new(options);
+    // `/readyz` now also needs a connection Slack greeted.
+    app.health
+        .socket_mode
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     // Connections being replaced: they finish answering their envelopes in the background.
     let mut retiring: JoinSet<Outcome> = JoinSet::new();
     // Told when a replacement connection has said hello (the retiring one may then close).
@@ -385,6 +389,8 @@ async fn connection(
     let mut tasks: JoinSet<String> = JoinSet::new();
     let mut replace = Some(replace);
     let mut greeted = false;
+    // Counts this connection for `/readyz` from Slack's hello until it ends.
+    let mut counted = None;
     // Set once this connection is winding down (replaced or shutting down).
     let mut drain_until: Option<Instant> = None;
     // While replaced: resolves when the successor has said hello (or will never).
@@ -447,6 +453,9 @@ async fn connection(
                 match frame.kind.as_str() {
                     "hello" => {
                         greeted = true;
+                        if counted.is_none() {
+                            counted = Some(app.health.socket_connected());
+                        }
                         tracing::info!(num_connections = frame.num_connections.as_u64(), "Socket Mode: connected");
                         if let Some(ready) = ready.take() {
                             let _ = ready.send(());
