@@ -144,7 +144,13 @@ pub enum AuditCommand {
         format: ExportFormat,
     },
     /// Re-check the whole hash chain; exit non-zero and name the first bad row on tamper.
-    Verify,
+    Verify {
+        /// A head printed by an earlier verify (or shown in the audit thread), as SEQ:HASH
+        /// (at least 12 hex digits of the hash). The log must still contain that row, unchanged:
+        /// this catches rows removed from the end, which the chain alone cannot show.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_head)]
+        head: Option<(i64, String)>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,9 +409,18 @@ async fn audit(command: AuditCommand) -> anyhow::Result<i32> {
             out.flush()?;
             Ok(0)
         }
-        AuditCommand::Verify => match store::audit::verify(&mut conn).await? {
-            Verification::Intact { rows } => {
+        AuditCommand::Verify { head: anchor } => match store::audit::verify(&mut conn).await? {
+            Verification::Intact { rows, head } => {
+                if let Some((seq, hash)) = anchor
+                    && let Err(reason) = store::audit::check_anchor(&mut conn, seq, &hash).await?
+                {
+                    println!("audit log TAMPERED: {reason} ({rows} rows, chain intact)");
+                    return Ok(1);
+                }
                 println!("audit log intact: {rows} events, hash chain verified");
+                if let Some(head) = head {
+                    println!("head: {rows}:{head}");
+                }
                 Ok(0)
             }
             Verification::Broken {
@@ -420,6 +435,18 @@ async fn audit(command: AuditCommand) -> anyhow::Result<i32> {
             }
         },
     }
+}
+
+/// `--head SEQ:HASH` of `jit audit verify`.
+fn parse_head(value: &str) -> Result<(i64, String), String> {
+    value
+        .split_once(':')
+        .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok().filter(|s| *s > 0)?, hash)))
+        .filter(|(_, hash)| hash.len() >= 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|(seq, hash)| (seq, hash.to_ascii_lowercase()))
+        .ok_or_else(|| {
+            "must be SEQ:HASH with at least 12 hex digits of the hash, e.g. 42:9f86d081884c".into()
+        })
 }
 
 /// An application for one-shot admin commands: the database and the policy, no Slack traffic.

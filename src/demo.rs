@@ -449,7 +449,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
     drop(conn);
     let intact = matches!(verdict, Verification::Intact { .. });
     match verdict {
-        Verification::Intact { rows } => demo.say(format!(
+        Verification::Intact { rows, .. } => demo.say(format!(
             "  audit log intact: {rows} events, hash chain verified"
         ))?,
         Verification::Broken { seq, reason, .. } => {

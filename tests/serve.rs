@@ -287,10 +287,36 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
     assert!(since.stdout.is_empty());
     let verify = server.cli(&["audit", "verify"]);
     assert!(verify.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&verify.stdout),
-        "audit log intact: 5 events, hash chain verified\n"
+    let out = String::from_utf8_lossy(&verify.stdout).into_owned();
+    let (first, head) = out.split_once('\n').unwrap();
+    assert_eq!(first, "audit log intact: 5 events, hash chain verified");
+    let head = head
+        .strip_prefix("head: 5:")
+        .and_then(|h| h.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("a head line: {out}"));
+    assert!(
+        head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{head}"
     );
+    // Against a recorded head: the full hash, or the 12 digits the audit thread shows.
+    for anchor in [format!("5:{head}"), format!("5:{}", &head[..12])] {
+        let checked = server.cli(&["audit", "verify", "--head", &anchor]);
+        assert!(checked.status.success(), "{checked:?}");
+    }
+    let wrong = server.cli(&["audit", "verify", "--head", "5:000000000000"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stdout)
+            .starts_with("audit log TAMPERED: row 5 no longer has the hash recorded for it"),
+        "{wrong:?}"
+    );
+    let malformed = server.cli(&["audit", "verify", "--head", "5:abc"]);
+    assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("must be SEQ:HASH"),
+        "{malformed:?}"
+    );
+    let recorded_head = format!("5:{head}");
 
     // A second server on the same database is refused.
     let second = server.cli(&["serve"]);
@@ -351,6 +377,21 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         .execute(&pool)
         .await
         .unwrap();
+    // Removing the last row leaves a chain that verifies on its own; the recorded head does not.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 5")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let truncated = server.cli(&["audit", "verify"]);
+    assert!(truncated.status.success(), "{truncated:?}");
+    let anchored = server.cli(&["audit", "verify", "--head", &recorded_head]);
+    assert_eq!(anchored.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&anchored.stdout).starts_with(
+            "audit log TAMPERED: row 5 was recorded earlier but is gone (rows were removed from the end)"
+        ),
+        "{anchored:?}"
+    );
     sqlx::query("DELETE FROM audit_log WHERE seq = 3")
         .execute(&pool)
         .await

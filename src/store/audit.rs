@@ -175,12 +175,36 @@ pub async fn page(
 pub enum Verification {
     Intact {
         rows: u64,
+        /// The last row's hash: record it elsewhere, and a later `verify` against it also
+        /// detects rows removed from the end, which the chain alone cannot show.
+        head: Option<String>,
     },
     Broken {
         rows_checked: u64,
         seq: i64,
         reason: String,
     },
+}
+
+/// Whether row `seq` still exists with a hash that starts with `hash` (at least 12 hex digits,
+/// as the audit thread in Slack shows them). `Err` says what is wrong.
+pub async fn check_anchor(
+    conn: &mut SqliteConnection,
+    seq: i64,
+    hash: &str,
+) -> sqlx::Result<Result<(), String>> {
+    let Some(row) = get(conn, seq).await? else {
+        return Ok(Err(format!(
+            "row {seq} was recorded earlier but is gone (rows were removed from the end)"
+        )));
+    };
+    if hash.len() < 12 || !row.hash.starts_with(&hash.to_ascii_lowercase()) {
+        // Too short to mean anything, or a different row.
+        return Ok(Err(format!(
+            "row {seq} no longer has the hash recorded for it"
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Re-checks the whole chain in order; stops at the first bad row.
@@ -191,7 +215,10 @@ pub async fn verify(conn: &mut SqliteConnection) -> sqlx::Result<Verification> {
     loop {
         let rows = page(conn, expected_seq - 1, 1000).await?;
         if rows.is_empty() {
-            return Ok(Verification::Intact { rows: checked });
+            return Ok(Verification::Intact {
+                rows: checked,
+                head: (checked > 0).then_some(prev_hash),
+            });
         }
         for row in rows {
             if row.seq != expected_seq {

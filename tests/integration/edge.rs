@@ -229,9 +229,16 @@ async fn the_hash_chain_detects_an_edited_row() {
     h.click(ALICE, "jit.approve", id).await;
     h.run_jobs().await;
     let mut conn = h.app.store.read().await.unwrap();
-    assert_eq!(
-        jit::store::audit::verify(&mut conn).await.unwrap(),
-        Verification::Intact { rows: 3 }
+    let verdict = jit::store::audit::verify(&mut conn).await.unwrap();
+    assert!(
+        matches!(
+            verdict,
+            Verification::Intact {
+                rows: 3,
+                head: Some(_)
+            }
+        ),
+        "{verdict:?}"
     );
     // The triggers refuse edits and deletions.
     let edit = sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
