@@ -36,6 +36,10 @@ pub struct AckArgs {
     /// How long the fake Slack takes to answer each Web API call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub slack_latency_ms: u64,
+    /// The Bolt for JavaScript app to compare with (default: bench/bolt in the source tree
+    /// this binary was built from).
+    #[arg(long)]
+    pub bolt_dir: Option<PathBuf>,
 }
 
 impl Default for AckArgs {
@@ -45,6 +49,7 @@ impl Default for AckArgs {
             seconds: 10,
             no_bolt: false,
             slack_latency_ms: 0,
+            bolt_dir: None,
         }
     }
 }
@@ -299,15 +304,21 @@ async fn bare_target() -> anyhow::Result<Target> {
     })
 }
 
-/// Bolt for JavaScript, if Node is here; installs @slack/bolt into bench/bolt on first use.
-async fn bolt_target() -> anyhow::Result<Option<Target>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/bolt");
+/// Bolt for JavaScript, if Node is here; installs @slack/bolt into `dir` on first use.
+async fn bolt_target(dir: Option<&Path>) -> anyhow::Result<Option<Target>> {
+    let dir = dir.map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/bolt"),
+        Path::to_path_buf,
+    );
     if Command::new("node").arg("--version").output().is_err() || !dir.join("app.js").exists() {
-        println!("  (Node.js or bench/bolt is not available: skipping Bolt for JavaScript)");
+        println!(
+            "  (Node.js or {}/app.js is not available: skipping Bolt for JavaScript)",
+            dir.display()
+        );
         return Ok(None);
     }
     if !dir.join("node_modules/@slack/bolt").exists() {
-        println!("  (installing @slack/bolt into bench/bolt …)");
+        println!("  (installing @slack/bolt into {} …)", dir.display());
         let status = Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(&dir)
@@ -377,7 +388,7 @@ pub async fn run(args: AckArgs, durability: Durability) -> anyhow::Result<()> {
 
     let bolt_load = if args.no_bolt {
         None
-    } else if let Some(bolt) = bolt_target().await? {
+    } else if let Some(bolt) = bolt_target(args.bolt_dir.as_deref()).await? {
         load(&bolt.url, args.connections, 1, plain_ok).await?;
         let l = load(&bolt.url, args.connections, args.seconds, plain_ok).await?;
         report(bolt.name, &l);
