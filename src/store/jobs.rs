@@ -531,20 +531,13 @@ mod tests {
             ..job(kind, PRIORITY_MESSAGES, now)
         };
         let mut tx = store.begin_write().await.unwrap();
-        enqueue_many(
-            &mut tx,
-            &[in_lane("a1", "channel:A"), in_lane("a2", "channel:A")],
-            now,
-        )
-        .await
-        .unwrap();
-        enqueue_many(
-            &mut tx,
-            &[in_lane("a3", "channel:A"), in_lane("b1", "channel:B")],
-            now,
-        )
-        .await
-        .unwrap();
+        let batches = [
+            [in_lane("a1", "channel:A"), in_lane("a2", "channel:A")],
+            [in_lane("a3", "channel:A"), in_lane("b1", "channel:B")],
+        ];
+        for batch in &batches {
+            enqueue_many(&mut tx, batch, now).await.unwrap();
+        }
         let states: Vec<(String, String)> =
             sqlx::query_as("SELECT kind, state FROM jobs ORDER BY id")
                 .fetch_all(tx.conn())
