@@ -10,7 +10,8 @@ use super::requests::Fenced;
 /// Priorities a job can have: access changes (grants, revokes) before messages. Queries that
 /// look for the earliest due job seek each priority separately, so a backlog of jobs due later
 /// never has to be walked. These two are the only ones: a new priority must be added to
-/// [`claim`] and [`next_due`] too, or its jobs would never run.
+/// [`claim`], [`next_due`] and the `jobs_priority_known` triggers (which refuse any other value,
+/// so no job can sit unclaimed for ever).
 pub const PRIORITY_ACCESS: u8 = 0;
 pub const PRIORITY_MESSAGES: u8 = 1;
 
@@ -518,6 +519,29 @@ mod tests {
         let rest = kinds(claim(&mut tx, later, lease, 500).await.unwrap());
         assert!(rest.len() == 200 && rest.iter().all(|k| k == "nudge_later"));
         tx.commit().await.unwrap();
+    }
+
+    /// A job whose priority no claim looks for is refused, not left to wait for ever.
+    #[tokio::test]
+    async fn an_unknown_priority_is_refused() {
+        let (_dir, store, now) = fresh().await;
+        let mut tx = store.begin_write().await.unwrap();
+        let err = enqueue(&mut tx, &job("odd", 2, now), now)
+            .await
+            .expect_err("priority 2 is refused");
+        assert!(err.to_string().contains("jobs.priority must be 0"), "{err}");
+        let err = enqueue_many(&mut tx, &[job("odd", 7, now)], now)
+            .await
+            .expect_err("in bulk too");
+        assert!(err.to_string().contains("jobs.priority must be 0"), "{err}");
+        enqueue(&mut tx, &job("fine", PRIORITY_ACCESS, now), now)
+            .await
+            .unwrap();
+        let err = sqlx::query("UPDATE jobs SET priority = 5")
+            .execute(tx.conn())
+            .await
+            .expect_err("and on update");
+        assert!(err.to_string().contains("jobs.priority must be 0"), "{err}");
     }
 
     /// In an ordered lane only the head is queued, across separate batches too; another lane
