@@ -16,9 +16,9 @@ use jit::domain::ids::{RequestId, ResourceId, SlackUserId};
 use jit::domain::policy::{AwsStsConfig, Requester, validate_session_policy};
 use jit::providers::aws_sts::{
     self, AwsStsProvider, REVOCATION_POLICY_NAME, StsHandle, aws_config_loader,
-    decode_policy_document, revocation_sid,
+    decode_policy_document, revocation_sid, session_prefix,
 };
-use jit::providers::{GrantSpec, Issued, Provider, RevokeReason, RevokeSpec};
+use jit::providers::{GrantSpec, Issuance, Issued, Provider, RevokeReason, RevokeSpec};
 use serde_json::{Value, json};
 
 const ACCOUNT: &str = "123456789012";
@@ -157,15 +157,68 @@ fn revoke_spec(
     reason: RevokeReason,
     now: DateTime<Utc>,
 ) -> RevokeSpec {
+    revoke_all(grant, &[issued], reason, now)
+}
+
+/// A revoke of a grant that issued `all` (oldest first), ending at `grant.expires_at`.
+fn revoke_all(
+    grant: &GrantSpec,
+    all: &[&Issued],
+    reason: RevokeReason,
+    now: DateTime<Utc>,
+) -> RevokeSpec {
     RevokeSpec {
         request_id: grant.request_id,
         requester: grant.requester.clone(),
         resource: grant.resource.clone(),
-        handle: issued.handle.clone(),
+        handle: all.last().unwrap().handle.clone(),
+        issued: all
+            .iter()
+            .map(|i| Issuance {
+                handle: i.handle.clone(),
+                expires_at: i.credentials_expire_at,
+            })
+            .collect(),
         natural_expiry: grant.expires_at,
         reason,
         now,
     }
+}
+
+/// The request's deny statement's `Sid`.
+fn sid_of_request(grant: &GrantSpec) -> String {
+    revocation_sid(&session_prefix(grant.request_id))
+}
+
+/// Whether an IAM `StringLike` pattern with only a trailing `*` matches `value`.
+fn like(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix) && !prefix.contains(['*', '?']),
+        None => pattern == value,
+    }
+}
+
+/// The `aws:userid` a session's calls carry, as GetCallerIdentity reports it.
+async fn caller_userid(endpoint: &str, issued: &Issued) -> String {
+    let creds = issued.credentials.as_ref().unwrap().expose();
+    let config = aws_config_loader(Some(endpoint), Some("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            &creds["AWS_ACCESS_KEY_ID"],
+            &creds["AWS_SECRET_ACCESS_KEY"],
+            Some(creds["AWS_SESSION_TOKEN"].clone()),
+            None,
+            "issued",
+        ))
+        .load()
+        .await;
+    aws_sdk_sts::Client::new(&config)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity with the issued credentials")
+        .user_id()
+        .unwrap()
+        .to_owned()
 }
 
 /// Calls GetCallerIdentity with the issued credentials and returns the caller's ARN.
@@ -340,8 +393,8 @@ async fn early_revoke_denies_exactly_that_session_until_cleanup() {
     let b = p.grant(&spec_b).await.unwrap();
     let session_a = StsHandle::parse(&a.handle).unwrap().session;
     let session_b = StsHandle::parse(&b.handle).unwrap().session;
-    let sid_a = revocation_sid(&session_a);
-    let sid_b = revocation_sid(&session_b);
+    let sid_a = sid_of_request(&spec_a);
+    let sid_b = sid_of_request(&spec_b);
     assert_eq!(revocation_policy(&sdk, &role).await, None);
 
     let revoke_now = now + chrono::Duration::seconds(60);
@@ -371,10 +424,14 @@ async fn early_revoke_denies_exactly_that_session_until_cleanup() {
     assert_eq!(stmt["Effect"], json!("Deny"));
     assert_eq!(stmt["Action"], json!("*"));
     assert_eq!(stmt["Resource"], json!("*"));
-    assert_eq!(
-        stmt["Condition"]["StringEquals"],
-        json!({"aws:userid": format!("{role_id}:{session_a}")})
-    );
+    let pattern = stmt["Condition"]["StringLike"]["aws:userid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(pattern, format!("{role_id}:jit-{}-*", base + 1));
+    assert!(like(&pattern, &format!("{role_id}:{session_a}")));
+    assert!(like(&pattern, &caller_userid(&endpoint, &a).await));
+    assert!(!like(&pattern, &format!("{role_id}:{session_b}")));
     let bound = stmt["Condition"]["DateLessThan"]["aws:TokenIssueTime"]
         .as_str()
         .unwrap();
@@ -398,8 +455,8 @@ async fn early_revoke_denies_exactly_that_session_until_cleanup() {
     let sids: Vec<Value> = statements(&doc).iter().map(|s| s["Sid"].clone()).collect();
     assert_eq!(sids, [json!(sid_a), json!(sid_b)]);
     assert_eq!(
-        statements(&doc)[1]["Condition"]["StringEquals"]["aws:userid"],
-        json!(format!("{role_id}:{session_b}"))
+        statements(&doc)[1]["Condition"]["StringLike"]["aws:userid"],
+        json!(format!("{role_id}:jit-{}-*", base + 2))
     );
 
     // Cleanup of A removes A's statement only; twice is harmless.
@@ -482,8 +539,130 @@ async fn expiry_needs_no_deny_unless_the_sts_floor_outlived_the_grant() {
         .unwrap();
     assert!(revoked.cleanup_at.unwrap() > issued.credentials_expire_at.unwrap());
     let doc = revocation_policy(&sdk, &role).await.expect("deny written");
-    let session = StsHandle::parse(&issued.handle).unwrap().session;
-    assert_eq!(statements(&doc)[0]["Sid"], json!(revocation_sid(&session)));
+    assert_eq!(statements(&doc)[0]["Sid"], json!(sid_of_request(&spec)));
+    let pattern = statements(&doc)[0]["Condition"]["StringLike"]["aws:userid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(like(&pattern, &caller_userid(&endpoint, &issued).await));
+}
+
+/// The attack from the review: a 15-minute grant, extended by an hour, revoked at minute 16 —
+/// after the first credentials' expiry. The extension's credentials must be denied, and an
+/// unrelated holder of the same role must keep working.
+#[tokio::test]
+async fn a_revoke_after_an_extension_denies_the_extended_session() {
+    let Some(endpoint) = endpoint() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let (role, arn) = create_role(&sdk).await;
+    let p = provider(&sdk, &arn, None);
+    let base = (unique() as i64) * 10;
+    let now = Utc::now();
+
+    let first_spec = grant_spec(base + 1, Some("alice@example.com"), now, 900);
+    let first = p.grant(&first_spec).await.unwrap();
+    let other_spec = grant_spec(base + 2, Some("bob@example.com"), now, 3600);
+    let other = p.grant(&other_spec).await.unwrap();
+    // Extended at minute 10 by an hour: the grant now ends at 1h15m.
+    let at_10 = now + chrono::Duration::minutes(10);
+    let mut ext_spec = grant_spec(base + 1, Some("alice@example.com"), at_10, 3900);
+    ext_spec.expires_at = now + chrono::Duration::minutes(75);
+    let extended = p.extend(&ext_spec, &first.handle).await.unwrap();
+    assert!(
+        extended.credentials_expire_at.unwrap() > first.credentials_expire_at.unwrap(),
+        "the extension issued longer-lived credentials"
+    );
+
+    // Revoked at minute 16: the first credentials have expired, the extended ones have not.
+    let at_16 = now + chrono::Duration::minutes(16);
+    let grant = GrantSpec {
+        expires_at: ext_spec.expires_at,
+        ..first_spec.clone()
+    };
+    let revoked = p
+        .revoke(&revoke_all(
+            &grant,
+            &[&first, &extended],
+            RevokeReason::Early,
+            at_16,
+        ))
+        .await
+        .expect("revoke");
+    let detail = revoked.detail.unwrap();
+    assert!(!detail.contains("already expired"), "{detail}");
+    let cleanup_at = revoked.cleanup_at.expect("a statement to clean up later");
+    assert!(
+        cleanup_at >= extended.credentials_expire_at.unwrap() + aws_sts::CLEANUP_MARGIN,
+        "the statement lasts until the extended credentials' own expiry: {cleanup_at}"
+    );
+    let doc = revocation_policy(&sdk, &role).await.expect("deny written");
+    let list = statements(&doc);
+    assert_eq!(list.len(), 1, "{doc}");
+    let pattern = list[0]["Condition"]["StringLike"]["aws:userid"]
+        .as_str()
+        .unwrap();
+    // The extended session's exact aws:userid, as its own calls carry it, is covered...
+    assert!(like(pattern, &caller_userid(&endpoint, &extended).await));
+    assert!(like(pattern, &caller_userid(&endpoint, &first).await));
+    // ...and the unrelated holder's is not.
+    assert!(!like(pattern, &caller_userid(&endpoint, &other).await));
+
+    // A cleanup before the extended credentials expire would reopen them: it is scheduled
+    // after, and a cleanup at that time removes the statement.
+    p.cleanup(&revoke_all(
+        &grant,
+        &[&first, &extended],
+        RevokeReason::Early,
+        cleanup_at,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(revocation_policy(&sdk, &role).await, None);
+}
+
+/// A grant whose AssumeRole failed in doubt is revoked under the presumed handle: the deny
+/// statement covers the session such a call would have created, found through iam:GetRole.
+#[tokio::test]
+async fn a_presumed_session_is_denied() {
+    let Some(endpoint) = endpoint() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let (role, arn) = create_role(&sdk).await;
+    let p = provider(&sdk, &arn, None);
+    let base = (unique() as i64) * 10;
+    let now = Utc::now();
+    let spec = grant_spec(base + 1, Some("carol@example.com"), now, 1800);
+    // What the call "in doubt" issued, unbeknown to jit.
+    let hidden = p.grant(&spec).await.unwrap();
+    let presumed = p.presumed_handle(&spec);
+    let presumed_handle = StsHandle::parse(&presumed).unwrap();
+    assert_eq!(presumed_handle.userid, None);
+    assert!(
+        presumed_handle.credentials_expire_at >= hidden.credentials_expire_at.unwrap(),
+        "the presumed session lasts at least as long as a real one"
+    );
+    let revoked = p
+        .revoke(&RevokeSpec {
+            request_id: spec.request_id,
+            requester: spec.requester.clone(),
+            resource: spec.resource.clone(),
+            handle: presumed.clone(),
+            issued: vec![Issuance {
+                handle: presumed,
+                expires_at: None,
+            }],
+            natural_expiry: spec.now,
+            reason: RevokeReason::FailedGrant,
+            now,
+        })
+        .await
+        .unwrap();
+    assert!(revoked.cleanup_at.unwrap() > hidden.credentials_expire_at.unwrap());
+    let doc = revocation_policy(&sdk, &role).await.expect("deny written");
+    let pattern = statements(&doc)[0]["Condition"]["StringLike"]["aws:userid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(like(&pattern, &caller_userid(&endpoint, &hidden).await));
 }
 
 #[tokio::test]
@@ -520,7 +699,7 @@ async fn an_unreachable_endpoint_is_retryable_and_errors_hold_no_secrets() {
         .await
         .expect_err("grant already over");
     assert!(
-        !err.is_retryable() && err.to_string().contains("ended"),
+        !err.is_retryable() && !err.may_have_acted() && err.to_string().contains("ended"),
         "{err}"
     );
     // A malformed handle is a fatal error, not a retry loop.
@@ -529,6 +708,10 @@ async fn an_unreachable_endpoint_is_retryable_and_errors_hold_no_secrets() {
         requester: Requester::Identity("ci".into()),
         resource: ResourceId::parse("aws-test").unwrap(),
         handle: "jit_1".into(),
+        issued: vec![Issuance {
+            handle: "jit_1".into(),
+            expires_at: None,
+        }],
         natural_expiry: now,
         reason: RevokeReason::Early,
         now,

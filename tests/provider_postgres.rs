@@ -117,6 +117,10 @@ fn revoke_spec(grant: &GrantSpec, handle: &str, reason: RevokeReason) -> RevokeS
         requester: grant.requester.clone(),
         resource: grant.resource.clone(),
         handle: handle.to_owned(),
+        issued: vec![jit::providers::Issuance {
+            handle: handle.to_owned(),
+            expires_at: None,
+        }],
         natural_expiry: grant.expires_at,
         reason,
         now: Utc::now(),

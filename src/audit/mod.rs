@@ -80,6 +80,11 @@ pub enum AuditEvent {
         attempt: u32,
         last: bool,
     },
+    /// Issuing (or extending) failed in a way that may still have acted: the access is treated
+    /// as issued under `handle` and revoked.
+    GrantUncertain {
+        handle: String,
+    },
     Reminded {
         expires_at: String,
     },

@@ -78,7 +78,7 @@ struct SlowProvider {
 impl Provider for SlowProvider {
     async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
         Ok(Issued {
-            handle: format!("bench:{}", spec.request_id.0),
+            handle: self.presumed_handle(spec),
             credentials: None,
             instructions: None,
             credentials_expire_at: None,
@@ -88,6 +88,10 @@ impl Provider for SlowProvider {
     async fn revoke(&self, _: &RevokeSpec) -> Result<Revoked, ProviderError> {
         tokio::time::sleep(self.latency).await;
         Ok(Revoked::default())
+    }
+
+    fn presumed_handle(&self, spec: &GrantSpec) -> String {
+        format!("bench:{}", spec.request_id.0)
     }
 }
 

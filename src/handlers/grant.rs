@@ -3,6 +3,13 @@
 //! These run as queue jobs (`run_*`) or as commands. Provider calls happen outside any
 //! transaction; their results are recorded with fenced updates afterwards, so a crash between
 //! the call and the record only means the (idempotent) call is made again.
+//!
+//! **Access always ends.** Every credential a grant issued (the first, each extension, each
+//! re-issue) is recorded in `issued`, and the revoke is told about all of them. A grant or an
+//! extension that fails in a way that may still have acted (a timeout, an ambiguous error, a
+//! request that ended while its issue was in doubt) is treated as issued: the provider's
+//! presumed handle is recorded and the same durable, retried and alerted revoke removes it.
+//! Only a provider's [`ProviderError::Refused`] (nothing was done) skips that.
 
 use super::request::reload;
 use super::{HandlerError, HandlerResult, load};
@@ -11,7 +18,7 @@ use crate::audit::{self, AuditEvent, actor};
 use crate::domain::ids::{RequestId, SlackUserId};
 use crate::domain::policy::Requester;
 use crate::domain::request::{Kind, Request, State};
-use crate::providers::{GrantSpec, Issued, ProviderError, RevokeReason, RevokeSpec};
+use crate::providers::{GrantSpec, Issued, Provider, ProviderError, RevokeReason, RevokeSpec};
 use crate::queue::worker::{JobCtx, Outcome};
 use crate::queue::{self, Job, Placement, keys};
 use crate::slack::blocks;
@@ -24,9 +31,63 @@ async fn get(app: &App, id: RequestId) -> anyhow::Result<Option<StoredRequest>> 
     requests::get(&mut conn, id).await
 }
 
-/// The key under which overlapping grants of the same access are counted.
+/// Provider calls a grant or an extension makes before it gives up. The jobs themselves are
+/// never dropped (a database fault retries them for ever); the handlers give up on the provider
+/// after this many attempts and record the outcome, compensating revoke included.
+pub const GRANT_ATTEMPTS: u32 = 6;
+
+/// The key under which overlapping grants of the same access are counted: the same resource,
+/// the same person and the same provider handle. Two people whose grants share a handle (an exec
+/// command naming a shared group) each get their own teardown.
 fn access_key(request: &Request, handle: &str) -> String {
-    format!("{}\n{handle}", request.resource)
+    format!(
+        "{}\n{}\n{handle}",
+        request.resource,
+        request.requester.key()
+    )
+}
+
+/// What a grant for `request` issued at `now` asks the provider for.
+async fn grant_spec(app: &App, request: &Request, now: DateTime<Utc>) -> GrantSpec {
+    GrantSpec {
+        request_id: request.id,
+        requester: request.requester.clone(),
+        requester_email: requester_email(app, &request.requester).await,
+        resource: request.resource.clone(),
+        expires_at: now + request.duration.to_chrono(),
+        now,
+    }
+}
+
+/// Everything a revoke of `stored` must reach.
+async fn revoke_spec(
+    app: &App,
+    stored: &StoredRequest,
+    handle: String,
+    reason: RevokeReason,
+    now: DateTime<Utc>,
+) -> anyhow::Result<RevokeSpec> {
+    let request = &stored.request;
+    let mut issued = {
+        let mut conn = app.store.read().await?;
+        requests::issuances(&mut conn, request.id).await?
+    };
+    if !issued.iter().any(|i| i.handle == handle) {
+        issued.push(crate::providers::Issuance {
+            handle: handle.clone(),
+            expires_at: None,
+        });
+    }
+    Ok(RevokeSpec {
+        request_id: request.id,
+        requester: request.requester.clone(),
+        resource: request.resource.clone(),
+        handle,
+        issued,
+        natural_expiry: request.expires_at.unwrap_or(now),
+        reason,
+        now,
+    })
 }
 
 async fn requester_email(app: &App, requester: &Requester) -> Option<String> {
@@ -110,39 +171,43 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         return Ok(Outcome::Fail(format!("request {id} does not exist")));
     };
     let request = &stored.request;
+    let provider = app.providers.get(&request.resource);
     match request.state {
         State::Approved => {}
-        // An earlier attempt may have issued access and died before recording it, and the
-        // request ended since: issue again (idempotent) to learn the handle, then tear down.
-        State::Released | State::Revoked if stored.grant_handle.is_none() && ctx.attempt > 1 => {}
+        // An earlier attempt may have issued access and died (or timed out) before recording
+        // it, and the request ended since. Issuing again would hand out access nobody holds a
+        // grant for: treat it as issued and tear it down.
+        State::Released | State::Revoked if stored.grant_handle.is_none() && ctx.attempt > 1 => {
+            if let Some(provider) = provider {
+                let spec = grant_spec(app, request, app.clock.now()).await;
+                let mut tx = app.store.begin_write().await?;
+                compensate(&mut tx, request, provider.as_ref(), &spec).await?;
+                tx.commit().await?;
+                app.waker.wake();
+            }
+            return Ok(Outcome::Done);
+        }
         _ => return Ok(Outcome::Done),
     }
-    let Some(provider) = app.providers.get(&request.resource) else {
+    let Some(provider) = provider else {
         fail_grant(
             app,
             request,
             "the resource has no provider (was it removed from the policy?)",
             ctx,
+            None,
         )
         .await?;
         return Ok(Outcome::Done);
     };
     let now = app.clock.now();
-    let expires_at = now + request.duration.to_chrono();
-    let spec = GrantSpec {
-        request_id: id,
-        requester: request.requester.clone(),
-        requester_email: requester_email(app, &request.requester).await,
-        resource: request.resource.clone(),
-        expires_at,
-        now,
-    };
+    let spec = grant_spec(app, request, now).await;
     match provider.grant(&spec).await {
         Ok(issued) => {
-            record_issued(app, &stored, issued, now, expires_at).await?;
+            record_issued(app, &stored, issued, now, spec.expires_at).await?;
             Ok(Outcome::Done)
         }
-        Err(ProviderError::Retryable(error)) if !ctx.is_last() => {
+        Err(ProviderError::Retryable(error)) if ctx.attempt < GRANT_ATTEMPTS => {
             let mut tx = app.store.begin_write().await?;
             audit::record(
                 &mut tx,
@@ -160,10 +225,55 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
             Ok(Outcome::Retry(error))
         }
         Err(err) => {
-            fail_grant(app, request, &err.to_string(), ctx).await?;
+            let uncertain = err.may_have_acted().then_some((provider.as_ref(), &spec));
+            fail_grant(app, request, &err.to_string(), ctx, uncertain).await?;
             Ok(Outcome::Done)
         }
     }
+}
+
+/// Treats a grant whose outcome is in doubt as issued under the provider's presumed handle, and
+/// schedules its teardown now (the same durable, retried and alerted revoke as any teardown).
+/// Nothing happens when a handle is already recorded: then the revoke knows what to remove.
+async fn compensate(
+    tx: &mut WriteTx,
+    request: &Request,
+    provider: &dyn Provider,
+    spec: &GrantSpec,
+) -> anyhow::Result<()> {
+    let id = request.id;
+    let now = spec.now;
+    let handle = provider.presumed_handle(spec);
+    let key = access_key(request, &handle);
+    if !requests::record_handle(tx, id, &handle, &key).await? {
+        return Ok(());
+    }
+    requests::record_issuance(tx, id, &handle, now, None).await?;
+    audit::record(
+        tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::GrantUncertain {
+            handle: handle.clone(),
+        },
+    )
+    .await?;
+    let current = reload(tx, id).await.map_err(anyhow_of)?;
+    queue::enqueue(
+        tx,
+        &Job::Revoke { request: id },
+        Placement::access_of(&current, keys::revoke(id)),
+        now,
+        now,
+    )
+    .await?;
+    tracing::warn!(
+        request_id = id.0,
+        handle = %handle,
+        "issuing may have acted before it failed; revoking whatever it did"
+    );
+    Ok(())
 }
 
 async fn record_issued(
@@ -177,6 +287,14 @@ async fn record_issued(
     let id = request.id;
     let key = access_key(request, &issued.handle);
     let mut tx = app.store.begin_write().await?;
+    requests::record_issuance(
+        &mut tx,
+        id,
+        &issued.handle,
+        now,
+        issued.credentials_expire_at,
+    )
+    .await?;
     if requests::activate(&mut tx, id, now, expires_at, &issued.handle, &key).await? == Fenced::Lost
     {
         // Released or revoked while the provider was working: remove what was just issued.
@@ -260,11 +378,20 @@ fn anyhow_of(err: HandlerError) -> anyhow::Error {
     }
 }
 
-async fn fail_grant(app: &App, request: &Request, error: &str, ctx: JobCtx) -> anyhow::Result<()> {
+/// Ends an approved request as failed. With `uncertain`, the failed call may have acted: the
+/// access is treated as issued and revoked ([`compensate`]), even when the request ended some
+/// other way meanwhile.
+async fn fail_grant(
+    app: &App,
+    request: &Request,
+    error: &str,
+    ctx: JobCtx,
+    uncertain: Option<(&dyn Provider, &GrantSpec)>,
+) -> anyhow::Result<()> {
     let now = app.clock.now();
     let id = request.id;
     let mut tx = app.store.begin_write().await?;
-    if requests::end(
+    let failed_now = requests::end(
         &mut tx,
         id,
         State::Approved,
@@ -273,22 +400,29 @@ async fn fail_grant(app: &App, request: &Request, error: &str, ctx: JobCtx) -> a
         Some(error),
     )
     .await?
-        == Fenced::Lost
-    {
+        == Fenced::Applied;
+    if failed_now {
+        audit::record(
+            &mut tx,
+            now,
+            Some(id),
+            actor::SYSTEM,
+            &AuditEvent::GrantFailed {
+                error: error.to_owned(),
+                attempt: ctx.attempt,
+                last: true,
+            },
+        )
+        .await?;
+    }
+    if let Some((provider, spec)) = uncertain {
+        compensate(&mut tx, request, provider, spec).await?;
+    }
+    if !failed_now {
+        tx.commit().await?;
+        app.waker.wake();
         return Ok(());
     }
-    audit::record(
-        &mut tx,
-        now,
-        Some(id),
-        actor::SYSTEM,
-        &AuditEvent::GrantFailed {
-            error: error.to_owned(),
-            attempt: ctx.attempt,
-            last: true,
-        },
-    )
-    .await?;
     let failed = reload(&mut tx, id).await.map_err(anyhow_of)?;
     update_approval_message(&mut tx, app, &failed, now).await?;
     dm(&mut tx, &failed, blocks::failed_dm(&failed, error), now).await?;
@@ -371,19 +505,12 @@ pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result
         record_teardown_failure(app, &request, ctx, &error).await?;
         return Ok(Outcome::Retry(error));
     };
-    let spec = RevokeSpec {
-        request_id: id,
-        requester: request.requester.clone(),
-        resource: request.resource.clone(),
-        handle,
-        natural_expiry: request.expires_at.unwrap_or(now),
-        reason: if request.state == State::Expired {
-            RevokeReason::Expired
-        } else {
-            RevokeReason::Early
-        },
-        now,
+    let reason = match request.state {
+        State::Expired => RevokeReason::Expired,
+        State::Failed => RevokeReason::FailedGrant,
+        _ => RevokeReason::Early,
     };
+    let spec = revoke_spec(app, &stored, handle, reason, now).await?;
     match provider.revoke(&spec).await {
         Ok(revoked) => {
             finish_teardown(
@@ -533,15 +660,7 @@ pub async fn run_cleanup(app: &App, id: RequestId, _ctx: JobCtx) -> anyhow::Resu
         return Ok(Outcome::Done);
     };
     let now = app.clock.now();
-    let spec = RevokeSpec {
-        request_id: id,
-        requester: request.requester.clone(),
-        resource: request.resource.clone(),
-        handle,
-        natural_expiry: request.expires_at.unwrap_or(now),
-        reason: RevokeReason::Early,
-        now,
-    };
+    let spec = revoke_spec(app, &stored, handle, RevokeReason::Early, now).await?;
     match provider.cleanup(&spec).await {
         Ok(()) => {
             let mut tx = app.store.begin_write().await?;
@@ -578,7 +697,7 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
     let Some(parent) =
         parent.filter(|p| p.request.state == State::Active && p.grant_handle.is_some())
     else {
-        fail_extension(app, &ext, parent_id, "the grant has already ended").await?;
+        fail_extension(app, &ext, parent_id, "the grant has already ended", None).await?;
         return Ok(Outcome::Done);
     };
     let now = app.clock.now();
@@ -591,6 +710,7 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
             &ext,
             parent_id,
             "the resource has no provider any more",
+            None,
         )
         .await?;
         return Ok(Outcome::Done);
@@ -606,24 +726,41 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
     let handle = parent.grant_handle.clone().unwrap_or_default();
     let issued = match provider.extend(&spec, &handle).await {
         Ok(issued) => issued,
-        Err(ProviderError::Retryable(error)) if !ctx.is_last() => return Ok(Outcome::Retry(error)),
+        Err(ProviderError::Retryable(error)) if ctx.attempt < GRANT_ATTEMPTS => {
+            return Ok(Outcome::Retry(error));
+        }
         Err(err) => {
-            fail_extension(app, &ext, parent_id, &err.to_string()).await?;
+            // New credentials may exist anyway: the grant's teardown must reach them.
+            let presumed = err
+                .may_have_acted()
+                .then(|| provider.presumed_handle(&spec));
+            fail_extension(app, &ext, parent_id, &err.to_string(), presumed).await?;
             return Ok(Outcome::Done);
         }
     };
     let mut tx = app.store.begin_write().await?;
+    requests::record_issuance(
+        &mut tx,
+        parent_id,
+        &issued.handle,
+        now,
+        issued.credentials_expire_at,
+    )
+    .await?;
     if requests::set_expiry(&mut tx, parent_id, new_expiry).await? == Fenced::Lost {
-        drop(tx);
+        // Keep the record of what was issued: the grant's teardown (due now) reaches it.
+        tx.commit().await?;
         fail_extension(
             app,
             &ext,
             parent_id,
             "the grant ended while it was being extended",
+            None,
         )
         .await?;
         return Ok(Outcome::Done);
     }
+    requests::set_handle(&mut tx, parent_id, &issued.handle).await?;
     let _ = requests::end(&mut tx, ext_id, State::Approved, State::Applied, now, None).await?;
     if let Some(credentials) = &issued.credentials {
         let sealed = app.cipher.seal_secret(
@@ -677,14 +814,30 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
     Ok(Outcome::Done)
 }
 
+/// Ends an approved extension as failed. `presumed`: the failed call may have issued something
+/// under this handle, which is recorded on the grant so its teardown reaches it.
 async fn fail_extension(
     app: &App,
     ext: &Request,
     parent: RequestId,
     error: &str,
+    presumed: Option<String>,
 ) -> anyhow::Result<()> {
     let now = app.clock.now();
     let mut tx = app.store.begin_write().await?;
+    if let Some(handle) = &presumed {
+        requests::record_issuance(&mut tx, parent, handle, now, None).await?;
+        audit::record(
+            &mut tx,
+            now,
+            Some(parent),
+            actor::SYSTEM,
+            &AuditEvent::GrantUncertain {
+                handle: handle.clone(),
+            },
+        )
+        .await?;
+    }
     if requests::end(
         &mut tx,
         ext.id,
@@ -696,6 +849,7 @@ async fn fail_extension(
     .await?
         == Fenced::Lost
     {
+        tx.commit().await?;
         return Ok(());
     }
     audit::record(

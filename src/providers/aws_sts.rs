@@ -16,25 +16,35 @@
 //! The handle is a small JSON object (role ARN, session name, source identity, the session's
 //! `aws:userid` and the credentials' expiry). It holds nothing secret.
 //!
-//! **Revoke.** Credentials issued by STS cannot be recalled. At the grant's natural end there is
-//! nothing to do: the session expires with it. Early (or when the 900 s floor made the session
-//! outlive the grant), jit adds a statement to the role's inline policy `jit-session-revocations`:
+//! **Revoke.** Credentials issued by STS cannot be recalled, and a grant may hold several sets:
+//! the first session, one per extension (each re-issues credentials under the same session name)
+//! and any re-issue after a crash. The revoke is told about every one of them
+//! ([`RevokeSpec::issued`]) with its own expiry. When the grant ends at its natural end and no
+//! credentials outlive it, there is nothing to do. Otherwise (early, or when the 900 s floor or an
+//! extension made credentials outlive the grant) jit adds one statement per grant to the role's
+//! inline policy `jit-session-revocations`:
 //!
 //! ```json
 //! {"Sid": "JitRevoke…", "Effect": "Deny", "Action": "*", "Resource": "*",
-//!  "Condition": {"StringEquals": {"aws:userid": "AROA…:jit-42-alice@example.com"},
+//!  "Condition": {"StringLike": {"aws:userid": "AROA…:jit-42-*"},
 //!                "DateLessThan": {"aws:TokenIssueTime": "2026-11-20T15:05:00Z"}}}
 //! ```
 //!
-//! `aws:userid` of an assumed-role session is `<role id>:<session name>`, so the statement hits
-//! exactly that session; other holders of the role are unaffected (unlike the console's "revoke
-//! active sessions", which cuts off everyone). The `Sid` is derived from the session name, so a
-//! second revoke changes nothing. The `DateLessThan` bound is the credentials' expiry plus a
-//! margin: it records when the statement becomes useless (every token it matches has expired by
-//! then), it keeps a later session that happens to reuse the name unaffected, and it lets jit
-//! drop stale statements on every write, keeping the policy under IAM's 10,240-character limit
-//! for a role's inline policies. [`Revoked::cleanup_at`] is that bound; [`Provider::cleanup`]
-//! then removes the statement (and the policy once it is empty).
+//! `aws:userid` of an assumed-role session is `<role id>:<session name>`, and every session of
+//! request 42 is named `jit-42-…`, so the statement hits every session of that grant (including
+//! one a timed-out call may have issued under a label jit never saw) and nothing else; other
+//! holders of the role are unaffected (unlike the console's "revoke active sessions", which cuts
+//! off everyone). Two jit deployments must therefore not share a role. The `Sid` is derived from
+//! the request number, so a second revoke changes nothing. The `DateLessThan` bound is the latest
+//! expiry of any of the grant's credentials (or the grant's end, if later) plus a margin: it
+//! records when the statement becomes useless (every token it matches has expired by then), and
+//! it lets jit drop stale statements on every write, keeping the policy under IAM's
+//! 10,240-character limit for a role's inline policies. [`Revoked::cleanup_at`] is that bound;
+//! [`Provider::cleanup`] then removes the statement (and the policy once it is empty).
+//!
+//! **In doubt.** A grant that failed in a way that may have issued credentials (a timeout, a
+//! 5xx) is revoked with [`Provider::presumed_handle`]: the session name and the longest expiry
+//! such a session could have, and the role's ID looked up with `iam:GetRole`.
 //!
 //! IAM has no compare-and-swap, so writes are serialized per role inside the process and each
 //! write is read back; a statement lost to a concurrent writer elsewhere is written again.
@@ -206,10 +216,14 @@ impl AwsStsProvider {
         if let Some(policy) = &self.config.session_policy {
             call = call.policy(policy);
         }
-        let output = call
-            .send()
-            .await
-            .map_err(|e| classify("sts:AssumeRole", &self.config.role_arn, e))?;
+        // STS either issues a session or refuses the whole call: a definite refusal (access
+        // denied, a validation error) issued nothing. Timeouts and 5xx stay in doubt.
+        let output = call.send().await.map_err(|e| {
+            match classify("sts:AssumeRole", &self.config.role_arn, e) {
+                ProviderError::Fatal(text) => ProviderError::Refused(text),
+                other => other,
+            }
+        })?;
         let creds = output.credentials().ok_or_else(|| {
             ProviderError::Retryable("sts:AssumeRole returned no credentials".into())
         })?;
@@ -258,11 +272,19 @@ impl AwsStsProvider {
         })
     }
 
-    /// The `aws:userid` of the session: from the handle, or `GetRole`'s role ID.
-    async fn userid(&self, handle: &StsHandle) -> Result<String, ProviderError> {
-        if let Some(id) = &handle.userid {
-            return Ok(id.clone());
+    /// The role's unique ID (`AROA…`), the first part of its sessions' `aws:userid`: from a
+    /// handle where STS reported it, else from `iam:GetRole`.
+    async fn role_id(&self, sessions: &[StsHandle]) -> Result<String, ProviderError> {
+        if let Some(id) = sessions
+            .iter()
+            .filter_map(|h| h.userid.as_deref())
+            .find_map(|u| u.split_once(':').map(|(role_id, _)| role_id.to_owned()))
+        {
+            return Ok(id);
         }
+        let handle = sessions
+            .first()
+            .ok_or_else(|| ProviderError::Fatal("no STS session to revoke".into()))?;
         let role = role_name(&handle.role_arn)?;
         let output = self
             .iam
@@ -271,11 +293,10 @@ impl AwsStsProvider {
             .send()
             .await
             .map_err(|e| classify("iam:GetRole", role, e))?;
-        let role_id = output
+        output
             .role()
             .map(|r| r.role_id().to_owned())
-            .ok_or_else(|| ProviderError::Retryable("iam:GetRole returned no role".into()))?;
-        Ok(format!("{role_id}:{}", handle.session))
+            .ok_or_else(|| ProviderError::Retryable("iam:GetRole returned no role".into()))
     }
 
     async fn read_policy(&self, role: &str) -> Result<Option<Value>, ProviderError> {
@@ -412,14 +433,14 @@ impl Provider for AwsStsProvider {
     }
 
     async fn revoke(&self, spec: &RevokeSpec) -> Result<Revoked, ProviderError> {
-        let handle = StsHandle::parse(&spec.handle)?;
-        let creds_end = handle.credentials_expire_at;
+        let sessions = sessions_of(spec)?;
+        let creds_end = latest_expiry(&sessions);
         if spec.now > creds_end + EXPIRY_TOLERANCE {
             return Ok(Revoked {
                 cleanup_at: None,
                 detail: Some(format!(
-                    "STS session {} already expired at {}",
-                    handle.session,
+                    "every STS session of the grant ({}) had already expired, the last at {}",
+                    session_list(&sessions),
                     rfc3339(creds_end)
                 )),
             });
@@ -427,45 +448,133 @@ impl Provider for AwsStsProvider {
         if spec.reason == RevokeReason::Expired
             && creds_end <= spec.natural_expiry + EXPIRY_TOLERANCE
         {
-            // The session ends by itself, with the grant.
+            // Every session ends by itself, with the grant.
             return Ok(Revoked::default());
         }
-        let role = role_name(&handle.role_arn)?.to_owned();
-        let userid = self.userid(&handle).await?;
-        let bound = ceil_to_second(creds_end.max(spec.natural_expiry) + CLEANUP_MARGIN);
-        let sid = revocation_sid(&handle.session);
-        let statement = deny_statement(&sid, &userid, bound);
+        let prefix = session_prefix(spec.request_id);
+        let sid = revocation_sid(&prefix);
         let now = spec.now;
-        let added = self
-            .update_policy(
-                &role,
-                |current| Some(with_statement(current, &statement, now)),
-                |doc| doc.is_some_and(|d| has_statement(d, &sid)),
-            )
-            .await?;
-        Ok(Revoked {
-            cleanup_at: Some(bound),
-            detail: Some(format!(
-                "deny statement {sid} {} role {role} (session {userid}, until {})",
+        let mut latest_bound = None;
+        let mut details = Vec::new();
+        // One statement per role the grant's sessions were issued for (one, unless the policy
+        // moved the resource to another role between the grant and an extension).
+        for (role_arn, of_role) in by_role(&sessions) {
+            let role = role_name(role_arn)?.to_owned();
+            let role_id = self.role_id(&of_role).await?;
+            let pattern = format!("{role_id}:{prefix}*");
+            let bound =
+                ceil_to_second(latest_expiry(&of_role).max(spec.natural_expiry) + CLEANUP_MARGIN);
+            let statement = deny_statement(&sid, &pattern, bound);
+            let added = self
+                .update_policy(
+                    &role,
+                    |current| Some(with_statement(current, &statement, now)),
+                    |doc| doc.is_some_and(|d| covers(d, &sid, bound)),
+                )
+                .await?;
+            details.push(format!(
+                "deny statement {sid} {} role {role} (sessions {pattern}, until {})",
                 if added { "added to" } else { "already on" },
                 rfc3339(bound)
-            )),
+            ));
+            latest_bound = latest_bound.max(Some(bound));
+        }
+        Ok(Revoked {
+            cleanup_at: latest_bound,
+            detail: Some(details.join("; ")),
         })
     }
 
     async fn cleanup(&self, spec: &RevokeSpec) -> Result<(), ProviderError> {
-        let handle = StsHandle::parse(&spec.handle)?;
-        let role = role_name(&handle.role_arn)?.to_owned();
-        let sid = revocation_sid(&handle.session);
+        let sessions = sessions_of(spec)?;
+        let sid = revocation_sid(&session_prefix(spec.request_id));
         let now = spec.now;
-        self.update_policy(
-            &role,
-            |current| current.and_then(|doc| without_statement(doc, &sid, now)),
-            |doc| !doc.is_some_and(|d| has_statement(d, &sid)),
-        )
-        .await?;
+        for (role_arn, of_role) in by_role(&sessions) {
+            let role = role_name(role_arn)?.to_owned();
+            // Statements written before jit named them by request were named by session.
+            let mut sids: Vec<String> =
+                of_role.iter().map(|h| revocation_sid(&h.session)).collect();
+            sids.push(sid.clone());
+            self.update_policy(
+                &role,
+                |current| {
+                    let mut doc = current.cloned();
+                    for sid in &sids {
+                        doc = doc.and_then(|d| without_statement(&d, sid, now));
+                    }
+                    doc
+                },
+                |doc| {
+                    !sids
+                        .iter()
+                        .any(|sid| doc.is_some_and(|d| has_statement(d, sid)))
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
+
+    /// The request's session, lasting as long as a session for this grant could: the STS
+    /// session a failed call may have created.
+    fn presumed_handle(&self, spec: &GrantSpec) -> String {
+        let duration =
+            session_duration_secs(spec.now, spec.expires_at, self.config.role_max_session);
+        StsHandle {
+            role_arn: self.config.role_arn.clone(),
+            session: session_name(spec.request_id, &requester_label(spec)),
+            source_identity: source_identity(&spec.requester, spec.requester_email.as_deref()),
+            userid: None,
+            credentials_expire_at: spec.now + chrono::Duration::seconds(i64::from(duration)),
+        }
+        .encode()
+    }
+}
+
+/// Every STS session a grant issued, from its handles.
+fn sessions_of(spec: &RevokeSpec) -> Result<Vec<StsHandle>, ProviderError> {
+    super::distinct_handles(spec)
+        .into_iter()
+        .map(StsHandle::parse)
+        .collect()
+}
+
+fn latest_expiry(sessions: &[StsHandle]) -> DateTime<Utc> {
+    sessions
+        .iter()
+        .map(|h| h.credentials_expire_at)
+        .max()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn session_list(sessions: &[StsHandle]) -> String {
+    let mut names: Vec<&str> = sessions.iter().map(|h| h.session.as_str()).collect();
+    names.dedup();
+    names.join(", ")
+}
+
+/// Sessions grouped by the role they were issued for, in first-seen order.
+fn by_role(sessions: &[StsHandle]) -> Vec<(&str, Vec<StsHandle>)> {
+    let mut out: Vec<(&str, Vec<StsHandle>)> = Vec::new();
+    for h in sessions {
+        match out.iter_mut().find(|(arn, _)| *arn == h.role_arn) {
+            Some((_, list)) => list.push(h.clone()),
+            None => out.push((h.role_arn.as_str(), vec![h.clone()])),
+        }
+    }
+    out
+}
+
+/// `jit-<request>-`: the start of every session name of that request (see [`session_name`]).
+pub fn session_prefix(request_id: RequestId) -> String {
+    format!("jit-{}-", request_id.0)
+}
+
+/// Whether `doc` holds statement `sid` with a bound at least `bound`.
+fn covers(doc: &Value, sid: &str, bound: DateTime<Utc>) -> bool {
+    statements(doc)
+        .iter()
+        .any(|s| sid_of(s) == Some(sid) && statement_bound(s).is_some_and(|b| b >= bound))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,7 +585,7 @@ impl Provider for AwsStsProvider {
 /// floor would otherwise hand out access the grant no longer covers.
 fn ensure_not_over(spec: &GrantSpec) -> Result<(), ProviderError> {
     if spec.expires_at <= spec.now {
-        return Err(ProviderError::Fatal(format!(
+        return Err(ProviderError::Refused(format!(
             "the grant ended at {}, before credentials were issued",
             rfc3339(spec.expires_at)
         )));
@@ -556,25 +665,26 @@ pub fn tag_value(input: &str) -> String {
         .collect()
 }
 
-/// The `Sid` of the deny statement for `session`: `JitRevoke` and 16 hex digits of the
-/// session name's SHA-256 (IAM allows only letters and digits; the condition names the session
-/// for people reading the policy). Short, because the role's inline policies share 10,240
-/// characters.
-pub fn revocation_sid(session: &str) -> String {
-    let digest = Sha256::digest(session.as_bytes());
+/// The `Sid` of a deny statement: `JitRevoke` and 16 hex digits of the SHA-256 of `name` (the
+/// request's [`session_prefix`]; statements of older versions used the session name). IAM allows
+/// only letters and digits; the condition names the sessions for people reading the policy.
+/// Short, because the role's inline policies share 10,240 characters.
+pub fn revocation_sid(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
     format!("{SID_PREFIX}{}", &hex::encode(digest)[..16])
 }
 
-/// The statement that denies everything to the session whose `aws:userid` is `userid`, for
-/// tokens issued before `bound`.
-pub fn deny_statement(sid: &str, userid: &str, bound: DateTime<Utc>) -> Value {
+/// The statement that denies everything to the sessions whose `aws:userid` matches `pattern`
+/// (`<role id>:jit-42-*`), for tokens issued before `bound`. STS session names cannot contain
+/// `*` or `?`, so the pattern's only wildcard is the one jit puts at its end.
+pub fn deny_statement(sid: &str, pattern: &str, bound: DateTime<Utc>) -> Value {
     json!({
         "Sid": sid,
         "Effect": "Deny",
         "Action": "*",
         "Resource": "*",
         "Condition": {
-            "StringEquals": { "aws:userid": userid },
+            "StringLike": { "aws:userid": pattern },
             "DateLessThan": { "aws:TokenIssueTime": rfc3339(bound) },
         }
     })

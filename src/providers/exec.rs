@@ -8,10 +8,15 @@
 //!   optional `credentials` (object of strings, shown only in the reveal modal), optional
 //!   `instructions` (string, shown in the DM). Revoke's stdout is ignored.
 //! - Exit status 75 (`EX_TEMPFAIL`), a timeout or a signal is a retryable failure; any other
-//!   non-zero status is fatal. Stderr (truncated) is the error text.
+//!   non-zero status is fatal. Stderr (truncated) is the error text. Either way the command may
+//!   have acted, so a grant that ends in failure is followed by a revoke (`reason`
+//!   `failed_grant`, the default handle) — except when the program could not be started at all.
 //!
-//! The child inherits jit's environment minus jit's own secrets, runs in the policy file's
-//! directory, and is killed when it outlives the configured timeout.
+//! The child starts with an **empty environment** plus [`ALLOWED_ENV`] and the variables the
+//! resource names in `env`: it never sees jit's secrets, its AWS credentials or the admin URLs of
+//! `postgres` resources. It runs in the policy file's directory, in a process group of its own;
+//! when it finishes or outlives the configured timeout the whole group is killed, so no
+//! grandchild it started survives it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -31,24 +36,15 @@ pub const EX_TEMPFAIL: i32 = 75;
 const MAX_STDOUT: usize = 64 * 1024;
 const MAX_STDERR_SHOWN: usize = 2000;
 
-/// Environment variables of jit that a child process must not see.
-const SECRET_ENV: &[&str] = &[
-    "SLACK_SIGNING_SECRET",
-    "SLACK_SIGNING_SECRET_FILE",
-    "SLACK_BOT_TOKEN",
-    "SLACK_BOT_TOKEN_FILE",
-    "SLACK_APP_TOKEN",
-    "SLACK_APP_TOKEN_FILE",
-    "JIT_ENCRYPTION_KEY",
-    "JIT_ENCRYPTION_KEY_FILE",
-    "JIT_TOKEN",
-];
+/// Variables passed from jit's environment to every command (when jit has them).
+pub const ALLOWED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
 
 pub struct ExecProvider {
     resource: ResourceId,
     config: ExecConfig,
     workdir: Option<PathBuf>,
-    /// Extra variables to hide (for example the admin URLs of postgres resources).
+    /// Variables never passed, even when the resource names them (the admin URLs of postgres
+    /// resources; the policy parser already refuses jit's own secrets).
     hidden_env: Vec<String>,
 }
 
@@ -73,6 +69,18 @@ impl ExecProvider {
         self
     }
 
+    /// The child's whole environment: the allowlist and the resource's `env`, as far as jit
+    /// has them.
+    fn environment(&self) -> Vec<(String, std::ffi::OsString)> {
+        ALLOWED_ENV
+            .iter()
+            .copied()
+            .chain(self.config.env.iter().map(String::as_str))
+            .filter(|name| !self.hidden_env.iter().any(|h| h == name))
+            .filter_map(|name| std::env::var_os(name).map(|v| (name.to_owned(), v)))
+            .collect()
+    }
+
     async fn run(
         &self,
         argv: &[String],
@@ -84,14 +92,11 @@ impl ExecProvider {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .env_clear()
+            .envs(self.environment())
+            // A group of its own, so a timeout can kill everything the command started.
+            .process_group(0)
             .kill_on_drop(true);
-        for name in SECRET_ENV
-            .iter()
-            .copied()
-            .chain(self.hidden_env.iter().map(String::as_str))
-        {
-            command.env_remove(name);
-        }
         if let Some(dir) = &self.workdir {
             command.current_dir(dir);
         }
@@ -101,11 +106,15 @@ impl ExecProvider {
             if e.kind() == std::io::ErrorKind::NotFound
                 || e.kind() == std::io::ErrorKind::PermissionDenied
             {
-                ProviderError::Fatal(text)
+                // Nothing ran, so nothing can have been granted.
+                ProviderError::Refused(text)
             } else {
                 ProviderError::Retryable(text)
             }
         })?;
+        let group = child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -136,11 +145,19 @@ impl ExecProvider {
             let status = child.wait().await;
             (status, out, err)
         };
-        let (status, out, err) = match tokio::time::timeout(timeout, work).await {
+        let finished = tokio::time::timeout(timeout, work).await;
+        // Whatever the command left running in its group goes too: on a timeout the command
+        // itself (not reaped yet, so its process group id cannot have been reused), after a
+        // normal exit the grandchildren it left behind.
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let (status, out, err) = match finished {
             Ok(result) => result,
             Err(_) => {
+                let _ = child.wait().await;
                 return Err(ProviderError::Retryable(format!(
-                    "`{program}` did not finish within {} and was killed",
+                    "`{program}` did not finish within {} and was killed, with every process it started",
                     self.config.timeout
                 )));
             }
@@ -203,9 +220,7 @@ impl ExecProvider {
             ProviderError::Fatal(format!("`{program}` must print a JSON object on stdout"))
         })?;
         let handle = match object.get("handle") {
-            None | Some(serde_json::Value::Null) => {
-                format!("exec:{}:{}", self.resource, spec.requester.key())
-            }
+            None | Some(serde_json::Value::Null) => self.presumed_handle(spec),
             Some(serde_json::Value::String(h)) if !h.is_empty() && h.len() <= 1024 => h.clone(),
             Some(_) => {
                 return Err(ProviderError::Fatal(format!(
@@ -266,18 +281,27 @@ impl Provider for ExecProvider {
         self.parse_issued(spec, &out)
     }
 
+    /// One revoke call per distinct handle the grant was given (an extension may have
+    /// returned a new one), newest first.
     async fn revoke(&self, spec: &RevokeSpec) -> Result<Revoked, ProviderError> {
-        let input = json!({
-            "action": "revoke",
-            "request_id": spec.request_id.0,
-            "requester": spec.requester.key(),
-            "resource": self.resource.as_str(),
-            "handle": spec.handle,
-            "reason": spec.reason,
-            "expires_at": crate::store::format_time(spec.natural_expiry),
-            "parameters": self.config.parameters,
-        });
-        self.run(&self.config.revoke_command, input).await?;
+        for handle in super::distinct_handles(spec) {
+            let input = json!({
+                "action": "revoke",
+                "request_id": spec.request_id.0,
+                "requester": spec.requester.key(),
+                "resource": self.resource.as_str(),
+                "handle": handle,
+                "reason": spec.reason,
+                "expires_at": crate::store::format_time(spec.natural_expiry),
+                "parameters": self.config.parameters,
+            });
+            self.run(&self.config.revoke_command, input).await?;
+        }
         Ok(Revoked::default())
+    }
+
+    /// `exec:<resource>:<requester>`: the handle of a grant whose command printed none.
+    fn presumed_handle(&self, spec: &GrantSpec) -> String {
+        format!("exec:{}:{}", self.resource, spec.requester.key())
     }
 }

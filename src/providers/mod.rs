@@ -4,8 +4,15 @@
 //! Both calls are idempotent: a job interrupted after the provider call and before its completion
 //! is run again, so granting twice must not issue two grants, and revoking twice must be harmless.
 //! Errors say whether a retry may help ([`ProviderError::Retryable`]) or not
-//! ([`ProviderError::Fatal`]). Error texts are shown to people and stored in the audit log, so they
+//! ([`ProviderError::Fatal`]), and whether the failed call may still have acted: only
+//! [`ProviderError::Refused`] promises that nothing was done. After any other failed grant the
+//! caller treats the access as issued under [`Provider::presumed_handle`] and revokes it through
+//! the durable teardown path. Error texts are shown to people and stored in the audit log, so they
 //! must never contain a secret.
+//!
+//! A revoke is told about every credential the grant issued ([`RevokeSpec::issued`]): the first
+//! one, every extension and every re-issue, each with its own expiry, so that none outlives the
+//! teardown.
 
 pub mod aws_sts;
 pub mod exec;
@@ -43,6 +50,20 @@ pub enum RevokeReason {
     Expired,
     /// Ended early by its holder, an admin, or a failed activation.
     Early,
+    /// Issuing failed in a way that may still have acted (a timeout, a crash mid-call, an
+    /// ambiguous error): whatever it did is removed. The handle may be the
+    /// [`Provider::presumed_handle`], not one the provider returned.
+    FailedGrant,
+}
+
+/// One credential (or change) a grant issued, as recorded: the first grant, each extension and
+/// each re-issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuance {
+    pub handle: String,
+    /// When the issued credentials stop working on their own, if the provider said so (STS);
+    /// `None`: they end with the grant.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What to revoke.
@@ -51,8 +72,10 @@ pub struct RevokeSpec {
     pub request_id: RequestId,
     pub requester: Requester,
     pub resource: ResourceId,
-    /// The handle [`Issued::handle`] returned.
+    /// The latest handle [`Issued::handle`] returned (or the presumed one after a failed grant).
     pub handle: String,
+    /// Everything the grant issued, oldest first; always contains `handle`.
+    pub issued: Vec<Issuance>,
     /// When the grant would have ended on its own (credentials issued for it expire by then).
     pub natural_expiry: DateTime<Utc>,
     pub reason: RevokeReason,
@@ -152,17 +175,29 @@ pub struct Revoked {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// A retry may succeed (timeouts, throttling, unreachable endpoints).
+    /// A retry may succeed (timeouts, throttling, unreachable endpoints). The call may have
+    /// acted.
     #[error("{0}")]
     Retryable(String),
-    /// A retry will not help (bad configuration, access denied, invalid input).
+    /// A retry will not help (bad configuration, access denied, invalid input), and the call may
+    /// have acted before it failed (a script that exited non-zero half-way, say).
     #[error("{0}")]
     Fatal(String),
+    /// A retry will not help, and nothing was done: the provider refused before acting (a
+    /// request the remote side rejected as a whole, a program that could not be started).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProviderError::Retryable(_))
+    }
+
+    /// Whether the failed call may still have changed something (so a grant must be treated
+    /// as issued and revoked).
+    pub fn may_have_acted(&self) -> bool {
+        !matches!(self, ProviderError::Refused(_))
     }
 }
 
@@ -186,6 +221,11 @@ pub trait Provider: Send + Sync {
         let _ = spec;
         Ok(())
     }
+
+    /// The handle a grant for `spec` would have had, for revoking after a grant (or an
+    /// extension) that failed but may have acted: the provider never returned a handle, so the
+    /// revoke must find what was done from the request alone.
+    fn presumed_handle(&self, spec: &GrantSpec) -> String;
 }
 
 /// Approval only: records the grant, provisions nothing.
@@ -195,9 +235,7 @@ pub struct NoneProvider;
 impl Provider for NoneProvider {
     async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
         Ok(Issued {
-            // Shared by every grant of this resource to this person, so overlapping grants are
-            // counted as one access.
-            handle: format!("none:{}:{}", spec.resource, spec.requester.key()),
+            handle: self.presumed_handle(spec),
             credentials: None,
             instructions: None,
             credentials_expire_at: None,
@@ -207,6 +245,23 @@ impl Provider for NoneProvider {
     async fn revoke(&self, _: &RevokeSpec) -> Result<Revoked, ProviderError> {
         Ok(Revoked::default())
     }
+
+    /// Shared by every grant of this resource to this person, so overlapping grants are counted
+    /// as one access.
+    fn presumed_handle(&self, spec: &GrantSpec) -> String {
+        format!("none:{}:{}", spec.resource, spec.requester.key())
+    }
+}
+
+/// The distinct handles of `issued`, newest first: what a revoke must reach.
+pub fn distinct_handles(spec: &RevokeSpec) -> Vec<&str> {
+    let mut out: Vec<&str> = vec![spec.handle.as_str()];
+    for issuance in spec.issued.iter().rev() {
+        if !out.contains(&issuance.handle.as_str()) {
+            out.push(&issuance.handle);
+        }
+    }
+    out
 }
 
 /// The provider of each resource, built once at startup.

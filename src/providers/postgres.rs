@@ -476,6 +476,17 @@ impl Provider for PostgresProvider {
         let role = parse_ephemeral_handle(&spec.handle)?;
         self.revoke_ephemeral(role).await
     }
+
+    /// The login role of the request, or the elevation of its mapped user.
+    fn presumed_handle(&self, spec: &GrantSpec) -> String {
+        match &self.config.mode {
+            PostgresMode::Elevation { .. } => match self.db_user(spec) {
+                Ok(user) => elevation_handle(&user, &self.config.roles),
+                Err(_) => ephemeral_role_name(spec.request_id),
+            },
+            PostgresMode::Ephemeral { .. } => ephemeral_role_name(spec.request_id),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -127,8 +127,12 @@ impl Job {
                 base: secs(2),
                 cap: secs(300),
             },
+            // Never buried: the handlers give up on the provider after
+            // `handlers::grant::GRANT_ATTEMPTS` and record the outcome themselves (with the
+            // compensating revoke of a grant that may have acted); a database fault in between
+            // must not drop that.
             Job::Grant { .. } | Job::Extend { .. } => RetryPolicy {
-                max_attempts: Some(6),
+                max_attempts: None,
                 base: secs(2),
                 cap: secs(120),
             },

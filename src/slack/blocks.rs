@@ -580,6 +580,10 @@ fn describe(event: &AuditEvent, who: &str) -> String {
             if *last { ", giving up" } else { ", will retry" },
             text::escape_truncated(error, 1000)
         ),
+        GrantUncertain { handle } => format!(
+            ":warning: Issuing may have done something before it failed; jit treats it as issued (handle {}) and removes it",
+            text::code(handle)
+        ),
         Reminded { expires_at } => format!(
             "Reminded the holder; access ends {}",
             text::code(expires_at)

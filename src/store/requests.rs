@@ -345,15 +345,16 @@ pub async fn activate(
     Ok(fenced(done.rows_affected()))
 }
 
-/// Records the handle of access that was issued but could not be activated (the request moved
-/// on meanwhile), so the teardown knows what to revoke.
+/// Records the handle of access that was issued (or may have been) but could not be activated
+/// (the request moved on meanwhile, or issuing failed in doubt), so the teardown knows what to
+/// revoke. `false`: a handle was already recorded, and stays.
 pub async fn record_handle(
     conn: &mut SqliteConnection,
     id: RequestId,
     grant_handle: &str,
     access_key: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
         "UPDATE requests SET grant_handle = ?, access_key = ? WHERE id = ? AND grant_handle IS NULL",
     )
     .bind(grant_handle)
@@ -361,6 +362,67 @@ pub async fn record_handle(
     .bind(id.0)
     .execute(&mut *conn)
     .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records something a grant issued (see [`crate::providers::Issuance`]). Issuing the same
+/// handle again keeps the later expiry.
+pub async fn record_issuance(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    handle: &str,
+    issued_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<()> {
+    // RFC 3339 text in one fixed format compares in time order.
+    sqlx::query(
+        "INSERT INTO issued (request_id, handle, issued_at, expires_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (request_id, handle) DO UPDATE SET \
+           expires_at = CASE WHEN issued.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL \
+                             ELSE MAX(issued.expires_at, excluded.expires_at) END",
+    )
+    .bind(id.0)
+    .bind(handle)
+    .bind(format_time(issued_at))
+    .bind(expires_at.map(format_time))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Everything request `id` issued, oldest first.
+pub async fn issuances(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+) -> anyhow::Result<Vec<crate::providers::Issuance>> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT handle, expires_at FROM issued WHERE request_id = ? ORDER BY issued_at, rowid",
+    )
+    .bind(id.0)
+    .fetch_all(&mut *conn)
+    .await
+    .context("cannot load what a grant issued")?;
+    rows.into_iter()
+        .map(|(handle, expires_at)| {
+            Ok(crate::providers::Issuance {
+                handle,
+                expires_at: time(expires_at)?,
+            })
+        })
+        .collect()
+}
+
+/// The handle of the latest issue of an active grant (an extension that re-issued access).
+pub async fn set_handle(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    grant_handle: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE requests SET grant_handle = ? WHERE id = ?")
+        .bind(grant_handle)
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

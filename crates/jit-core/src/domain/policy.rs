@@ -175,6 +175,7 @@ struct ResourceFile {
     revoke_command: Option<Vec<String>>,
     timeout: Option<GrantDuration>,
     parameters: Option<toml::Table>,
+    env: Option<Vec<String>>,
 
     // aws_sts
     role_arn: Option<String>,
@@ -325,6 +326,39 @@ pub struct ExecConfig {
     pub revoke_command: Vec<String>,
     pub timeout: GrantDuration,
     pub parameters: serde_json::Value,
+    /// Variables of jit's environment passed to the commands, beyond the fixed allowlist.
+    pub env: Vec<String>,
+}
+
+/// Variables an exec resource may never pass to its commands: jit's own secrets and
+/// credentials. (The admin URLs of `postgres` resources are refused as well.)
+pub const RESERVED_ENV: &[&str] = &[
+    "SLACK_SIGNING_SECRET",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "JIT_ENCRYPTION_KEY",
+    "JIT_AUDIT_KEY",
+    "JIT_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+];
+
+/// Whether `name` is one of [`RESERVED_ENV`] or its `_FILE` variant.
+pub fn is_reserved_env(name: &str) -> bool {
+    let base = name.strip_suffix("_FILE").unwrap_or(name);
+    RESERVED_ENV.contains(&base) || RESERVED_ENV.contains(&name)
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -551,8 +585,10 @@ impl Policy {
 
         let mut seen = HashSet::new();
         let mut resources = Vec::new();
+        let mut positions = Vec::new();
         for spanned in file.resource {
             let (line, column) = position(text, spanned.span().start);
+            positions.push((line, column));
             let err = |message: String| PolicyError {
                 line,
                 column,
@@ -567,6 +603,32 @@ impl Policy {
             let resource =
                 build_resource(raw, &defaults, &identity_names, read_file).map_err(err_for)?;
             resources.push(resource);
+        }
+
+        // No command may see the admin URL of a postgres resource.
+        let admin_urls: Vec<&str> = resources
+            .iter()
+            .filter_map(|r| match &r.provider {
+                ProviderConfig::Postgres(c) => Some(c.database_url_env.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (resource, (line, column)) in resources.iter().zip(&positions) {
+            if let ProviderConfig::Exec(exec) = &resource.provider
+                && let Some(name) = exec
+                    .env
+                    .iter()
+                    .find(|n| admin_urls.contains(&n.strip_suffix("_FILE").unwrap_or(n)))
+            {
+                return Err(PolicyError {
+                    line: *line,
+                    column: *column,
+                    message: format!(
+                        "resource `{}`: env may not pass `{name}`: it holds the admin URL of a postgres resource",
+                        resource.id
+                    ),
+                });
+            }
         }
 
         for identity in &identities {
@@ -846,6 +908,7 @@ fn build_resource(
     );
     not_for(raw.timeout.is_some(), "timeout", ProviderKind::Exec);
     not_for(raw.parameters.is_some(), "parameters", ProviderKind::Exec);
+    not_for(raw.env.is_some(), "env", ProviderKind::Exec);
     not_for(raw.role_arn.is_some(), "role_arn", ProviderKind::AwsSts);
     not_for(
         raw.role_max_session.is_some(),
@@ -908,11 +971,23 @@ fn build_resource(
                     .map_err(|e| format!("parameters cannot be passed as JSON: {e}"))?,
                 None => serde_json::Value::Object(Default::default()),
             };
+            let env = raw.env.unwrap_or_default();
+            if let Some(bad) = env.iter().find(|n| !is_env_name(n)) {
+                return Err(format!(
+                    "env names environment variables such as KUBECONFIG; `{bad}` is not one"
+                ));
+            }
+            if let Some(secret) = env.iter().find(|n| is_reserved_env(n)) {
+                return Err(format!(
+                    "env may not pass `{secret}` to the commands: it is one of jit's own secrets or credentials (give the commands their own, e.g. AWS_PROFILE with a profile of theirs)"
+                ));
+            }
             ProviderConfig::Exec(ExecConfig {
                 grant_command: command(raw.grant_command, "grant_command")?,
                 revoke_command: command(raw.revoke_command, "revoke_command")?,
                 timeout: raw.timeout.unwrap_or(GrantDuration::from_secs(30)),
                 parameters,
+                env,
             })
         }
         ProviderKind::AwsSts => {
