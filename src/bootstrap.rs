@@ -38,6 +38,28 @@ pub fn policy_dir(path: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The production clock, floored at the latest time recorded in `store`: if the wall clock was
+/// set back while jit was down, teardowns due before it are still due now. Says so loudly.
+pub async fn floored_clock(store: &Store) -> anyhow::Result<crate::clock::SystemClock> {
+    let floor = {
+        let mut conn = store.read().await?;
+        crate::store::latest_recorded_time(&mut conn).await?
+    };
+    let wall = chrono::Utc::now();
+    match floor {
+        Some(floor) if floor > wall + chrono::Duration::seconds(1) => {
+            tracing::error!(
+                wall_clock = %crate::store::format_time(wall),
+                latest_recorded = %crate::store::format_time(floor),
+                behind_secs = (floor - wall).num_seconds(),
+                "the wall clock is behind the latest time jit recorded; jit keeps time from that record, so no teardown is delayed, until the wall clock catches up. Check NTP on this host"
+            );
+            Ok(crate::clock::SystemClock::floored(floor))
+        }
+        _ => Ok(crate::clock::SystemClock::default()),
+    }
+}
+
 /// Everything needed to assemble an [`App`].
 pub struct Parts {
     pub policy: Policy,

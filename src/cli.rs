@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app::{App, Settings};
 use crate::bootstrap::{self, Parts};
-use crate::clock::SystemClock;
 use crate::config::{self, BaseConfig, ServeConfig};
 use crate::crypto::Cipher;
 use crate::domain::ids::RequestId;
@@ -116,8 +115,14 @@ pub enum IdentityCommand {
 pub enum TokenCommand {
     /// Create a token for NAME and print it once.
     Create { name: String },
-    /// Revoke token ID (see `list`).
-    Revoke { id: i64 },
+    /// Revoke token ID (see `list`). The identity's pending requests are cancelled and its
+    /// grants revoked too, unless --keep-grants is given: a revoked token is usually a leaked one.
+    Revoke {
+        id: i64,
+        /// Leave the identity's requests and grants as they are.
+        #[arg(long)]
+        keep_grants: bool,
+    },
     /// List tokens (ids, identities, dates; never the tokens).
     List { name: Option<String> },
 }
@@ -310,10 +315,11 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             ProviderConfig::None => "none".into(),
         };
         out.push_str(&format!(
-            "  {}: {provider}\n    max {} (default {}); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry\n",
+            "  {}: {provider}\n    max {} (default {}, at most {} in all with extensions); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry\n",
             r.id,
             r.max_duration,
             r.default_duration,
+            r.max_lifetime,
             r.requesters.as_ref().map(names).unwrap_or_else(|| "anyone".into()),
             r.approvals_required,
             names(&approvers),
@@ -460,10 +466,11 @@ async fn admin_app() -> anyhow::Result<Arc<App>> {
     // the running server's worker carries out.
     let mut key = [0u8; 32];
     rand::fill(&mut key);
+    let clock = Arc::new(bootstrap::floored_clock(&store).await?);
     bootstrap::build(Parts {
         policy,
         store,
-        clock: Arc::new(SystemClock::default()),
+        clock,
         slack_api_url: env("JIT_SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into()),
         bot_token: secrecy::SecretString::from("xoxb-unused-by-the-cli"),
         signing_secrets: Vec::new(),
@@ -504,14 +511,45 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
                 }
             }
         }
-        TokenCommand::Revoke { id } => {
-            match crate::handlers::identity::revoke_token(&store, id, &by, now).await {
-                Ok(identity) => {
-                    println!("token {id} of identity {identity} is revoked");
+        TokenCommand::Revoke { id, keep_grants } => {
+            let identity = match crate::handlers::identity::revoke_token(&store, id, &by, now).await
+            {
+                Ok(identity) => identity,
+                Err(err) => {
+                    eprintln!("jit: {}", err.user_message());
+                    return Ok(1);
+                }
+            };
+            println!("token {id} of identity {identity} is revoked");
+            if keep_grants {
+                println!("its requests and grants are left as they are (--keep-grants)");
+                return Ok(0);
+            }
+            let app = admin_app().await?;
+            match crate::handlers::identity::end_access_of(&app, &identity, id, &os_user()).await {
+                Ok(ended) => {
+                    let list = |ids: &[RequestId]| {
+                        if ids.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            ids.iter()
+                                .map(|i| i.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    };
+                    println!(
+                        "identity {identity}: pending requests cancelled: {}; grants revoked: {} (the running jit server removes the access within seconds)",
+                        list(&ended.cancelled),
+                        list(&ended.revoked)
+                    );
                     Ok(0)
                 }
                 Err(err) => {
-                    eprintln!("jit: {}", err.user_message());
+                    eprintln!(
+                        "jit: the token is revoked, but ending the identity's access failed: {}",
+                        err.user_message()
+                    );
                     Ok(1)
                 }
             }

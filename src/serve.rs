@@ -8,7 +8,6 @@ use tokio::sync::watch;
 
 use crate::app::{App, Settings};
 use crate::bootstrap::{self, InstanceLock, Parts};
-use crate::clock::SystemClock;
 use crate::config::ServeConfig;
 use crate::crypto::Cipher;
 use crate::providers::Providers;
@@ -28,10 +27,11 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     store.migrate().await?;
     let dir = bootstrap::policy_dir(&config.base.policy_path);
     let providers = Providers::build(policy.resources(), Some(&dir), None).await?;
+    let clock = Arc::new(bootstrap::floored_clock(&store).await?);
     bootstrap::build(Parts {
         policy,
         store,
-        clock: Arc::new(SystemClock::default()),
+        clock,
         slack_api_url: config.slack_api_url.clone(),
         bot_token: config.bot_token.clone(),
         signing_secrets: config.signing_secrets.clone(),

@@ -28,6 +28,9 @@ pub enum ApproveOutcome {
     AlreadyApprovedByYou,
     /// Someone decided first.
     AlreadyDecided(Request),
+    /// The request's pending time ran out (its timeout job may simply not have run yet): it can
+    /// no longer be approved.
+    Expired(Request),
 }
 
 /// Checks that `approver` may decide `request`, refreshing group membership on a cache miss.
@@ -69,6 +72,13 @@ pub async fn approve(
     let request = reload(&mut tx, id).await?;
     if request.state != State::Pending {
         return Ok(ApproveOutcome::AlreadyDecided(request));
+    }
+    if request.pending_until.is_some_and(|until| now >= until) {
+        // Late: the timeout job is due but has not run. Bring it forward; approve nothing.
+        crate::store::jobs::reschedule(&mut tx, &keys::pending_timeout(id), now, now).await?;
+        tx.commit().await?;
+        app.waker.wake();
+        return Ok(ApproveOutcome::Expired(request));
     }
     if !requests::add_approval(&mut tx, id, approver.as_str(), now).await? {
         return Ok(ApproveOutcome::AlreadyApprovedByYou);

@@ -704,6 +704,22 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
     let current = parent.request.expires_at.unwrap_or(now);
     // Extensions add to the current end; a clock that stepped back never shortens or stretches it.
     let new_expiry = current + ext.duration.to_chrono();
+    // The cap is checked when the extension is asked for; check it again now (the policy may
+    // have changed since), so no extension ever carries a grant past it.
+    if let (Some(resource), Some(granted_at)) = (
+        app.policy.resource(parent.request.resource.as_str()),
+        parent.request.granted_at,
+    ) && new_expiry - granted_at > resource.max_lifetime.to_chrono()
+    {
+        let error = format!(
+            "it would carry the grant past `{}`'s max_lifetime of {} ({})",
+            resource.id,
+            resource.max_lifetime,
+            resource.max_lifetime.humanize()
+        );
+        fail_extension(app, &ext, parent_id, &error, None).await?;
+        return Ok(Outcome::Done);
+    }
     let Some(provider) = app.providers.get(&parent.request.resource) else {
         fail_extension(
             app,

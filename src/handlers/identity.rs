@@ -102,6 +102,57 @@ pub async fn revoke_token(
     Ok(identity)
 }
 
+/// What ending an identity's access did.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// Pending requests cancelled.
+    pub cancelled: Vec<crate::domain::ids::RequestId>,
+    /// Approved or active grants revoked (their teardown runs in the server's worker).
+    pub revoked: Vec<crate::domain::ids::RequestId>,
+}
+
+/// Ends everything `identity` has open, after one of its tokens was revoked: a revoked token
+/// usually means a leaked one, and whoever holds it may already have asked for (and been given)
+/// access. Pending requests are cancelled and grants revoked through the normal teardown path,
+/// audited as `cli:<os_user>` with the token named.
+pub async fn end_access_of(
+    app: &App,
+    identity: &str,
+    token_id: i64,
+    os_user: &str,
+) -> HandlerResult<Ended> {
+    let requester = Requester::Identity(identity.to_owned());
+    let open = {
+        let mut conn = app.store.read().await?;
+        crate::store::requests::all_open_for_requester(&mut conn, &requester).await?
+    };
+    let actor = crate::audit::actor::cli(os_user);
+    let reason = format!("API token {token_id} of identity {identity} was revoked");
+    let mut ended = Ended::default();
+    for stored in open {
+        let id = stored.request.id;
+        let result = match stored.request.state {
+            crate::domain::request::State::Pending => {
+                super::request::cancel_as(app, &stored, &actor)
+                    .await
+                    .map(|_| ended.cancelled.push(id))
+            }
+            _ => super::grant::revoke(app, super::grant::Revoker::Cli(os_user), id, &reason)
+                .await
+                .map(|_| ended.revoked.push(id)),
+        };
+        match result {
+            Ok(()) => {}
+            // Decided or ended a moment ago: nothing left to end.
+            Err(HandlerError::User(text)) => {
+                tracing::info!(request_id = id.0, %text, "not ended after the token revoke")
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(ended)
+}
+
 /// The identity behind a presented token, if the token is live and the identity still exists.
 pub async fn authenticate(app: &App, token: &str) -> anyhow::Result<Option<(i64, String)>> {
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 200 {

@@ -101,7 +101,9 @@ fn refusal_field(refusal: &Refusal) -> FieldError {
         Refusal::UnknownResource { .. } | Refusal::NotAllowed { .. } => {
             FieldError::Resource(refusal.to_string())
         }
-        Refusal::TooLong { .. } => FieldError::Duration(refusal.to_string()),
+        Refusal::TooLong { .. } | Refusal::LifetimeExceeded { .. } => {
+            FieldError::Duration(refusal.to_string())
+        }
     }
 }
 
@@ -477,9 +479,15 @@ pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<
             }
         )));
     }
+    cancel_as(app, &stored, &who.key()).await
+}
+
+/// Cancels a pending request on someone's behalf (`actor`, as audited).
+pub async fn cancel_as(app: &App, stored: &StoredRequest, actor: &str) -> HandlerResult<Request> {
+    let id = stored.request.id;
     let now = app.clock.now();
     let mut tx = app.store.begin_write().await?;
-    if requests::decide(&mut tx, id, State::Cancelled, &who.key(), None, now).await?
+    if requests::decide(&mut tx, id, State::Cancelled, actor, None, now).await?
         == requests::Fenced::Lost
     {
         return Err(HandlerError::user(format!(
@@ -491,7 +499,7 @@ pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<
         &mut tx,
         now,
         Some(target),
-        &who.key(),
+        actor,
         &AuditEvent::Cancelled {
             extension: stored.request.parent.map(|_| id.0),
         },
@@ -509,7 +517,7 @@ pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("cancelled");
-    tracing::info!(request_id = id.0, "request cancelled");
+    tracing::info!(request_id = id.0, actor, "request cancelled");
     Ok(request)
 }
 
@@ -571,10 +579,25 @@ pub async fn extend(
             grant.state.label()
         )));
     }
+    let committed = {
+        let mut conn = app.store.read().await?;
+        committed_lifetime(&mut conn, &grant).await?
+    };
     let evaluation = app
         .policy
-        .evaluate(grant.resource.as_str(), who, Some(duration), &app.directory)
-        .map_err(|r| HandlerError::user(r.to_string()))?;
+        .evaluate_extension(
+            grant.resource.as_str(),
+            who,
+            duration,
+            committed,
+            &app.directory,
+        )
+        .map_err(|r| {
+            if matches!(r, Refusal::LifetimeExceeded { .. }) {
+                app.metrics.request("refused");
+            }
+            HandlerError::user(r.to_string())
+        })?;
     check_rate(app, who)?;
     let resource = evaluation.resource.clone();
     let auto = evaluation.route == Route::Auto;
@@ -613,6 +636,20 @@ pub async fn extend(
         resource,
         auto,
     })
+}
+
+/// How long `grant` lasts from its first issue, counting extensions approved or waiting that
+/// would still add to it.
+pub async fn committed_lifetime(
+    conn: &mut sqlx::SqliteConnection,
+    grant: &Request,
+) -> HandlerResult<GrantDuration> {
+    let so_far = match (grant.granted_at, grant.expires_at) {
+        (Some(from), Some(to)) if to > from => (to - from).num_seconds().max(0) as u64,
+        _ => grant.duration.as_secs(),
+    };
+    let waiting = requests::open_extension_secs(conn, grant.id).await?;
+    Ok(GrantDuration::from_secs(so_far.saturating_add(waiting)))
 }
 
 /// Emergency access: granted at once where the resource allows it, broadcast loudly, and

@@ -525,7 +525,10 @@ impl Provider for AwsStsProvider {
             session: session_name(spec.request_id, &requester_label(spec)),
             source_identity: source_identity(&spec.requester, spec.requester_email.as_deref()),
             userid: None,
-            credentials_expire_at: spec.now + chrono::Duration::seconds(i64::from(duration)),
+            // STS counts from when it received the call, a little after `spec.now`.
+            credentials_expire_at: spec.now
+                + chrono::Duration::seconds(i64::from(duration))
+                + EXPIRY_TOLERANCE,
         }
         .encode()
     }

@@ -311,10 +311,12 @@ pub fn why_reply(
         }
     ));
     lines.push(format!(
-        "• Duration: at most {} ({}), {} by default",
+        "• Duration: at most {} ({}), {} by default · at most {} ({}) in all with extensions",
         resource.max_duration,
         resource.max_duration.humanize(),
-        resource.default_duration
+        resource.default_duration,
+        resource.max_lifetime,
+        resource.max_lifetime.humanize()
     ));
     let asked = duration.unwrap_or(resource.default_duration);
     let auto = match &resource.auto_approve {

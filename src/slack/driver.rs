@@ -115,7 +115,7 @@ impl SlackDriver {
         content_type: &str,
         body: String,
     ) -> anyhow::Result<Answer> {
-        let ts = self.clock.now().timestamp();
+        let ts = self.clock.wall().timestamp();
         let signature = super::verify::sign(&self.secret, ts, body.as_bytes());
         let response = self
             .http

@@ -100,6 +100,10 @@ async fn block_actions(app: &App, actions: BlockActions) {
                     "Request {id} is already {}; nothing was changed.",
                     r.state.label()
                 )),
+                Ok(ApproveOutcome::Expired(r)) => Some(format!(
+                    "Request {id} expired {} without a decision, so it can no longer be approved; nothing was changed. The requester can ask again.",
+                    r.pending_until.map(text::time).unwrap_or_default()
+                )),
                 Err(err) => Some(err.user_message()),
             },
             (ids::DENY, Some(id)) => open_deny(app, &user, id, &trigger).await,

@@ -165,6 +165,22 @@ impl Store {
     }
 }
 
+/// The latest time jit wrote down: the last audit event, or the last change to a job. A
+/// restarted jit never runs its clock behind it (see [`crate::clock::SystemClock::floored`]).
+pub async fn latest_recorded_time(
+    conn: &mut sqlx::SqliteConnection,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let audit: Option<String> =
+        sqlx::query_scalar("SELECT at FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let jobs: Option<i64> = sqlx::query_scalar("SELECT MAX(updated_at) FROM jobs")
+        .fetch_one(&mut *conn)
+        .await?;
+    let audit = audit.as_deref().map(parse_time).transpose()?;
+    Ok(audit.max(jobs.map(from_millis)))
+}
+
 /// Timestamps stored as text use one fixed format, so the hash chain and exports are stable.
 pub fn format_time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -186,6 +186,21 @@ pub async fn open_for_requester(
     rows.into_iter().map(StoredRequest::try_from).collect()
 }
 
+/// Every request of `requester` in an open state (pending, approved or active), oldest first.
+pub async fn all_open_for_requester(
+    conn: &mut SqliteConnection,
+    requester: &Requester,
+) -> anyhow::Result<Vec<StoredRequest>> {
+    let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
+        "WHERE requester = ? AND state IN ('pending', 'approved', 'active') ORDER BY id"
+    ))
+    .bind(requester.key())
+    .fetch_all(&mut *conn)
+    .await
+    .context("cannot list requests")?;
+    rows.into_iter().map(StoredRequest::try_from).collect()
+}
+
 /// Break-glass grants that no admin has reviewed yet, oldest first.
 pub async fn unreviewed_breakglass(
     conn: &mut SqliteConnection,
@@ -542,6 +557,21 @@ pub async fn mark_reviewed(
     .execute(&mut *conn)
     .await?;
     Ok(fenced(done.rows_affected()))
+}
+
+/// The time extensions of `parent` that are waiting or approved (not yet applied) would add.
+pub async fn open_extension_secs(
+    conn: &mut SqliteConnection,
+    parent: RequestId,
+) -> sqlx::Result<u64> {
+    let secs: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(duration_secs), 0) FROM requests \
+         WHERE parent_id = ? AND kind = 'extension' AND state IN ('pending', 'approved')",
+    )
+    .bind(parent.0)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(secs.max(0) as u64)
 }
 
 /// Pending extensions of a grant (cancelled when the grant ends).

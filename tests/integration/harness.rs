@@ -359,7 +359,7 @@ impl Harness {
 
     /// Signs `body` as Slack would, at the harness clock's time.
     pub fn sign(&self, body: &str) -> (String, String) {
-        let ts = self.clock_now().timestamp();
+        let ts = jit::clock::Clock::wall(&self.clock).timestamp();
         let sig =
             jit::slack::verify::sign(&SecretString::from(SIGNING_SECRET), ts, body.as_bytes());
         (ts.to_string(), sig)

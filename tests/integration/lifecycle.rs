@@ -165,11 +165,12 @@ async fn extend_within_and_beyond_the_maximum() {
 #[tokio::test]
 async fn extension_auto_approved_from_the_reminder_button() {
     let h = Harness::start().await;
-    let reply = h.slash(ONCALL, "request db 30m pager").await;
+    let reply = h.slash(ONCALL, "request db 15m pager").await;
     let id = Harness::id_in(&reply.text());
     h.run_jobs().await;
-    h.advance_and_run(Duration::minutes(20)).await;
-    // Extend button → modal → submission, auto-approved (on-call, ≤ 30m).
+    h.advance_and_run(Duration::minutes(10)).await;
+    // Extend button → modal → submission, auto-approved (on-call, and the whole grant stays
+    // within the rule's 30m).
     let click = h.click(ONCALL, "jit.extend", id).await;
     assert_eq!(click.status, 200);
     let view = h.slack.opened_views().last().unwrap().view.clone();
@@ -179,14 +180,14 @@ async fn extension_auto_approved_from_the_reminder_button() {
             ONCALL,
             "jit.extend_modal",
             &id.0.to_string(),
-            &[("duration", "duration_select", "30m")],
+            &[("duration", "duration_select", "15m")],
         )
         .await;
     assert_eq!(done.body["response_action"], "clear");
     h.run_jobs().await;
     assert_eq!(
         h.request(id).await.expires_at,
-        Some(t0() + Duration::hours(1))
+        Some(t0() + Duration::minutes(30))
     );
 }
 

@@ -9,3 +9,4 @@ mod credentials;
 mod edge;
 mod lifecycle;
 mod reliability;
+mod teardown_attacks;

@@ -5,12 +5,15 @@ Reads the JSON request on stdin and appends it, with the outcome, to the file na
 parameters.log (one JSON object per line). Behaviour is steered by files next to the log:
   <log>.fail        holds "N CODE": fail the next N calls with exit CODE (75 = retry later)
   <log>.sleep       holds seconds to sleep before answering
-Grants print a handle (shared per person and resource when parameters.shared is true), a fresh
-secret credential, and instructions.
+  <log>.hang        present: a grant acts (it is logged), starts a grandchild, records both
+                    pids in <log>.pids, and then hangs far past any timeout
+Grants print a handle (shared per person and resource when parameters.shared is true; one
+handle for everyone when parameters.team is true), a fresh secret credential, and instructions.
 """
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 
@@ -43,9 +46,21 @@ entry = {
     "handle": request.get("handle"),
     "at": time.time(),
 }
+if request.get("reason"):
+    entry["reason"] = request["reason"]
 out = {}
+if request["action"] == "grant" and os.path.exists(log + ".hang"):
+    grandchild = subprocess.Popen(["sleep", "300"])
+    with open(log + ".pids", "a") as f:
+        f.write(f"{os.getpid()}\n{grandchild.pid}\n")
+    entry["hung"] = True
+    with open(log, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    time.sleep(300)
 if request["action"] in ("grant", "extend"):
-    if params.get("shared"):
+    if params.get("team"):
+        handle = f"team:{request['resource']}"
+    elif params.get("shared"):
         handle = f"member:{request['resource']}:{request['requester']}"
     else:
         handle = f"login:{request['resource']}:{request['request_id']}"

@@ -5,6 +5,14 @@
 //! VM restore), the time they report keeps advancing at the rate of a monotonic source from the
 //! last reading instead. A backward step therefore never delays a teardown or stretches a
 //! grant; a forward step can only end things early, which is the safe direction.
+//!
+//! Two readings, for two jobs:
+//! - [`Clock::now`] never runs backwards, and at start it is floored at the latest time jit
+//!   recorded ([`SystemClock::floored`]), so a wall clock set back across a restart delays
+//!   nothing. Grants, teardowns and the audit log use it.
+//! - [`Clock::wall`] is the plain wall clock. Slack's signature window uses it: Slack stamps its
+//!   requests with real time, so a forward jump that is later corrected must not lock every
+//!   Slack request out until a restart.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
@@ -12,7 +20,13 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, Utc};
 
 pub trait Clock: Send + Sync + 'static {
+    /// Time that never runs backwards (see the module docs).
     fn now(&self) -> DateTime<Utc>;
+
+    /// The wall clock as it is, for comparing with timestamps others wrote (Slack's).
+    fn wall(&self) -> DateTime<Utc> {
+        self.now()
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -54,7 +68,25 @@ impl Default for SystemClock {
     }
 }
 
+impl SystemClock {
+    /// A clock that starts no earlier than `floor` (the latest time recorded before a restart),
+    /// and runs on from there at the monotonic rate until the wall clock catches up.
+    pub fn floored(floor: DateTime<Utc>) -> Self {
+        Self {
+            origin: Instant::now(),
+            guard: Mutex::new(Guard {
+                last: Utc::now().max(floor),
+                mono_at_last: StdDuration::ZERO,
+            }),
+        }
+    }
+}
+
 impl Clock for SystemClock {
+    fn wall(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
     fn now(&self) -> DateTime<Utc> {
         let mono = self.origin.elapsed();
         let wall = Utc::now();
@@ -105,6 +137,10 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
+    fn wall(&self) -> DateTime<Utc> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).wall
+    }
+
     fn now(&self) -> DateTime<Utc> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (wall, mono) = (m.wall, m.mono);
@@ -141,6 +177,26 @@ mod tests {
         assert_eq!(clock.now(), t("2026-01-01T15:00:00Z"));
         clock.advance(Duration::minutes(1));
         assert_eq!(clock.now(), t("2026-01-01T15:01:00Z"));
+    }
+
+    #[test]
+    fn a_floor_holds_the_clock_up_and_the_wall_stays_the_wall() {
+        let floor = Utc::now() + Duration::hours(1);
+        let clock = SystemClock::floored(floor);
+        assert!(clock.now() >= floor, "never before the recorded time");
+        assert!((clock.wall() - Utc::now()).num_seconds().abs() < 5);
+        let past = SystemClock::floored(Utc::now() - Duration::hours(1));
+        assert!((past.now() - Utc::now()).num_seconds().abs() < 5);
+    }
+
+    #[test]
+    fn a_corrected_forward_jump_leaves_the_wall_reading_correct() {
+        let clock = ManualClock::new(t("2026-01-01T12:00:00Z"));
+        clock.set_wall(t("2026-01-01T13:00:00Z"));
+        assert_eq!(clock.now(), t("2026-01-01T13:00:00Z"));
+        clock.set_wall(t("2026-01-01T12:00:00Z"));
+        assert_eq!(clock.now(), t("2026-01-01T13:00:00Z"), "never backwards");
+        assert_eq!(clock.wall(), t("2026-01-01T12:00:00Z"));
     }
 
     #[test]

@@ -161,6 +161,7 @@ struct ResourceFile {
     provider: ProviderKind,
     max_duration: Option<GrantDuration>,
     default_duration: Option<GrantDuration>,
+    max_lifetime: Option<GrantDuration>,
     requesters: Option<PrincipalsFile>,
     approvers: ApproversFile,
     approvals_required: Option<u32>,
@@ -418,6 +419,8 @@ pub struct Resource {
     pub provider: ProviderConfig,
     pub max_duration: GrantDuration,
     pub default_duration: GrantDuration,
+    /// The longest a grant may last from its first issue to its end, extensions included.
+    pub max_lifetime: GrantDuration,
     /// `None`: any Slack user may request (identities must always be named).
     pub requesters: Option<Principals>,
     pub approvers: Approvers,
@@ -795,6 +798,43 @@ impl Policy {
         })
     }
 
+    /// Decides how an extension by `duration` would be handled. `committed` is the grant's
+    /// lifetime so far: from its first issue to its current end, plus extensions approved or
+    /// waiting that would still add to it. The total may not pass the resource's
+    /// `max_lifetime`, and the auto-approval rule applies only while the total stays within the
+    /// rule's own `max_duration`: a chain of small extensions never adds up to an unapproved
+    /// long grant.
+    pub fn evaluate_extension<'a>(
+        &'a self,
+        resource_id: &str,
+        who: &Requester,
+        duration: GrantDuration,
+        committed: GrantDuration,
+        membership: &dyn Membership,
+    ) -> Result<Evaluation<'a>, Refusal> {
+        let mut evaluation = self.evaluate(resource_id, who, Some(duration), membership)?;
+        let resource = evaluation.resource;
+        let total =
+            GrantDuration::from_secs(committed.as_secs().saturating_add(duration.as_secs()));
+        if total > resource.max_lifetime {
+            return Err(Refusal::LifetimeExceeded {
+                resource: resource.id.clone(),
+                requested: duration,
+                total,
+                max_lifetime: resource.max_lifetime,
+            });
+        }
+        if evaluation.route == Route::Auto
+            && resource
+                .auto_approve
+                .as_ref()
+                .is_none_or(|rule| total > rule.max_duration)
+        {
+            evaluation.route = Route::Approval;
+        }
+        Ok(evaluation)
+    }
+
     /// Whether `approver` may decide a request by `requester` on `resource`.
     pub fn may_decide(
         &self,
@@ -836,6 +876,14 @@ fn build_resource(
     if default_duration > max_duration {
         return Err(format!(
             "default_duration {default_duration} is longer than max_duration {max_duration}"
+        ));
+    }
+    let max_lifetime = raw
+        .max_lifetime
+        .unwrap_or_else(|| default_lifetime(max_duration));
+    if max_lifetime < max_duration {
+        return Err(format!(
+            "max_lifetime {max_lifetime} is shorter than max_duration {max_duration}; a grant could not even last its own maximum"
         ));
     }
     let approvals_required = raw
@@ -1106,6 +1154,7 @@ fn build_resource(
         provider,
         max_duration,
         default_duration,
+        max_lifetime,
         requesters,
         approvers: Approvers {
             channel: raw.approvers.channel,
@@ -1129,6 +1178,11 @@ impl ProviderConfig {
             ProviderKind::Postgres => "postgres",
         }
     }
+}
+
+/// A grant's lifetime cap when the resource names none: three times its `max_duration`.
+pub fn default_lifetime(max_duration: GrantDuration) -> GrantDuration {
+    GrantDuration::from_secs(max_duration.as_secs().saturating_mul(3))
 }
 
 /// How an allowed request proceeds.
@@ -1162,6 +1216,17 @@ pub enum Refusal {
         resource: ResourceId,
         requested: GrantDuration,
         max: GrantDuration,
+    },
+    #[error(
+        "With {requested} more, this grant of `{resource}` would last {} in all since it was issued; `{resource}` grants last at most {max_lifetime} ({}), extensions included. Please ask for a new grant instead.",
+        .total.humanize(), .max_lifetime.humanize()
+    )]
+    LifetimeExceeded {
+        resource: ResourceId,
+        requested: GrantDuration,
+        /// From first issue to the end the extension would give.
+        total: GrantDuration,
+        max_lifetime: GrantDuration,
     },
 }
 

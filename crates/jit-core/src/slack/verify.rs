@@ -60,7 +60,9 @@ impl Verifier {
             return Err(VerifyError::BadTimestamp);
         }
         let ts: i64 = ts_text.parse().map_err(|_| VerifyError::BadTimestamp)?;
-        let now = self.clock.now().timestamp();
+        // Slack stamps requests with real time: compare with the wall clock, not the
+        // never-backwards one (a corrected forward jump must not lock Slack out).
+        let now = self.clock.wall().timestamp();
         if (now - ts).abs() > MAX_SKEW_SECS {
             return Err(VerifyError::Stale);
         }

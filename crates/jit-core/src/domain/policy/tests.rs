@@ -393,3 +393,101 @@ fn identities_request_only_what_they_are_declared_for() {
     let unknown_resource = text.replace("resources = [\"prod-db\"]", "resources = [\"nope\"]");
     assert!(error_of(&unknown_resource).message.contains("`nope`"));
 }
+
+#[test]
+fn lifetimes_default_to_three_maximums_and_cap_extensions() {
+    let policy = parse(EXAMPLE).unwrap();
+    let aws = policy.resource("aws-prod-readonly").unwrap();
+    assert_eq!(aws.max_lifetime, d("12h"), "3 × max_duration");
+    let oncall = Groups(vec![("S0ONCALL", "U0ONCALL"), ("S0ENGINEERS", "U0ONCALL")]);
+    let who = user("U0ONCALL");
+    // Within the auto-approval rule's own 1h in all: approved by policy.
+    let e = policy
+        .evaluate_extension("aws-prod-readonly", &who, d("30m"), d("30m"), &oncall)
+        .unwrap();
+    assert_eq!(e.route, Route::Auto);
+    // Past it: a person decides, however short the extension.
+    let e = policy
+        .evaluate_extension("aws-prod-readonly", &who, d("15m"), d("1h"), &oncall)
+        .unwrap();
+    assert_eq!(e.route, Route::Approval);
+    // Up to the lifetime exactly, then refused with the cap named.
+    assert!(
+        policy
+            .evaluate_extension("aws-prod-readonly", &who, d("4h"), d("8h"), &oncall)
+            .is_ok()
+    );
+    let refusal = policy
+        .evaluate_extension("aws-prod-readonly", &who, d("1s"), d("12h"), &oncall)
+        .unwrap_err();
+    assert!(matches!(refusal, Refusal::LifetimeExceeded { .. }));
+    assert!(
+        refusal.to_string().contains("at most 12h (12 hours)"),
+        "{refusal}"
+    );
+    // The extension's own maximum still applies.
+    assert!(matches!(
+        policy.evaluate_extension("aws-prod-readonly", &who, d("5h"), d("1h"), &oncall),
+        Err(Refusal::TooLong { .. })
+    ));
+
+    let set = EXAMPLE.replace(
+        "max_duration = \"8h\"",
+        "max_duration = \"8h\"\nmax_lifetime = \"10h\"",
+    );
+    assert_eq!(
+        parse(&set)
+            .unwrap()
+            .resource("prod-db")
+            .unwrap()
+            .max_lifetime,
+        d("10h")
+    );
+    let short = EXAMPLE.replace(
+        "max_duration = \"8h\"",
+        "max_duration = \"8h\"\nmax_lifetime = \"2h\"",
+    );
+    assert!(
+        error_of(&short)
+            .message
+            .contains("max_lifetime 2h is shorter than max_duration 8h")
+    );
+}
+
+#[test]
+fn exec_env_passes_only_what_is_not_a_secret_of_jit() {
+    let with = |env: &str| {
+        EXAMPLE.replace(
+            "parameters = { cluster = \"main\", port = 5432 }",
+            &format!("parameters = {{ cluster = \"main\" }}\nenv = {env}"),
+        )
+    };
+    let policy = parse(&with(r#"["KUBECONFIG", "GH_TOKEN_FILE"]"#)).unwrap();
+    let ProviderConfig::Exec(exec) = &policy.resource("prod-db").unwrap().provider else {
+        panic!("exec")
+    };
+    assert_eq!(exec.env, ["KUBECONFIG", "GH_TOKEN_FILE"]);
+    for secret in [
+        "SLACK_BOT_TOKEN",
+        "JIT_ENCRYPTION_KEY_FILE",
+        "AWS_SECRET_ACCESS_KEY",
+        "SLACK_SIGNING_SECRET",
+    ] {
+        let err = error_of(&with(&format!("[\"{secret}\"]")));
+        assert!(err.message.contains("one of jit's own secrets"), "{err}");
+    }
+    assert!(
+        error_of(&with(r#"["not a name"]"#))
+            .message
+            .contains("is not one")
+    );
+    // The admin URL of a postgres resource, by name or file.
+    let pg = format!(
+        "{}\n[[resource]]\nid = \"pg\"\nprovider = \"postgres\"\ndatabase_url_env = \"PG_ADMIN_URL\"\nroles = [\"r\"]\napprovers = {{ channel = \"C0APPROVALS\", users = [\"U0ALICE\"] }}\n",
+        with(r#"["PG_ADMIN_URL_FILE"]"#)
+    );
+    assert!(error_of(&pg).message.contains("holds the admin URL"));
+    // env belongs to exec.
+    let misplaced = EXAMPLE.replace("breakglass = false", "breakglass = false\nenv = [\"X\"]");
+    assert!(error_of(&misplaced).message.contains("env"));
+}
