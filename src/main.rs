@@ -3,6 +3,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Nobody else running as this user, exec commands included, may read jit's environment or
+    // memory through /proc or ptrace: they hold the signing secret, the bot token, the
+    // encryption key and the AWS credentials. (Root is not stopped by this.)
+    if let Err(err) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("jit: cannot make the process non-dumpable: {err}");
+        return ExitCode::from(1);
+    }
     // slack-morphism and the AWS SDK both use rustls: pick one crypto provider for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = jit::cli::Cli::parse();
