@@ -42,6 +42,7 @@ pub enum Format {
     /// One JSON object.
     Json,
     /// The AWS CLI's credential_process JSON (Version 1).
+    #[value(name = "credential_process", alias = "credential-process")]
     CredentialProcess,
 }
 

@@ -576,3 +576,82 @@ async fn the_cli_requests_waits_and_prints_credentials() {
         "jit: A valid API token is required. (unauthorized, HTTP 401)\n"
     );
 }
+
+/// The README's `~/.aws/config` line, run as written (only the binary's path differs): the
+/// documented `--format credential_process` must be accepted, and print the AWS CLI's JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_credential_process_line_works_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("credential_process = "))
+        .expect("the README shows a credential_process line");
+    let words = shlex::split(line).expect("a shell command line");
+    assert_eq!(words[0], "/usr/local/bin/jit");
+    assert!(words.contains(&"credential_process".to_owned()), "{line}");
+    let resource = words[2].clone();
+    let policy = format!(
+        r#"{POLICY}
+[[resource]]
+id = "{resource}"
+provider = "exec"
+grant_command = ["{{script}}"]
+revoke_command = ["{{script}}"]
+parameters = {{ log = "{{log}}", aws = true }}
+max_duration = "4h"
+requesters = {{ identities = ["ci"] }}
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+auto_approve = {{ max_duration = "1h", identities = ["ci"] }}
+"#
+    )
+    .replace(
+        r#"resources = ["ci-db"]"#,
+        &format!(r#"resources = ["ci-db", "{resource}"]"#),
+    );
+    // The client compares the grant's end with the real clock.
+    let h = Harness::with_options(Options {
+        policy,
+        start: chrono::Utc::now(),
+        ..Options::default()
+    })
+    .await;
+    let token = token(&h, "ci").await;
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let child = cli(&h, &token, &args);
+    // The client asks, then waits: run the grant while it waits.
+    for _ in 0..200 {
+        if request_count(&h).await == 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(25)).await;
+    }
+    h.run_jobs().await;
+    let out = finish(child).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["Version"], 1);
+    assert_eq!(json["AccessKeyId"], "ASIAJIT00000001");
+    assert!(
+        json["SecretAccessKey"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3cr3t-")
+    );
+    // The kebab spelling stays accepted.
+    let kebab = finish(cli(
+        &h,
+        &token,
+        &["credentials", &resource, "--format", "credential-process"],
+    ))
+    .await;
+    assert!(
+        kebab.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kebab.stderr)
+    );
+}

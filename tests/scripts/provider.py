@@ -65,9 +65,17 @@ if request["action"] in ("grant", "extend"):
     else:
         handle = f"login:{request['resource']}:{request['request_id']}"
     secret = "s3cr3t-" + secrets.token_hex(16)
+    credentials = {"USERNAME": f"jit_{request['request_id']}", "PASSWORD": secret}
+    if params.get("aws"):
+        credentials = {
+            "AWS_ACCESS_KEY_ID": f"ASIAJIT{request['request_id']:08d}",
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_SESSION_TOKEN": "token-" + secret,
+            "AWS_CREDENTIAL_EXPIRATION": request["expires_at"],
+        }
     out = {
         "handle": handle,
-        "credentials": {"USERNAME": f"jit_{request['request_id']}", "PASSWORD": secret},
+        "credentials": credentials,
         "instructions": f"Connect with the credentials, until {request['expires_at']}.",
     }
     entry["handle"] = handle
