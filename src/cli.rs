@@ -308,9 +308,7 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
         };
         let provider = match &r.provider {
             ProviderConfig::AwsSts(c) => format!("aws_sts {}", c.role_arn),
-            ProviderConfig::Postgres(c) => {
-                format!("postgres (admin URL from ${})", c.database_url_env)
-            }
+            ProviderConfig::Postgres(c) => postgres_summary(c),
             ProviderConfig::Exec(c) => format!("exec {}", c.grant_command.join(" ")),
             ProviderConfig::None => "none".into(),
         };
@@ -337,6 +335,13 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             r.reminder_before,
         ));
     }
+    for r in policy.resources() {
+        if let ProviderConfig::Postgres(c) = &r.provider {
+            for warning in c.warnings() {
+                out.push_str(&format!("warning: {}: {warning}\n", r.id));
+            }
+        }
+    }
     if !policy.identities().is_empty() {
         out.push_str(&format!("{} identit(ies):\n", policy.identities().len()));
         for i in policy.identities() {
@@ -353,6 +358,45 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
         }
     }
     out
+}
+
+/// The provider part of a postgres resource's summary line.
+fn postgres_summary(c: &crate::domain::policy::PostgresConfig) -> String {
+    use crate::domain::policy::PostgresMode;
+    let mode = match &c.mode {
+        PostgresMode::Ephemeral {
+            connection_limit,
+            objects_owner,
+        } => format!(
+            "ephemeral login roles ({connection_limit} connections); holders' objects {}",
+            match objects_owner {
+                Some(owner) => format!("go to {owner} at teardown"),
+                None => "are dropped at teardown".into(),
+            }
+        ),
+        PostgresMode::Elevation {
+            db_users,
+            terminate_sessions,
+        } => format!(
+            "elevation of {} mapped user(s); their sessions are {} at teardown",
+            db_users.len(),
+            if *terminate_sessions {
+                "terminated"
+            } else {
+                "kept"
+            }
+        ),
+    };
+    format!(
+        "postgres {} (admin URL from ${}, superuser admin {}): {mode}",
+        c.roles.join(", "),
+        c.database_url_env,
+        if c.allow_superuser_admin {
+            "allowed"
+        } else {
+            "refused"
+        },
+    )
 }
 
 async fn open_store() -> anyhow::Result<Store> {
@@ -635,5 +679,52 @@ async fn grants(command: GrantsCommand) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POSTGRES: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "pg-eph"
+provider = "postgres"
+database_url_env = "PG_URL"
+roles = ["app_rw"]
+objects_owner = "jit_leftovers"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+
+[[resource]]
+id = "pg-elev"
+provider = "postgres"
+database_url_env = "PG_URL"
+mode = "elevation"
+roles = ["db_admin"]
+db_users = { U0DEV = "dev" }
+terminate_sessions = false
+allow_superuser_admin = true
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+"#;
+
+    #[test]
+    fn policy_check_says_how_postgres_tears_down_and_warns() {
+        let policy = Policy::parse(POSTGRES, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        for expected in [
+            "  pg-eph: postgres app_rw (admin URL from $PG_URL, superuser admin refused): \
+             ephemeral login roles (5 connections); holders' objects go to jit_leftovers at teardown\n",
+            "  pg-elev: postgres db_admin (admin URL from $PG_URL, superuser admin allowed): \
+             elevation of 1 mapped user(s); their sessions are kept at teardown\n",
+            "warning: pg-elev: terminate_sessions = false: sessions the user has open keep the granted roles",
+            "warning: pg-elev: allow_superuser_admin = true",
+        ] {
+            assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+        }
+        assert_eq!(out.matches("warning:").count(), 2, "{out}");
     }
 }

@@ -317,7 +317,9 @@ impl Providers {
 
     /// Builds every resource's provider. `aws_endpoint` overrides the AWS endpoint (tests and the
     /// demo point it at moto; in production aws-config reads `AWS_ENDPOINT_URL` itself). A
-    /// missing admin URL for a postgres resource stops startup with a message naming the variable.
+    /// missing admin URL for a postgres resource stops startup with a message naming the variable,
+    /// and so does a superuser admin the policy does not allow (checked within a few seconds per
+    /// resource; an unreachable server only warns).
     pub async fn build(
         resources: &[Resource],
         workdir: Option<&std::path::Path>,
@@ -325,6 +327,7 @@ impl Providers {
     ) -> anyhow::Result<Self> {
         let (mut providers, rest) = Self::with_local(resources, workdir);
         let mut sdk = None;
+        let mut postgres_checks: Vec<Arc<postgres::PostgresProvider>> = Vec::new();
         for resource in rest {
             match &resource.provider {
                 ProviderConfig::AwsSts(config) => {
@@ -347,10 +350,19 @@ impl Providers {
                     let provider =
                         postgres::PostgresProvider::new(resource.id.clone(), config.clone(), &url)
                             .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
-                    providers.insert(&resource.id, Arc::new(provider));
+                    postgres_checks.push(Arc::new(provider));
                 }
                 ProviderConfig::None | ProviderConfig::Exec(_) => {}
             }
+        }
+        let checks = postgres_checks
+            .iter()
+            .map(|p| p.check_at_startup(postgres::STARTUP_CHECK_TIMEOUT));
+        for refused in futures::future::join_all(checks).await {
+            refused.map_err(anyhow::Error::msg)?;
+        }
+        for provider in postgres_checks {
+            providers.insert(&provider.resource().clone(), provider);
         }
         Ok(providers)
     }

@@ -6,6 +6,11 @@
 //! and every password stay out of logs, `Debug` output and error texts: statement logging is
 //! off on jit's admin connections, and error texts are scrubbed of the secrets they could echo.
 //!
+//! **The admin.** A `CREATEROLE` role that is a member of `pg_signal_backend`, never a
+//! superuser: a superuser admin is refused for grants unless the resource says
+//! `allow_superuser_admin = true` ([`PostgresProvider::check_admin`] reports what the admin can
+//! do; `jit serve` runs it at startup). Revokes are never refused.
+//!
 //! **Ephemeral.** `CREATE ROLE "jit_<request number>" LOGIN PASSWORD … VALID UNTIL <grant end>
 //! CONNECTION LIMIT n IN ROLE <roles>`. The password is 40 random letters and digits; jit sends
 //! PostgreSQL its SCRAM-SHA-256 verifier, never the password itself, so even a server that logs
@@ -13,17 +18,31 @@
 //! finds the role, sets a new password and expiry, and grants the roles again. The holder gets
 //! `DATABASE_URL` (`postgres://jit_42:<password>@<host:port>/<db>`, host from `connect_host` or
 //! the admin URL), `PGUSER`, `PGPASSWORD`, `PGHOST`, `PGPORT` and `PGDATABASE`. Extending moves
-//! `VALID UNTIL` and keeps the password. Teardown: `NOLOGIN`, terminate the role's sessions
-//! (until none is left), `REASSIGN OWNED BY … TO CURRENT_USER`, `DROP OWNED BY …` (both in the
-//! admin URL's database), `DROP ROLE IF EXISTS`. jit only ever drops roles named `jit_<digits>`.
+//! `VALID UNTIL` and keeps the password.
+//!
+//! Teardown fails closed. First it *locks* the role: `NOLOGIN`, every membership revoked (the
+//! roles it is in, and any role in it), every session terminated. Each of the three runs even
+//! if another failed, and nothing else happens until all three succeeded. Only then does it
+//! remove what the role owns, in every database of the server where it owns objects or holds
+//! privileges (found through `pg_shdepend`; jit connects to each with the admin's credentials):
+//! `DROP OWNED BY`, or with `objects_owner`, first strip definer rights from what it owns
+//! (functions become `SECURITY INVOKER`, views `security_invoker`), then `REASSIGN OWNED BY … TO
+//! <objects_owner>` (after checking that role is still powerless) and `DROP OWNED BY`. Never to
+//! the admin. Last, `DROP ROLE`. A failure after the lock is still an error, so the revoke job
+//! retries and alerts, and its text says the role is already locked. jit only ever drops roles
+//! named `jit_<digits>`.
 //!
 //! **Elevation.** The requester's key (Slack user ID or `identity:<name>`) is mapped through
-//! `db_users` to an existing database user; `GRANT <role> TO <user>` for each role, in one
-//! transaction. The handle (`elevation:<user>:<role>,<role>`) is the same for every grant of the
-//! same roles to the same user, so overlapping grants are counted as one access. Teardown:
-//! `REVOKE <role> FROM <user>`, and with `terminate_sessions = true`, every session of the user
-//! is terminated — not only those opened during the grant, because a session opened before it
-//! can `SET ROLE` into the granted role and would keep it after `REVOKE`.
+//! `db_users` to an existing database user, and `GRANT <roles> TO <user>` runs in one statement.
+//! A role the user already holds directly through someone else's grant is standing access: jit
+//! does not grant it and never revokes it. The handle (`elevation:<user>:<role>,<role>`) lists the
+//! roles jit granted (older handles, written before standing access was detected, list every
+//! role, and mean just that). It is the same for every grant of the same roles to the same user,
+//! so overlapping grants are counted as one access: a membership the admin role itself granted
+//! counts as jit's. Teardown revokes those roles, then (unless `terminate_sessions = false`)
+//! terminates every session of the user, not only those opened during the grant: a session
+//! opened before it can `SET ROLE` into the granted role during the grant, keeps the role after
+//! `REVOKE`, and `pg_stat_activity` cannot show which session did.
 //!
 //! Connection failures, timeouts, lock waits and server shutdowns are retryable; permission,
 //! syntax and missing-object errors are not.
@@ -37,8 +56,10 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgDatabaseError, PgExecutor, PgPool, PgPoolOptions,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
 use super::{Credentials, GrantSpec, Issued, Provider, ProviderError, RevokeSpec, Revoked};
 use crate::domain::ids::{RequestId, ResourceId};
@@ -52,9 +73,13 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const SCRAM_ITERATIONS: u32 = 4096;
 /// Prefix of elevation handles.
 pub const ELEVATION_PREFIX: &str = "elevation:";
+/// How long `jit serve` waits for the admin check of one resource at startup.
+pub const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 const ROLE_PREFIX: &str = "jit_";
-const MAX_ERROR_CHARS: usize = 600;
+const MAX_ERROR_CHARS: usize = 1000;
+/// PostgreSQL 16 changed what CREATEROLE may do (only roles it holds ADMIN OPTION on).
+const PG16: i32 = 160_000;
 
 /// Where the holder connects: from `connect_host`, else the admin URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +97,7 @@ pub struct PostgresProvider {
     config: PostgresConfig,
     pool: PgPool,
     options: PgConnectOptions,
+    acquire_timeout: Duration,
     target: Target,
 }
 
@@ -95,6 +121,87 @@ impl fmt::Debug for PostgresProvider {
             .field("host", &self.target.host_port)
             .field("database", &self.target.database)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the admin URL's role can do, for `jit serve` at startup and for `jit doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminReport {
+    /// The role the admin URL logs in as.
+    pub user: String,
+    /// `server_version_num`, for example 150020.
+    pub server_version: i32,
+    pub superuser: bool,
+    /// The resource says `allow_superuser_admin = true`.
+    pub superuser_allowed: bool,
+    pub createrole: bool,
+    /// A superuser, or has the privileges of `pg_signal_backend` (to end holders' sessions).
+    pub can_signal_backends: bool,
+    /// Granted roles the admin cannot grant or revoke, each with the reason.
+    pub ungrantable_roles: Vec<String>,
+    /// Granted roles a holder could `SET ROLE` to and gain attributes from (SUPERUSER,
+    /// CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION).
+    pub powerful_roles: Vec<String>,
+    /// `objects_owner`, when the resource names one.
+    pub objects_owner: Option<OwnerReport>,
+}
+
+/// Whether `objects_owner` is fit to own what holders leave behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerReport {
+    pub name: String,
+    /// Empty when the role exists and is powerless: NOLOGIN, not superuser, no CREATEROLE,
+    /// CREATEDB, BYPASSRLS or REPLICATION, member of nothing. (It may, and with a CREATEROLE
+    /// admin must, hold CREATE on the schemas holders create objects in: `REASSIGN` needs it.)
+    pub problems: Vec<String>,
+}
+
+impl AdminReport {
+    /// Grants are refused: a superuser admin the policy does not allow.
+    pub fn refuses_grants(&self) -> bool {
+        self.superuser && !self.superuser_allowed
+    }
+
+    /// One line per thing to fix or to know, worst first. Empty: nothing to say.
+    pub fn findings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.superuser {
+            out.push(if self.superuser_allowed {
+                format!(
+                    "the admin `{}` is a SUPERUSER (allowed by allow_superuser_admin = true); \
+                     use a CREATEROLE admin instead",
+                    self.user
+                )
+            } else {
+                format!(
+                    "the admin `{}` is a SUPERUSER: grants are refused. Use a CREATEROLE admin, \
+                     or set allow_superuser_admin = true on the resource",
+                    self.user
+                )
+            });
+        } else {
+            if !self.createrole {
+                out.push(format!(
+                    "the admin `{}` lacks CREATEROLE: it cannot create, grant or drop roles",
+                    self.user
+                ));
+            }
+            if !self.can_signal_backends {
+                out.push(format!(
+                    "the admin `{}` is not a member of pg_signal_backend: teardown cannot end holders' sessions \
+                     (GRANT pg_signal_backend TO \"{}\")",
+                    self.user, self.user
+                ));
+            }
+        }
+        out.extend(self.ungrantable_roles.iter().cloned());
+        out.extend(self.powerful_roles.iter().cloned());
+        if let Some(owner) = &self.objects_owner {
+            for problem in &owner.problems {
+                out.push(format!("objects_owner `{}` {problem}", owner.name));
+            }
+        }
+        out
     }
 }
 
@@ -144,6 +251,7 @@ impl PostgresProvider {
             config,
             pool: pool(options.clone(), DEFAULT_ACQUIRE_TIMEOUT),
             options,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             target,
         })
     }
@@ -151,11 +259,23 @@ impl PostgresProvider {
     /// How long a call waits for an admin connection before failing (retryably). Default 5 s.
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.pool = pool(self.options.clone(), timeout);
+        self.acquire_timeout = timeout;
         self
     }
 
     pub fn config(&self) -> &PostgresConfig {
         &self.config
+    }
+
+    pub fn resource(&self) -> &ResourceId {
+        &self.resource
+    }
+
+    fn objects_owner(&self) -> Option<&str> {
+        match &self.config.mode {
+            PostgresMode::Ephemeral { objects_owner, .. } => objects_owner.as_deref(),
+            PostgresMode::Elevation { .. } => None,
+        }
     }
 
     async fn execute(
@@ -169,6 +289,168 @@ impl PostgresProvider {
             .await
             .map(|_| ())
             .map_err(|e| classify(what, &e, secrets))
+    }
+
+    // --- the admin ----------------------------------------------------------------------------
+
+    /// What the admin URL's role can do: superuser or not, CREATEROLE, whether it can end
+    /// sessions and grant the resource's roles, and whether `objects_owner` is powerless. Makes
+    /// no change.
+    pub async fn check_admin(&self) -> Result<AdminReport, ProviderError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| classify("check the admin role", &e, &[]))?;
+        let (user, superuser, createrole, can_signal, server_version): (
+            String,
+            bool,
+            bool,
+            bool,
+            i32,
+        ) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper, rolcreaterole, \
+                    rolsuper OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE'), \
+                    current_setting('server_version_num')::int \
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify("check the admin role", &e, &[]))?;
+
+        let roles: Vec<(String, bool, Vec<String>, bool)> = sqlx::query_as(
+            "SELECT r.rolname::text, r.rolsuper, \
+                    array_remove(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, \
+                                       CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, \
+                                       CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, \
+                                       CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END, \
+                                       CASE WHEN r.rolreplication THEN 'REPLICATION' END], NULL), \
+                    EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member \
+                            WHERE m.roleid = r.oid AND a.rolname = current_user AND m.admin_option) \
+             FROM pg_roles r WHERE r.rolname = ANY($1)",
+        )
+        .bind(&self.config.roles)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| classify("check the granted roles", &e, &[]))?;
+        let mut ungrantable_roles = Vec::new();
+        let mut powerful_roles = Vec::new();
+        for name in &self.config.roles {
+            let Some((_, role_super, attributes, admin_option)) =
+                roles.iter().find(|(n, ..)| n == name)
+            else {
+                ungrantable_roles.push(format!("granted role `{name}` does not exist"));
+                continue;
+            };
+            let grantable =
+                superuser || *admin_option || (createrole && !role_super && server_version < PG16);
+            if !grantable {
+                ungrantable_roles.push(if *role_super {
+                    format!("granted role `{name}` is a superuser role: only a superuser can grant it")
+                } else {
+                    format!(
+                        "the admin `{user}` cannot grant `{name}`: on PostgreSQL 16+ it needs ADMIN OPTION \
+                         (GRANT \"{name}\" TO \"{user}\" WITH ADMIN OPTION)"
+                    )
+                });
+            }
+            if !attributes.is_empty() {
+                powerful_roles.push(format!(
+                    "granted role `{name}` has {}: a holder can SET ROLE to it, and what it creates then \
+                     belongs to `{name}` and outlives the grant",
+                    attributes.join(", ")
+                ));
+            }
+        }
+        let objects_owner = match self.objects_owner() {
+            Some(owner) => Some(OwnerReport {
+                name: owner.to_owned(),
+                problems: owner_problems(&mut conn, owner).await?,
+            }),
+            None => None,
+        };
+        Ok(AdminReport {
+            user,
+            server_version,
+            superuser,
+            superuser_allowed: self.config.allow_superuser_admin,
+            createrole,
+            can_signal_backends: can_signal,
+            ungrantable_roles,
+            powerful_roles,
+            objects_owner,
+        })
+    }
+
+    /// `jit serve`'s startup check, bounded by `timeout`. `Err` (one line naming the resource
+    /// and the key) stops startup: a superuser admin the policy does not allow. An unreachable
+    /// server only warns; every grant checks again before it acts.
+    pub async fn check_at_startup(&self, timeout: Duration) -> Result<(), String> {
+        let resource = &self.resource;
+        match tokio::time::timeout(timeout, self.check_admin()).await {
+            Ok(Ok(report)) => {
+                if report.refuses_grants() {
+                    return Err(format!(
+                        "{}. Until then jit does not start, and no teardown runs",
+                        superuser_refusal(resource, &self.config.database_url_env, &report.user)
+                    ));
+                }
+                if report.superuser {
+                    tracing::warn!(
+                        resource = %resource,
+                        admin = %report.user,
+                        "SUPERUSER ADMIN: the admin URL of postgres resource `{resource}` logs in as a superuser, \
+                         accepted only because allow_superuser_admin = true. Use a CREATEROLE admin."
+                    );
+                }
+                for finding in report
+                    .findings()
+                    .into_iter()
+                    .skip(usize::from(report.superuser))
+                {
+                    tracing::warn!(resource = %resource, "postgres resource `{resource}`: {finding}");
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    resource = %resource,
+                    error = %e,
+                    "cannot check the admin of postgres resource `{resource}` at startup; every grant checks it first"
+                );
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    resource = %resource,
+                    timeout_s = timeout.as_secs(),
+                    "the admin check of postgres resource `{resource}` timed out at startup; every grant checks it first"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Grants (and extensions) with a superuser admin are refused unless the policy allows it.
+    /// Revokes never call this.
+    async fn refuse_superuser_admin(&self) -> Result<(), ProviderError> {
+        if self.config.allow_superuser_admin {
+            return Ok(());
+        }
+        let (user, superuser): (String, bool) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| classify("check the admin role", &e, &[]))?;
+        if superuser {
+            return Err(ProviderError::Refused(superuser_refusal(
+                &self.resource,
+                &self.config.database_url_env,
+                &user,
+            )));
+        }
+        Ok(())
     }
 
     // --- ephemeral --------------------------------------------------------------------------
@@ -187,21 +469,38 @@ impl PostgresProvider {
         let granted = self.quoted_roles()?;
         let until = quote_literal(&pg_timestamp(spec.expires_at))?;
         let attributes = format!(
-            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT \
+            "LOGIN NOCREATEDB NOCREATEROLE INHERIT \
              PASSWORD {} VALID UNTIL {until} CONNECTION LIMIT {connection_limit}",
             quote_literal(&verifier)?
         );
-        let create = format!("CREATE ROLE {role_q} WITH {attributes} IN ROLE {granted}");
+        let create = format!(
+            "CREATE ROLE {role_q} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS {attributes} IN ROLE {granted}"
+        );
         match self
             .execute("create the login role", create, &secrets)
             .await
         {
             Ok(()) => {}
             Err(e) if !e.is_retryable() && self.role_exists(&role).await? => {
-                // A re-run after a crash: the role is there; refresh it.
+                // A re-run after a crash: the role is there; refresh it. (A CREATEROLE admin
+                // may not name the superuser-only attributes in ALTER ROLE, even to turn
+                // them off: check them instead.)
                 let alter = format!("ALTER ROLE {role_q} WITH {attributes}");
                 self.execute("refresh the login role", alter, &secrets)
                     .await?;
+                let powerful: bool = sqlx::query_scalar(
+                    "SELECT rolsuper OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = $1",
+                )
+                .bind(&role)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| classify("check the login role", &e, &[]))?;
+                if powerful {
+                    return Err(ProviderError::Fatal(format!(
+                        "postgres: {role} already exists with SUPERUSER, REPLICATION or BYPASSRLS; \
+                         jit will not hand it out. Drop the role and retry"
+                    )));
+                }
                 let grant = format!("GRANT {granted} TO {role_q}");
                 self.execute("grant the roles", grant, &secrets).await?;
             }
@@ -216,9 +515,13 @@ impl PostgresProvider {
             ("PGUSER", role.clone()),
             ("PGPASSWORD", password.expose_secret().to_owned()),
         ]);
+        let leftovers = match self.objects_owner() {
+            Some(owner) => format!("are handed to {owner} when access ends"),
+            None => "are dropped when access ends".to_owned(),
+        };
         Ok(Issued {
             instructions: Some(format!(
-                "Log in as {role} to database {} on {} until {} (member of {}).",
+                "Log in as {role} to database {} on {} until {} (member of {}). Objects you create as {role} {leftovers}.",
                 self.target.database,
                 self.target.host_port,
                 pg_timestamp(spec.expires_at),
@@ -268,76 +571,277 @@ impl PostgresProvider {
         )))
     }
 
-    async fn revoke_ephemeral(&self, role: &str) -> Result<Revoked, ProviderError> {
+    /// Revokes every membership of `role` in other roles, and of other roles in it (except the
+    /// admin's own, which teardown needs), then checks that none is left.
+    async fn revoke_memberships(&self, role: &str) -> Result<usize, ProviderError> {
+        const MEMBERSHIPS: &str = "SELECT g.rolname::text, m.rolname::text \
+             FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member \
+             WHERE m.rolname = $1 OR (g.rolname = $1 AND m.rolname <> current_user) ORDER BY 1, 2";
+        let list = |what: &'static str| async move {
+            sqlx::query_as::<_, (String, String)>(MEMBERSHIPS)
+                .bind(role)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| classify(what, &e, &[]))
+        };
+        let before = list("list the role's memberships").await?;
+        for (group, member) in &before {
+            let sql = format!(
+                "REVOKE {} FROM {}",
+                quote_ident(group)?,
+                quote_ident(member)?
+            );
+            // One statement each: a role dropped meanwhile does not block the others. What
+            // could not be revoked shows up below.
+            let _ = self
+                .execute("revoke a membership", sql, &[])
+                .await
+                .or_else(ignore_missing_role);
+        }
+        let left = list("list the role's memberships").await?;
+        if !left.is_empty() {
+            let names: Vec<String> = left.iter().map(|(g, m)| format!("{m} in {g}")).collect();
+            return Err(ProviderError::Fatal(format!(
+                "postgres: cannot revoke the memberships of {role} ({}); the admin needs CREATEROLE, \
+                 or ADMIN OPTION on those roles",
+                names.join(", ")
+            )));
+        }
+        Ok(before.len())
+    }
+
+    /// Step 1 of teardown: no login, no memberships, no sessions. Every step runs even if one
+    /// before it failed; the error names each failure.
+    async fn lock_role(&self, role: &str) -> Result<(usize, u64), ProviderError> {
         let role_q = quote_ident(role)?;
-        // 1. No new logins.
-        match self
+        let mut failures = Vec::new();
+        if let Err(e) = self
             .execute(
-                "lock the login role",
+                "disable the login",
                 format!("ALTER ROLE {role_q} NOLOGIN"),
                 &[],
             )
             .await
+            .or_else(ignore_missing_role)
         {
-            Ok(()) => {}
-            Err(e) if !e.is_retryable() && !self.role_exists(role).await? => {
-                return Ok(Revoked {
-                    cleanup_at: None,
-                    detail: Some(format!("role {role} was already gone")),
-                });
-            }
-            Err(e) => return Err(e),
+            failures.push(e);
         }
-        // 2. No open sessions.
-        let terminated = self.terminate_sessions(role).await?;
-        // 3. Nothing owned (in the admin URL's database), then the role itself.
-        self.execute(
-            "reassign objects owned by the login role",
-            format!("REASSIGN OWNED BY {role_q} TO CURRENT_USER"),
-            &[],
-        )
-        .await
-        .or_else(ignore_missing_role)?;
-        self.execute(
-            "drop privileges of the login role",
-            format!("DROP OWNED BY {role_q}"),
-            &[],
-        )
-        .await
-        .or_else(ignore_missing_role)?;
-        let sessions = match terminated {
-            0 => String::new(),
-            1 => ", 1 session terminated".to_owned(),
-            n => format!(", {n} sessions terminated"),
-        };
-        match sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {role_q}")))
-            .execute(&self.pool)
+        let memberships = self
+            .revoke_memberships(role)
             .await
-        {
-            Ok(_) => Ok(Revoked {
-                cleanup_at: None,
-                detail: Some(format!("role {role} dropped{sessions}")),
-            }),
-            // Objects in other databases still depend on it: access has ended (NOLOGIN, no
-            // sessions); strip its memberships and say what is left to do.
-            Err(e) if sqlstate(&e).as_deref() == Some("2BP01") => {
-                let granted = self.quoted_roles()?;
-                self.execute(
-                    "revoke the roles from the login role",
-                    format!("REVOKE {granted} FROM {role_q}"),
-                    &[],
-                )
-                .await
-                .or_else(ignore_missing_role)?;
-                Ok(Revoked {
-                    cleanup_at: None,
-                    detail: Some(format!(
-                        "role {role} locked (NOLOGIN{sessions}, roles revoked) but not dropped: {}",
-                        scrub(&e.to_string(), &[])
-                    )),
-                })
+            .map_err(|e| failures.push(e))
+            .unwrap_or(0);
+        let sessions = self
+            .terminate_sessions(role)
+            .await
+            .map_err(|e| failures.push(e))
+            .unwrap_or(0);
+        if failures.is_empty() {
+            return Ok((memberships, sessions));
+        }
+        let text = format!(
+            "postgres: teardown of {role} could not lock it yet (nothing it owns was touched): {}",
+            failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Err(with_text(&failures[0], truncate(&text)))
+    }
+
+    /// The admin needs the privileges of `role` for `DROP OWNED` and `REASSIGN OWNED` (a
+    /// superuser has them; a CREATEROLE admin grants itself the role).
+    async fn act_as(&self, role: &str) -> Result<(), ProviderError> {
+        let has: bool = sqlx::query_scalar("SELECT pg_has_role(current_user, $1::text, 'USAGE')")
+            .bind(role)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| classify("check the admin's membership", &e, &[]))?;
+        if !has {
+            self.execute(
+                "let the admin act for the role",
+                format!("GRANT {} TO CURRENT_USER", quote_ident(role)?),
+                &[],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The databases where `role` owns objects or holds privileges, the admin's own first,
+    /// each with the number of objects owned there (shared objects count in the admin's).
+    async fn footprint(&self, role: &str) -> Result<Vec<(String, i64)>, ProviderError> {
+        let rows: Vec<(Option<String>, i64, bool)> = sqlx::query_as(
+            "SELECT d.datname::text, count(*) FILTER (WHERE s.deptype = 'o'), \
+                    COALESCE(d.datname = current_database(), true) \
+             FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass \
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+             GROUP BY 1, 3",
+        )
+        .bind(role)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| classify("find the role's objects", &e, &[]))?;
+        let mut here = 0;
+        let mut others = Vec::new();
+        for (name, owned, current) in rows {
+            match name {
+                Some(name) if !current => others.push((name, owned)),
+                _ => here += owned,
             }
-            Err(e) => Err(classify("drop the login role", &e, &[])),
+        }
+        others.sort();
+        let mut out = vec![(self.target_database_name().await?, here)];
+        out.extend(others);
+        Ok(out)
+    }
+
+    async fn target_database_name(&self) -> Result<String, ProviderError> {
+        sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| classify("read the database name", &e, &[]))
+    }
+
+    /// What removes the role's objects in one database, as one implicit transaction.
+    fn clear_objects_sql(&self, role: &str) -> Result<String, ProviderError> {
+        let role_q = quote_ident(role)?;
+        let drop = format!("DROP OWNED BY {role_q};");
+        let Some(owner) = self.objects_owner() else {
+            return Ok(drop);
+        };
+        // Kept objects lose definer rights before they change hands: a SECURITY DEFINER
+        // function or a view would otherwise run with the new owner's rights.
+        let literal = quote_literal(role)?;
+        Ok(format!(
+            "DO $jit$ DECLARE r record; holder oid := (SELECT oid FROM pg_roles WHERE rolname = {literal}); BEGIN \
+               FOR r IN SELECT oid::regprocedure AS f FROM pg_proc WHERE proowner = holder AND prosecdef LOOP \
+                 EXECUTE format('ALTER ROUTINE %s SECURITY INVOKER', r.f); \
+               END LOOP; \
+               IF current_setting('server_version_num')::int >= 150000 THEN \
+                 FOR r IN SELECT oid::regclass AS v FROM pg_class WHERE relowner = holder AND relkind = 'v' LOOP \
+                   EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', r.v); \
+                 END LOOP; \
+               END IF; \
+             END $jit$; \
+             REASSIGN OWNED BY {role_q} TO {}; {drop}",
+            quote_ident(owner)?
+        ))
+    }
+
+    async fn clear_objects_in<'c>(
+        &self,
+        conn: impl PgExecutor<'c>,
+        role: &str,
+        database: &str,
+    ) -> Result<(), ProviderError> {
+        let what = match self.objects_owner() {
+            Some(owner) => format!("hand what {role} owns in database `{database}` to {owner}"),
+            None => format!("drop what {role} owns in database `{database}`"),
+        };
+        sqlx::raw_sql(AssertSqlSafe(self.clear_objects_sql(role)?))
+            .execute(conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify_with_detail(&what, &e))
+    }
+
+    /// Step 2 of teardown, once the role is locked: what it owns goes (or goes to
+    /// `objects_owner`) in every database, then the role itself.
+    async fn remove_objects(&self, role: &str) -> Result<String, ProviderError> {
+        self.act_as(role).await?;
+        if let Some(owner) = self.objects_owner() {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| classify("check objects_owner", &e, &[]))?;
+            let problems = owner_problems(&mut conn, owner).await?;
+            drop(conn);
+            if !problems.is_empty() {
+                return Err(ProviderError::Fatal(format!(
+                    "postgres: objects_owner `{owner}` {}; jit will not hand {role}'s objects to it. \
+                     Make it a NOLOGIN role that holds nothing",
+                    problems.join(", ")
+                )));
+            }
+            self.act_as(owner).await?;
+        }
+        let footprint = self.footprint(role).await?;
+        let mut owned = Vec::new();
+        for (i, (database, count)) in footprint.iter().enumerate() {
+            if i == 0 {
+                self.clear_objects_in(&self.pool, role, database).await?;
+            } else {
+                let options = self.options.clone().database(database);
+                let mut conn = tokio::time::timeout(self.acquire_timeout, options.connect())
+                    .await
+                    .map_err(|_| {
+                        ProviderError::Retryable(format!(
+                            "postgres: cannot connect to database `{database}` (where {role} owns objects): timed out"
+                        ))
+                    })?
+                    .map_err(|e| {
+                        classify(
+                            &format!("connect to database `{database}` (where {role} owns objects)"),
+                            &e,
+                            &[],
+                        )
+                    })?;
+                let result = self.clear_objects_in(&mut conn, role, database).await;
+                let _ = conn.close().await;
+                result?;
+            }
+            if *count > 0 {
+                owned.push(format!("{database}: {count}"));
+            }
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {}",
+            quote_ident(role)?
+        )))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify_with_detail("drop the login role", &e))?;
+        let verb = match self.objects_owner() {
+            Some(owner) => format!("handed to {owner} without definer rights"),
+            None => "dropped".to_owned(),
+        };
+        Ok(if owned.is_empty() {
+            "it owned nothing".to_owned()
+        } else {
+            format!("its objects {verb} ({})", owned.join(", "))
+        })
+    }
+
+    async fn revoke_ephemeral(&self, role: &str) -> Result<Revoked, ProviderError> {
+        if !self.role_exists(role).await? {
+            return Ok(Revoked {
+                cleanup_at: None,
+                detail: Some(format!("role {role} was already gone")),
+            });
+        }
+        let (memberships, sessions) = self.lock_role(role).await?;
+        let locked = format!(
+            "login disabled, {}, {}",
+            plural(memberships, "membership", "revoked"),
+            plural(sessions as usize, "session", "terminated")
+        );
+        match self.remove_objects(role).await {
+            Ok(objects) => Ok(Revoked {
+                cleanup_at: None,
+                detail: Some(format!("role {role} dropped ({locked}; {objects})")),
+            }),
+            Err(e) => {
+                let text = truncate(&format!(
+                    "postgres: {role} can no longer log in, holds no role memberships and has no open \
+                     sessions ({locked}), but it is not dropped yet: {}. jit retries until it succeeds",
+                    e.to_string().trim_start_matches("postgres: ")
+                ));
+                Err(with_text(&e, text))
+            }
         }
     }
 
@@ -349,32 +853,94 @@ impl PostgresProvider {
         };
         let key = spec.requester.key();
         db_users.get(&key).cloned().ok_or_else(|| {
-            ProviderError::Fatal(format!(
+            ProviderError::Refused(format!(
                 "no database user is mapped for {key} on resource {}; add `{key} = \"<db user>\"` to its db_users",
                 self.resource
             ))
         })
     }
 
+    /// The configured roles `user` holds directly through a grant by someone other than the
+    /// admin: standing access, which jit neither grants nor revokes. A membership the admin
+    /// granted is taken for jit's own (an overlapping grant), so overlapping grants get equal
+    /// handles.
+    async fn standing_roles(&self, user: &str) -> Result<Vec<String>, ProviderError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT g.rolname::text FROM pg_auth_members a \
+             JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member \
+             WHERE m.rolname = $1 AND g.rolname = ANY($2) \
+               AND a.grantor IS DISTINCT FROM (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+        )
+        .bind(user)
+        .bind(&self.config.roles)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| classify("look up the user's memberships", &e, &[]))
+    }
+
     async fn grant_elevation(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
         let user = self.db_user(spec)?;
+        if self.options.get_username() == user {
+            return Err(ProviderError::Fatal(format!(
+                "db_users maps {} to `{user}`, the admin role itself; map requesters to their own database users",
+                spec.requester.key()
+            )));
+        }
         let user_q = quote_ident(&user)?;
-        let granted = self.quoted_roles()?;
-        // One statement grants every role, or none.
-        self.execute(
-            "grant the roles",
-            format!("GRANT {granted} TO {user_q}"),
-            &[],
-        )
-        .await?;
+        let standing = self.standing_roles(&user).await?;
+        let to_grant: Vec<String> = self
+            .config
+            .roles
+            .iter()
+            .filter(|r| !standing.contains(r))
+            .cloned()
+            .collect();
+        if !to_grant.is_empty() {
+            let quoted: Result<Vec<String>, ProviderError> =
+                to_grant.iter().map(|r| quote_ident(r)).collect();
+            // One statement grants every role, or none.
+            self.execute(
+                "grant the roles",
+                format!("GRANT {} TO {user_q}", quoted?.join(", ")),
+                &[],
+            )
+            .await?;
+        }
+        let until = pg_timestamp(spec.expires_at);
+        let mut instructions = if to_grant.is_empty() {
+            format!(
+                "Your database user {user} already holds {}; nothing was granted.",
+                self.config.roles.join(", ")
+            )
+        } else {
+            format!(
+                "Your database user {user} has {} until {until}.",
+                to_grant.join(", ")
+            )
+        };
+        if !standing.is_empty() && !to_grant.is_empty() {
+            instructions.push_str(&format!(
+                " You already held {}; it stays.",
+                standing.join(", ")
+            ));
+        }
+        if !to_grant.is_empty()
+            && matches!(
+                self.config.mode,
+                PostgresMode::Elevation {
+                    terminate_sessions: true,
+                    ..
+                }
+            )
+        {
+            instructions.push_str(&format!(
+                " When access ends, every session of {user} is terminated."
+            ));
+        }
         Ok(Issued {
-            handle: elevation_handle(&user, &self.config.roles),
+            handle: elevation_handle(&user, &to_grant),
             credentials: None,
-            instructions: Some(format!(
-                "Your database user {user} has {} until {}.",
-                self.config.roles.join(", "),
-                pg_timestamp(spec.expires_at)
-            )),
+            instructions: Some(instructions),
             credentials_expire_at: None,
         })
     }
@@ -385,22 +951,50 @@ impl PostgresProvider {
         roles: &[String],
         terminate: bool,
     ) -> Result<Revoked, ProviderError> {
+        if roles.is_empty() {
+            return Ok(Revoked {
+                cleanup_at: None,
+                detail: Some(format!(
+                    "nothing to revoke: {user} held every role before the grant"
+                )),
+            });
+        }
         let user_q = quote_ident(user)?;
+        // Checked again at revoke time: a handle presumed after a failed grant lists every
+        // configured role, and standing access must survive that too.
+        let standing = self.standing_roles(user).await?;
         let mut revoked = Vec::new();
-        for role in roles {
+        let mut failures = Vec::new();
+        for role in roles.iter().filter(|r| !standing.contains(r)) {
             // One statement per role: a role dropped meanwhile does not block the others.
             let sql = format!("REVOKE {} FROM {user_q}", quote_ident(role)?);
             match self.execute("revoke the role", sql, &[]).await {
                 Ok(()) => revoked.push(role.as_str()),
                 Err(e) => {
-                    ignore_missing_role(e)?;
+                    if let Err(e) = ignore_missing_role(e) {
+                        failures.push(e);
+                    }
                 }
             }
         }
+        // Sessions go even when a REVOKE failed: fewer places keep the role.
         let mut detail = format!("revoked {} from {user}", revoked.join(", "));
         if terminate {
-            let n = self.terminate_sessions(user).await?;
-            detail.push_str(&format!(", {n} session(s) terminated"));
+            match self.terminate_sessions(user).await {
+                Ok(n) => detail.push_str(&format!(
+                    ", {}",
+                    plural(n as usize, "session", "terminated")
+                )),
+                Err(e) => failures.push(e),
+            }
+        }
+        if let Some(first) = failures.first() {
+            let text = failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(with_text(first, truncate(&text)));
         }
         Ok(Revoked {
             cleanup_at: None,
@@ -415,19 +1009,74 @@ impl PostgresProvider {
     }
 }
 
+/// Why `owner` is unfit to own what holders leave behind; empty when it is powerless.
+async fn owner_problems(
+    conn: &mut PgConnection,
+    owner: &str,
+) -> Result<Vec<String>, ProviderError> {
+    let row: Option<(bool, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT r.rolcanlogin, \
+                array_remove(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, \
+                                   CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, \
+                                   CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, \
+                                   CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END, \
+                                   CASE WHEN r.rolreplication THEN 'REPLICATION' END], NULL), \
+                ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+                      WHERE m.member = r.oid ORDER BY 1) \
+         FROM pg_roles r WHERE r.rolname = $1",
+    )
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| classify("check objects_owner", &e, &[]))?;
+    let Some((login, attributes, member_of)) = row else {
+        return Ok(vec![format!(
+            "does not exist (CREATE ROLE \"{owner}\" NOLOGIN, as the admin)"
+        )]);
+    };
+    let mut problems = Vec::new();
+    if login {
+        problems.push("can log in (ALTER ROLE … NOLOGIN)".to_owned());
+    }
+    if !attributes.is_empty() {
+        problems.push(format!("has {}", attributes.join(", ")));
+    }
+    if !member_of.is_empty() {
+        problems.push(format!("is a member of {}", member_of.join(", ")));
+    }
+    Ok(problems)
+}
+
+/// The one line that refuses a superuser admin, naming the resource and the key.
+fn superuser_refusal(resource: &ResourceId, env: &str, user: &str) -> String {
+    format!(
+        "resource `{resource}`: the admin URL in ${env} logs in as `{user}`, a superuser, which jit refuses \
+         (what holders leave behind could end up running with its rights). Use a CREATEROLE admin \
+         (README, provider postgres), or set allow_superuser_admin = true on the resource to accept the risk"
+    )
+}
+
+fn plural(n: usize, noun: &str, verb: &str) -> String {
+    match n {
+        1 => format!("1 {noun} {verb}"),
+        n => format!("{n} {noun}s {verb}"),
+    }
+}
+
 #[async_trait::async_trait]
 impl Provider for PostgresProvider {
     async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
         if spec.expires_at <= spec.now {
-            return Err(ProviderError::Fatal(format!(
+            return Err(ProviderError::Refused(format!(
                 "the grant ended at {}, before access was provisioned",
                 pg_timestamp(spec.expires_at)
             )));
         }
+        self.refuse_superuser_admin().await?;
         match &self.config.mode {
-            PostgresMode::Ephemeral { connection_limit } => {
-                self.grant_ephemeral(spec, *connection_limit).await
-            }
+            PostgresMode::Ephemeral {
+                connection_limit, ..
+            } => self.grant_ephemeral(spec, *connection_limit).await,
             PostgresMode::Elevation { .. } => self.grant_elevation(spec).await,
         }
     }
@@ -435,6 +1084,7 @@ impl Provider for PostgresProvider {
     async fn extend(&self, spec: &GrantSpec, handle: &str) -> Result<Issued, ProviderError> {
         match &self.config.mode {
             PostgresMode::Ephemeral { .. } if spec.expires_at > spec.now => {
+                self.refuse_superuser_admin().await?;
                 let role = parse_ephemeral_handle(handle)?;
                 let sql = format!(
                     "ALTER ROLE {} VALID UNTIL {}",
@@ -464,10 +1114,11 @@ impl Provider for PostgresProvider {
 
     async fn revoke(&self, spec: &RevokeSpec) -> Result<Revoked, ProviderError> {
         if let Some((user, roles)) = parse_elevation_handle(&spec.handle)? {
-            let terminate = matches!(
+            // Only an explicit `terminate_sessions = false` keeps the user's sessions.
+            let terminate = !matches!(
                 self.config.mode,
                 PostgresMode::Elevation {
-                    terminate_sessions: true,
+                    terminate_sessions: false,
                     ..
                 }
             );
@@ -477,7 +1128,8 @@ impl Provider for PostgresProvider {
         self.revoke_ephemeral(role).await
     }
 
-    /// The login role of the request, or the elevation of its mapped user.
+    /// The login role of the request, or the elevation of its mapped user with every configured
+    /// role (the revoke leaves standing memberships alone).
     fn presumed_handle(&self, spec: &GrantSpec) -> String {
         match &self.config.mode {
             PostgresMode::Elevation { .. } => match self.db_user(spec) {
@@ -542,8 +1194,9 @@ fn unescape_handle_part(part: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `elevation:<user>:<role>,<role>`, with `%`, `:` and `,` inside names escaped as `%XX`. Equal
-/// for equal grants, so jit counts overlapping grants as one access.
+/// `elevation:<user>:<role>,<role>`, with `%`, `:` and `,` inside names escaped as `%XX`: the
+/// roles jit granted (none: `elevation:<user>:`). Equal for equal grants, so jit counts
+/// overlapping grants as one access.
 pub fn elevation_handle(user: &str, roles: &[String]) -> String {
     let roles: Vec<String> = roles.iter().map(|r| escape_handle_part(r)).collect();
     format!(
@@ -553,7 +1206,9 @@ pub fn elevation_handle(user: &str, roles: &[String]) -> String {
     )
 }
 
-/// `Some((user, roles))` for an elevation handle, `None` for any other handle.
+/// `Some((user, roles jit granted))` for an elevation handle, `None` for any other handle.
+/// Handles written before standing access was detected list every configured role, which is
+/// what jit granted then.
 pub fn parse_elevation_handle(
     handle: &str,
 ) -> Result<Option<(String, Vec<String>)>, ProviderError> {
@@ -565,6 +1220,10 @@ pub fn parse_elevation_handle(
     let user = unescape_handle_part(user)
         .filter(|u| !u.is_empty())
         .ok_or_else(bad)?;
+    if roles.is_empty() {
+        // jit granted nothing: the user held every role already.
+        return Ok(Some((user, Vec::new())));
+    }
     let roles: Option<Vec<String>> = roles
         .split(',')
         .map(|r| unescape_handle_part(r).filter(|r| !r.is_empty()))
@@ -787,13 +1446,6 @@ fn scrub(text: &str, secrets: &[&str]) -> String {
     truncate(&out)
 }
 
-fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    match err {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    }
-}
-
 /// A missing role or user (SQLSTATE 42704) means the work is done.
 fn ignore_missing_role(err: ProviderError) -> Result<(), ProviderError> {
     match &err {
@@ -808,6 +1460,30 @@ fn ignore_missing_role(err: ProviderError) -> Result<(), ProviderError> {
 fn is_retryable_sqlstate(code: &str) -> bool {
     ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))
         || matches!(code, "40001" | "40P01" | "55P03" | "55006")
+}
+
+/// The same kind of error with another text.
+fn with_text(kind: &ProviderError, text: String) -> ProviderError {
+    match kind {
+        ProviderError::Retryable(_) => ProviderError::Retryable(text),
+        ProviderError::Fatal(_) => ProviderError::Fatal(text),
+        ProviderError::Refused(_) => ProviderError::Refused(text),
+    }
+}
+
+/// Like [`classify`], with PostgreSQL's DETAIL appended: for a failed `DROP`, it names what
+/// still depends on the role. Used where no secret is in play.
+fn classify_with_detail(what: &str, err: &sqlx::Error) -> ProviderError {
+    let base = classify(what, err, &[]);
+    let detail = err
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+        .and_then(|d| d.detail())
+        .map(|d| d.replace('\n', "; "));
+    match detail {
+        Some(detail) => with_text(&base, truncate(&format!("{base} ({detail})"))),
+        None => base,
+    }
 }
 
 fn classify(what: &str, err: &sqlx::Error, secrets: &[&str]) -> ProviderError {
@@ -922,11 +1598,22 @@ mod tests {
             elevation_handle("u", &["r".into()])
         );
         assert_eq!(parse_elevation_handle("jit_42").unwrap(), None);
+        // Nothing granted (the user held every role already).
+        assert_eq!(elevation_handle("u", &[]), "elevation:u:");
+        assert_eq!(
+            parse_elevation_handle("elevation:u:").unwrap(),
+            Some(("u".to_owned(), Vec::new()))
+        );
+        // A handle written before standing access was detected still means every role.
+        assert_eq!(
+            parse_elevation_handle("elevation:alice:app_rw,app_ro").unwrap(),
+            Some(("alice".to_owned(), vec!["app_rw".into(), "app_ro".into()]))
+        );
         for bad in [
             "elevation:",
             "elevation:u",
             "elevation::r",
-            "elevation:u:",
+            "elevation:u:r,",
             "elevation:u:%zz",
         ] {
             assert!(parse_elevation_handle(bad).is_err(), "{bad}");

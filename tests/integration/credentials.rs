@@ -297,6 +297,7 @@ id = "pg"
 provider = "postgres"
 database_url_env = "UNUSED_IN_TESTS"
 roles = ["{role}"]
+allow_superuser_admin = true   # JIT_TEST_POSTGRES_URL is a superuser (postgres.rs uses a CREATEROLE admin)
 max_duration = "2h"
 approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
 "#;

@@ -8,5 +8,6 @@ mod approval_flow;
 mod credentials;
 mod edge;
 mod lifecycle;
+mod postgres;
 mod reliability;
 mod teardown_attacks;

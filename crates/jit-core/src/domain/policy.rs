@@ -193,6 +193,8 @@ struct ResourceFile {
     db_users: Option<BTreeMap<String, String>>,
     terminate_sessions: Option<bool>,
     connect_host: Option<String>,
+    objects_owner: Option<String>,
+    allow_superuser_admin: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -375,10 +377,16 @@ pub struct AwsStsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostgresMode {
     /// A fresh `LOGIN` role per grant, `IN ROLE` the granted roles.
-    Ephemeral { connection_limit: i32 },
+    Ephemeral {
+        connection_limit: i32,
+        /// Where teardown reassigns what the holder created. `None`: it is dropped.
+        objects_owner: Option<String>,
+    },
     /// `GRANT role TO <existing user>`, the user mapped from the requester.
     Elevation {
         db_users: BTreeMap<String, String>,
+        /// End every session of the user at teardown (default): a session that ran `SET ROLE`
+        /// keeps the role after `REVOKE`.
         terminate_sessions: bool,
     },
 }
@@ -391,6 +399,37 @@ pub struct PostgresConfig {
     pub mode: PostgresMode,
     /// Host (and optionally port) to put in the handed-over connection string.
     pub connect_host: Option<String>,
+    /// Accept an admin URL that logs in as a superuser (refused by default).
+    pub allow_superuser_admin: bool,
+}
+
+impl PostgresConfig {
+    /// What `jit policy check` warns about: settings that let access outlive a teardown or widen
+    /// what a holder can do.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let PostgresMode::Elevation {
+            terminate_sessions: false,
+            ..
+        } = self.mode
+        {
+            out.push(
+                "terminate_sessions = false: sessions the user has open keep the granted roles after \
+                 teardown (a session that ran SET ROLE keeps the role's rights until it disconnects). \
+                 By default jit ends every session of the mapped user, including those opened before \
+                 the grant, because PostgreSQL cannot show which session used the role."
+                    .to_owned(),
+            );
+        }
+        if self.allow_superuser_admin {
+            out.push(format!(
+                "allow_superuser_admin = true: jit accepts a superuser admin URL in ${}; a mistake in \
+                 teardown or in the granted roles then runs with superuser rights. Prefer a CREATEROLE admin.",
+                self.database_url_env
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,6 +561,34 @@ pub fn is_role_arn(arn: &str) -> bool {
 /// A PostgreSQL role or user name jit is willing to handle (quoted safely either way).
 fn is_reasonable_pg_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 63 && !name.contains('\0')
+}
+
+/// `objects_owner` must name a role of its own: not one jit creates and drops (`jit_<digits>`),
+/// not a reserved or predefined role, not a granted role (whose holders would then own what
+/// earlier holders left). That it exists and holds no power is checked against the server
+/// (`PostgresProvider::check_admin`, at startup and before each reassignment).
+fn check_objects_owner(owner: &str, roles: &[String]) -> Result<(), String> {
+    let lower = owner.to_ascii_lowercase();
+    let ephemeral = lower
+        .strip_prefix("jit_")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !is_reasonable_pg_name(owner)
+        || ephemeral
+        || lower.starts_with("pg_")
+        || matches!(lower.as_str(), "public" | "none")
+    {
+        return Err(format!(
+            "objects_owner `{owner}` cannot be used: name a NOLOGIN role of its own (not jit_<number>, \
+             pg_*, public or none), for example objects_owner = \"jit_leftovers\""
+        ));
+    }
+    if roles.iter().any(|r| r == owner) {
+        return Err(format!(
+            "objects_owner `{owner}` is also a granted role; holders would own what earlier holders \
+             left behind. Name a separate NOLOGIN role that holds nothing"
+        ));
+    }
+    Ok(())
 }
 
 impl Policy {
@@ -997,6 +1064,16 @@ fn build_resource(
         "connect_host",
         ProviderKind::Postgres,
     );
+    not_for(
+        raw.objects_owner.is_some(),
+        "objects_owner",
+        ProviderKind::Postgres,
+    );
+    not_for(
+        raw.allow_superuser_admin.is_some(),
+        "allow_superuser_admin",
+        ProviderKind::Postgres,
+    );
     if !misplaced.is_empty() {
         return Err(format!(
             "{} only apply to another provider than `{}`",
@@ -1108,11 +1185,24 @@ fn build_resource(
                     if !(1..=1000).contains(&connection_limit) {
                         return Err("connection_limit must be between 1 and 1000".into());
                     }
-                    PostgresMode::Ephemeral { connection_limit }
+                    if let Some(owner) = &raw.objects_owner {
+                        check_objects_owner(owner, &roles)?;
+                    }
+                    PostgresMode::Ephemeral {
+                        connection_limit,
+                        objects_owner: raw.objects_owner,
+                    }
                 }
                 PostgresModeKind::Elevation => {
                     if raw.connection_limit.is_some() {
                         return Err("connection_limit applies to mode = \"ephemeral\" only".into());
+                    }
+                    if raw.objects_owner.is_some() {
+                        return Err(
+                            "objects_owner applies to mode = \"ephemeral\" only (in elevation mode, \
+                             what the user creates belongs to their own database user)"
+                                .into(),
+                        );
                     }
                     let db_users = raw.db_users.unwrap_or_default();
                     if db_users.is_empty() {
@@ -1135,7 +1225,7 @@ fn build_resource(
                     }
                     PostgresMode::Elevation {
                         db_users,
-                        terminate_sessions: raw.terminate_sessions.unwrap_or(false),
+                        terminate_sessions: raw.terminate_sessions.unwrap_or(true),
                     }
                 }
             };
@@ -1144,6 +1234,7 @@ fn build_resource(
                 roles,
                 mode,
                 connect_host: raw.connect_host,
+                allow_superuser_admin: raw.allow_superuser_admin.unwrap_or(false),
             })
         }
     };

@@ -491,3 +491,119 @@ fn exec_env_passes_only_what_is_not_a_secret_of_jit() {
     let misplaced = EXAMPLE.replace("breakglass = false", "breakglass = false\nenv = [\"X\"]");
     assert!(error_of(&misplaced).message.contains("env"));
 }
+
+const POSTGRES: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "pg"
+provider = "postgres"
+database_url_env = "PG_ADMIN_URL"
+roles = ["app_rw"]
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+"#;
+
+fn postgres_of(text: &str) -> PostgresConfig {
+    let policy = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    match &policy.resource("pg").unwrap().provider {
+        ProviderConfig::Postgres(c) => c.clone(),
+        other => panic!("postgres expected, got {other:?}"),
+    }
+}
+
+fn elevation(extra: &str) -> String {
+    format!("{POSTGRES}mode = \"elevation\"\ndb_users = {{ U0DEV = \"dev\" }}\n{extra}")
+}
+
+#[test]
+fn postgres_defaults_drop_leftovers_refuse_superusers_and_end_sessions() {
+    let c = postgres_of(POSTGRES);
+    assert_eq!(
+        c.mode,
+        PostgresMode::Ephemeral {
+            connection_limit: 5,
+            objects_owner: None
+        }
+    );
+    assert!(!c.allow_superuser_admin);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+
+    let c = postgres_of(&elevation(""));
+    let PostgresMode::Elevation {
+        terminate_sessions, ..
+    } = c.mode
+    else {
+        panic!("elevation expected")
+    };
+    assert!(terminate_sessions, "sessions are ended by default");
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn postgres_settings_that_weaken_teardown_are_warned_about() {
+    let c = postgres_of(&elevation("terminate_sessions = false\n"));
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("terminate_sessions = false")
+            && warnings[0].contains("SET ROLE")
+            && warnings[0].contains("opened before the grant"),
+        "{}",
+        warnings[0]
+    );
+
+    let c = postgres_of(&format!("{POSTGRES}allow_superuser_admin = true\n"));
+    assert!(c.allow_superuser_admin);
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("allow_superuser_admin = true")
+            && warnings[0].contains("$PG_ADMIN_URL"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn objects_owner_names_a_role_of_its_own() {
+    let c = postgres_of(&format!("{POSTGRES}objects_owner = \"jit_leftovers\"\n"));
+    assert_eq!(
+        c.mode,
+        PostgresMode::Ephemeral {
+            connection_limit: 5,
+            objects_owner: Some("jit_leftovers".into())
+        }
+    );
+    for (owner, expected) in [
+        ("jit_42", "not jit_<number>"),
+        ("JIT_7", "not jit_<number>"),
+        ("pg_signal_backend", "pg_*"),
+        ("public", "public"),
+        ("None", "none"),
+        ("", "cannot be used"),
+        ("app_rw", "also a granted role"),
+    ] {
+        let err = error_of(&format!("{POSTGRES}objects_owner = \"{owner}\"\n"));
+        assert!(
+            err.message.contains(expected),
+            "{owner}: expected {expected:?}, got {err}"
+        );
+    }
+    let err = error_of(&elevation("objects_owner = \"jit_leftovers\"\n"));
+    assert!(
+        err.message
+            .contains("objects_owner applies to mode = \"ephemeral\" only"),
+        "{err}"
+    );
+    let err = error_of(&EXAMPLE.replace(
+        "breakglass = true",
+        "breakglass = true\nobjects_owner = \"x\"\nallow_superuser_admin = true",
+    ));
+    assert!(
+        err.message
+            .contains("objects_owner, allow_superuser_admin only apply to another provider"),
+        "{err}"
+    );
+}
