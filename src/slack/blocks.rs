@@ -145,7 +145,7 @@ pub fn approval_message(
             .unwrap_or_else(|| "unknown".into());
         blocks.push(context(format!(
             ":robot_face: Non-human identity {}, owned by {owner}",
-            text::code(name)
+            text::name(name)
         )));
     }
     blocks.extend(sections(&text::quote(

@@ -8,4 +8,5 @@ mod approval_flow;
 mod credentials;
 mod edge;
 mod lifecycle;
+mod limits_props;
 mod reliability;
