@@ -93,6 +93,10 @@ pub enum Fault {
     Hang(Duration),
     /// HTTP 200 with `{"ok":false,"error":<code>}`.
     ApiError(String),
+    /// HTTP 200 with `{"ok":false,"error":<code>,"response_metadata":{"messages":[…]}}`, the
+    /// shape of a refusal that explains itself (for example `invalid_arguments` with
+    /// `[ERROR] … [json-pointer:…]` lines).
+    Refused { code: String, messages: Vec<String> },
     /// The call takes effect and is answered `ok: true`, but the answer also carries fields Slack
     /// may add one day and odd shapes in the fields jit does not read (a `message` whose
     /// `blocks` is a string, a `view` whose `state` is not an object, a `warning`, …).
@@ -386,7 +390,8 @@ impl FakeSlack {
             .count()
     }
 
-    /// Makes the next `times` calls of `method` (`"*"`: of any method) fail with `fault`.
+    /// Makes the next `times` calls of `method` (`"*"`: of any method; `"method@C123"`: of
+    /// `method` with `channel` C123) fail with `fault`.
     ///
     /// Faults are consumed in the order they were injected; a call takes at most one fault.
     pub fn inject(&self, method: &str, fault: Fault, times: usize) {
@@ -605,7 +610,12 @@ async fn handle(
     // Bound first: the guard must be released before a delay is awaited.
     let (fault, latency) = {
         let mut state = shared.lock();
-        (state.take_fault(&method), state.latency)
+        let channel = params
+            .as_ref()
+            .ok()
+            .and_then(|p| str_param(p, "channel"))
+            .map(str::to_owned);
+        (state.take_fault(&method, channel.as_deref()), state.latency)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -650,6 +660,11 @@ async fn fault_reply(fault: Fault) -> Option<Reply> {
             body: json!({ "ok": false, "error": "internal_error" }),
         },
         Fault::ApiError(code) => Reply::error(&code),
+        Fault::Refused { code, messages } => {
+            let mut reply = Reply::error(&code);
+            reply.body["response_metadata"] = json!({ "messages": messages });
+            reply
+        }
         Fault::Hang(delay) => {
             tokio::time::sleep(delay).await;
             return None;
@@ -822,11 +837,11 @@ fn stored_blocks(blocks: Option<Value>) -> Value {
 }
 
 impl SimState {
-    fn take_fault(&mut self, method: &str) -> Option<Fault> {
-        let index = self
-            .faults
-            .iter()
-            .position(|f| f.method == method || f.method == "*")?;
+    fn take_fault(&mut self, method: &str, channel: Option<&str>) -> Option<Fault> {
+        let targeted = channel.map(|c| format!("{method}@{c}"));
+        let index = self.faults.iter().position(|f| {
+            f.method == method || f.method == "*" || Some(&f.method) == targeted.as_ref()
+        })?;
         let pending = &mut self.faults[index];
         pending.remaining -= 1;
         let fault = pending.fault.clone();

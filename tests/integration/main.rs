@@ -10,3 +10,4 @@ mod edge;
 mod lifecycle;
 mod limits_props;
 mod reliability;
+mod slack_delivery;
