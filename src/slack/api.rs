@@ -391,12 +391,8 @@ impl SlackApi {
     }
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {
-        let answer = self
-            .call(
-                "usergroups.users.list",
-                Params::Query(&[("usergroup", group)]),
-            )
-            .await?;
+        let query = Params::Query(&[("usergroup", group)]);
+        let answer = self.call("usergroups.users.list", query).await?;
         Ok(answer
             .get("users")
             .and_then(Value::as_array)
