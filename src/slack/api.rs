@@ -276,6 +276,10 @@ impl SlackApi {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
+        if let Err(SlackError::Fatal { code, details }) = &result {
+            // Slack's explanation names json-pointers, never values (see `explanation`).
+            tracing::warn!(method, code = %code, explanation = ?details, "Slack refused a call");
+        }
         self.metrics.slack_call(method, outcome);
         result
     }

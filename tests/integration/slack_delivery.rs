@@ -620,3 +620,30 @@ async fn ssl_check_is_answered_before_verification_and_does_nothing() {
         .unwrap();
     assert_eq!(requests, 0);
 }
+
+#[tokio::test]
+async fn jit_why_stays_within_limits_with_a_huge_resource() {
+    let approvers: Vec<String> = (0..400).map(|n| format!("\"U{n:08}\"")).collect();
+    let policy = format!(
+        "{POLICY}\n[[resource]]\nid = \"wide\"\ndescription = \"{}\"\nprovider = \"none\"\nmax_duration = \"1h\"\napprovers = {{ channel = \"C0APPROVALS\", users = [{}] }}\nauto_approve = {{ max_duration = \"30m\", users = [{}] }}\n",
+        "A resource with a <very> long & `odd` description. ".repeat(200),
+        approvers.join(", "),
+        approvers.join(", ")
+    );
+    let h = Harness::with_options(Options {
+        policy,
+        ..Options::default()
+    })
+    .await;
+    let reply = h.slash(DEV, "why wide 2h").await;
+    assert_eq!(reply.status, 200);
+    let blocks = &reply.body["blocks"];
+    assert!(limits::check_message(Some(&reply.text()), Some(blocks)).is_empty());
+    assert!(
+        blocks.as_array().unwrap().len() > 1,
+        "split across sections"
+    );
+    let shown = jit::slack::simulator::render_blocks(blocks);
+    assert!(shown.contains("<@U00000399>"));
+    assert!(shown.contains("&lt;very&gt;"), "user text stays escaped");
+}
