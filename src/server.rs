@@ -3,6 +3,14 @@
 //! Every Slack route goes through [`SlackRequest`], an extractor that limits the body to 64 KiB
 //! (413 beyond), verifies the v0 signature against the injected clock (401, with an empty body,
 //! on any failure), and only then parses the payload. Handlers get a verified, typed value.
+//!
+//! Two exceptions, as both Bolt libraries make them:
+//! - Slack's `ssl_check` (a form body of `ssl_check=1` and at most a `token`, sent unsigned to a
+//!   slash command's URL) is answered 200 before verification, and nothing else happens. Any
+//!   other body, `ssl_check` or not, is verified as usual.
+//! - A verified event or interaction whose body jit cannot read is answered 200 and ignored,
+//!   with a debug line: it is Slack's, and refusing it makes Slack retry and may get the app's
+//!   event delivery disabled. A slash command that cannot be read is still a 400.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,8 +43,8 @@ fn reject(app: &App, status: StatusCode, reason: &str) -> Response {
     (status, Body::empty()).into_response()
 }
 
-/// Checks size and signature; returns the raw body.
-pub async fn verified_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+/// Reads the body, refusing one over [`MAX_BODY`] with 413.
+async fn limited_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -44,22 +52,67 @@ pub async fn verified_body(app: &App, headers: &HeaderMap, body: Body) -> Result
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(reject(app, StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
+    axum::body::to_bytes(body, MAX_BODY)
         .await
-        .map_err(|_| reject(app, StatusCode::PAYLOAD_TOO_LARGE, "too_large"))?;
+        .map_err(|_| reject(app, StatusCode::PAYLOAD_TOO_LARGE, "too_large"))
+}
+
+/// Checks size and signature; returns the raw body.
+pub async fn verified_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let bytes = limited_body(app, headers, body).await?;
+    verify(app, headers, &bytes).map_err(|r| *r)?;
+    Ok(bytes)
+}
+
+fn verify(app: &App, headers: &HeaderMap, bytes: &[u8]) -> Result<(), Box<Response>> {
     let timestamp = headers
         .get("x-slack-request-timestamp")
         .map(|v| v.as_bytes());
     let signature = headers.get("x-slack-signature").map(|v| v.as_bytes());
-    if let Err(err) = app.verifier.verify(timestamp, signature, &bytes) {
+    if let Err(err) = app.verifier.verify(timestamp, signature, bytes) {
         let reason = match err {
             crate::slack::verify::VerifyError::Stale => "stale",
             crate::slack::verify::VerifyError::Mismatch => "bad_signature",
             _ => "malformed",
         };
-        return Err(reject(app, StatusCode::UNAUTHORIZED, reason));
+        return Err(Box::new(reject(app, StatusCode::UNAUTHORIZED, reason)));
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// Slack's `ssl_check`: exactly `ssl_check=1`, with at most a `token` besides.
+fn is_ssl_check(body: &[u8]) -> bool {
+    let mut ssl_check = false;
+    for (key, value) in url::form_urlencoded::parse(body) {
+        match key.as_ref() {
+            "ssl_check" if value == "1" && !ssl_check => ssl_check = true,
+            "token" => {}
+            _ => return false,
+        }
+    }
+    ssl_check
+}
+
+/// Parses a verified body into `T`, with the retry header.
+fn parse_verified<T: SlackPayload>(
+    app: &App,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<SlackRequest<T>, Box<Response>> {
+    let payload = T::parse(bytes).map_err(|e| {
+        if T::ACK_UNPARSEABLE {
+            tracing::debug!(error = %e, "ignoring a verified Slack request jit cannot read");
+            return Box::new(StatusCode::OK.into_response());
+        }
+        tracing::warn!(error = %e, "a verified Slack request could not be parsed");
+        app.metrics.http_rejected("unparseable");
+        Box::new((StatusCode::BAD_REQUEST, "cannot parse the payload").into_response())
+    })?;
+    let retry = headers
+        .get("x-slack-retry-num")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok(SlackRequest { payload, retry })
 }
 
 impl<T: SlackPayload> FromRequest<Arc<App>> for SlackRequest<T> {
@@ -68,21 +121,27 @@ impl<T: SlackPayload> FromRequest<Arc<App>> for SlackRequest<T> {
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
         let bytes = verified_body(app, &parts.headers, body).await?;
-        let payload = T::parse(&bytes).map_err(|e| {
-            tracing::warn!(error = %e, "a verified Slack request could not be parsed");
-            app.metrics.http_rejected("unparseable");
-            (StatusCode::BAD_REQUEST, "cannot parse the payload").into_response()
-        })?;
-        let retry = parts
-            .headers
-            .get("x-slack-retry-num")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        Ok(SlackRequest { payload, retry })
+        parse_verified(app, &parts.headers, &bytes).map_err(|r| *r)
     }
 }
 
-async fn slash_command(State(app): State<Arc<App>>, req: SlackRequest<SlashCommand>) -> Response {
+async fn slash_command(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match limited_body(&app, &parts.headers, body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    if is_ssl_check(&bytes) {
+        tracing::debug!("answered Slack's ssl_check");
+        return StatusCode::OK.into_response();
+    }
+    if let Err(response) = verify(&app, &parts.headers, &bytes) {
+        return *response;
+    }
+    let req: SlackRequest<SlashCommand> = match parse_verified(&app, &parts.headers, &bytes) {
+        Ok(req) => req,
+        Err(response) => return *response,
+    };
     match commands::handle(&app, &req.payload).await.body() {
         Some(body) => Json(body).into_response(),
         None => StatusCode::OK.into_response(),

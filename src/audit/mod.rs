@@ -125,6 +125,10 @@ pub enum AuditEvent {
         revoke: bool,
     },
     CredentialsRevealed,
+    /// A reveal that showed nothing: Slack refused the window. `error` is Slack's error code.
+    CredentialsRevealFailed {
+        error: String,
+    },
     CredentialsErased,
     CleanedUp {
         #[serde(default)]

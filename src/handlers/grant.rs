@@ -976,7 +976,7 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     let Some(stored) = get(app, id).await? else {
         return Ok(Outcome::Done);
     };
-    let request = stored.request;
+    let request = &stored.request;
     if request.state != State::Pending {
         return Ok(Outcome::Done);
     }
@@ -1002,12 +1002,36 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     .await?;
     let timed_out = reload(&mut tx, id).await.map_err(anyhow_of)?;
     update_approval_message(&mut tx, app, &timed_out, now).await?;
-    dm(&mut tx, &timed_out, blocks::decision_dm(&timed_out), now).await?;
+    // A request whose approvers' message was refused never reached them: say so.
+    let channel = app
+        .policy
+        .resource(request.resource.as_str())
+        .map(|r| r.approvers.channel.clone())
+        .or_else(|| request.approval_channel.clone());
+    let undelivered = stored
+        .delivery_failure
+        .as_deref()
+        .zip(channel.as_ref())
+        .filter(|_| request.approval_ts.is_none());
+    dm(
+        &mut tx,
+        &timed_out,
+        blocks::timed_out_dm(&timed_out, undelivered),
+        now,
+    )
+    .await?;
+    let status = match undelivered {
+        None => "expired without a decision".to_owned(),
+        Some((code, channel)) => format!(
+            "expired without a decision: it never reached the approvers, because {}",
+            blocks::undeliverable(code, channel).0
+        ),
+    };
     super::identity::notify_owners(
         &mut tx,
         app,
         &timed_out,
-        blocks::owner_dm(&timed_out, "expired without a decision"),
+        blocks::owner_dm(&timed_out, &status),
         now,
     )
     .await?;
@@ -1187,8 +1211,10 @@ pub async fn review(
     Ok(load(app, id).await?.request)
 }
 
-/// The holder's credentials, for the reveal modal. The reveal is audited before it happens.
-pub async fn reveal(
+/// The holder's credentials, decrypted, for the reveal modal. Nothing is recorded here: the
+/// caller records what happened with [`record_reveal`] once it knows whether the holder saw
+/// them (Slack may refuse the window).
+pub async fn open_credentials(
     app: &App,
     who: &Requester,
     id: RequestId,
@@ -1206,9 +1232,11 @@ pub async fn reveal(
             request.state.label()
         )));
     }
-    let now = app.clock.now();
-    let mut tx = app.store.begin_write().await?;
-    let Some(sealed) = store::credentials::get(&mut tx, id).await? else {
+    let sealed = {
+        let mut conn = app.store.read().await?;
+        store::credentials::get(&mut conn, id).await?
+    };
+    let Some(sealed) = sealed else {
         return Err(HandlerError::user(format!(
             "Request {id} has no credentials to reveal."
         )));
@@ -1221,19 +1249,50 @@ pub async fn reveal(
                 "the stored credentials of request {id} cannot be decrypted (was JIT_ENCRYPTION_KEY changed?)"
             ))
         })?;
-    audit::record(
-        &mut tx,
-        now,
-        Some(id),
-        &who.key(),
-        &AuditEvent::CredentialsRevealed,
-    )
-    .await?;
-    tx.commit().await?;
-    app.waker.wake();
     let pairs: Vec<(String, String)> = crate::providers::Credentials::from_secret_json(secret)
         .expose()
         .into_iter()
         .collect();
     Ok((request, pairs))
+}
+
+/// How a reveal went, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevealOutcome<'a> {
+    /// The holder was shown the credentials.
+    Shown,
+    /// Nothing was shown; `error` is Slack's error code (never the view, which holds them).
+    Failed { error: &'a str },
+}
+
+/// Records a reveal's outcome: `credentials_revealed`, or `credentials_reveal_failed`.
+pub async fn record_reveal(
+    app: &App,
+    who: &Requester,
+    id: RequestId,
+    outcome: RevealOutcome<'_>,
+) -> HandlerResult<()> {
+    let event = match outcome {
+        RevealOutcome::Shown => AuditEvent::CredentialsRevealed,
+        RevealOutcome::Failed { error } => AuditEvent::CredentialsRevealFailed {
+            error: error.to_owned(),
+        },
+    };
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    audit::record(&mut tx, now, Some(id), &who.key(), &event).await?;
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(())
+}
+
+/// The holder's credentials, recorded as revealed: for the API, whose answer is the reveal.
+pub async fn reveal(
+    app: &App,
+    who: &Requester,
+    id: RequestId,
+) -> HandlerResult<(Request, Vec<(String, String)>)> {
+    let found = open_credentials(app, who, id).await?;
+    record_reveal(app, who, id, RevealOutcome::Shown).await?;
+    Ok(found)
 }

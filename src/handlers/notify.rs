@@ -1,21 +1,28 @@
 //! Slack messages, sent by queue jobs so that a Slack outage delays them and loses none.
 //! A rate limit defers the job without counting an attempt; a fatal Slack error (bad channel,
-//! missing scope) buries it at once and raises an alert.
+//! missing scope) buries it at once and raises an alert, with Slack's explanation (its
+//! json-pointers, never a response body) in the job's error.
+//!
+//! When the approvers' message itself is refused for good (`not_in_channel`, `is_archived`, …)
+//! the request is marked (`delivery_failure`), the requester (or an identity's owners) is told
+//! at once why and what to do, nothing more is posted in that channel for the request, and its
+//! pending timeout says it never reached the approvers.
 
 use crate::app::App;
 use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
 use crate::queue::worker::Outcome;
+use crate::queue::{self, Job, Placement};
 use crate::slack::api::SlackError;
-use crate::slack::blocks;
+use crate::slack::{blocks, limits};
 use crate::store::audit as audit_store;
-use crate::store::requests;
+use crate::store::requests::{self, Fenced, StoredRequest};
 
 fn outcome(result: Result<(), SlackError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Done,
         Err(SlackError::RateLimited { retry_after }) => Outcome::Defer(retry_after),
         Err(SlackError::Transient(e)) => Outcome::Retry(format!("Slack: {e}")),
-        Err(SlackError::Fatal { code }) => Outcome::Fail(format!("Slack refused the call: {code}")),
+        Err(err @ SlackError::Fatal { .. }) => Outcome::Fail(err.to_string()),
     }
 }
 
@@ -38,6 +45,8 @@ pub async fn approval_message(app: &App, id: RequestId) -> anyhow::Result<Outcom
                 .update_message(channel.as_str(), ts, &msg.text, Some(&msg.blocks))
                 .await,
         )),
+        // The channel refused the first post for good; the requester knows. Nothing to update.
+        _ if stored.delivery_failure.is_some() => Ok(Outcome::Done),
         _ => {
             let Some(resource) = resource else {
                 return Ok(Outcome::Fail(format!(
@@ -52,7 +61,17 @@ pub async fn approval_message(app: &App, id: RequestId) -> anyhow::Result<Outcom
                 .await
             {
                 Ok(ts) => ts,
+                Err(SlackError::Fatal { code, details }) => {
+                    undeliverable(app, &stored, channel, &code).await?;
+                    let err = SlackError::Fatal { code, details };
+                    return Ok(Outcome::Fail(format!(
+                        "request {id} could not be posted to its approvers' channel {channel}: {err}. The requester was told."
+                    )));
+                }
                 Err(e) => return Ok(outcome(Err(e))),
+            };
+            let Some(ts) = ts else {
+                return Ok(Outcome::Done);
             };
             let mut tx = app.store.begin_write().await?;
             let _ = requests::set_approval_message(&mut tx, id, channel, &ts).await?;
@@ -60,6 +79,49 @@ pub async fn approval_message(app: &App, id: RequestId) -> anyhow::Result<Outcom
             Ok(Outcome::Done)
         }
     }
+}
+
+/// The approvers' channel refused a request's message for good: marks the request and tells
+/// the requester (or the identity's owners) why and what to do, once.
+async fn undeliverable(
+    app: &App,
+    stored: &StoredRequest,
+    channel: &SlackChannelId,
+    code: &str,
+) -> anyhow::Result<()> {
+    let request = &stored.request;
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    if requests::set_delivery_failure(&mut tx, request.id, code).await? == Fenced::Lost {
+        return Ok(());
+    }
+    let msg = blocks::undeliverable_dm(request, channel, code);
+    match request.requester.user() {
+        Some(user) => {
+            queue::enqueue(
+                &mut tx,
+                &Job::Dm {
+                    user: user.clone(),
+                    text: msg.text,
+                    blocks: Some(msg.blocks),
+                },
+                Placement::dm(user),
+                now,
+                now,
+            )
+            .await?;
+        }
+        None => super::identity::notify_owners(&mut tx, app, request, msg, now).await?,
+    }
+    tx.commit().await?;
+    app.waker.wake();
+    tracing::warn!(
+        request_id = request.id.0,
+        channel = %channel,
+        code,
+        "the approvers' channel refused the request's message; the requester was told"
+    );
+    Ok(())
 }
 
 /// Reminds the approvers in the approval message's thread.
@@ -73,6 +135,10 @@ pub async fn approval_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome>
     };
     let request = &stored.request;
     if request.state != crate::domain::request::State::Pending {
+        return Ok(Outcome::Done);
+    }
+    // A channel that refused the request's message would refuse the nudge too.
+    if stored.delivery_failure.is_some() && request.approval_ts.is_none() {
         return Ok(Outcome::Done);
     }
     let resource = app.policy.resource(request.resource.as_str());
@@ -114,12 +180,6 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
     };
     let channel = app.policy.audit_channel.clone();
     let msg = blocks::audit_reply(&row, &app.policy);
-    let mut blocks_value = msg.blocks.clone();
-    if row.event == "breakglass"
-        && let (Some(id), Some(array)) = (row.request_id, blocks_value.as_array_mut())
-    {
-        array.push(blocks::review_buttons(RequestId(id)));
-    }
     let alert =
         crate::audit::AuditEvent::from_row(&row.event, &row.detail).is_some_and(|e| e.is_alert());
     let thread = match &stored {
@@ -139,7 +199,9 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
                     )
                     .await
                 {
-                    Ok(ts) => ts,
+                    Ok(Some(ts)) => ts,
+                    // Accepted, but no ts to thread under: replies go to the channel itself.
+                    Ok(None) => return post_reply(app, &channel, None, &msg, alert).await,
                     Err(e) => return Ok(outcome(Err(e))),
                 };
                 let mut tx = app.store.begin_write().await?;
@@ -149,13 +211,23 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
             }
         },
     };
+    post_reply(app, &channel, thread.as_deref(), &msg, alert).await
+}
+
+async fn post_reply(
+    app: &App,
+    channel: &SlackChannelId,
+    thread: Option<&str>,
+    msg: &blocks::Msg,
+    alert: bool,
+) -> anyhow::Result<Outcome> {
     Ok(outcome(
         app.slack
             .post_message(
                 channel.as_str(),
-                thread.as_deref(),
+                thread,
                 &msg.text,
-                Some(&blocks_value),
+                Some(&msg.blocks),
                 alert && thread.is_some(),
             )
             .await
@@ -175,7 +247,7 @@ pub async fn dm(
     };
     Ok(outcome(
         app.slack
-            .post_message(&channel, None, text, blocks, false)
+            .post_message(&channel, None, &limits::fallback(text), blocks, false)
             .await
             .map(|_| ()),
     ))
@@ -189,7 +261,7 @@ pub async fn ephemeral(
 ) -> anyhow::Result<Outcome> {
     Ok(outcome(
         app.slack
-            .post_ephemeral(channel.as_str(), user.as_str(), text)
+            .post_ephemeral(channel.as_str(), user.as_str(), &limits::fallback(text))
             .await,
     ))
 }

@@ -1,9 +1,20 @@
-//! Outbound calls to the Slack Web API, through slack-morphism.
+//! Outbound calls to the Slack Web API, over reqwest.
 //!
-//! Every call has a timeout. Errors are reduced to what the caller acts on: slow down
-//! ([`SlackError::RateLimited`]), try again ([`SlackError::Transient`]), or give up
-//! ([`SlackError::Fatal`], with Slack's error code). Error values never carry response bodies:
-//! a `views.open` response echoes the view, and the reveal modal's view holds credentials.
+//! - **Timeout.** Every call has one; a call without an answer in time is transient.
+//! - **What is read.** Answers are parsed as plain JSON, and only the fields jit uses are read
+//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`). An answer that says
+//!   `ok: true` is a success whatever else it holds: a field Slack adds one day, or an odd shape
+//!   in a field jit does not read, never turns an accepted call into a "transient" failure that
+//!   would be repeated (a repeated `chat.postMessage` is a duplicate approval message).
+//! - **Errors** are reduced to what the caller acts on: slow down ([`SlackError::RateLimited`],
+//!   from HTTP 429 with `Retry-After` or `ratelimited`), try again ([`SlackError::Transient`]:
+//!   5xx, Slack's own transient codes, no answer, an answer that is not JSON), or give up
+//!   ([`SlackError::Fatal`], with Slack's error code and its explanation: the lines of
+//!   `response_metadata.messages` and the `errors` field, which name json-pointers, not
+//!   values).
+//! - **Never a response body** in an error or a log: a `views.open` answer echoes the view, and
+//!   the reveal modal's view holds credentials. Explanations are kept short and any quoted text
+//!   in them is dropped.
 //!
 //! Posting is paced per channel with governor, since Slack allows about one message per second
 //! per channel.
@@ -13,16 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
-use slack_morphism::errors::SlackClientError;
-use slack_morphism::prelude::*;
+use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
-
-type Connector = SlackClientHyperConnector<HttpsConnector<HttpConnector>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SlackError {
@@ -30,8 +35,17 @@ pub enum SlackError {
     RateLimited { retry_after: Duration },
     #[error("Slack did not answer properly: {0}")]
     Transient(String),
-    #[error("Slack refused the call: {code}")]
-    Fatal { code: String },
+    /// Slack refused the call. `details`: Slack's explanation (json-pointers, never values).
+    #[error("Slack refused the call: {code}{}", explained(details))]
+    Fatal { code: String, details: Vec<String> },
+}
+
+fn explained(details: &[String]) -> String {
+    if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", details.join("; "))
+    }
 }
 
 impl SlackError {
@@ -39,7 +53,14 @@ impl SlackError {
         match self {
             SlackError::RateLimited { .. } => "ratelimited",
             SlackError::Transient(_) => "transient",
-            SlackError::Fatal { code } => code,
+            SlackError::Fatal { code, .. } => code,
+        }
+    }
+
+    fn fatal(code: impl Into<String>) -> SlackError {
+        SlackError::Fatal {
+            code: code.into(),
+            details: Vec::new(),
         }
     }
 }
@@ -53,54 +74,112 @@ const TRANSIENT_CODES: &[&str] = &[
     "team_added_to_org",
 ];
 
-fn classify(err: SlackClientError) -> SlackError {
-    match err {
-        SlackClientError::RateLimitError(e) => SlackError::RateLimited {
-            retry_after: e.retry_after.unwrap_or(Duration::from_secs(1)),
-        },
-        SlackClientError::ApiError(e) if e.code == "ratelimited" => SlackError::RateLimited {
-            retry_after: Duration::from_secs(1),
-        },
-        SlackClientError::ApiError(e) if TRANSIENT_CODES.contains(&e.code.as_str()) => {
-            SlackError::Transient(e.code)
-        }
-        SlackClientError::ApiError(e) => SlackError::Fatal { code: e.code },
-        SlackClientError::HttpError(e) if e.status_code.is_server_error() => {
-            SlackError::Transient(format!("HTTP {}", e.status_code.as_u16()))
-        }
-        SlackClientError::HttpError(e) => SlackError::Fatal {
-            code: format!("http_{}", e.status_code.as_u16()),
-        },
-        SlackClientError::ProtocolError(_) => {
-            SlackError::Transient("unexpected response from Slack".into())
-        }
-        SlackClientError::HttpProtocolError(_)
-        | SlackClientError::EndOfStream(_)
-        | SlackClientError::SystemError(_)
-        | SlackClientError::SocketModeProtocolError(_) => {
-            SlackError::Transient("connection to Slack failed".into())
+/// At most this many lines of Slack's explanation, each at most this long.
+const MAX_DETAILS: usize = 10;
+const MAX_DETAIL_LEN: usize = 300;
+
+/// One line of Slack's explanation, without anything quoted in it (Slack's messages name
+/// json-pointers; a quoted part could be a value).
+fn sanitize(line: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted && !c.is_control() {
+            out.push(c);
         }
     }
+    super::limits::truncate_plain(out.trim(), MAX_DETAIL_LEN)
 }
 
-/// Builds a slack-morphism client that speaks https, and plain http for a local simulator.
-pub fn new_client(api_url: &str) -> anyhow::Result<Arc<SlackClient<Connector>>> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let mut connector = SlackClientHyperConnector::with_connector(https);
-    let base = api_url.trim_end_matches('/');
-    if base != "https://slack.com/api" {
-        connector = connector.with_slack_api_url(base);
+/// `response_metadata.messages` and `errors` of a refusal, sanitized.
+fn explanation(answer: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    let messages = answer
+        .pointer("/response_metadata/messages")
+        .and_then(Value::as_array);
+    for message in messages.into_iter().flatten() {
+        if let Some(text) = message.as_str() {
+            lines.push(sanitize(text));
+        }
     }
-    Ok(Arc::new(SlackClient::new(connector)))
+    for error in answer
+        .get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match error {
+            Value::String(text) => lines.push(sanitize(text)),
+            Value::Object(object) => {
+                let text = ["error", "code", "message"]
+                    .iter()
+                    .find_map(|k| object.get(*k).and_then(Value::as_str))
+                    .unwrap_or("error");
+                let line = match object.get("pointer").and_then(Value::as_str) {
+                    Some(pointer) => format!("{text} [json-pointer:{pointer}]"),
+                    None => text.to_owned(),
+                };
+                lines.push(sanitize(&line));
+            }
+            _ => {}
+        }
+    }
+    lines.truncate(MAX_DETAILS);
+    lines
+}
+
+/// What an answer means: the JSON of a success, or the error to act on.
+fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, SlackError> {
+    if status == 429 {
+        return Err(SlackError::RateLimited {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+        });
+    }
+    if (500..600).contains(&status) {
+        return Err(SlackError::Transient(format!("HTTP {status}")));
+    }
+    if !(200..300).contains(&status) {
+        return Err(SlackError::fatal(format!("http_{status}")));
+    }
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return Err(SlackError::Transient(
+            "unexpected response from Slack (not JSON)".into(),
+        ));
+    };
+    let code = answer.get("error").and_then(Value::as_str);
+    let refused = answer.get("ok") == Some(&Value::Bool(false)) || code.is_some();
+    if answer.get("ok") == Some(&Value::Bool(true)) || !refused {
+        return Ok(answer);
+    }
+    let code = code.unwrap_or("unknown_error");
+    if code == "ratelimited" || code == "rate_limited" {
+        return Err(SlackError::RateLimited {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+        });
+    }
+    if TRANSIENT_CODES.contains(&code) {
+        return Err(SlackError::Transient(code.to_owned()));
+    }
+    Err(SlackError::Fatal {
+        code: code.to_owned(),
+        details: explanation(&answer),
+    })
+}
+
+/// A string field of an answer, if it is one.
+fn field<'v>(answer: &'v Value, pointer: &str) -> Option<&'v str> {
+    answer.pointer(pointer).and_then(Value::as_str)
 }
 
 #[derive(Clone)]
 pub struct SlackApi {
-    client: Arc<SlackClient<Connector>>,
+    http: reqwest::Client,
+    base: Arc<str>,
     token: SecretString,
     pacing: Arc<DefaultKeyedRateLimiter<String>>,
     timeout: Duration,
@@ -113,33 +192,33 @@ impl std::fmt::Debug for SlackApi {
     }
 }
 
-fn blocks_from(value: Option<&Value>) -> Option<Vec<SlackBlock>> {
-    let blocks = value?;
-    serde_json::from_value(blocks.clone()).ok()
-}
-
-fn view_from(value: &Value) -> Result<SlackView, SlackError> {
-    serde_json::from_value(value.clone()).map_err(|e| SlackError::Fatal {
-        code: format!("invalid_view ({e})"),
-    })
+/// How a method is called: a JSON body (write methods) or a query string (read methods).
+enum Params<'a> {
+    Json(Value),
+    Query(&'a [(&'a str, &'a str)]),
 }
 
 impl SlackApi {
-    /// `posts_per_channel_per_second` paces `chat.postMessage` per channel.
     /// How long a call may take before it counts as a transient failure (default 10 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// `api_url`: `https://slack.com/api`, or a local simulator's `http://127.0.0.1:PORT/api`.
+    /// `posts_per_channel_per_second` paces `chat.postMessage` per channel.
     pub fn new(
         api_url: &str,
         token: SecretString,
         posts_per_channel_per_second: NonZeroU32,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("jit/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         Ok(Self {
-            client: new_client(api_url)?,
+            http,
+            base: api_url.trim_end_matches('/').into(),
             token,
             // Slack tolerates short bursts above one message per second per channel.
             pacing: Arc::new(RateLimiter::keyed(
@@ -152,15 +231,42 @@ impl SlackApi {
         })
     }
 
-    async fn call<T, F>(&self, method: &'static str, f: F) -> Result<T, SlackError>
-    where
-        F: for<'s> AsyncFnOnce(SlackClientSession<'s, Connector>) -> ClientResult<T>,
-    {
-        let token = SlackApiToken::new(SlackApiTokenValue(self.token.expose_secret().to_owned()));
-        let session = self.client.open_session(&token);
-        let result = match tokio::time::timeout(self.timeout, f(session)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(classify(err)),
+    async fn send(&self, method: &str, params: Params<'_>) -> Result<Value, SlackError> {
+        let url = format!("{}/{method}", self.base);
+        let request = match params {
+            Params::Json(body) => self
+                .http
+                .post(url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/json; charset=utf-8",
+                )
+                .body(body.to_string()),
+            Params::Query(query) => self.http.get(url).query(query),
+        }
+        .bearer_auth(self.token.expose_secret());
+        let response = request
+            .send()
+            .await
+            .map_err(|_| SlackError::Transient("connection to Slack failed".into()))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| SlackError::Transient("connection to Slack failed".into()))?;
+        classify(status, retry_after, &body)
+    }
+
+    /// Calls `method` with a timeout, and counts the outcome.
+    async fn call(&self, method: &'static str, params: Params<'_>) -> Result<Value, SlackError> {
+        let result = match tokio::time::timeout(self.timeout, self.send(method, params)).await {
+            Ok(result) => result,
             Err(_) => Err(SlackError::Transient(format!(
                 "no answer within {}s",
                 self.timeout.as_secs()
@@ -170,11 +276,16 @@ impl SlackApi {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
+        if let Err(SlackError::Fatal { code, details }) = &result {
+            // Slack's explanation names json-pointers, never values (see `explanation`).
+            tracing::warn!(method, code = %code, explanation = ?details, "Slack refused a call");
+        }
         self.metrics.slack_call(method, outcome);
         result
     }
 
-    /// Posts a message (a thread reply when `thread_ts` is set). Returns its `ts`.
+    /// Posts a message (a thread reply when `thread_ts` is set). Returns its `ts`, or `None`
+    /// when Slack accepted the message but its answer has no readable `ts`.
     pub async fn post_message(
         &self,
         channel: &str,
@@ -182,7 +293,7 @@ impl SlackApi {
         text: &str,
         blocks: Option<&Value>,
         broadcast: bool,
-    ) -> Result<String, SlackError> {
+    ) -> Result<Option<String>, SlackError> {
         // Over the channel's pace, the job is put back rather than holding a worker while it waits.
         if let Err(not_until) = self.pacing.check_key(&channel.to_owned()) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -192,21 +303,25 @@ impl SlackApi {
                 retry_after: wait.max(Duration::from_millis(10)),
             });
         }
-        let request = SlackApiChatPostMessageRequest::new(
-            channel.into(),
-            SlackMessageContent::new()
-                .with_text(text.to_owned())
-                .opt_blocks(blocks_from(blocks)),
-        )
-        .opt_thread_ts(thread_ts.map(|t| t.into()))
-        .opt_reply_broadcast(broadcast.then_some(true))
-        .with_unfurl_links(false);
-        let response = self
-            .call("chat.postMessage", async |s| {
-                s.chat_post_message(&request).await
-            })
-            .await?;
-        Ok(response.ts.0)
+        let mut body = json!({"channel": channel, "text": text, "unfurl_links": false});
+        if let Some(blocks) = blocks {
+            body["blocks"] = blocks.clone();
+        }
+        if let Some(thread_ts) = thread_ts {
+            body["thread_ts"] = json!(thread_ts);
+            if broadcast {
+                body["reply_broadcast"] = json!(true);
+            }
+        }
+        let answer = self.call("chat.postMessage", Params::Json(body)).await?;
+        let ts = field(&answer, "/ts").map(str::to_owned);
+        if ts.is_none() {
+            tracing::warn!(
+                channel,
+                "Slack accepted a message but its answer has no ts; it cannot be updated"
+            );
+        }
+        Ok(ts)
     }
 
     pub async fn update_message(
@@ -216,14 +331,13 @@ impl SlackApi {
         text: &str,
         blocks: Option<&Value>,
     ) -> Result<(), SlackError> {
-        let request = SlackApiChatUpdateRequest::new(
-            channel.into(),
-            SlackMessageContent::new()
-                .with_text(text.to_owned())
-                .with_blocks(blocks_from(blocks).unwrap_or_default()),
-            ts.into(),
-        );
-        self.call("chat.update", async |s| s.chat_update(&request).await)
+        let body = json!({
+            "channel": channel,
+            "ts": ts,
+            "text": text,
+            "blocks": blocks.cloned().unwrap_or_else(|| json!([])),
+        });
+        self.call("chat.update", Params::Json(body))
             .await
             .map(|_| ())
     }
@@ -234,61 +348,135 @@ impl SlackApi {
         user: &str,
         text: &str,
     ) -> Result<(), SlackError> {
-        let request = SlackApiChatPostEphemeralRequest::new(
-            channel.into(),
-            user.into(),
-            SlackMessageContent::new().with_text(text.to_owned()),
-        );
-        self.call("chat.postEphemeral", async |s| {
-            s.chat_post_ephemeral(&request).await
-        })
-        .await
-        .map(|_| ())
+        let body = json!({"channel": channel, "user": user, "text": text});
+        self.call("chat.postEphemeral", Params::Json(body))
+            .await
+            .map(|_| ())
     }
 
     /// The DM channel with `user`.
     pub async fn open_dm(&self, user: &str) -> Result<String, SlackError> {
-        let request = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);
-        let response = self
-            .call("conversations.open", async |s| {
-                s.conversations_open(&request).await
-            })
+        let answer = self
+            .call("conversations.open", Params::Json(json!({"users": user})))
             .await?;
-        Ok(response.channel.id.0)
+        // Opening a DM is idempotent: an answer without a channel id may be asked again.
+        field(&answer, "/channel/id")
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                SlackError::Transient("conversations.open answered no channel id".into())
+            })
     }
 
     /// Opens a modal. Must run within three seconds of the interaction that gave `trigger_id`.
-    pub async fn open_view(&self, trigger_id: &str, view: &Value) -> Result<String, SlackError> {
-        let request = SlackApiViewsOpenRequest::new(trigger_id.into(), view_from(view)?);
-        let response = self
-            .call("views.open", async |s| s.views_open(&request).await)
-            .await?;
-        Ok(response.view.state_params.id.0)
+    /// Returns the view's id when Slack's answer has one.
+    pub async fn open_view(
+        &self,
+        trigger_id: &str,
+        view: &Value,
+    ) -> Result<Option<String>, SlackError> {
+        let body = json!({"trigger_id": trigger_id, "view": view});
+        let answer = self.call("views.open", Params::Json(body)).await?;
+        Ok(field(&answer, "/view/id").map(str::to_owned))
     }
 
     pub async fn publish_home(&self, user: &str, view: &Value) -> Result<(), SlackError> {
-        let request = SlackApiViewsPublishRequest::new(user.into(), view_from(view)?);
-        self.call("views.publish", async |s| s.views_publish(&request).await)
+        let body = json!({"user_id": user, "view": view});
+        self.call("views.publish", Params::Json(body))
             .await
             .map(|_| ())
     }
 
     /// The user's email, if Slack shares it (needs `users:read.email`).
     pub async fn user_email(&self, user: &str) -> Result<Option<String>, SlackError> {
-        let request = SlackApiUsersInfoRequest::new(user.into());
-        let response = self
-            .call("users.info", async |s| s.users_info(&request).await)
+        let answer = self
+            .call("users.info", Params::Query(&[("user", user)]))
             .await?;
-        Ok(response.user.profile.and_then(|p| p.email).map(|e| e.0))
+        Ok(field(&answer, "/user/profile/email").map(str::to_owned))
     }
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {
-        let request = SlackApiUserGroupsUsersListRequest::new(group.into());
-        let response = self
-            .call("usergroups.users.list", async |s| {
-                s.usergroups_users_list(&request).await
+        let query = Params::Query(&[("usergroup", group)]);
+        let answer = self.call("usergroups.users.list", query).await?;
+        Ok(answer
+            .get("users")
+            .and_then(Value::as_array)
+            .map(|users| {
+                users
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
             })
-            .await?;
-        Ok(response.users.into_iter().map(|u| u.0).collect())
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_true_is_success_whatever_else_the_answer_holds() {
+        let odd = br#"{"ok":true,"ts":"1.2","message":{"blocks":"odd"},"warning":"x","new":[1]}"#;
+        assert_eq!(classify(200, None, odd).unwrap()["ts"], "1.2");
+        assert!(classify(200, None, br#"{"ok":true}"#).is_ok());
+    }
+
+    #[test]
+    fn refusals_keep_the_explanation_but_no_values() {
+        let body = br#"{"ok":false,"error":"invalid_arguments","response_metadata":{"messages":[
+            "[ERROR] must be less than 3001 characters [json-pointer:/view/blocks/1/text/text]",
+            "[ERROR] invalid value \"s3cr3t\" [json-pointer:/view/blocks/2]"]},
+            "errors":[{"message":"bad","pointer":"/blocks/0"}, "plain error"],
+            "view":{"blocks":[{"text":{"text":"s3cr3t"}}]}}"#;
+        let err = classify(200, None, body).unwrap_err();
+        assert_eq!(
+            err,
+            SlackError::Fatal {
+                code: "invalid_arguments".into(),
+                details: vec![
+                    "[ERROR] must be less than 3001 characters [json-pointer:/view/blocks/1/text/text]".into(),
+                    "[ERROR] invalid value \"…\" [json-pointer:/view/blocks/2]".into(),
+                    "bad [json-pointer:/blocks/0]".into(),
+                    "plain error".into(),
+                ],
+            }
+        );
+        let shown = err.to_string();
+        assert!(shown.starts_with("Slack refused the call: invalid_arguments ([ERROR] must be"));
+        assert!(!shown.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn what_to_retry_and_what_to_slow_down_for() {
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(7)), b"{}"),
+            Err(SlackError::RateLimited {
+                retry_after: Duration::from_secs(7)
+            })
+        );
+        assert_eq!(
+            classify(503, None, b"<html>").unwrap_err().code(),
+            "transient"
+        );
+        assert_eq!(
+            classify(200, None, b"<html>").unwrap_err().code(),
+            "transient"
+        );
+        assert_eq!(
+            classify(200, None, br#"{"ok":false,"error":"internal_error"}"#)
+                .unwrap_err()
+                .code(),
+            "transient"
+        );
+        assert_eq!(
+            classify(200, None, br#"{"ok":false,"error":"not_in_channel"}"#),
+            Err(SlackError::fatal("not_in_channel"))
+        );
+        assert_eq!(classify(404, None, b"").unwrap_err().code(), "http_404");
+        assert_eq!(
+            classify(200, None, br#"{"ok":false}"#).unwrap_err().code(),
+            "unknown_error"
+        );
     }
 }

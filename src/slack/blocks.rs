@@ -1,13 +1,15 @@
 //! Block Kit messages. Each function renders one message from domain values; user text is
-//! escaped (see [`super::text`]) and long text is truncated below Slack's limits, so a post
-//! never fails on size.
+//! escaped (see [`super::text`]), and every block goes through [`super::limits`]: long text is
+//! split across sections (or shortened where a single line is expected), block counts are
+//! capped with the buttons kept, and the fallback `text` stays within its limit, so a post never
+//! fails on size.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::text;
+use super::{limits, text};
 use crate::audit::AuditEvent;
-use crate::domain::ids::RequestId;
+use crate::domain::ids::{RequestId, SlackChannelId};
 use crate::domain::policy::{Policy, Principals, Resource};
 use crate::domain::request::{Kind, Request, State};
 use crate::store::audit::AuditRow;
@@ -39,23 +41,32 @@ pub struct Msg {
     pub blocks: Value,
 }
 
-fn section(mrkdwn: impl Into<String>) -> Value {
-    let mut text: String = mrkdwn.into();
-    if text.chars().count() > 2900 {
-        text = text.chars().take(2899).collect::<String>() + "…";
+impl Msg {
+    /// A message within Slack's limits: at most [`limits::MESSAGE_BLOCKS`] blocks, the last
+    /// `keep_last` (its buttons) always kept, and the fallback `text` within
+    /// [`limits::MESSAGE_TEXT`].
+    pub fn new(text: &str, blocks: Vec<Value>, keep_last: usize) -> Msg {
+        Msg {
+            text: limits::fallback(text),
+            blocks: Value::Array(limits::fit_message(blocks, keep_last)),
+        }
     }
-    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
 }
 
-fn context(mrkdwn: impl Into<String>) -> Value {
-    json!({"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn.into()}]})
+/// All of `mrkdwn`, in as many sections as it takes.
+fn sections(mrkdwn: &str) -> Vec<Value> {
+    limits::sections(mrkdwn)
+}
+
+fn context(mrkdwn: impl AsRef<str>) -> Value {
+    limits::context(mrkdwn.as_ref())
 }
 
 fn button(action_id: &str, label: &str, value: String, style: Option<&str>) -> Value {
     let mut b = json!({
         "type": "button",
         "action_id": action_id,
-        "text": {"type": "plain_text", "text": label, "emoji": true},
+        "text": limits::plain(label, limits::BUTTON_TEXT),
         "value": value,
     });
     if let Some(style) = style {
@@ -126,7 +137,7 @@ pub fn approval_message(
             text::escape_truncated(&r.description, 200)
         ));
     }
-    let mut blocks = vec![section(headline)];
+    let mut blocks = sections(&headline);
     if let crate::domain::policy::Requester::Identity(name) = &request.requester {
         let owner = policy
             .identity(name)
@@ -134,10 +145,13 @@ pub fn approval_message(
             .unwrap_or_else(|| "unknown".into());
         blocks.push(context(format!(
             ":robot_face: Non-human identity {}, owned by {owner}",
-            text::code(name)
+            text::name(name)
         )));
     }
-    blocks.push(section(text::quote(&request.justification, MAX_USER_TEXT)));
+    blocks.extend(sections(&text::quote(
+        &request.justification,
+        MAX_USER_TEXT,
+    )));
     if let Some(ticket) = &request.ticket {
         blocks.push(context(format!(
             "Ticket: {}",
@@ -175,7 +189,8 @@ pub fn approval_message(
         _ => decision_line(request),
     };
     blocks.push(context(status));
-    if request.state == State::Pending {
+    let pending = request.state == State::Pending;
+    if pending {
         blocks.push(actions(
             "decision",
             vec![
@@ -184,16 +199,17 @@ pub fn approval_message(
             ],
         ));
     }
-    Msg {
-        text: format!(
+    Msg::new(
+        &format!(
             "{} {id}: {} asks for {} ({})",
             kind_label(request),
             plain_requester(request),
             request.resource,
             request.state.label()
         ),
-        blocks: Value::Array(blocks),
-    }
+        blocks,
+        usize::from(pending),
+    )
 }
 
 fn plain_requester(request: &Request) -> String {
@@ -270,9 +286,62 @@ pub fn decision_dm(request: &Request) -> Msg {
         ),
         _ => format!("Your request {id} is now {}.", request.state.label()),
     };
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
+    simple(line)
+}
+
+/// Why an approvers' channel refused a post for good, and what to do about it, for people.
+/// `code` is Slack's error code.
+pub fn undeliverable(code: &str, channel: &SlackChannelId) -> (String, String) {
+    let c = text::channel(channel);
+    let invite = format!(
+        "Ask a Slack admin to invite the jit app to {c} (`/invite @jit` in the channel), then ask again."
+    );
+    let (why, what) = match code {
+        "not_in_channel" => (format!("the jit app is not a member of {c}"), invite),
+        "channel_not_found" => (
+            format!("{c} does not exist or the jit app cannot see it"),
+            format!("{invite} If the channel is gone, an admin must name another approvers' channel in the policy."),
+        ),
+        "is_archived" | "channel_is_archived" => (
+            format!("{c} is archived"),
+            "Ask an admin to unarchive it, or to name another approvers' channel in the policy, then ask again.".to_owned(),
+        ),
+        code if code.starts_with("restricted_action") => (
+            format!("the jit app may not post in {c}"),
+            format!("Ask a Slack admin to allow the jit app to post in {c}, then ask again."),
+        ),
+        other => (
+            format!("Slack refused the post in {c} ({})", text::code(other)),
+            "The jit admins have been alerted; ask them before trying again.".to_owned(),
+        ),
+    };
+    (why, what)
+}
+
+/// A DM to the requester whose request could not be posted to its approvers.
+pub fn undeliverable_dm(request: &Request, channel: &SlackChannelId, code: &str) -> Msg {
+    let (why, todo) = undeliverable(code, channel);
+    simple(format!(
+        ":warning: Your request {} for {} could not be sent to the approvers: {why}. They were not notified (approvers still see it in jit's App Home). {todo} `/jit cancel {}` withdraws this one.",
+        request.id,
+        what(request),
+        request.id.0
+    ))
+}
+
+/// The requester's DM when a request expires undecided. `undelivered`: why its approvers'
+/// message was never posted, if it was not (then nobody was asked in time).
+pub fn timed_out_dm(request: &Request, undelivered: Option<(&str, &SlackChannelId)>) -> Msg {
+    match undelivered {
+        None => decision_dm(request),
+        Some((code, channel)) => {
+            let (why, todo) = undeliverable(code, channel);
+            simple(format!(
+                ":hourglass: Your request {} for {} expired without a decision: it never reached the approvers, because {why}. {todo}",
+                request.id,
+                what(request)
+            ))
+        }
     }
 }
 
@@ -293,10 +362,7 @@ pub fn submitted_dm(request: &Request, resource: &Resource, auto: bool) -> Msg {
             text::channel(&resource.approvers.channel)
         )
     };
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
-    }
+    simple(line)
 }
 
 /// The holder's DM once access is issued. Secrets are never in it: a button opens them.
@@ -312,9 +378,9 @@ pub fn issued_dm(
         text::code(request.resource.as_str()),
         text::time(expires_at)
     );
-    let mut blocks = vec![section(line.clone())];
+    let mut blocks = sections(&line);
     if let Some(instructions) = instructions {
-        blocks.push(section(text::escape_truncated(instructions, 2000)));
+        blocks.extend(sections(&text::escape_truncated(instructions, 2000)));
     }
     let mut buttons = Vec::new();
     if has_credentials {
@@ -330,14 +396,15 @@ pub fn issued_dm(
     }
     buttons.push(button(ids::RELEASE, "Release now", id.0.to_string(), None));
     blocks.push(actions("grant", buttons));
-    Msg {
-        text: format!(
+    Msg::new(
+        &format!(
             "You now have {} until {}.",
             request.resource,
             text::utc(expires_at)
         ),
-        blocks: Value::Array(blocks),
-    }
+        blocks,
+        1,
+    )
 }
 
 pub fn failed_dm(request: &Request, error: &str) -> Msg {
@@ -347,10 +414,7 @@ pub fn failed_dm(request: &Request, error: &str) -> Msg {
         text::code(request.resource.as_str()),
         text::escape_truncated(error, 1000)
     );
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
-    }
+    simple(line)
 }
 
 pub fn reminder_dm(request: &Request, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Msg {
@@ -363,23 +427,23 @@ pub fn reminder_dm(request: &Request, expires_at: DateTime<Utc>, now: DateTime<U
         if minutes == 1 { "" } else { "s" }
     );
     let id = request.id.0.to_string();
-    Msg {
-        text: format!(
+    let mut blocks = sections(&line);
+    blocks.push(actions(
+        "reminder",
+        vec![
+            button(ids::EXTEND, "Extend", id.clone(), Some("primary")),
+            button(ids::RELEASE, "Release now", id, None),
+        ],
+    ));
+    Msg::new(
+        &format!(
             "Your access to {} ends at {}.",
             request.resource,
             text::utc(expires_at)
         ),
-        blocks: json!([
-            section(line),
-            actions(
-                "reminder",
-                vec![
-                    button(ids::EXTEND, "Extend", id.clone(), Some("primary")),
-                    button(ids::RELEASE, "Release now", id, None),
-                ]
-            )
-        ]),
-    }
+        blocks,
+        1,
+    )
 }
 
 pub fn ended_dm(request: &Request, note: Option<&str>) -> Msg {
@@ -398,10 +462,7 @@ pub fn ended_dm(request: &Request, note: Option<&str>) -> Msg {
         text::code(request.resource.as_str()),
         request.id
     );
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
-    }
+    simple(line)
 }
 
 pub fn extended_dm(grant: &Request, expires_at: DateTime<Utc>) -> Msg {
@@ -411,10 +472,7 @@ pub fn extended_dm(grant: &Request, expires_at: DateTime<Utc>) -> Msg {
         grant.id,
         text::time(expires_at)
     );
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
-    }
+    simple(line)
 }
 
 /// A DM to the owners of a non-human identity about its request.
@@ -427,22 +485,17 @@ pub fn owner_dm(request: &Request, status: &str) -> Msg {
         status,
         text::quote(&request.justification, 500)
     );
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
-    }
+    simple(line)
 }
 
+/// A message of one text: all of it in sections, the same text as the fallback.
 pub fn simple(line: String) -> Msg {
-    Msg {
-        text: line.clone(),
-        blocks: json!([section(line)]),
-    }
+    Msg::new(&line, sections(&line), 0)
 }
 
-/// The reply in the approvers' thread at half the pending timeout.
+/// The reply in the approvers' thread at half the pending timeout (text only).
 pub fn nudge(request: &Request, resource: Option<&Resource>) -> String {
-    format!(
+    limits::fallback(&format!(
         ":hourglass_flowing_sand: {} — request {} is still waiting for a decision; it expires {}.",
         resource.map(approvers_of).unwrap_or_default(),
         request.id,
@@ -450,7 +503,7 @@ pub fn nudge(request: &Request, resource: Option<&Resource>) -> String {
             .pending_until
             .map(text::time)
             .unwrap_or_else(|| "soon".into())
-    )
+    ))
 }
 
 /// The root of a request's audit thread.
@@ -463,10 +516,11 @@ pub fn audit_root(request: &Request) -> Msg {
         what(request),
         text::time(request.created_at)
     );
-    Msg {
-        text: format!("Audit thread for request {}", request.id),
-        blocks: json!([section(line)]),
-    }
+    Msg::new(
+        &format!("Audit thread for request {}", request.id),
+        sections(&line),
+        0,
+    )
 }
 
 /// One audit event as a thread reply. Alerts mention the admins.
@@ -486,17 +540,20 @@ pub fn audit_reply(row: &AuditRow, policy: &Policy) -> Msg {
         String::new()
     };
     let line = format!("{prefix}{body}");
-    Msg {
-        text: format!("#{} {}", row.seq, row.event),
-        blocks: json!([
-            section(line),
-            context(format!(
-                "{when} · audit #{} · `{}`",
-                row.seq,
-                &row.hash[..12]
-            ))
-        ]),
+    let mut blocks = sections(&line);
+    blocks.push(context(format!(
+        "{when} · audit #{} · `{}`",
+        row.seq,
+        row.hash.get(..12).unwrap_or(&row.hash)
+    )));
+    let mut keep_last = 1;
+    if row.event == "breakglass"
+        && let Some(id) = row.request_id
+    {
+        blocks.push(review_buttons(RequestId(id)));
+        keep_last = 2;
     }
+    Msg::new(&format!("#{} {}", row.seq, row.event), blocks, keep_last)
 }
 
 fn ext(extension: &Option<i64>) -> String {
@@ -648,6 +705,10 @@ fn describe(event: &AuditEvent, who: &str) -> String {
             if *revoke { " and revoked it" } else { "" }
         ),
         CredentialsRevealed => format!(":eyes: {who} revealed the credentials"),
+        CredentialsRevealFailed { error } => format!(
+            ":warning: {who} tried to reveal the credentials, but Slack refused the window ({}); nothing was shown",
+            text::code(error)
+        ),
         CredentialsErased => "Stored credentials erased".into(),
         CleanedUp { detail } => format!(
             "Provider cleanup done{}",

@@ -5,17 +5,16 @@ use serde_json::json;
 
 use super::blocks::{self, Msg};
 use super::payload::SlashCommand;
-use super::{text, views};
+use super::{limits, text, views};
 use crate::app::App;
 use crate::domain::command::{self, Command};
 use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{SlackChannelId, SlackUserId};
 use crate::domain::policy::{Requester, Route};
-use crate::domain::request::State;
+use crate::domain::request::{Request, State};
 use crate::handlers::grant::{self, Revoker};
 use crate::handlers::request::{self, Submission, Via};
 use crate::handlers::{HandlerError, decision};
-use crate::store::requests::StoredRequest;
 
 /// What to send back to Slack for a slash command.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,10 +90,13 @@ pub async fn handle(app: &App, cmd: &SlashCommand) -> CommandReply {
             }
         }
         Command::List => match request::list(app, &who).await {
-            Ok(listing) => CommandReply::Ephemeral(list_reply(
-                &listing.mine,
-                listing.unreviewed_breakglass.as_deref(),
-            )),
+            Ok(listing) => {
+                let mine: Vec<_> = listing.mine.into_iter().map(|s| s.request).collect();
+                let breakglass: Option<Vec<_>> = listing
+                    .unreviewed_breakglass
+                    .map(|list| list.into_iter().map(|s| s.request).collect());
+                CommandReply::Ephemeral(list_reply(&mine, breakglass.as_deref()))
+            }
             Err(err) => error_reply(err),
         },
         Command::Cancel { id } => match request::cancel(app, &who, id).await {
@@ -209,13 +211,18 @@ async fn open_form(
     }
 }
 
-fn list_reply(mine: &[StoredRequest], breakglass: Option<&[StoredRequest]>) -> Msg {
+/// At most this many of one's own requests in `/jit list`, and of unreviewed break-glass grants.
+const LIST_MINE: usize = 100;
+const LIST_BREAKGLASS: usize = 50;
+
+/// `/jit list`: one's own open requests, and for admins the break-glass grants to review. Long
+/// lists end with "… and N more"; the fallback text is the same lines the blocks show.
+pub fn list_reply(mine: &[Request], breakglass: Option<&[Request]>) -> Msg {
     let mut lines = vec!["*Your pending and active requests*".to_owned()];
     if mine.is_empty() {
         lines.push("Nothing pending or active. `/jit request` asks for access.".into());
     }
-    for stored in mine {
-        let r = &stored.request;
+    for r in mine.iter().take(LIST_MINE) {
         let status = match (r.state, r.expires_at) {
             (State::Active, Some(until)) => format!(
                 "active until {} · `/jit release {}` · `/jit extend {} &lt;duration&gt;`",
@@ -233,14 +240,19 @@ fn list_reply(mine: &[StoredRequest], breakglass: Option<&[StoredRequest]>) -> M
             r.duration.humanize()
         ));
     }
+    if mine.len() > LIST_MINE {
+        lines.push(limits::more_line(
+            mine.len() - LIST_MINE,
+            "the oldest are shown; cancel or release some to see the rest",
+        ));
+    }
     if let Some(unreviewed) = breakglass {
         lines.push(String::new());
         lines.push("*Break-glass grants waiting for an admin's review*".into());
         if unreviewed.is_empty() {
             lines.push("None.".into());
         }
-        for stored in unreviewed {
-            let r = &stored.request;
+        for r in unreviewed.iter().take(LIST_BREAKGLASS) {
             lines.push(format!(
                 "• *{}* {} took {} {} ({}): {}",
                 r.id,
@@ -249,6 +261,12 @@ fn list_reply(mine: &[StoredRequest], breakglass: Option<&[StoredRequest]>) -> M
                 text::time(r.created_at),
                 r.state.label(),
                 text::escape_truncated(&r.justification, 200)
+            ));
+        }
+        if unreviewed.len() > LIST_BREAKGLASS {
+            lines.push(limits::more_line(
+                unreviewed.len() - LIST_BREAKGLASS,
+                "review these first; the rest follow",
             ));
         }
     }

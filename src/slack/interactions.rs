@@ -1,7 +1,9 @@
 //! Button clicks (`block_actions`) and modal submissions (`view_submission`).
 //!
 //! Clicks are answered with an empty 200; anything the clicker should read goes out as an
-//! ephemeral message (or a DM) through the queue. Modals open within the three seconds the
+//! ephemeral message (or a DM) through the queue. An action jit did not create (another app's
+//! surface, a URL button, a workflow, an unknown `action_id`, or a jit button without a request
+//! number) is answered 200 and ignored, with a debug line only. Modals open within the three seconds the
 //! click's `trigger_id` lives. Submissions answer with `response_action`: inline field errors,
 //! or `clear`.
 
@@ -86,7 +88,6 @@ async fn block_actions(app: &App, actions: BlockActions) {
         let id = request_id(action.value.as_deref());
         let said = match (action.action_id.as_str(), id) {
             (ids::OPEN_FORM, _) => open_form(app, &user, &trigger).await,
-            (_, None) => Some("That button carries no request number; nothing was done.".into()),
             (ids::APPROVE, Some(id)) => match decision::approve(app, &user, id).await {
                 Ok(ApproveOutcome::Approved(_)) => None,
                 Ok(ApproveOutcome::Partial { count, required }) => Some(format!(
@@ -127,8 +128,14 @@ async fn block_actions(app: &App, actions: BlockActions) {
                     Err(err) => Some(err.user_message()),
                 }
             }
-            (other, _) => {
-                tracing::debug!(action = other, "ignoring an unknown action");
+            // Not jit's (a URL button, another surface, a workflow), or a jit button without a
+            // request number: nothing to do, and nothing to say.
+            (other, id) => {
+                tracing::debug!(
+                    action = other,
+                    has_request = id.is_some(),
+                    "ignoring an action jit did not create"
+                );
                 None
             }
         };
@@ -217,20 +224,41 @@ async fn open_extend(
     }
 }
 
+/// Opens the credentials window, and only then records the reveal: as revealed when Slack
+/// opened it, as failed (with Slack's error code) when it did not.
 async fn reveal(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> Option<String> {
-    let (request, pairs) = match grant::reveal(app, &Requester::User(user.clone()), id).await {
+    let who = Requester::User(user.clone());
+    let (request, pairs) = match grant::open_credentials(app, &who, id).await {
         Ok(found) => found,
         Err(err) => return Some(err.user_message()),
     };
     let expires = request.expires_at.map(text::utc).unwrap_or_default();
     let view = views::reveal_modal(&request, &pairs, &expires);
-    match app.slack.open_view(trigger, &view).await {
+    drop(pairs);
+    let opened = app.slack.open_view(trigger, &view).await;
+    drop(view);
+    let outcome = match &opened {
+        Ok(_) => grant::RevealOutcome::Shown,
+        Err(err) => grant::RevealOutcome::Failed { error: err.code() },
+    };
+    if let Err(err) = grant::record_reveal(app, &who, id, outcome).await {
+        tracing::error!(
+            request_id = id.0,
+            outcome = ?outcome,
+            error = %err,
+            "cannot record a credentials reveal in the audit log"
+        );
+    }
+    match opened {
         Ok(_) => None,
-        // Never log the error's detail here: the view holds secrets.
-        Err(err) => Some(format!(
-            "jit could not open the credentials window ({}); click Reveal credentials again.",
-            err.code()
-        )),
+        // The error names Slack's code and json-pointers only; the view itself is never logged.
+        Err(err) => {
+            tracing::warn!(request_id = id.0, error = %err, "views.open refused the credentials window");
+            Some(format!(
+                "jit could not open the credentials window ({}); click Reveal credentials again.",
+                err.code()
+            ))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod events;
 pub mod home;
 pub mod interactions;
+pub mod limits;
 pub mod simulator;
 pub mod socket;
 pub mod text;

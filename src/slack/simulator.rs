@@ -17,13 +17,20 @@
 //! - `auth.test`, answering as the bot [`BOT_USER_ID`] of team [`TEAM_ID`];
 //! - authentication: every call needs `Authorization: Bearer <bot token>`; without one the answer
 //!   is `not_authed`, with another token `invalid_auth` (HTTP 200, as Slack does);
-//! - the Block Kit limits that bite: at most 50 blocks in a message and 100 in a view, 3,000
-//!   characters of section text, 150 of header text, 75 of option text, 2,000 of button value,
-//!   255 of `action_id`/`block_id`, 100 options per select, 24 characters of modal title and
-//!   buttons, 3,000 of `private_metadata`, and 40,000 characters of message text. A violation is
-//!   answered `invalid_blocks` / `msg_too_long` (messages) or `invalid_arguments` (views), with the
-//!   reason in `response_metadata.messages`;
-//! - injected faults ([`Fault`]): HTTP 429 with `Retry-After`, 5xx, slow answers and API errors.
+//! - Slack's limits, checked by the same validator jit's builders are tested with
+//!   ([`super::limits::check_message`], [`super::limits::check_view`]): 50 blocks in a message
+//!   and 100 in a view, 3,000 characters of section text, 150 of header text, 75 of option and
+//!   button text, 2,000 of button value, 255 of ids, 100 options per select, 24 characters of
+//!   modal title and buttons, 3,000 of `private_metadata`, 40,000 of message text, and more. A
+//!   violation is answered as Slack does: `{"ok":false,"error":"invalid_blocks"}` (or
+//!   `msg_too_long` for the text) for `chat.*`, `"invalid_arguments"` for `views.*`, with one line
+//!   per violation in `response_metadata.messages`, such as
+//!   `[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]`;
+//! - channels that refuse posts ([`FakeSlack::set_channel_state`]): `not_in_channel`,
+//!   `is_archived` or `channel_not_found` for `chat.postMessage`, `chat.update` and
+//!   `chat.postEphemeral`;
+//! - injected faults ([`Fault`]): HTTP 429 with `Retry-After`, 5xx, slow answers, API errors, and
+//!   successful answers with fields and shapes jit has never seen ([`Fault::OddAnswer`]).
 //!
 //! Requests may be JSON bodies (what slack-morphism sends for POST methods), form-encoded bodies
 //! (JSON-valued fields such as `blocks` or `view` are decoded) or query strings (what it sends for
@@ -32,8 +39,8 @@
 //!
 //! # Not simulated
 //!
-//! Channel membership and permissions (any well-formed channel id exists and the bot may post
-//! everywhere; channel names such as `#general` and user ids as `channel` are refused with
+//! Channel membership and permissions beyond [`FakeSlack::set_channel_state`] (any other
+//! well-formed channel id exists and the bot may post there; channel names such as `#general` and user ids as `channel` are refused with
 //! `channel_not_found`, so jit must use ids and `conversations.open`), multi-person DMs, `trigger_id` expiry (inject `Fault::ApiError("expired_trigger_id")`
 //! instead), real rate limiting (inject [`Fault::RateLimited`]), Events API callbacks to the bot,
 //! `response_url`s, and every method not listed above, which answers `unknown_method`.
@@ -56,6 +63,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 
+use super::limits;
+
 /// Team id of the simulated workspace.
 pub const TEAM_ID: &str = "T0JITSIM";
 /// User id of the bot, as `auth.test` reports it and as the author of every posted message.
@@ -67,20 +76,6 @@ pub const APP_ID: &str = "A0JITAPP";
 
 /// Seconds part of the first message timestamp; later ones count up from it.
 const TS_EPOCH: u64 = 1_700_000_000;
-
-const MAX_MESSAGE_BLOCKS: usize = 50;
-const MAX_VIEW_BLOCKS: usize = 100;
-const MAX_MESSAGE_TEXT: usize = 40_000;
-const MAX_SECTION_TEXT: usize = 3_000;
-const MAX_SECTION_FIELDS: usize = 10;
-const MAX_SECTION_FIELD_TEXT: usize = 2_000;
-const MAX_HEADER_TEXT: usize = 150;
-const MAX_BUTTON_VALUE: usize = 2_000;
-const MAX_ID_LEN: usize = 255;
-const MAX_OPTIONS: usize = 100;
-const MAX_OPTION_TEXT: usize = 75;
-const MAX_MODAL_TITLE: usize = 24;
-const MAX_PRIVATE_METADATA: usize = 3_000;
 
 /// A failure to inject into upcoming calls with [`FakeSlack::inject`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +93,27 @@ pub enum Fault {
     Hang(Duration),
     /// HTTP 200 with `{"ok":false,"error":<code>}`.
     ApiError(String),
+    /// HTTP 200 with `{"ok":false,"error":<code>,"response_metadata":{"messages":[…]}}`, the
+    /// shape of a refusal that explains itself (for example `invalid_arguments` with
+    /// `[ERROR] … [json-pointer:…]` lines).
+    Refused { code: String, messages: Vec<String> },
+    /// The call takes effect and is answered `ok: true`, but the answer also carries fields Slack
+    /// may add one day and odd shapes in the fields jit does not read (a `message` whose
+    /// `blocks` is a string, a `view` whose `state` is not an object, a `warning`, …).
+    OddAnswer,
+}
+
+/// Whether the bot may post in a channel ([`FakeSlack::set_channel_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    /// The default: the bot may post.
+    Member,
+    /// The bot was never invited: `not_in_channel`.
+    NotInChannel,
+    /// The channel was archived: `is_archived`.
+    Archived,
+    /// The channel was deleted (or never existed): `channel_not_found`.
+    NotFound,
 }
 
 /// A message in a channel or thread, as it currently stands.
@@ -374,7 +390,8 @@ impl FakeSlack {
             .count()
     }
 
-    /// Makes the next `times` calls of `method` (`"*"`: of any method) fail with `fault`.
+    /// Makes the next `times` calls of `method` (`"*"`: of any method; `"method@C123"`: of
+    /// `method` with `channel` C123) fail with `fault`.
     ///
     /// Faults are consumed in the order they were injected; a call takes at most one fault.
     pub fn inject(&self, method: &str, fault: Fault, times: usize) {
@@ -384,6 +401,17 @@ impl FakeSlack {
                 fault,
                 remaining: times,
             });
+        }
+    }
+
+    /// Makes `chat.postMessage`, `chat.update` and `chat.postEphemeral` in `channel` answer as
+    /// Slack does for a channel in `state` (until set back to [`ChannelState::Member`]).
+    pub fn set_channel_state(&self, channel: &str, state: ChannelState) {
+        let mut shared = self.shared.lock();
+        if state == ChannelState::Member {
+            shared.channel_states.remove(channel);
+        } else {
+            shared.channel_states.insert(channel.to_owned(), state);
         }
     }
 
@@ -465,6 +493,7 @@ struct SimState {
     users: HashMap<String, FakeUser>,
     groups: HashMap<String, Vec<String>>,
     dm_owners: HashMap<String, String>,
+    channel_states: HashMap<String, ChannelState>,
     messages: Vec<Message>,
     ephemerals: Vec<Ephemeral>,
     opened: Vec<OpenedView>,
@@ -525,29 +554,40 @@ impl IntoResponse for Reply {
 #[derive(Debug)]
 struct Failure {
     code: &'static str,
-    detail: Option<String>,
+    messages: Vec<String>,
 }
 
 impl Failure {
     fn because(code: &'static str, detail: impl Into<String>) -> Failure {
         Failure {
             code,
-            detail: Some(detail.into()),
+            messages: vec![format!("[ERROR] {}", detail.into())],
+        }
+    }
+
+    /// Slack's answer to a broken limit: one `[ERROR] … [json-pointer:…]` line per violation.
+    fn violations(code: &'static str, found: Vec<limits::Violation>) -> Failure {
+        Failure {
+            code,
+            messages: found.iter().map(ToString::to_string).collect(),
         }
     }
 }
 
 impl From<&'static str> for Failure {
     fn from(code: &'static str) -> Failure {
-        Failure { code, detail: None }
+        Failure {
+            code,
+            messages: Vec::new(),
+        }
     }
 }
 
 impl From<Failure> for Reply {
     fn from(err: Failure) -> Reply {
         let mut reply = Reply::error(err.code);
-        if let Some(detail) = err.detail {
-            reply.body["response_metadata"] = json!({ "messages": [format!("[ERROR] {detail}")] });
+        if !err.messages.is_empty() {
+            reply.body["response_metadata"] = json!({ "messages": err.messages });
         }
         reply
     }
@@ -570,24 +610,33 @@ async fn handle(
     // Bound first: the guard must be released before a delay is awaited.
     let (fault, latency) = {
         let mut state = shared.lock();
-        (state.take_fault(&method), state.latency)
+        let channel = params
+            .as_ref()
+            .ok()
+            .and_then(|p| str_param(p, "channel"))
+            .map(str::to_owned);
+        (state.take_fault(&method, channel.as_deref()), state.latency)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let odd = fault == Some(Fault::OddAnswer);
     let faulted = match fault {
         Some(fault) => fault_reply(fault).await,
         None => None,
     };
 
     let mut state = shared.lock();
-    let reply = faulted.unwrap_or_else(|| {
+    let mut reply = faulted.unwrap_or_else(|| {
         check_auth(&headers, &shared.bot_token)
             .map_err(Failure::from)
             .and(params)
             .and_then(|params| state.dispatch(&method, &params))
             .map_or_else(Reply::from, Reply::ok)
     });
+    if odd && reply.is_ok() {
+        oddify(&mut reply.body);
+    }
     state.calls.push(Call {
         method,
         body: recorded,
@@ -611,12 +660,54 @@ async fn fault_reply(fault: Fault) -> Option<Reply> {
             body: json!({ "ok": false, "error": "internal_error" }),
         },
         Fault::ApiError(code) => Reply::error(&code),
+        Fault::Refused { code, messages } => {
+            let mut reply = Reply::error(&code);
+            reply.body["response_metadata"] = json!({ "messages": messages });
+            reply
+        }
         Fault::Hang(delay) => {
             tokio::time::sleep(delay).await;
             return None;
         }
+        Fault::OddAnswer => return None,
     };
     Some(reply)
+}
+
+/// A successful answer as a future Slack might send it: extra fields everywhere, and odd shapes
+/// in the fields jit does not read. The fields jit reads (`ts`, `channel`, `view.id`,
+/// `user.profile.email`, `users`) keep their meaning.
+fn oddify(body: &mut Value) {
+    body["warning"] = json!("superfluous_charset");
+    body["response_metadata"] = json!({
+        "warnings": ["superfluous_charset"],
+        "messages": [{"unexpected": "shape"}],
+        "next_cursor": 7,
+    });
+    body["added_in_2031"] = json!({"nested": [1, "two", null, {"deep": true}]});
+    if let Some(message) = body.get_mut("message").filter(|m| m.is_object()) {
+        message["blocks"] = json!("blocks as a string");
+        message["metadata"] = json!(["event_type", 42]);
+        message["bot_profile"] = json!({"icons": "none", "deleted": "no"});
+    }
+    if let Some(channel) = body.get_mut("channel").filter(|c| c.is_object()) {
+        channel["created"] = json!("yesterday");
+        channel["is_im"] = json!("yes");
+        channel["properties"] = json!([1, 2, 3]);
+    }
+    if let Some(view) = body.get_mut("view").filter(|v| v.is_object()) {
+        view["state"] = json!({"values": "none yet"});
+        view["type"] = json!("modal_v2");
+        view["previous_view_id"] = json!(17);
+    }
+    if let Some(user) = body.get_mut("user").filter(|u| u.is_object()) {
+        user["is_bot"] = json!("sometimes");
+        user["tz_offset"] = json!("+00:00");
+        if let Some(profile) = user.get_mut("profile").filter(|p| p.is_object()) {
+            profile["fields"] = json!(["odd"]);
+            profile["status_emoji_display_info"] = json!("none");
+        }
+    }
 }
 
 fn check_auth(headers: &HeaderMap, bot_token: &str) -> Result<(), &'static str> {
@@ -710,32 +801,28 @@ fn channel_param(params: &Map<String, Value>) -> Result<String, Failure> {
     }
 }
 
-/// The text (or `markdown_text`) and blocks of a message, validated.
+/// The text (or `markdown_text`) and blocks of a message, validated with
+/// [`limits::check_message`]: text over the limit is `msg_too_long`, a broken block limit
+/// `invalid_blocks`, as Slack answers.
 fn message_content(
     params: &Map<String, Value>,
 ) -> Result<(Option<String>, Option<Value>), Failure> {
     let text = str_param(params, "text")
         .or_else(|| str_param(params, "markdown_text"))
         .map(str::to_owned);
-    if let Some(text) = &text {
-        let length = text.chars().count();
-        if length > MAX_MESSAGE_TEXT {
-            return Err(Failure::because(
-                "msg_too_long",
-                format!("text has {length} characters, at most {MAX_MESSAGE_TEXT} allowed"),
-            ));
-        }
-    }
     let blocks = params.get("blocks").filter(|b| !b.is_null()).cloned();
-    if let Some(blocks) = &blocks {
-        if !blocks.is_array() {
-            return Err(Failure::because(
-                "invalid_blocks_format",
-                "blocks must be an array",
-            ));
-        }
-        validate_blocks(blocks, MAX_MESSAGE_BLOCKS)
-            .map_err(|why| Failure::because("invalid_blocks", why))?;
+    if blocks.as_ref().is_some_and(|b| !b.is_array()) {
+        return Err(Failure::because(
+            "invalid_blocks_format",
+            "must be an array [json-pointer:/blocks]",
+        ));
+    }
+    let found = limits::check_message(text.as_deref(), blocks.as_ref());
+    if found.iter().any(|v| v.pointer == "/text") {
+        return Err(Failure::violations("msg_too_long", found));
+    }
+    if !found.is_empty() {
+        return Err(Failure::violations("invalid_blocks", found));
     }
     Ok((text, blocks))
 }
@@ -750,11 +837,11 @@ fn stored_blocks(blocks: Option<Value>) -> Value {
 }
 
 impl SimState {
-    fn take_fault(&mut self, method: &str) -> Option<Fault> {
-        let index = self
-            .faults
-            .iter()
-            .position(|f| f.method == method || f.method == "*")?;
+    fn take_fault(&mut self, method: &str, channel: Option<&str>) -> Option<Fault> {
+        let targeted = channel.map(|c| format!("{method}@{c}"));
+        let index = self.faults.iter().position(|f| {
+            f.method == method || f.method == "*" || Some(&f.method) == targeted.as_ref()
+        })?;
         let pending = &mut self.faults[index];
         pending.remaining -= 1;
         let fault = pending.fault.clone();
@@ -798,8 +885,19 @@ impl SimState {
         format!("{TS_EPOCH}.{:08x}", self.revision)
     }
 
+    /// Slack's answer when the bot may not post in `channel`.
+    fn check_channel(&self, channel: &str) -> Result<(), Failure> {
+        match self.channel_states.get(channel) {
+            None | Some(ChannelState::Member) => Ok(()),
+            Some(ChannelState::NotInChannel) => Err("not_in_channel".into()),
+            Some(ChannelState::Archived) => Err("is_archived".into()),
+            Some(ChannelState::NotFound) => Err("channel_not_found".into()),
+        }
+    }
+
     fn post_message(&mut self, params: &Map<String, Value>) -> ApiResult {
         let channel = channel_param(params)?;
+        self.check_channel(&channel)?;
         let (text, blocks) = message_content(params)?;
         if text.is_none() && blocks.is_none() && !params.contains_key("attachments") {
             return Err("no_text".into());
@@ -838,6 +936,7 @@ impl SimState {
 
     fn update_message(&mut self, params: &Map<String, Value>) -> ApiResult {
         let channel = channel_param(params)?;
+        self.check_channel(&channel)?;
         let ts = str_param(params, "ts").unwrap_or_default();
         let index = self
             .messages
@@ -881,6 +980,7 @@ impl SimState {
 
     fn post_ephemeral(&mut self, params: &Map<String, Value>) -> ApiResult {
         let channel = channel_param(params)?;
+        self.check_channel(&channel)?;
         let user = str_param(params, "user")
             .filter(|u| is_slack_id(u, &['U', 'W']))
             .ok_or("user_not_found")?
@@ -1167,147 +1267,30 @@ fn external_id(view: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The `view` parameter, checked against Slack's limits. `kind` is the required `type`:
-/// `"modal"` or `"home"`.
+/// The `view` parameter, checked with [`limits::check_view`]. `kind` is the required `type`:
+/// `"modal"` or `"home"`. Anything refused is `invalid_arguments`, as Slack answers.
 fn view_param(params: &Map<String, Value>, kind: &str) -> Result<Value, Failure> {
-    let invalid = |why: String| Failure::because("invalid_arguments", why);
     let view = params
         .get("view")
         .filter(|v| v.is_object())
-        .ok_or_else(|| invalid("view must be an object".into()))?;
+        .ok_or_else(|| {
+            Failure::because(
+                "invalid_arguments",
+                "must be an object [json-pointer:/view]",
+            )
+        })?;
     let view_type = view.get("type").and_then(Value::as_str).unwrap_or_default();
     if view_type != kind {
-        return Err(invalid(format!(
-            "view type {view_type:?}, expected {kind:?}"
-        )));
-    }
-    let blocks = view.get("blocks").unwrap_or(&Value::Null);
-    if !blocks.is_array() {
-        return Err(invalid("view blocks must be an array".into()));
-    }
-    validate_blocks(blocks, MAX_VIEW_BLOCKS).map_err(invalid)?;
-    if view_type == "modal" {
-        if view.get("title").is_none() {
-            return Err(invalid("a modal needs a title".into()));
-        }
-        for field in ["title", "submit", "close"] {
-            if let Some(text) = view.get(field) {
-                check_len(&format!("modal {field}"), &text_of(text), MAX_MODAL_TITLE)
-                    .map_err(invalid)?;
-            }
-        }
-    }
-    if let Some(metadata) = view.get("private_metadata").and_then(Value::as_str) {
-        check_len("private_metadata", metadata, MAX_PRIVATE_METADATA).map_err(invalid)?;
-    }
-    Ok(view.clone())
-}
-
-fn check_len(what: &str, text: &str, max: usize) -> Result<(), String> {
-    let length = text.chars().count();
-    if length > max {
-        Err(format!(
-            "{what} has {length} characters, at most {max} allowed"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// Checks the Block Kit limits that real Slack enforces and that are easy to hit.
-fn validate_blocks(blocks: &Value, max_blocks: usize) -> Result<(), String> {
-    let list = blocks.as_array().ok_or("blocks must be an array")?;
-    if list.len() > max_blocks {
-        return Err(format!(
-            "{} blocks, at most {max_blocks} allowed",
-            list.len()
+        return Err(Failure::because(
+            "invalid_arguments",
+            format!("must be {kind:?} here [json-pointer:/view/type]"),
         ));
     }
-    for (index, block) in list.iter().enumerate() {
-        let block_type = block
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("block {index} has no type"))?;
-        let at = format!("block {index} ({block_type})");
-        match block_type {
-            "section" => {
-                if let Some(text) = block.get("text") {
-                    check_len(&format!("{at} text"), &text_of(text), MAX_SECTION_TEXT)?;
-                }
-                if let Some(fields) = block.get("fields").and_then(Value::as_array) {
-                    if fields.len() > MAX_SECTION_FIELDS {
-                        return Err(format!(
-                            "{at} has {} fields, at most {MAX_SECTION_FIELDS} allowed",
-                            fields.len()
-                        ));
-                    }
-                    for field in fields {
-                        check_len(
-                            &format!("{at} field"),
-                            &text_of(field),
-                            MAX_SECTION_FIELD_TEXT,
-                        )?;
-                    }
-                }
-            }
-            "header" => {
-                check_len(
-                    &format!("{at} text"),
-                    &text_of(block.get("text").unwrap_or(&Value::Null)),
-                    MAX_HEADER_TEXT,
-                )?;
-            }
-            _ => {}
-        }
-        validate_elements(block, &at)?;
+    let found = limits::check_view(view);
+    if !found.is_empty() {
+        return Err(Failure::violations("invalid_arguments", found));
     }
-    Ok(())
-}
-
-/// Walks a block's JSON for ids, button values and select options over their limits.
-fn validate_elements(value: &Value, at: &str) -> Result<(), String> {
-    match value {
-        Value::Object(object) => {
-            for key in ["action_id", "block_id"] {
-                if let Some(id) = object.get(key).and_then(Value::as_str) {
-                    check_len(&format!("{at} {key}"), id, MAX_ID_LEN)?;
-                }
-            }
-            if object.get("type").and_then(Value::as_str) == Some("button")
-                && let Some(button_value) = object.get("value").and_then(Value::as_str)
-            {
-                check_len(
-                    &format!("{at} button value"),
-                    button_value,
-                    MAX_BUTTON_VALUE,
-                )?;
-            }
-            if let Some(options) = object.get("options").and_then(Value::as_array) {
-                if options.len() > MAX_OPTIONS {
-                    return Err(format!(
-                        "{at} has {} options, at most {MAX_OPTIONS} allowed",
-                        options.len()
-                    ));
-                }
-                for option in options {
-                    if let Some(text) = option.get("text") {
-                        check_len(
-                            &format!("{at} option text"),
-                            &text_of(text),
-                            MAX_OPTION_TEXT,
-                        )?;
-                    }
-                }
-            }
-            object
-                .values()
-                .try_for_each(|child| validate_elements(child, at))
-        }
-        Value::Array(items) => items
-            .iter()
-            .try_for_each(|child| validate_elements(child, at)),
-        _ => Ok(()),
-    }
+    Ok(view.clone())
 }
 
 fn render_content(text: &str, blocks: &Value) -> String {
@@ -2386,6 +2369,156 @@ mod tests {
             .await;
         assert_eq!(api_error(refused), "invalid_blocks");
         assert_eq!(fake.messages(CHANNEL).len(), 1);
+    }
+
+    /// A raw JSON call, to see the answer exactly as Slack's shape has it.
+    async fn raw(fake: &FakeSlack, method: &str, body: Value) -> Value {
+        reqwest::Client::new()
+            .post(format!("{}/{method}", fake.api_url()))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("the fake answers")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
+    #[tokio::test]
+    async fn refusals_name_every_broken_limit_by_json_pointer() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        let answer = raw(
+            &fake,
+            "chat.postMessage",
+            json!({
+                "channel": CHANNEL,
+                "text": "fallback",
+                "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": "a".repeat(3001)}},
+                    {"type": "context", "elements": [{"type": "mrkdwn", "text": ""}]},
+                ],
+            }),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_blocks", "response_metadata": {"messages": [
+                "[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
+                "[ERROR] must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
+            ]}})
+        );
+        let answer = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": CHANNEL, "text": "x".repeat(40_001)}),
+        )
+        .await;
+        assert_eq!(answer["error"], "msg_too_long");
+        let answer = raw(
+            &fake,
+            "views.open",
+            json!({"trigger_id": "1.2.3", "view": {
+                "type": "modal",
+                "title": {"type": "plain_text", "text": "Your credentials"},
+                "blocks": (0..101).map(|_| json!({"type": "divider"})).collect::<Vec<_>>(),
+            }}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_arguments", "response_metadata": {"messages": [
+                "[ERROR] must be less than 101 items [json-pointer:/view/blocks]",
+            ]}})
+        );
+        let answer = raw(
+            &fake,
+            "views.publish",
+            json!({"user_id": ALICE, "view": {
+                "type": "home",
+                "blocks": [{"type": "header", "text": {"type": "mrkdwn", "text": "h"}}],
+            }}),
+        )
+        .await;
+        assert_eq!(answer["error"], "invalid_arguments");
+        assert_eq!(
+            answer["response_metadata"]["messages"][0],
+            "[ERROR] must be plain_text here, not mrkdwn [json-pointer:/view/blocks/0/text/type]"
+        );
+        assert!(fake.messages(CHANNEL).is_empty());
+        assert!(fake.opened_views().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_channel_can_refuse_posts_as_slack_does() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        let message = json!({"channel": CHANNEL, "text": "hello"});
+        for (state, code) in [
+            (ChannelState::NotInChannel, "not_in_channel"),
+            (ChannelState::Archived, "is_archived"),
+            (ChannelState::NotFound, "channel_not_found"),
+        ] {
+            fake.set_channel_state(CHANNEL, state);
+            let answer = raw(&fake, "chat.postMessage", message.clone()).await;
+            assert_eq!(answer, json!({"ok": false, "error": code}));
+            let answer = raw(
+                &fake,
+                "chat.postEphemeral",
+                json!({"channel": CHANNEL, "user": ALICE, "text": "x"}),
+            )
+            .await;
+            assert_eq!(answer["error"], code);
+        }
+        assert!(fake.messages(CHANNEL).is_empty());
+        // Other channels are not affected, and the channel recovers.
+        assert_eq!(
+            raw(
+                &fake,
+                "chat.postMessage",
+                json!({"channel": "C0OTHER", "text": "hi"})
+            )
+            .await["ok"],
+            true
+        );
+        fake.set_channel_state(CHANNEL, ChannelState::Member);
+        assert_eq!(raw(&fake, "chat.postMessage", message).await["ok"], true);
+        assert_eq!(fake.messages(CHANNEL).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_odd_answer_still_takes_effect_and_keeps_the_fields_jit_reads() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        fake.inject("*", Fault::OddAnswer, 2);
+        let posted = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": CHANNEL, "text": "hello"}),
+        )
+        .await;
+        assert_eq!(posted["ok"], true);
+        assert_eq!(posted["channel"], CHANNEL);
+        assert_eq!(posted["ts"], fake.messages(CHANNEL)[0].ts);
+        assert_eq!(posted["message"]["blocks"], "blocks as a string");
+        assert_eq!(posted["warning"], "superfluous_charset");
+        let opened = raw(
+            &fake,
+            "views.open",
+            json!({"trigger_id": "1.2.3", "view": {
+                "type": "modal", "title": {"type": "plain_text", "text": "T"}, "blocks": [],
+            }}),
+        )
+        .await;
+        assert_eq!(opened["view"]["id"], fake.opened_views()[0].view_id);
+        assert_eq!(opened["view"]["state"]["values"], "none yet");
+        assert_eq!(fake.faults_left(), 0);
+        // The next answer is plain again.
+        let plain = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": CHANNEL, "text": "again"}),
+        )
+        .await;
+        assert!(plain.get("warning").is_none());
     }
 
     #[tokio::test]

@@ -35,6 +35,14 @@ pub fn code(text: &str) -> String {
     format!("`{}`", escape(&text.replace('`', "'")))
 }
 
+/// Names (identities, actors) are shown up to this many characters.
+const MAX_NAME: usize = 80;
+
+/// [`code`] of a name, shortened with "…" past [`MAX_NAME`] characters.
+pub fn name(text: &str) -> String {
+    code(&super::limits::truncate_plain(text, MAX_NAME))
+}
+
 /// A block quote of user text.
 pub fn quote(text: &str, max: usize) -> String {
     escape_truncated(text.trim(), max)
@@ -60,7 +68,7 @@ pub fn channel(id: &SlackChannelId) -> String {
 pub fn requester(who: &Requester) -> String {
     match who {
         Requester::User(u) => user(u),
-        Requester::Identity(name) => format!("identity {}", code(name)),
+        Requester::Identity(id) => format!("identity {}", name(id)),
     }
 }
 
@@ -71,7 +79,7 @@ pub fn actor(actor: &str) -> String {
         Err(_) => match actor {
             "policy" => "policy".into(),
             "jit" => "jit".into(),
-            other => code(other),
+            other => name(other),
         },
     }
 }
@@ -80,7 +88,7 @@ pub fn actor(actor: &str) -> String {
 pub fn principals(p: &Principals) -> String {
     let mut parts: Vec<String> = p.users.iter().map(user).collect();
     parts.extend(p.groups.iter().map(group));
-    parts.extend(p.identities.iter().map(|i| format!("identity {}", code(i))));
+    parts.extend(p.identities.iter().map(|i| format!("identity {}", name(i))));
     if parts.is_empty() {
         "nobody".into()
     } else {

@@ -1,10 +1,11 @@
 //! Modals: the request form, the deny reason, the extend form and the credentials reveal.
-//! Block and action ids here are what [`crate::slack::interactions`] reads back.
+//! Block and action ids here are what [`crate::slack::interactions`] reads back. Every text,
+//! option and block count goes through [`super::limits`].
 
 use serde_json::{Value, json};
 
 use super::blocks::ids;
-use super::text;
+use super::{limits, text};
 use crate::domain::duration::GrantDuration;
 use crate::domain::policy::Resource;
 use crate::domain::request::Request;
@@ -27,16 +28,30 @@ const DURATION_CHOICES: &[u64] = &[
     24 * 3600,
 ];
 
-/// Slack allows at most 100 options in a static select.
-const MAX_OPTIONS: usize = 100;
+const MAX_OPTIONS: usize = limits::OPTIONS;
 
-fn plain(text: &str) -> Value {
-    json!({"type": "plain_text", "text": text, "emoji": true})
+/// Labels, placeholders and the like: plain text within `max`.
+fn plain_within(text: &str, max: usize) -> Value {
+    limits::plain(text, max)
+}
+
+fn label(text: &str) -> Value {
+    plain_within(text, limits::LABEL)
+}
+
+fn placeholder(text: &str) -> Value {
+    plain_within(text, limits::PLACEHOLDER)
 }
 
 fn option(label: &str, value: &str) -> Value {
-    let label: String = label.chars().take(75).collect();
-    json!({"text": plain(&label), "value": value})
+    json!({
+        "text": plain_within(label, limits::OPTION_TEXT),
+        "value": limits::truncate_plain(value, limits::OPTION_VALUE),
+    })
+}
+
+fn section(mrkdwn: &str) -> Value {
+    limits::section(mrkdwn)
 }
 
 fn duration_option(d: GrantDuration) -> Value {
@@ -69,13 +84,13 @@ fn modal(
     let mut view = json!({
         "type": "modal",
         "callback_id": callback_id,
-        "title": plain(title),
-        "close": plain("Cancel"),
+        "title": plain_within(title, limits::MODAL_TITLE),
+        "close": plain_within("Cancel", limits::MODAL_TITLE),
         "private_metadata": metadata,
-        "blocks": blocks,
+        "blocks": limits::fit_view(blocks, 0),
     });
     if let Some(submit) = submit {
-        view["submit"] = plain(submit);
+        view["submit"] = plain_within(submit, limits::MODAL_TITLE);
     }
     view
 }
@@ -88,9 +103,9 @@ pub fn request_modal(resources: &[&Resource], preselect: Option<&str>, metadata:
             "Request access",
             None,
             metadata,
-            vec![
-                json!({"type": "section", "text": {"type": "mrkdwn", "text": "There is nothing you may request. `/jit why <resource>` explains who may request what."}}),
-            ],
+            vec![section(
+                "There is nothing you may request. `/jit why <resource>` explains who may request what.",
+            )],
         );
     }
     let options: Vec<Value> = resources
@@ -108,7 +123,7 @@ pub fn request_modal(resources: &[&Resource], preselect: Option<&str>, metadata:
     let mut resource_select = json!({
         "type": "static_select",
         "action_id": RESOURCE_BLOCK.1,
-        "placeholder": plain("Choose a resource"),
+        "placeholder": placeholder("Choose a resource"),
         "options": options,
     });
     let selected = preselect.and_then(|id| resources.iter().find(|r| r.id.as_str() == id));
@@ -129,32 +144,32 @@ pub fn request_modal(resources: &[&Resource], preselect: Option<&str>, metadata:
         .unwrap_or(GrantDuration::from_hours(1))
         .min(max);
     let mut blocks = vec![
-        json!({"type": "input", "block_id": RESOURCE_BLOCK.0, "label": plain("Resource"), "element": resource_select}),
-        json!({"type": "input", "block_id": DURATION_BLOCK.0, "label": plain("For how long"), "element": {
+        json!({"type": "input", "block_id": RESOURCE_BLOCK.0, "label": label("Resource"), "element": resource_select}),
+        json!({"type": "input", "block_id": DURATION_BLOCK.0, "label": label("For how long"), "element": {
             "type": "static_select",
             "action_id": DURATION_BLOCK.1,
             "options": duration_options(default, max),
             "initial_option": duration_option(default),
         }}),
-        json!({"type": "input", "block_id": JUSTIFICATION_BLOCK.0, "label": plain("Justification"), "element": {
+        json!({"type": "input", "block_id": JUSTIFICATION_BLOCK.0, "label": label("Justification"), "element": {
             "type": "plain_text_input",
             "action_id": JUSTIFICATION_BLOCK.1,
             "multiline": true,
             "max_length": 2000,
-            "placeholder": plain("What are you doing, and why do you need this access?"),
+            "placeholder": placeholder("What are you doing, and why do you need this access?"),
         }}),
-        json!({"type": "input", "block_id": TICKET_BLOCK.0, "optional": true, "label": plain("Ticket"), "element": {
+        json!({"type": "input", "block_id": TICKET_BLOCK.0, "optional": true, "label": label("Ticket"), "element": {
             "type": "plain_text_input",
             "action_id": TICKET_BLOCK.1,
             "max_length": 200,
-            "placeholder": plain("e.g. INC-123"),
+            "placeholder": placeholder("e.g. INC-123"),
         }}),
     ];
     if resources.len() > MAX_OPTIONS {
-        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
-            "Showing the first {MAX_OPTIONS} of {} resources; use `/jit request <resource> <duration> <justification>` for the others.",
+        blocks.push(limits::context(&format!(
+            "Showing the first {MAX_OPTIONS} of {} resources; use `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification&gt;` for the others.",
             resources.len()
-        )}]}));
+        )));
     }
     modal(
         ids::REQUEST_MODAL,
@@ -173,13 +188,13 @@ pub fn deny_modal(request: &Request) -> Value {
         Some("Deny"),
         &request.id.0.to_string(),
         vec![
-            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
+            section(&format!(
                 "Deny request {} by {} for {}?",
                 request.id,
                 text::requester(&request.requester),
                 text::code(request.resource.as_str())
-            )}}),
-            json!({"type": "input", "block_id": REASON_BLOCK.0, "label": plain("Reason (shown to the requester)"), "element": {
+            )),
+            json!({"type": "input", "block_id": REASON_BLOCK.0, "label": label("Reason (shown to the requester)"), "element": {
                 "type": "plain_text_input",
                 "action_id": REASON_BLOCK.1,
                 "multiline": true,
@@ -198,18 +213,18 @@ pub fn extend_modal(grant: &Request, resource: &Resource) -> Value {
         Some("Extend"),
         &grant.id.0.to_string(),
         vec![
-            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
+            section(&format!(
                 "Add time to {} (request {}). Extensions go through the policy like any request.",
                 text::code(grant.resource.as_str()),
                 grant.id
-            )}}),
-            json!({"type": "input", "block_id": DURATION_BLOCK.0, "label": plain("Add"), "element": {
+            )),
+            json!({"type": "input", "block_id": DURATION_BLOCK.0, "label": label("Add"), "element": {
                 "type": "static_select",
                 "action_id": DURATION_BLOCK.1,
                 "options": duration_options(default, resource.max_duration),
                 "initial_option": duration_option(default),
             }}),
-            json!({"type": "input", "block_id": REASON_BLOCK.0, "optional": true, "label": plain("Why"), "element": {
+            json!({"type": "input", "block_id": REASON_BLOCK.0, "optional": true, "label": label("Why"), "element": {
                 "type": "plain_text_input",
                 "action_id": REASON_BLOCK.1,
                 "max_length": 1000,
@@ -218,25 +233,51 @@ pub fn extend_modal(grant: &Request, resource: &Resource) -> Value {
     )
 }
 
-/// The credentials, shown once in a modal: modals are not kept in channel history.
+/// Blocks of the reveal modal besides the credentials: the intro and up to two notes.
+const REVEAL_OTHER_BLOCKS: usize = 3;
+
+/// The credentials, shown in a modal (modals are not kept in channel history): every value in
+/// full, across as many code sections as it takes. What a modal cannot hold is said, with where
+/// to get the whole value.
 pub fn reveal_modal(request: &Request, pairs: &[(String, String)], expires: &str) -> Value {
     let exports: String = pairs
         .iter()
         .map(|(k, v)| format!("export {k}='{}'", v.replace('\'', "'\\''")))
         .collect::<Vec<_>>()
         .join("\n");
+    let mut blocks = vec![section(&format!(
+        "{} (request {}), valid until {expires}. Paste into your shell; do not share.",
+        text::code(request.resource.as_str()),
+        request.id
+    ))];
+    let (mut pieces, cut_a_line) =
+        limits::code_pieces(&text::escape(&exports), limits::SECTION_TEXT);
+    let room = limits::VIEW_BLOCKS - REVEAL_OTHER_BLOCKS;
+    let left_out = pieces.len().saturating_sub(room);
+    pieces.truncate(room);
+    blocks.extend(pieces.into_iter().map(|piece| section(&piece)));
+    if cut_a_line {
+        blocks.push(limits::context(
+            ":scissors: A line was longer than one Slack block: it continues in the next block. Paste the blocks one after the other without a line break in between.",
+        ));
+    }
+    if left_out > 0 || exports.contains("```") {
+        blocks.push(limits::context(&format!(
+            ":warning: {} Slack cannot show all of these credentials in one window. The CLI (`jit credentials {}`) and the API (`GET /api/v1/requests/{}/credentials`) return the whole value to the identity that requested the grant.",
+            if left_out > 0 {
+                format!("{left_out} more part{} not shown.", if left_out == 1 { " is" } else { "s are" })
+            } else {
+                "A value contains ```, which Slack would show as formatting.".to_owned()
+            },
+            request.resource,
+            request.id.0
+        )));
+    }
     modal(
         ids::REVEAL_MODAL,
         "Your credentials",
         None,
         &request.id.0.to_string(),
-        vec![
-            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
-                "{} (request {}), valid until {expires}. Paste into your shell; do not share.",
-                text::code(request.resource.as_str()),
-                request.id
-            )}}),
-            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{}```", text::escape(&exports))}}),
-        ],
+        blocks,
     )
 }

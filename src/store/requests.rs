@@ -21,7 +21,7 @@ macro_rules! select_requests {
              state, approvals_required, created_at, pending_until, decided_at, decided_by, \
              decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
              approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
-             access_key, origin_channel FROM requests ",
+             access_key, origin_channel, delivery_failure FROM requests ",
             $($tail),*
         )
     };
@@ -57,6 +57,7 @@ struct RequestRow {
     grant_handle: Option<String>,
     access_key: Option<String>,
     origin_channel: Option<String>,
+    delivery_failure: Option<String>,
 }
 
 /// A request plus the storage-only columns the workers need.
@@ -66,6 +67,8 @@ pub struct StoredRequest {
     pub grant_handle: Option<String>,
     pub access_key: Option<String>,
     pub origin_channel: Option<SlackChannelId>,
+    /// Slack's error code when the approvers' message could never be posted.
+    pub delivery_failure: Option<String>,
 }
 
 fn time(value: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
@@ -117,6 +120,7 @@ impl TryFrom<RequestRow> for StoredRequest {
                 .origin_channel
                 .as_deref()
                 .and_then(|c| SlackChannelId::parse(c).ok()),
+            delivery_failure: row.delivery_failure,
         })
     }
 }
@@ -520,6 +524,22 @@ pub async fn set_approval_message(
     )
     .bind(channel.as_str())
     .bind(ts)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(fenced(done.rows_affected()))
+}
+
+/// Remembers why the approvers' message could never be posted, once. `Applied` the first time.
+pub async fn set_delivery_failure(
+    conn: &mut SqliteConnection,
+    id: RequestId,
+    code: &str,
+) -> sqlx::Result<Fenced> {
+    let done = sqlx::query(
+        "UPDATE requests SET delivery_failure = ? WHERE id = ? AND delivery_failure IS NULL AND approval_ts IS NULL",
+    )
+    .bind(code)
     .bind(id.0)
     .execute(&mut *conn)
     .await?;

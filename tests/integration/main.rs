@@ -8,6 +8,8 @@ mod approval_flow;
 mod credentials;
 mod edge;
 mod lifecycle;
+mod limits_props;
 mod postgres;
 mod reliability;
+mod slack_delivery;
 mod teardown_attacks;

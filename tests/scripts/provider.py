@@ -9,6 +9,9 @@ parameters.log (one JSON object per line). Behaviour is steered by files next to
                     pids in <log>.pids, and then hangs far past any timeout
 Grants print a handle (shared per person and resource when parameters.shared is true; one
 handle for everyone when parameters.team is true), a fresh secret credential, and instructions.
+parameters.big_credentials = N adds a KUBECONFIG credential of
+N characters (a realistic multi-line kubeconfig whose client key holds the secret), and
+parameters.long_token = N a TOKEN of N characters on one line.
 """
 import json
 import os
@@ -41,6 +44,7 @@ entry = {
     "action": request["action"],
     "request_id": request["request_id"],
     "requester": request["requester"],
+    "requester_email": request.get("requester_email"),
     "resource": request["resource"],
     "expires_at": request.get("expires_at"),
     "handle": request.get("handle"),
@@ -73,6 +77,28 @@ if request["action"] in ("grant", "extend"):
             "AWS_SESSION_TOKEN": "token-" + secret,
             "AWS_CREDENTIAL_EXPIRATION": request["expires_at"],
         }
+    if params.get("big_credentials"):
+        size = int(params["big_credentials"])
+        head = (
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n"
+            "    certificate-authority-data: " + "LS0tQ0VSVElGSUNBVEUtLS0t" * 40 + "\n"
+            "    server: https://k8s.example.com:6443\n  name: prod\n"
+            "users:\n- name: jit\n  user:\n    client-key-data: " + secret + "\n"
+            "    client-certificate-data: "
+        )
+        # Base64 lines as long as real kubeconfigs have them (under 2,000 characters).
+        body = ""
+        line = 0
+        while len(head) + len(body) < size:
+            body += "TUlJQ2lqQ0NBWE9nQXdJQkFnSVVkJg=="
+            line += 32
+            if line >= 1900:
+                body += "\n      "
+                line = 0
+        credentials["KUBECONFIG"] = (head + body)[:size]
+    if params.get("long_token"):
+        size = int(params["long_token"])
+        credentials["TOKEN"] = (secret + "t" * size)[:size]
     out = {
         "handle": handle,
         "credentials": credentials,

@@ -1,9 +1,30 @@
 //! What Slack sends us, parsed tolerantly: only the fields jit uses, unknown fields ignored,
 //! optional ones optional (see the fixtures in `tests/fixtures/slack/`).
+//!
+//! - **Events** are read from any JSON at all ([`EventBody`] is built from a `serde_json::Value`):
+//!   `event.user` is a user id in `app_home_opened` and a whole user object in `team_join` and
+//!   `user_change`, and an event jit does not know is [`EventBody::Other`] or an `InnerEvent`
+//!   jit ignores, never a parse error. Slack retries a refused event and may disable the app.
+//! - **Actions** jit did not create (a URL button, another app's surface, a workflow) parse
+//!   too: an `action_id` or `value` of an odd shape reads as absent, and the handler ignores it.
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// An optional string that tolerates any other JSON shape (read as absent).
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// A string that tolerates any other JSON shape (read as empty).
+fn lenient_string_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    lenient_string(d).map(Option::unwrap_or_default)
+}
 
 /// The form body of a slash command.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,19 +53,25 @@ pub struct Channel {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Container {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub channel_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub message_ts: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Action {
+    /// Empty when Slack sent none (or not a string).
+    #[serde(default, deserialize_with = "lenient_string_or_empty")]
     pub action_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub value: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_selected")]
     pub selected_option: Option<SelectedOption>,
+}
+
+fn lenient_selected<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SelectedOption>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,16 +123,23 @@ impl View {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BlockActions {
     pub user: User,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub trigger_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub container: Option<Container>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub channel: Option<Channel>,
     #[serde(default)]
     pub actions: Vec<Action>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub view: Option<View>,
+}
+
+/// An optional part that reads as absent when its shape is not the expected one.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
 }
 
 impl BlockActions {
@@ -143,34 +177,75 @@ pub struct InteractionForm {
     pub payload: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The fields of an event jit reads; every other field, and any odd shape, is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InnerEvent {
-    #[serde(rename = "type")]
+    /// `type`; empty if absent.
     pub kind: String,
-    #[serde(default)]
+    /// The user it is about: `event.user` when it is a user id, or its `id` when it is a user
+    /// object (`team_join`, `user_change`).
     pub user: Option<String>,
-    #[serde(default)]
+    /// `app_home_opened`: which tab.
     pub tab: Option<String>,
 }
 
-/// An Events API body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type")]
+impl InnerEvent {
+    fn from_value(event: &Value) -> InnerEvent {
+        let string = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let user = match event.get("user") {
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(Value::Object(user)) => string(user.get("id")),
+            _ => None,
+        };
+        InnerEvent {
+            kind: string(event.get("type")).unwrap_or_default(),
+            user,
+            tab: string(event.get("tab")),
+        }
+    }
+}
+
+/// An Events API body. Built from any JSON value: what jit cannot use is [`EventBody::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "Value")]
 pub enum EventBody {
-    #[serde(rename = "url_verification")]
-    UrlVerification { challenge: String },
-    #[serde(rename = "event_callback")]
+    UrlVerification {
+        challenge: String,
+    },
     EventCallback {
         event: InnerEvent,
-        #[serde(default)]
         event_id: Option<String>,
     },
-    #[serde(other)]
     Other,
+}
+
+impl From<Value> for EventBody {
+    fn from(body: Value) -> EventBody {
+        let string = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
+        match body.get("type").and_then(Value::as_str) {
+            Some("url_verification") => match string("challenge") {
+                Some(challenge) => EventBody::UrlVerification { challenge },
+                None => EventBody::Other,
+            },
+            Some("event_callback") => match body.get("event").filter(|e| e.is_object()) {
+                Some(event) => EventBody::EventCallback {
+                    event: InnerEvent::from_value(event),
+                    event_id: string("event_id"),
+                },
+                None => EventBody::Other,
+            },
+            _ => EventBody::Other,
+        }
+    }
 }
 
 /// A payload type Slack sends, and how to read it from a verified body.
 pub trait SlackPayload: Sized {
+    /// Whether a verified body that does not parse is still acknowledged with HTTP 200 (and
+    /// ignored): Slack retries refused events and interactions and may disable the app, and a
+    /// verified body is Slack's, only not one jit understands.
+    const ACK_UNPARSEABLE: bool = false;
+
     fn parse(body: &[u8]) -> Result<Self, String>;
 }
 
@@ -181,6 +256,8 @@ impl SlackPayload for SlashCommand {
 }
 
 impl SlackPayload for Interaction {
+    const ACK_UNPARSEABLE: bool = true;
+
     fn parse(body: &[u8]) -> Result<Self, String> {
         let form: InteractionForm =
             serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())?;
@@ -189,6 +266,8 @@ impl SlackPayload for Interaction {
 }
 
 impl SlackPayload for EventBody {
+    const ACK_UNPARSEABLE: bool = true;
+
     fn parse(body: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(body).map_err(|e| e.to_string())
     }
@@ -264,5 +343,68 @@ mod tests {
         assert!(
             matches!(event, EventBody::EventCallback { event, .. } if event.kind == "app_home_opened")
         );
+    }
+
+    #[test]
+    fn events_with_a_user_object_parse() {
+        for (fixture, kind, user) in [
+            (
+                include_str!("../../../../tests/fixtures/slack/event-team-join.json"),
+                "team_join",
+                "U0NEWHIRE",
+            ),
+            (
+                include_str!("../../../../tests/fixtures/slack/event-user-change.json"),
+                "user_change",
+                "U0ALICE",
+            ),
+        ] {
+            let event = EventBody::parse(fixture.as_bytes()).unwrap();
+            let EventBody::EventCallback { event, event_id } = event else {
+                panic!("event_callback expected")
+            };
+            assert_eq!(event.kind, kind);
+            assert_eq!(event.user.as_deref(), Some(user));
+            assert!(event_id.is_some());
+        }
+    }
+
+    #[test]
+    fn any_json_is_an_event_body() {
+        for body in [
+            "{}",
+            "[]",
+            "null",
+            "42",
+            r#"{"type":"event_callback"}"#,
+            r#"{"type":"event_callback","event":"oops"}"#,
+            r#"{"type":"event_callback","event":{"user":[1,2],"tab":7}}"#,
+            r#"{"type":"url_verification","challenge":{"nested":true}}"#,
+            r#"{"type":"app_rate_limited","minute_rate_limited":1518467820}"#,
+        ] {
+            let parsed = EventBody::parse(body.as_bytes()).unwrap();
+            if let EventBody::EventCallback { event, .. } = parsed {
+                assert_eq!(event, InnerEvent::default());
+            }
+        }
+        assert!(EventBody::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn actions_jit_did_not_create_parse() {
+        let url_button: Interaction = serde_json::from_str(
+            r#"{"type":"block_actions","user":{"id":"U1"},"container":{"type":"view","view_id":"V1"},
+                "channel":null,"view":{"type":"home","state":"odd"},
+                "actions":[{"type":"button","url":"https://example.com","action_id":{"x":1}},
+                           {"type":"datepicker","selected_date":"2026-12-01","selected_option":"odd","value":3}]}"#,
+        )
+        .unwrap();
+        let Interaction::BlockActions(actions) = url_button else {
+            panic!("block_actions expected")
+        };
+        assert_eq!(actions.channel_id(), None);
+        assert_eq!(actions.actions[0].action_id, "");
+        assert_eq!(actions.actions[1].value, None);
+        assert!(actions.actions[1].selected_option.is_none());
     }
 }
