@@ -2,12 +2,16 @@
 //! draining them on shutdown.
 //!
 //! Invariants:
-//! - **A cap, never an accept error.** A connection is accepted only after a permit of the
-//!   listener's [`Semaphore`] is taken. At the cap the loop stops calling `accept`, so further
-//!   connections wait in the kernel's listen backlog instead of being accepted and failing. The cap
-//!   is computed from `RLIMIT_NOFILE` (raised to its hard limit at start, [`raise_fd_limit`]) minus
-//!   a reserve, so the database, the Slack and provider clients and exec pipes always find file
-//!   descriptors, whatever a flood of sockets does.
+//! - **A cap, never an accept error.** Each connection holds a permit of the listener's
+//!   [`Semaphore`]. The cap is computed from `RLIMIT_NOFILE` (raised to its hard limit at start,
+//!   [`raise_fd_limit`]) minus a reserve, so the database, the Slack and provider clients and exec
+//!   pipes always find file descriptors, whatever a flood of sockets does.
+//! - **At the cap, silence makes room.** The loop accepts one connection ahead. When no permit is
+//!   free, the oldest connection that has not yet sent a complete request head is closed and the
+//!   new one takes its place, so a flood of idle sockets cannot lock real clients out (a real
+//!   client sends its head at once). When every connection is busy with a request, the loop waits
+//!   for a permit without accepting, and further connections wait in the kernel's listen backlog
+//!   instead of being accepted and failing.
 //! - **Every phase of a connection has a deadline.**
 //!   - A new connection must deliver its first complete request head within the header timeout,
 //!     counted from `accept`. Until its first byte arrives it is only a socket: no hyper
@@ -42,7 +46,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -180,6 +184,23 @@ pub fn connection_cap(
     }
 }
 
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`): where connections
+/// wait while a listener is at its cap.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// One listener with its routes and its cap.
 pub struct Listener {
     pub tcp: TcpListener,
@@ -206,6 +227,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let shared = Arc::new(Shared {
         builder: http1_builder(&config),
+        silent: Arc::new(Silent::default()),
         router,
         config,
         metrics: metrics.clone(),
@@ -213,25 +235,6 @@ pub async fn serve(
     metrics.set_connection_limit(name, max_connections);
     let mut last_full_warning: Option<Instant> = None;
     loop {
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                metrics.connection_cap_reached(name);
-                if last_full_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    last_full_warning = Some(Instant::now());
-                    tracing::warn!(
-                        listener = name,
-                        max_connections,
-                        "connection cap reached: new connections wait in the listen backlog"
-                    );
-                }
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => break,
-                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                }
-            }
-        };
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
@@ -249,14 +252,42 @@ pub async fn serve(
                 }
             }
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: make room by closing the oldest connection that has not sent a request,
+                // or, when every one has, wait (the backlog holds the connections after this one).
+                metrics.connection_cap_reached(name);
+                let evicted = shared.silent.evict_oldest();
+                if evicted {
+                    metrics.http_rejected("evicted_silent");
+                }
+                if last_full_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    last_full_warning = Some(Instant::now());
+                    tracing::warn!(
+                        listener = name,
+                        max_connections,
+                        evicted,
+                        "connection cap reached: closing the oldest connections without a request, \
+                         or holding new ones in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
+        let silent = shared.silent.register();
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
             let _open = shared.metrics.connection_opened(name);
-            connection(shared, stream, peer, watcher, stop).await;
+            connection(shared, stream, peer, watcher, stop, silent).await;
         });
     }
     drop(tcp);
@@ -289,9 +320,58 @@ fn is_per_connection(err: &std::io::Error) -> bool {
 
 struct Shared {
     builder: hyper::server::conn::http1::Builder,
+    silent: Arc<Silent>,
     router: Router,
     config: EdgeConfig,
     metrics: Metrics,
+}
+
+/// Connections that have not yet delivered a complete request head, oldest first: the ones
+/// closed to make room at the cap. A real client sends its head right after connecting, so it is
+/// only ever at risk for the moment it takes to send it.
+#[derive(Default)]
+struct Silent {
+    next: std::sync::atomic::AtomicU64,
+    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, oneshot::Sender<()>>>,
+}
+
+impl Silent {
+    fn register(self: &Arc<Self>) -> SilentGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().expect("never poisoned").insert(id, tx);
+        SilentGuard {
+            silent: self.clone(),
+            id,
+            evicted: rx,
+        }
+    }
+
+    /// Tells the oldest silent connection to close; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.waiting.lock().expect("never poisoned").pop_first();
+        match oldest {
+            Some((_, tx)) => tx.send(()).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// A connection's place in [`Silent`], until its first request head (or its end).
+struct SilentGuard {
+    silent: Arc<Silent>,
+    id: u64,
+    evicted: oneshot::Receiver<()>,
+}
+
+impl Drop for SilentGuard {
+    fn drop(&mut self) {
+        self.silent
+            .waiting
+            .lock()
+            .expect("never poisoned")
+            .remove(&self.id);
+    }
 }
 
 fn http1_builder(config: &EdgeConfig) -> hyper::server::conn::http1::Builder {
@@ -316,18 +396,45 @@ async fn connection(
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
     mut stop: watch::Receiver<bool>,
+    mut silent: SilentGuard,
 ) {
     let head_deadline = Instant::now() + shared.config.header_timeout;
     // Wait for the first byte as a bare socket.
+    let mut first = [0u8; 1];
     tokio::select! {
         biased;
         _ = stop.wait_for(|s| *s) => return,
-        readable = stream.readable() => if readable.is_err() { return },
+        _ = &mut silent.evicted => return,
+        // `peek`, not `readable`: readiness can be reported before any byte has arrived.
+        peeked = stream.peek(&mut first) => match peeked {
+            Ok(0) | Err(_) => return, // closed before saying anything
+            Ok(_) => {}
+        },
         _ = tokio::time::sleep_until(head_deadline) => {
             shared.metrics.http_rejected("header_timeout");
             return;
         }
     }
+    // The hyper phase lives on the heap, so an idle socket's task stays small.
+    Box::pin(serve_http(
+        shared,
+        stream,
+        peer,
+        watcher,
+        head_deadline,
+        silent,
+    ))
+    .await;
+}
+
+async fn serve_http(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+    head_deadline: Instant,
+    mut silent: SilentGuard,
+) {
     let first_head = Arc::new(Notify::new());
     let service = {
         let shared = shared.clone();
@@ -346,12 +453,14 @@ async fn connection(
     tokio::select! {
         biased;
         _ = &mut conn => return,
+        _ = &mut silent.evicted => return,
         _ = first_head.notified() => {}
         _ = tokio::time::sleep_until(head_deadline) => {
             shared.metrics.http_rejected("header_timeout");
             return;
         }
     }
+    drop(silent);
     let _ = conn.await;
 }
 

@@ -85,13 +85,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let worker_task = tokio::spawn(worker::run(app.clone(), stopped.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = edge::bind(config.listen)
         .with_context(|| format!("JIT_LISTEN: cannot listen on {}", config.listen))?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            edge::bind(addr)
                 .with_context(|| format!("JIT_METRICS_LISTEN: cannot listen on {addr}"))?,
         ),
         None => None,
