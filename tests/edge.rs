@@ -777,3 +777,98 @@ async fn slowloris_and_idle_connections_are_closed_and_the_cap_queues_the_rest()
     );
     assert!(!server.logs().contains("Too many open files"));
 }
+
+#[tokio::test]
+async fn unauthenticated_api_calls_are_limited_per_source_address() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = FakeSlack::start(TOKEN).await.unwrap();
+    // Behind one trusted proxy: the caller is the last X-Forwarded-For entry.
+    let server = Server::start(
+        &slack,
+        &[
+            ("JIT_API_UNAUTHENTICATED_RATE", "3"),
+            ("JIT_TRUSTED_PROXY_HOPS", "1"),
+        ],
+    );
+    server.wait_ready().await;
+    let token = server
+        .cli(&["identity", "token", "create", "ci"])
+        .split_whitespace()
+        .find(|w| w.starts_with("jit_"))
+        .expect("a token")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let call = |forwarded: &'static str, bearer: String| {
+        let request = http
+            .get(format!("{}/api/v1/requests", server.url()))
+            .header("x-forwarded-for", forwarded)
+            .bearer_auth(bearer);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            let retry = r.headers().get("retry-after").cloned();
+            let body: Value = r.json().await.unwrap();
+            (
+                status,
+                body["code"].as_str().unwrap_or_default().to_owned(),
+                retry,
+            )
+        }
+    };
+    for _ in 0..3 {
+        let (status, code, _) = call("6.6.6.6, 203.0.113.7", "jit_wrong".into()).await;
+        assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    }
+    // The fourth bad call from that address is refused before anything else.
+    let (status, code, retry) = call("1.1.1.1, 203.0.113.7", "jit_wrong".into()).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    assert!(retry.is_some(), "429 says when to retry");
+    // The unknown endpoint counts too.
+    let r = http
+        .get(format!("{}/api/v1/nothing", server.url()))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // Another address has its own budget; what the client wrote left of the proxy's entry is not
+    // believed.
+    let (status, code, _) = call("203.0.113.7, 198.51.100.1", "jit_wrong".into()).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    // A valid token from the limited address still works: it is limited per token instead.
+    let (status, _, _) = call("203.0.113.7", token).await;
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn the_client_refuses_plain_http_to_another_machine() {
+    let run = |url: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(["release", "1"])
+            .args(extra)
+            .env_clear()
+            .env("JIT_URL", url)
+            .env("JIT_TOKEN", "jit_not-a-real-token")
+            .output()
+            .unwrap()
+    };
+    let refused = run("http://jit.example.com", &[]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("is plain HTTP") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("jit_not-a-real-token"), "{stderr}");
+    // With --insecure the client goes on to call the server (nothing listens there: a
+    // connection error, not the refusal).
+    let port = free_port();
+    let insecure = run(
+        &format!("http://127.0.0.2.example.invalid:{port}"),
+        &["--insecure"],
+    );
+    let stderr = String::from_utf8_lossy(&insecure.stderr);
+    assert!(!insecure.status.success());
+    assert!(!stderr.contains("is plain HTTP"), "{stderr}");
+    assert!(stderr.contains("cannot reach the jit server"), "{stderr}");
+}
