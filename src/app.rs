@@ -31,6 +31,8 @@ pub struct App {
     pub request_limiter: DefaultKeyedRateLimiter<String>,
     /// Per-token API call rate.
     pub api_limiter: DefaultKeyedRateLimiter<i64>,
+    /// Per-source-address rate of API calls that do not authenticate.
+    pub unauthenticated_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
     pub settings: Settings,
     pub health: Health,
     /// Stores new requests with group commit.
@@ -85,6 +87,11 @@ pub struct Settings {
     pub api_calls_per_minute: u32,
     /// How long a Slack Web API call may take.
     pub slack_timeout: std::time::Duration,
+    /// API calls per minute per source address that do not authenticate.
+    pub unauthenticated_calls_per_minute: u32,
+    /// Proxies in front of jit whose `X-Forwarded-For` entries name the caller (0: none; the
+    /// peer address is the caller).
+    pub trusted_proxy_hops: usize,
 }
 
 impl Default for Settings {
@@ -94,6 +101,8 @@ impl Default for Settings {
             lease: std::time::Duration::from_secs(120),
             api_calls_per_minute: 120,
             slack_timeout: std::time::Duration::from_secs(10),
+            unauthenticated_calls_per_minute: 30,
+            trusted_proxy_hops: 0,
         }
     }
 }

@@ -99,6 +99,9 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
         metrics,
         request_limiter: request_limiter(per_minute),
         api_limiter: crate::api::call_limiter(parts.settings.api_calls_per_minute),
+        unauthenticated_limiter: crate::api::address_limiter(
+            parts.settings.unauthenticated_calls_per_minute,
+        ),
         settings: parts.settings,
         health: Health::default(),
         submissions,

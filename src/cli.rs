@@ -74,6 +74,9 @@ pub enum Command {
         timeout: String,
         #[arg(long, value_enum, default_value = "env")]
         format: crate::client::Format,
+        /// Allow a plain http:// JIT_URL to another machine (the token crosses unencrypted).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Client: print credentials of an active grant of RESOURCE, asking for one if needed
     /// (use `--format credential_process` in an AWS CLI profile).
@@ -88,9 +91,17 @@ pub enum Command {
         reason: Option<String>,
         #[arg(long, default_value = "30m")]
         timeout: String,
+        /// Allow a plain http:// JIT_URL to another machine (the token crosses unencrypted).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Client: give access back now.
-    Release { id: String },
+    Release {
+        id: String,
+        /// Allow a plain http:// JIT_URL to another machine (the token crosses unencrypted).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Run the whole flow locally with a built-in Slack simulator, and print what everyone sees.
     Demo {
         /// Keep the temporary database for inspection.
@@ -218,8 +229,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
             timeout,
             format,
+            insecure,
         } => {
-            let client = crate::client::Client::from_env(&env)?;
+            let client = crate::client::Client::from_env(&env, insecure)?;
             let wait = wait.then(|| parse_timeout(&timeout)).transpose()?;
             let out = crate::client::request(
                 &client,
@@ -240,8 +252,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             duration,
             reason,
             timeout,
+            insecure,
         } => {
-            let client = crate::client::Client::from_env(&env)?;
+            let client = crate::client::Client::from_env(&env, insecure)?;
             let out = crate::client::credentials(
                 &client,
                 &resource,
@@ -254,9 +267,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{out}");
             Ok(0)
         }
-        Command::Release { id } => {
+        Command::Release { id, insecure } => {
             let id = RequestId::parse(&id).map_err(anyhow::Error::msg)?;
-            let client = crate::client::Client::from_env(&env)?;
+            let client = crate::client::Client::from_env(&env, insecure)?;
             let answer = client.release(id.0).await?;
             println!(
                 "request #{} is {}",

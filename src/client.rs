@@ -4,6 +4,10 @@
 //! credentials); `jit credentials <resource> --format credential_process` speaks the AWS CLI's
 //! credential_process protocol, asking for access only when no grant is active; `jit release`
 //! gives access back.
+//!
+//! The bearer token and the credentials cross the network, so `JIT_URL` must be `https://`. Plain
+//! `http://` is accepted only to a loopback address (`127.0.0.0/8`, `::1`, `localhost`), or with
+//! `--insecure`; redirects are held to the same rule.
 
 use std::time::Duration;
 
@@ -46,28 +50,62 @@ pub enum Format {
     CredentialProcess,
 }
 
+/// Whether plain HTTP to `url` is acceptable without `--insecure`: only to this machine.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Refuses a URL that would send the token in clear text, unless `insecure`.
+pub fn check_transport(url: &url::Url, insecure: bool) -> anyhow::Result<()> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if insecure || is_loopback(url) => Ok(()),
+        "http" => bail!(
+            "JIT_URL `{url}` is plain HTTP: the API token and the credentials would cross the \
+             network unencrypted. Use an https:// URL, or pass --insecure if this network is \
+             trusted (plain HTTP is allowed without it only to a loopback address)"
+        ),
+        _ => bail!("JIT_URL must be an https:// URL (or http:// to a loopback address)"),
+    }
+}
+
 impl Client {
-    pub fn new(base: &str, token: SecretString) -> anyhow::Result<Self> {
+    /// `insecure` allows a plain `http://` URL to a host other than this machine.
+    pub fn new(base: &str, token: SecretString, insecure: bool) -> anyhow::Result<Self> {
         let url =
             url::Url::parse(base).with_context(|| format!("JIT_URL `{base}` is not a URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            bail!("JIT_URL must be an http:// or https:// URL");
-        }
+        check_transport(&url, insecure)?;
+        // A redirect may not downgrade the connection either.
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("too many redirects")
+            } else if check_transport(attempt.url(), insecure).is_err() {
+                attempt.error("the jit server redirected to plain HTTP; refusing to follow")
+            } else {
+                attempt.follow()
+            }
+        });
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(180))
+                .redirect(redirects)
                 .build()?,
             base: base.trim_end_matches('/').to_owned(),
             token,
         })
     }
 
-    pub fn from_env(env: EnvFn<'_>) -> anyhow::Result<Self> {
+    pub fn from_env(env: EnvFn<'_>, insecure: bool) -> anyhow::Result<Self> {
         let base = env("JIT_URL").context(
             "JIT_URL is not set (the jit server's address, e.g. https://jit.example.com)",
         )?;
         let token = config::required_secret(env, "JIT_TOKEN")?;
-        Self::new(&base, token)
+        Self::new(&base, token, insecure)
     }
 
     async fn call(
@@ -388,6 +426,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not issue AWS credentials"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_or_with_insecure() {
+        let token = || SecretString::from("jit_test");
+        for url in [
+            "https://jit.example.com",
+            "http://127.0.0.1:3000",
+            "http://127.8.9.10",
+            "http://[::1]:3000/",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+        ] {
+            assert!(Client::new(url, token(), false).is_ok(), "{url}");
+        }
+        for url in [
+            "http://jit.example.com",
+            "http://10.0.0.5:3000",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+        ] {
+            let err = Client::new(url, token(), false).unwrap_err().to_string();
+            assert!(err.contains("is plain HTTP"), "{url}: {err}");
+            assert!(err.contains("--insecure"), "{err}");
+            assert!(
+                Client::new(url, token(), true).is_ok(),
+                "{url} with --insecure"
+            );
+        }
+        let err = Client::new("ftp://jit.example.com", token(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be an https:// URL"), "{err}");
     }
 
     #[test]

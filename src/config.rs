@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -106,6 +107,14 @@ pub struct ServeConfig {
     pub encryption_key: SecretString,
     pub workers: usize,
     pub posts_per_channel_per_second: NonZeroU32,
+    /// Timeouts and the connection cap of the HTTP edge.
+    pub edge: crate::edge::EdgeConfig,
+    /// A separate address for `/metrics`; when set, the main listener does not serve it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// API calls per minute per source address that do not authenticate.
+    pub unauthenticated_per_minute: u32,
+    /// Proxies in front of jit whose `X-Forwarded-For` entries are trusted (0: none).
+    pub trusted_proxy_hops: usize,
 }
 
 fn parse_number<T: std::str::FromStr>(
@@ -122,6 +131,80 @@ fn parse_number<T: std::str::FromStr>(
             _ => Err(ConfigError(format!("{name} must be {what}, not `{text}`"))),
         },
     }
+}
+
+/// A duration setting such as `10s` or `1m`, within `max_secs`; `zero_ok` also accepts `0`.
+fn parse_duration(
+    env: EnvFn<'_>,
+    name: &str,
+    default: Duration,
+    max_secs: u64,
+    zero_ok: bool,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = env(name) else {
+        return Ok(default);
+    };
+    let text = text.trim();
+    if zero_ok && text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let what = if zero_ok {
+        format!("a duration such as 30s or 2m, at most {max_secs}s, or 0 to turn it off")
+    } else {
+        format!("a duration such as 10s or 1m, at most {max_secs}s")
+    };
+    match crate::domain::duration::GrantDuration::parse(text) {
+        Ok(d) if d.as_secs() <= max_secs => Ok(Duration::from_secs(d.as_secs())),
+        _ => Err(ConfigError(format!("{name} must be {what}, not `{text}`"))),
+    }
+}
+
+fn parse_edge(env: EnvFn<'_>) -> Result<crate::edge::EdgeConfig, ConfigError> {
+    let defaults = crate::edge::EdgeConfig::default();
+    let max_connections = match env("JIT_HTTP_MAX_CONNECTIONS") {
+        None => None,
+        Some(_) => Some(parse_number(
+            env,
+            "JIT_HTTP_MAX_CONNECTIONS",
+            0usize,
+            |n| *n >= crate::edge::MIN_CONNECTIONS,
+            &format!(
+                "a number of connections, at least {}",
+                crate::edge::MIN_CONNECTIONS
+            ),
+        )?),
+    };
+    Ok(crate::edge::EdgeConfig {
+        header_timeout: parse_duration(
+            env,
+            "JIT_HTTP_HEADER_TIMEOUT",
+            defaults.header_timeout,
+            600,
+            false,
+        )?,
+        body_timeout: parse_duration(
+            env,
+            "JIT_HTTP_BODY_TIMEOUT",
+            defaults.body_timeout,
+            600,
+            false,
+        )?,
+        idle_timeout: parse_duration(
+            env,
+            "JIT_HTTP_IDLE_TIMEOUT",
+            defaults.idle_timeout,
+            3600,
+            true,
+        )?,
+        max_connections,
+        fd_reserve: parse_number(
+            env,
+            "JIT_FD_RESERVE",
+            defaults.fd_reserve,
+            |n| (64..=1_000_000).contains(n),
+            "a number of file descriptors from 64 to 1000000",
+        )?,
+    })
 }
 
 impl ServeConfig {
@@ -189,6 +272,37 @@ impl ServeConfig {
             |n| (1..=1000).contains(n),
             "messages per second per channel, from 1 to 1000",
         )?;
+        let edge = parse_edge(env)?;
+        let metrics_listen = match env("JIT_METRICS_LISTEN") {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                    ConfigError(format!(
+                        "JIT_METRICS_LISTEN must be an address such as 127.0.0.1:9090, not `{text}`"
+                    ))
+                })?;
+                if addr == listen {
+                    return Err(ConfigError(format!(
+                        "JIT_METRICS_LISTEN ({addr}) must differ from JIT_LISTEN"
+                    )));
+                }
+                Some(addr)
+            }
+        };
+        let unauthenticated_per_minute = parse_number(
+            env,
+            "JIT_API_UNAUTHENTICATED_RATE",
+            30u32,
+            |n| (1..=1_000_000).contains(n),
+            "calls per minute per address, from 1 to 1000000",
+        )?;
+        let trusted_proxy_hops = parse_number(
+            env,
+            "JIT_TRUSTED_PROXY_HOPS",
+            0usize,
+            |n| *n <= 10,
+            "a number of proxies from 0 to 10",
+        )?;
         Ok(Self {
             base,
             signing_secrets,
@@ -199,6 +313,10 @@ impl ServeConfig {
             encryption_key,
             workers,
             posts_per_channel_per_second: NonZeroU32::new(posts).expect("validated above"),
+            edge,
+            metrics_listen,
+            unauthenticated_per_minute,
+            trusted_proxy_hops,
         })
     }
 }
@@ -246,6 +364,43 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:3000");
         assert_eq!(config.slack_api_url, "https://slack.com/api");
         assert_eq!(config.base.durability, Durability::Full);
+        assert_eq!(config.edge, crate::edge::EdgeConfig::default());
+        assert_eq!(config.edge.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.edge.body_timeout, Duration::from_secs(10));
+        assert_eq!(config.edge.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.edge.max_connections, None);
+        assert_eq!(config.edge.fd_reserve, 512);
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.unauthenticated_per_minute, 30);
+        assert_eq!(config.trusted_proxy_hops, 0);
+    }
+
+    #[test]
+    fn edge_settings() {
+        let pairs = [
+            GOOD,
+            &[
+                ("JIT_HTTP_HEADER_TIMEOUT", "2s"),
+                ("JIT_HTTP_BODY_TIMEOUT", "1m"),
+                ("JIT_HTTP_IDLE_TIMEOUT", "0"),
+                ("JIT_HTTP_MAX_CONNECTIONS", "5000"),
+                ("JIT_FD_RESERVE", "256"),
+                ("JIT_METRICS_LISTEN", "127.0.0.1:9090"),
+                ("JIT_API_UNAUTHENTICATED_RATE", "5"),
+                ("JIT_TRUSTED_PROXY_HOPS", "1"),
+            ],
+        ]
+        .concat();
+        let env = env_of(&pairs);
+        let config = ServeConfig::from_env(&env).unwrap();
+        assert_eq!(config.edge.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.edge.body_timeout, Duration::from_secs(60));
+        assert_eq!(config.edge.idle_timeout, Duration::ZERO);
+        assert_eq!(config.edge.max_connections, Some(5000));
+        assert_eq!(config.edge.fd_reserve, 256);
+        assert_eq!(config.metrics_listen.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(config.unauthenticated_per_minute, 5);
+        assert_eq!(config.trusted_proxy_hops, 1);
     }
 
     #[test]
@@ -283,6 +438,42 @@ mod tests {
             (
                 vec![("SLACK_SIGNING_SECRET_FILE", "/nonexistent/jit-secret")],
                 "SLACK_SIGNING_SECRET_FILE: cannot read `/nonexistent/jit-secret`",
+            ),
+            (
+                [GOOD, &[("JIT_HTTP_HEADER_TIMEOUT", "0")]].concat(),
+                "JIT_HTTP_HEADER_TIMEOUT must be a duration such as 10s or 1m, at most 600s, not `0`",
+            ),
+            (
+                [GOOD, &[("JIT_HTTP_BODY_TIMEOUT", "soon")]].concat(),
+                "JIT_HTTP_BODY_TIMEOUT must be a duration",
+            ),
+            (
+                [GOOD, &[("JIT_HTTP_IDLE_TIMEOUT", "2h")]].concat(),
+                "JIT_HTTP_IDLE_TIMEOUT must be a duration such as 30s or 2m, at most 3600s, or 0",
+            ),
+            (
+                [GOOD, &[("JIT_HTTP_MAX_CONNECTIONS", "10")]].concat(),
+                "JIT_HTTP_MAX_CONNECTIONS must be a number of connections, at least 64",
+            ),
+            (
+                [GOOD, &[("JIT_FD_RESERVE", "1")]].concat(),
+                "JIT_FD_RESERVE must be a number of file descriptors from 64",
+            ),
+            (
+                [GOOD, &[("JIT_METRICS_LISTEN", "9090")]].concat(),
+                "JIT_METRICS_LISTEN must be an address such as 127.0.0.1:9090",
+            ),
+            (
+                [GOOD, &[("JIT_METRICS_LISTEN", "0.0.0.0:3000")]].concat(),
+                "JIT_METRICS_LISTEN (0.0.0.0:3000) must differ from JIT_LISTEN",
+            ),
+            (
+                [GOOD, &[("JIT_API_UNAUTHENTICATED_RATE", "0")]].concat(),
+                "JIT_API_UNAUTHENTICATED_RATE must be calls per minute per address",
+            ),
+            (
+                [GOOD, &[("JIT_TRUSTED_PROXY_HOPS", "x")]].concat(),
+                "JIT_TRUSTED_PROXY_HOPS must be a number of proxies from 0 to 10",
             ),
             (
                 [GOOD, &[("JIT_SQLITE_SYNCHRONOUS", "off")]].concat(),

@@ -25,6 +25,9 @@ struct Inner {
     slack_calls: Family<Labels, Counter>,
     teardown_lag: Histogram,
     http_rejected: Family<Labels, Counter>,
+    http_connections: Family<Labels, Gauge>,
+    http_connection_limit: Family<Labels, Gauge>,
+    http_cap_reached: Family<Labels, Counter>,
 }
 
 /// Cheap to clone; all clones share the same registry.
@@ -94,8 +97,26 @@ impl Metrics {
         let http_rejected = Family::<Labels, Counter>::default();
         registry.register(
             "http_rejected",
-            "Slack requests rejected at the edge, by reason",
+            "Requests rejected at the edge (Slack signatures, API auth, HTTP timeouts), by reason",
             http_rejected.clone(),
+        );
+        let http_connections = Family::<Labels, Gauge>::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open now, by listener",
+            http_connections.clone(),
+        );
+        let http_connection_limit = Family::<Labels, Gauge>::default();
+        registry.register(
+            "http_connection_limit",
+            "The most HTTP connections a listener holds at once",
+            http_connection_limit.clone(),
+        );
+        let http_cap_reached = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_connection_cap_reached",
+            "Times a listener stopped accepting because it held its most connections",
+            http_cap_reached.clone(),
         );
         Metrics(Arc::new(Inner {
             registry,
@@ -108,6 +129,9 @@ impl Metrics {
             slack_calls,
             teardown_lag,
             http_rejected,
+            http_connections,
+            http_connection_limit,
+            http_cap_reached,
         }))
     }
 
@@ -172,11 +196,45 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an open connection of `listener` until the guard is dropped.
+    pub fn connection_opened(&self, listener: &'static str) -> OpenConnection {
+        let gauge = self
+            .0
+            .http_connections
+            .get_or_create(&vec![("listener", listener.to_owned())])
+            .clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    pub fn set_connection_limit(&self, listener: &'static str, limit: usize) {
+        self.0
+            .http_connection_limit
+            .get_or_create(&vec![("listener", listener.to_owned())])
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    pub fn connection_cap_reached(&self, listener: &'static str) {
+        self.0
+            .http_cap_reached
+            .get_or_create(&vec![("listener", listener.to_owned())])
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.0.registry);
         out
+    }
+}
+
+/// See [`Metrics::connection_opened`].
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

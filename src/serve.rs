@@ -10,6 +10,7 @@ use crate::app::{App, Settings};
 use crate::bootstrap::{self, InstanceLock, Parts};
 use crate::config::ServeConfig;
 use crate::crypto::Cipher;
+use crate::edge;
 use crate::providers::Providers;
 use crate::queue::worker;
 use crate::server;
@@ -39,6 +40,8 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
         providers,
         settings: Settings {
             workers: config.workers,
+            unauthenticated_calls_per_minute: config.unauthenticated_per_minute,
+            trusted_proxy_hops: config.trusted_proxy_hops,
             ..Settings::default()
         },
         posts_per_channel_per_second: config.posts_per_channel_per_second,
@@ -68,6 +71,11 @@ async fn shutdown_signal() {
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    // Before anything opens a file: the connection cap is computed from this limit.
+    let fd_limit = edge::raise_fd_limit();
+    let max_connections =
+        edge::connection_cap(&config.edge, fd_limit, config.metrics_listen.is_some())
+            .map_err(anyhow::Error::msg)?;
     let _lock = InstanceLock::acquire(&config.base.database_url)?;
     let app = build_app(&config).await?;
     worker::recover(&app).await?;
@@ -77,26 +85,71 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let worker_task = tokio::spawn(worker::run(app.clone(), stopped.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = edge::bind(config.listen)
         .with_context(|| format!("JIT_LISTEN: cannot listen on {}", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            edge::bind(addr)
+                .with_context(|| format!("JIT_METRICS_LISTEN: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     // With an app-level token, Slack's deliveries arrive over Socket Mode; the HTTP server still
     // serves health, readiness and metrics (and keeps the signed /slack/* routes).
     let socket_task = config.app_token.clone().map(|token| {
         let options = socket::Options::new(config.slack_api_url.clone(), token);
         tokio::spawn(socket::run(app.clone(), options, stopped.clone()))
     });
+
+    // The listeners stop on SIGTERM; the worker and Socket Mode only once they have drained.
+    let (stop_http, http_stopped) = watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_http.send(true);
+    });
+    let main = edge::serve(
+        edge::Listener {
+            tcp: listener,
+            router: server::main_router(app.clone(), metrics_listener.is_none()),
+            max_connections,
+            name: "http",
+        },
+        config.edge.clone(),
+        app.metrics.clone(),
+        http_stopped.clone(),
+    );
+    let metrics = metrics_listener.map(|tcp| {
+        tokio::spawn(edge::serve(
+            edge::Listener {
+                tcp,
+                router: server::metrics_router(app.clone()),
+                max_connections: edge::METRICS_CONNECTIONS,
+                name: "metrics",
+            },
+            config.edge.clone(),
+            app.metrics.clone(),
+            http_stopped.clone(),
+        ))
+    });
     tracing::info!(
         listen = %config.listen,
+        metrics_listen = config.metrics_listen.map(|a| a.to_string()),
         resources = app.policy.resources().len(),
         socket_mode = socket_task.is_some(),
+        max_connections,
+        fd_limit = fd_limit.soft,
+        fd_limit_raised_from = fd_limit.raised_from,
+        header_timeout_secs = config.edge.header_timeout.as_secs(),
+        body_timeout_secs = config.edge.body_timeout.as_secs(),
+        idle_timeout_secs = config.edge.idle_timeout.as_secs(),
         startup_ms = started.elapsed().as_millis() as u64,
         "jit is ready"
     );
-    axum::serve(listener, server::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    main.await;
+    if let Some(task) = metrics {
+        let _ = task.await;
+    }
+    signal.abort();
     tracing::info!("shutting down: letting running jobs finish");
     let _ = stop.send(true);
     app.waker.wake();

@@ -1,4 +1,5 @@
-//! The HTTP front door: Slack's three routes, health, readiness and metrics.
+//! The HTTP front door: Slack's three routes, health, readiness and metrics. The listeners, the
+//! connection cap and the timeouts are in [`crate::edge`].
 //!
 //! Every Slack route goes through [`SlackRequest`], an extractor that limits the body to 64 KiB
 //! (413 beyond), verifies the v0 signature against the injected clock (401, with an empty body,
@@ -213,14 +214,30 @@ async fn refresh_gauges(app: &App) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every route, `/metrics` included (one listener).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    main_router(app, true)
+}
+
+/// The main listener's routes; without `/metrics` when it has a listener of its own.
+pub fn main_router(app: Arc<App>, with_metrics: bool) -> Router {
+    let routes = Router::new()
         .route("/slack/commands", post(slash_command))
         .route("/slack/interactions", post(interaction))
         .route("/slack/events", post(event))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let routes = if with_metrics {
+        routes.route("/metrics", get(metrics))
+    } else {
+        routes
+    };
+    routes.nest("/api/v1", crate::api::router()).with_state(app)
+}
+
+/// The separate metrics listener (`JIT_METRICS_LISTEN`): `/metrics` only.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
-        .nest("/api/v1", crate::api::router())
         .with_state(app)
 }

@@ -357,6 +357,17 @@ fn deployment_environment_volumes_and_secrets_fit_together() {
     );
     let database = jit::bootstrap::sqlite_path(&base.database_url).expect("a SQLite file");
     assert_eq!(database, Path::new("/var/lib/jit/jit.db"));
+    // The serve settings parse too (the secrets, files in the pod, stubbed here).
+    let serve_lookup = |name: &str| match name {
+        "SLACK_SIGNING_SECRET" => Some("s".to_owned()),
+        "SLACK_BOT_TOKEN" => Some("xoxb-1".to_owned()),
+        "JIT_ENCRYPTION_KEY" => Some("k".to_owned()),
+        other if other.ends_with("_FILE") => None,
+        other => env.get(other).cloned(),
+    };
+    let serve = jit::config::ServeConfig::from_env(&serve_lookup).expect("serve settings parse");
+    assert_eq!(serve.trusted_proxy_hops, 1, "the Ingress is the one proxy");
+    assert_eq!(serve.edge.max_connections, Some(4096));
 
     // The PVC is mounted at the database's directory and is read-write-once.
     let data = mount(jit, "/var/lib/jit");

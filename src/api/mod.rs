@@ -5,7 +5,14 @@
 //! resource exists, so the API does not reveal the policy). Errors are JSON with a stable `code`
 //! and a human `message`. Calls are rate-limited per token, bodies are limited to 16 KiB, and
 //! every authenticated call is recorded in the audit log.
+//!
+//! Calls that do not authenticate (no token, an unknown or revoked one, an unknown endpoint) are
+//! also rate-limited per source address, so nobody can guess tokens or load the database at
+//! will. The source address is the peer's, or, behind `trusted_proxy_hops` proxies, the entry of
+//! `X-Forwarded-For` that the outermost of them appended ([`client_address`]). A valid token is
+//! never refused by that limit: its calls count against the token's own.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +20,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -44,12 +51,100 @@ pub fn call_limiter(per_minute: u32) -> DefaultKeyedRateLimiter<i64> {
     ))
 }
 
+/// Calls that do not authenticate, per source address per minute.
+pub fn address_limiter(per_minute: u32) -> DefaultKeyedRateLimiter<IpAddr> {
+    RateLimiter::keyed(Quota::per_minute(
+        NonZeroU32::new(per_minute.max(1)).expect("positive"),
+    ))
+}
+
+/// Parses one `X-Forwarded-For` entry: an address, optionally with a port.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
+/// The caller's address. With `trusted_hops == 0` it is the peer's. Behind N trusted proxies it
+/// is the Nth `X-Forwarded-For` entry from the right: the one the outermost trusted proxy wrote.
+/// Entries further left were written by the client and are never believed. A chain shorter than
+/// N gives its leftmost entry; an entry that is not an address gives the peer's.
+pub fn client_address(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return peer;
+    }
+    let index = entries.len().saturating_sub(trusted_hops);
+    forwarded_address(entries[index]).or(peer)
+}
+
+/// The limiter's key: an IPv4 address, or an IPv6 address's /64 (one host's usual allocation).
+fn address_key(address: Option<IpAddr>) -> IpAddr {
+    match address.map(|a| a.to_canonical()) {
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        Some(v4) => v4,
+        // Driven in-process (no socket): one shared key.
+        None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// Counts a call that did not authenticate against its source address. `Err` when the address
+/// is over its limit: answer that instead of the call's own error.
+fn count_unauthenticated(app: &App, parts: &Parts) -> Result<(), ApiError> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let address = client_address(peer, &parts.headers, app.settings.trusted_proxy_hops);
+    let Err(not_until) = app.unauthenticated_limiter.check_key(&address_key(address)) else {
+        return Ok(());
+    };
+    app.metrics.http_rejected("api_address_rate_limited");
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ));
+    tracing::warn!(
+        address = address.map(|a| a.to_string()).unwrap_or_default(),
+        "too many unauthenticated API calls from one address"
+    );
+    Err(ApiError {
+        retry_after: Some(wait.as_secs() + 1),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many calls without a valid API token from this address; check JIT_TOKEN and \
+             try again in a minute.",
+        )
+    })
+}
+
 /// An error as the API answers it.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -58,6 +153,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -93,6 +189,11 @@ impl IntoResponse for ApiError {
             Json(json!({"code": self.code, "message": self.message})),
         )
             .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -148,13 +249,15 @@ impl FromRequestParts<Arc<App>> for Caller {
         parts: &mut Parts,
         app: &Arc<App>,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
+        let Some(token) = bearer(&parts.headers) else {
+            count_unauthenticated(app, parts)?;
             app.metrics.http_rejected("api_unauthorized");
-            ApiError::unauthorized()
-        })?;
+            return Err(ApiError::unauthorized());
+        };
         let Some((token_id, identity)) =
             crate::handlers::identity::authenticate(app, token).await?
         else {
+            count_unauthenticated(app, parts)?;
             app.metrics.http_rejected("api_unauthorized");
             tracing::warn!("API call with an unknown or revoked token");
             return Err(ApiError::unauthorized());
@@ -551,7 +654,11 @@ async fn release(
     Ok(Json(result?).into_response())
 }
 
-async fn fallback() -> ApiError {
+async fn fallback(State(app): State<Arc<App>>, request: axum::extract::Request) -> ApiError {
+    let (parts, _) = request.into_parts();
+    if let Err(limited) = count_unauthenticated(&app, &parts) {
+        return limited;
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_such_endpoint",
@@ -566,4 +673,71 @@ pub fn router() -> Router<Arc<App>> {
         .route("/requests/{id}/credentials", get(credentials))
         .route("/requests/{id}/release", post(release))
         .fallback(fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", v.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_caller_is_the_peer_unless_proxies_are_trusted() {
+        let peer: Option<IpAddr> = Some("10.0.0.9".parse().unwrap());
+        let spoofed = forwarded(&["6.6.6.6"]);
+        assert_eq!(client_address(peer, &spoofed, 0), peer);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // One proxy: the entry it appended, not what the client wrote before it.
+        let chain = forwarded(&["6.6.6.6, 203.0.113.7"]);
+        assert_eq!(client_address(peer, &chain, 1), ip("203.0.113.7"));
+        // Two proxies, across repeated headers.
+        let chain = forwarded(&["6.6.6.6, 203.0.113.7", "10.1.2.3"]);
+        assert_eq!(client_address(peer, &chain, 2), ip("203.0.113.7"));
+        // Ports and IPv6 forms.
+        assert_eq!(
+            client_address(peer, &forwarded(&["203.0.113.7:4711"]), 1),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_address(peer, &forwarded(&["[2001:db8::1]:443"]), 1),
+            ip("2001:db8::1")
+        );
+        // Nothing forwarded, or garbage: the peer.
+        assert_eq!(client_address(peer, &HeaderMap::new(), 1), peer);
+        assert_eq!(client_address(peer, &forwarded(&["unknown"]), 1), peer);
+        // A chain shorter than the hops: its leftmost entry.
+        assert_eq!(
+            client_address(peer, &forwarded(&["203.0.113.7"]), 3),
+            ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn ipv6_callers_share_their_64() {
+        let a = address_key(Some("2001:db8:1:2:aaaa::1".parse().unwrap()));
+        let b = address_key(Some("2001:db8:1:2:bbbb::2".parse().unwrap()));
+        let c = address_key(Some("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mapped = address_key(Some("::ffff:192.0.2.1".parse().unwrap()));
+        assert_eq!(mapped, "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_address_limit_runs_out_and_says_rate_limited() {
+        let limiter = address_limiter(3);
+        let key = address_key(Some("192.0.2.1".parse().unwrap()));
+        let other = address_key(Some("192.0.2.2".parse().unwrap()));
+        for _ in 0..3 {
+            assert!(limiter.check_key(&key).is_ok());
+        }
+        assert!(limiter.check_key(&key).is_err());
+        assert!(limiter.check_key(&other).is_ok(), "per address");
+    }
 }
