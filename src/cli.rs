@@ -355,6 +355,9 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             }
         }
     }
+    for warning in policy.warnings() {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     if !policy.identities().is_empty() {
         out.push_str(&format!("{} identit(ies):\n", policy.identities().len()));
         for i in policy.identities() {

@@ -242,15 +242,29 @@ pub fn render(answer: &Value, format: Format) -> anyhow::Result<String> {
         .as_object()
         .context("the server returned no credentials")?;
     match format {
-        Format::Env => Ok(credentials
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "export {k}={}\n",
-                    shell_quote(v.as_str().unwrap_or_default())
-                )
-            })
-            .collect()),
+        // The output is sourced by CI jobs: a name that is not a shell identifier, or a value
+        // that cannot be quoted, is refused outright rather than printed.
+        Format::Env => {
+            let mut out = String::new();
+            for (name, value) in credentials {
+                if !crate::providers::is_shell_identifier(name) {
+                    bail!(
+                        "the server returned a credential named {:?}, which is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*); refusing to print shell code (use --format json)",
+                        name.chars().take(80).collect::<String>()
+                    );
+                }
+                let value = value.as_str().with_context(|| {
+                    format!("credential {name} is not a string; use --format json")
+                })?;
+                if value.contains('\0') {
+                    bail!(
+                        "credential {name} holds a NUL byte, which a shell cannot hold; use --format json"
+                    );
+                }
+                out.push_str(&format!("export {name}={}\n", shell_quote(value)));
+            }
+            Ok(out)
+        }
         Format::Json => Ok(format!("{}\n", serde_json::to_string_pretty(answer)?)),
         Format::CredentialProcess => {
             let field = |name: &str| {
@@ -459,6 +473,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("must be an https:// URL"), "{err}");
+    }
+
+    /// A hostile provider output must not become shell code in a CI job that sources it.
+    #[test]
+    fn env_output_refuses_names_that_are_not_identifiers() {
+        for name in ["A;rm -rf ~;B", "1ABC", "A B", "A=B", "$(id)", "", "Ä"] {
+            let mut a = answer();
+            a["credentials"][name] = json!("x");
+            let err = render(&a, Format::Env).unwrap_err().to_string();
+            assert!(err.contains("not a shell variable name"), "{name}: {err}");
+        }
+        let mut nul = answer();
+        nul["credentials"]["OK"] = json!("a\u{0}b");
+        assert!(render(&nul, Format::Env).is_err());
+        // Values of any content are quoted so the shell reads them back exactly.
+        let mut odd = answer();
+        let value = "it's $(rm -rf ~) `id` \"q\" \\ ${HOME}\nline two;";
+        odd["credentials"] = json!({ "ODD_VALUE": value });
+        let out = render(&odd, Format::Env).unwrap();
+        let echoed = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{out}printf %s \"$ODD_VALUE\""))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(echoed.stdout).unwrap(), value);
     }
 
     #[test]

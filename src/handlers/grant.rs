@@ -1177,6 +1177,11 @@ pub async fn review(
             "Request {id} is not a break-glass grant."
         )));
     }
+    if request.requester.user() == Some(admin) {
+        return Err(HandlerError::user(format!(
+            "You took break-glass grant {id} yourself, so another admin has to review it."
+        )));
+    }
     let now = app.clock.now();
     let mut tx = app.store.begin_write().await?;
     if requests::mark_reviewed(&mut tx, id, admin.as_str(), now).await? == Fenced::Lost {

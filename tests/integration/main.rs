@@ -7,6 +7,7 @@ mod api;
 mod approval_flow;
 mod credentials;
 mod edge;
+mod hardened_edge;
 mod lifecycle;
 mod limits_props;
 mod postgres;

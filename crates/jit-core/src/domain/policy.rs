@@ -743,6 +743,24 @@ impl Policy {
         })
     }
 
+    /// What `jit policy check` warns about for the policy as a whole (resources have their own).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let breakglass: Vec<&str> = self
+            .resources
+            .iter()
+            .filter(|r| r.breakglass)
+            .map(|r| r.id.as_str())
+            .collect();
+        if !breakglass.is_empty() && self.admins.groups.is_empty() && self.admins.users.len() < 2 {
+            out.push(format!(
+                "break-glass is allowed on {} but only one admin is named: nobody can review it (an admin may not review their own break-glass). Name a second admin or an admin group.",
+                breakglass.join(", ")
+            ));
+        }
+        out
+    }
+
     pub fn resources(&self) -> &[Resource] {
         &self.resources
     }

@@ -607,3 +607,20 @@ fn objects_owner_names_a_role_of_its_own() {
         "{err}"
     );
 }
+
+#[test]
+fn a_single_admin_with_breakglass_is_warned_about() {
+    let one = EXAMPLE.replace(
+        r#"admins = { users = ["U0SECLEAD"], groups = ["S0SECURITY"] }"#,
+        r#"admins = { users = ["U0SECLEAD"] }"#,
+    );
+    let warnings = parse(&one).unwrap().warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("prod-db") && warnings[0].contains("nobody can review it"));
+    assert!(
+        parse(EXAMPLE).unwrap().warnings().is_empty(),
+        "an admin group"
+    );
+    let no_breakglass = one.replace("breakglass = true", "breakglass = false");
+    assert!(parse(&no_breakglass).unwrap().warnings().is_empty());
+}
