@@ -10,7 +10,7 @@ use super::{HandlerError, HandlerResult, load, request::reload};
 use crate::app::App;
 use crate::audit::{self, AuditEvent, actor};
 use crate::domain::ids::{RequestId, SlackUserId};
-use crate::domain::policy::Resource;
+use crate::domain::policy::{DecisionRefusal, Resource};
 use crate::domain::request::{Kind, Request, State};
 use crate::queue::{self, Job, Placement, keys};
 use crate::slack::blocks;
@@ -53,8 +53,28 @@ pub async fn authorize<'a>(
         .await;
     app.policy
         .may_decide(resource, &request.requester, approver, &app.directory)
-        .map_err(|refusal| HandlerError::user(format!("{refusal} (request {})", request.id)))?;
+        .map_err(|refusal| {
+            let stale = app.directory.stale(&resource.approvers.groups);
+            if refusal == DecisionRefusal::NotAnApprover && !stale.is_empty() {
+                return HandlerError::user(stale_groups_message(&stale, request.id));
+            }
+            HandlerError::user(format!("{refusal} (request {})", request.id))
+        })?;
     Ok(resource)
+}
+
+/// Why a member of an approver (or admin) group may be refused: jit could not read the group
+/// from Slack for too long, and fails closed.
+pub fn stale_groups_message(stale: &[crate::domain::ids::SlackGroupId], id: RequestId) -> String {
+    format!(
+        "jit has not been able to read who is in {} from Slack for over {} minutes, so group membership grants no rights until it can (request {id}). Approvers listed by name can still decide; otherwise try again once Slack answers.",
+        stale
+            .iter()
+            .map(crate::slack::text::group)
+            .collect::<Vec<_>>()
+            .join(", "),
+        crate::slack::directory::MAX_STALENESS.as_secs() / 60
+    )
 }
 
 pub async fn approve(

@@ -1157,9 +1157,21 @@ pub async fn require_admin(app: &App, user: &SlackUserId) -> HandlerResult<()> {
         .refresh_on_miss(user, &app.policy.admins.groups)
         .await;
     if app.policy.is_admin(user, &app.directory) {
-        Ok(())
-    } else {
+        return Ok(());
+    }
+    let stale = app.directory.stale(&app.policy.admins.groups);
+    if stale.is_empty() {
         Err(HandlerError::user("Only jit admins can do that."))
+    } else {
+        Err(HandlerError::user(format!(
+            "Only jit admins can do that, and jit has not been able to read who is in {} from Slack for over {} minutes, so admin groups grant no rights until it can.",
+            stale
+                .iter()
+                .map(crate::slack::text::group)
+                .collect::<Vec<_>>()
+                .join(", "),
+            crate::slack::directory::MAX_STALENESS.as_secs() / 60
+        )))
     }
 }
 

@@ -4,6 +4,11 @@
 //! slash-command ack path only reads it. A click by someone the cache does not place in the
 //! relevant groups triggers one refresh of those groups (bounded by a short timeout), so a new
 //! member of an approver group can approve without waiting for the next refresh.
+//!
+//! **Fail closed.** Membership older than [`MAX_STALENESS`] (Slack unreachable for that long)
+//! counts for nothing: it grants no approver or admin rights, no requester rights through a
+//! group, and no auto-approval, until a refresh succeeds. [`Directory::stale`] lets callers
+//! say so instead of a plain "you are not an approver".
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -18,6 +23,10 @@ use crate::slack::api::SlackApi;
 
 /// Groups are not refetched on a miss more often than this.
 const MISS_REFRESH_AFTER: Duration = Duration::from_secs(30);
+
+/// Membership read from Slack longer ago than this is no longer trusted (see the module docs).
+/// Refreshes run every five minutes, so this is about six failed refreshes in a row.
+pub const MAX_STALENESS: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Default)]
 struct Cache {
@@ -129,12 +138,31 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// Which of `groups` jit has no trustworthy membership for: never read, or read longer ago
+    /// than [`MAX_STALENESS`].
+    pub fn stale(&self, groups: &[SlackGroupId]) -> Vec<SlackGroupId> {
+        let now = self.clock.now();
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter()
+            .filter(|g| cache.groups.get(*g).is_none_or(|(_, at)| !fresh(now, *at)))
+            .cloned()
+            .collect()
+    }
+}
+
+fn fresh(now: DateTime<Utc>, at: DateTime<Utc>) -> bool {
+    (now - at).to_std().unwrap_or_default() <= MAX_STALENESS
+}
+
 impl Membership for Directory {
     fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool {
+        let now = self.clock.now();
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         cache
             .groups
             .get(group)
-            .is_some_and(|(members, _)| members.contains(user))
+            .is_some_and(|(members, at)| fresh(now, *at) && members.contains(user))
     }
 }

@@ -51,3 +51,40 @@ async fn nobody_reviews_their_own_breakglass() {
     .await;
     assert_eq!(h.request(id).await.reviewed_by.as_deref(), Some(CAROL));
 }
+
+/// Stale group membership (Slack unreachable for longer than the documented maximum) grants
+/// no approver rights: fail closed, and say why.
+#[tokio::test]
+async fn stale_group_membership_grants_no_rights() {
+    use jit::slack::simulator::Fault;
+    let h = Harness::start().await;
+    h.slack
+        .inject("usergroups.users.list", Fault::ServerError(503), 1000);
+    h.advance(chrono::Duration::seconds(
+        jit::slack::directory::MAX_STALENESS.as_secs() as i64 + 60,
+    ));
+    h.app
+        .directory
+        .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
+        .await;
+    let id = h.request_access(DEV, "db 1h needs an sre").await;
+    h.run_jobs().await;
+    h.click("U0SRE1", "jit.approve", id).await;
+    h.run_jobs().await;
+    assert_eq!(
+        h.state(id).await,
+        State::Pending,
+        "stale membership approves nothing"
+    );
+    let told = h.ephemeral_texts("U0SRE1");
+    assert!(
+        told.iter()
+            .any(|t| t.contains("has not been able to read who is in") && t.contains("S0SRE")),
+        "{told:?}"
+    );
+    // Slack answers again: the next click refreshes the group and the member may approve.
+    h.slack.clear_faults();
+    h.advance(chrono::Duration::minutes(1));
+    h.click("U0SRE1", "jit.approve", id).await;
+    assert_eq!(h.state(id).await, State::Approved);
+}
