@@ -262,6 +262,12 @@ impl Demo<'_> {
 
     async fn wait(&mut self, by: Duration, why: &str) -> anyhow::Result<()> {
         self.clock.advance(by);
+        // The server refreshes group membership every five minutes; simulated time must too,
+        // or the membership goes stale and grants nothing.
+        self.app
+            .directory
+            .refresh_all(&crate::slack::directory::groups_in(&self.app.policy))
+            .await;
         let minutes = by.num_minutes();
         self.say(format!("  ⏩ {minutes} minutes later{why}"))?;
         self.settle().await

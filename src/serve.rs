@@ -48,6 +48,18 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     })
 }
 
+/// Every minute, forgets the Slack deliveries that can no longer come again (replay refusal).
+async fn prune_deliveries(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        match crate::slack::deliveries::prune(&app).await {
+            Ok(n) if n > 0 => tracing::debug!(deliveries = n, "forgot expired Slack deliveries"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "cannot prune Slack deliveries"),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -82,6 +94,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let groups = directory::groups_in(&app.policy);
     let refresher = tokio::spawn(app.directory.clone().keep_fresh(groups, DIRECTORY_REFRESH));
+    let pruner = tokio::spawn(prune_deliveries(app.clone()));
     let (stop, stopped) = watch::channel(false);
     let worker_task = tokio::spawn(worker::run(app.clone(), stopped.clone()));
 
@@ -158,6 +171,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let _ = task.await;
     }
     refresher.abort();
+    pruner.abort();
     app.store.close().await;
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct SlackRequest<T> {
     pub payload: T,
     /// `X-Slack-Retry-Num`, when Slack is redelivering.
     pub retry: Option<u32>,
+    /// What identifies this delivery, so a replay has no second effect.
+    pub delivery: Option<crate::slack::deliveries::Delivery>,
 }
 
 fn reject(app: &App, status: StatusCode, reason: &str) -> Response {
@@ -113,7 +115,25 @@ fn parse_verified<T: SlackPayload>(
         .get("x-slack-retry-num")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    Ok(SlackRequest { payload, retry })
+    // Verified already, so both headers are there and well-formed.
+    let delivery = match (
+        headers.get("x-slack-signature"),
+        headers
+            .get("x-slack-request-timestamp")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok()),
+    ) {
+        (Some(signature), Some(ts)) => Some(crate::slack::deliveries::Delivery::signed(
+            signature.as_bytes(),
+            ts,
+        )),
+        _ => None,
+    };
+    Ok(SlackRequest {
+        payload,
+        retry,
+        delivery,
+    })
 }
 
 impl<T: SlackPayload> FromRequest<Arc<App>> for SlackRequest<T> {
@@ -143,24 +163,22 @@ async fn slash_command(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(req) => req,
         Err(response) => return *response,
     };
-    match commands::handle(&app, &req.payload).await.body() {
+    json_or_empty(commands::answer(&app, &req.payload, req.delivery.as_ref()).await)
+}
+
+fn json_or_empty(body: Option<serde_json::Value>) -> Response {
+    match body {
         Some(body) => Json(body).into_response(),
         None => StatusCode::OK.into_response(),
     }
 }
 
 async fn interaction(State(app): State<Arc<App>>, req: SlackRequest<Interaction>) -> Response {
-    match interactions::handle(&app, req.payload).await {
-        interactions::InteractionReply::Empty => StatusCode::OK.into_response(),
-        interactions::InteractionReply::Json(body) => Json(body).into_response(),
-    }
+    json_or_empty(interactions::answer(&app, req.payload, req.delivery.as_ref()).await)
 }
 
 async fn event(State(app): State<Arc<App>>, req: SlackRequest<EventBody>) -> Response {
-    match events::handle(&app, req.payload).await {
-        Some(body) => Json(body).into_response(),
-        None => StatusCode::OK.into_response(),
-    }
+    json_or_empty(events::answer(&app, req.payload, req.delivery.as_ref()).await)
 }
 
 async fn healthz() -> &'static str {

@@ -391,6 +391,7 @@ async fn create_inner(
         ticket: body.ticket.as_deref(),
         via: Via::Api,
         origin_channel: None,
+        delivery: None,
     };
     match request::submit(app, submission).await {
         Ok(Ok(submitted)) => Ok((

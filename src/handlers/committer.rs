@@ -5,20 +5,38 @@
 //! transaction with a few multi-row statements, commits once, and only then answers each caller.
 //! Every ack still follows a durable commit. If the batch fails, each submission is stored alone,
 //! so one bad submission cannot sink the others.
+//!
+//! A submission may carry its Slack delivery (`crate::slack::deliveries`): the delivery is
+//! recorded in the same transaction as the request it creates, and a delivery seen before (a
+//! replay, in an earlier batch or earlier in this one) stores nothing and answers with the
+//! request the first delivery created.
 
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::request::{Prepared, store, store_for_approval};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::request::{Prepared, reload, store, store_for_approval};
 use super::{HandlerError, HandlerResult};
 use crate::app::App;
+use crate::domain::ids::RequestId;
 use crate::domain::request::Request;
+use crate::store::{WriteTx, deliveries};
 
 /// Most submissions stored in one transaction.
 const MAX_BATCH: usize = 128;
 
-type Reply = oneshot::Sender<HandlerResult<Request>>;
+/// A stored submission: the request, and whether it is one stored earlier (a replay).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub request: Request,
+    pub replay: bool,
+}
+
+type Reply = oneshot::Sender<HandlerResult<Stored>>;
 
 #[derive(Clone)]
 pub struct Committer {
@@ -41,7 +59,7 @@ pub fn channel() -> (Committer, Inbox) {
 
 impl Committer {
     /// Stores one submission; returns after the transaction holding it committed.
-    pub async fn store(&self, prepared: Prepared) -> HandlerResult<Request> {
+    pub async fn store(&self, prepared: Prepared) -> HandlerResult<Stored> {
         let (reply, answer) = oneshot::channel();
         self.queue.send((prepared, reply)).map_err(|_| {
             HandlerError::Internal(anyhow::anyhow!("the request committer has stopped"))
@@ -77,10 +95,10 @@ pub fn start(app: &Arc<App>, inbox: Inbox) {
 async fn commit(app: &App, batch: &mut Vec<(Prepared, Reply)>) {
     let now = app.clock.now();
     match store_batch(app, batch, now).await {
-        Ok(requests) => {
+        Ok(stored) => {
             app.waker.wake();
-            for ((_, reply), request) in batch.drain(..).zip(requests) {
-                let _ = reply.send(Ok(request));
+            for ((_, reply), stored) in batch.drain(..).zip(stored) {
+                let _ = reply.send(stored);
             }
         }
         // Something in the batch failed: store each alone, so one bad submission cannot sink
@@ -94,9 +112,12 @@ async fn commit(app: &App, batch: &mut Vec<(Prepared, Reply)>) {
             for (prepared, reply) in batch.drain(..) {
                 let one = async {
                     let mut tx = app.store.begin_write().await?;
-                    let request = store(&mut tx, app, &prepared, now).await?;
+                    let stored = store_batch_in(&mut tx, app, &[&prepared], now)
+                        .await?
+                        .pop()
+                        .ok_or_else(|| anyhow::anyhow!("a submission went missing"))??;
                     tx.commit().await?;
-                    Ok::<_, HandlerError>(request)
+                    Ok::<_, HandlerError>(stored)
                 }
                 .await;
                 if one.is_ok() {
@@ -108,33 +129,105 @@ async fn commit(app: &App, batch: &mut Vec<(Prepared, Reply)>) {
     }
 }
 
-/// One transaction for the whole batch: requests that go to approvers are stored in bulk, the
-/// others (approved by policy, or from identities) one after the other.
+/// One transaction for the whole batch.
 async fn store_batch(
     app: &App,
     batch: &[(Prepared, Reply)],
-    now: chrono::DateTime<chrono::Utc>,
-) -> HandlerResult<Vec<Request>> {
-    let bulk: Vec<&Prepared> = batch
-        .iter()
-        .map(|(p, _)| p)
-        .filter(|p| is_bulk(p))
-        .collect();
+    now: DateTime<Utc>,
+) -> HandlerResult<Vec<HandlerResult<Stored>>> {
+    let items: Vec<&Prepared> = batch.iter().map(|(p, _)| p).collect();
     let mut tx = app.store.begin_write().await?;
-    let mut bulk_stored = store_for_approval(&mut tx, &bulk, now).await?.into_iter();
-    let mut stored = Vec::with_capacity(batch.len());
-    for (prepared, _) in batch {
-        let request = if is_bulk(prepared) {
-            bulk_stored.next().ok_or_else(|| {
-                HandlerError::Internal(anyhow::anyhow!("a bulk submission went missing"))
-            })?
-        } else {
-            store(&mut tx, app, prepared, now).await?
-        };
-        stored.push(request);
-    }
+    let stored = store_batch_in(&mut tx, app, &items, now).await?;
     tx.commit().await?;
     Ok(stored)
+}
+
+/// What became of one submission of a batch.
+enum Slot {
+    New,
+    /// Seen in an earlier batch: the request that delivery created.
+    Replay(Option<i64>),
+    /// The same delivery as the submission at this index of the batch.
+    SameAs(usize),
+}
+
+/// Stores `items` inside `tx`: requests that go to approvers in bulk, the others (approved by
+/// policy, or from identities) one after the other; replays store nothing. The result is in
+/// the order of `items`.
+async fn store_batch_in(
+    tx: &mut WriteTx,
+    app: &App,
+    items: &[&Prepared],
+    now: DateTime<Utc>,
+) -> HandlerResult<Vec<HandlerResult<Stored>>> {
+    let keys: Vec<&str> = items
+        .iter()
+        .filter_map(|p| p.delivery.as_ref().map(|d| d.key.as_str()))
+        .collect();
+    // Under the write lock: nobody records a delivery between this read and the insert below.
+    let seen: HashMap<String, Option<i64>> =
+        deliveries::seen(tx, &keys).await?.into_iter().collect();
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let slots: Vec<Slot> = items
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match &p.delivery {
+            None => Slot::New,
+            Some(d) => match seen.get(&d.key) {
+                Some(created) => Slot::Replay(*created),
+                None => match first.get(d.key.as_str()) {
+                    Some(j) => Slot::SameAs(*j),
+                    None => {
+                        first.insert(d.key.as_str(), i);
+                        Slot::New
+                    }
+                },
+            },
+        })
+        .collect();
+    let new = |i: usize| matches!(slots[i], Slot::New);
+    let bulk: Vec<&Prepared> = (0..items.len())
+        .filter(|i| new(*i) && is_bulk(items[*i]))
+        .map(|i| items[i])
+        .collect();
+    let mut bulk_stored = store_for_approval(tx, &bulk, now).await?.into_iter();
+    let mut out: Vec<HandlerResult<Stored>> = Vec::with_capacity(items.len());
+    let mut claimed = Vec::new();
+    for (i, prepared) in items.iter().enumerate() {
+        let result = match &slots[i] {
+            Slot::New => {
+                let request = if is_bulk(prepared) {
+                    bulk_stored.next().ok_or_else(|| {
+                        HandlerError::Internal(anyhow::anyhow!("a bulk submission went missing"))
+                    })?
+                } else {
+                    store(tx, app, prepared, now).await?
+                };
+                if let Some(d) = &prepared.delivery {
+                    claimed.push((d.key.as_str(), d.expires_at, request.id));
+                }
+                Ok(Stored {
+                    request,
+                    replay: false,
+                })
+            }
+            Slot::SameAs(j) => match &out[*j] {
+                Ok(stored) => Ok(Stored {
+                    request: stored.request.clone(),
+                    replay: true,
+                }),
+                Err(_) => Err(HandlerError::user("jit already received this command.")),
+            },
+            Slot::Replay(Some(id)) => reload(tx, RequestId(*id)).await.map(|request| Stored {
+                request,
+                replay: true,
+            }),
+            Slot::Replay(None) => Err(HandlerError::user("jit already received this command.")),
+        };
+        out.push(result);
+    }
+    deliveries::claim_many(tx, &claimed).await?;
+    Ok(out)
 }
 
 fn is_bulk(p: &Prepared) -> bool {

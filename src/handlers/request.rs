@@ -43,6 +43,9 @@ pub struct Submission<'a> {
     pub ticket: Option<&'a str>,
     pub via: Via,
     pub origin_channel: Option<SlackChannelId>,
+    /// The Slack delivery that asked, recorded with the request: a replay stores nothing and
+    /// answers with the request the first delivery created.
+    pub delivery: Option<crate::slack::deliveries::Delivery>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +133,7 @@ pub struct Prepared {
     pub origin_channel: Option<SlackChannelId>,
     pub auto: bool,
     pub via: Via,
+    pub delivery: Option<crate::slack::deliveries::Delivery>,
 }
 
 /// Submits a request. Field errors come back separately so a form can place them.
@@ -164,9 +168,19 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         origin_channel: s.origin_channel.clone(),
         auto: evaluation.route == Route::Auto,
         via: s.via,
+        delivery: s.delivery,
     };
-    let request = app.submissions.store(prepared.clone()).await?;
+    let stored = app.submissions.store(prepared.clone()).await?;
     let (resource, auto) = (prepared.resource, prepared.auto);
+    let request = stored.request;
+    if stored.replay {
+        crate::slack::deliveries::replayed(app);
+        return Ok(Ok(Submitted {
+            auto: request.decided_by.as_deref() == Some(crate::audit::actor::POLICY),
+            request,
+            resource,
+        }));
+    }
     app.metrics
         .request(if auto { "auto_approved" } else { "submitted" });
     tracing::info!(

@@ -48,7 +48,35 @@ fn error_reply(err: HandlerError) -> CommandReply {
     CommandReply::text(format!(":warning: {}", text::escape(&err.user_message())))
 }
 
-pub async fn handle(app: &App, cmd: &SlashCommand) -> CommandReply {
+/// Answers a slash command once per Slack delivery (see [`super::deliveries`]): a replay gets
+/// the first answer and changes nothing. `/jit request`, the hot path, records its delivery in
+/// the same transaction as the request; everything else records it first.
+pub async fn answer(
+    app: &App,
+    cmd: &SlashCommand,
+    delivery: Option<&super::deliveries::Delivery>,
+) -> Option<serde_json::Value> {
+    if matches!(command::parse(&cmd.text), Ok(Command::Request { .. })) {
+        return handle(app, cmd, delivery).await.body();
+    }
+    super::deliveries::once(
+        app,
+        delivery,
+        super::deliveries::still_handling(true),
+        error_reply(HandlerError::Internal(anyhow::anyhow!(
+            "cannot record the Slack delivery"
+        )))
+        .body(),
+        || async { handle(app, cmd, None).await.body() },
+    )
+    .await
+}
+
+pub async fn handle(
+    app: &App,
+    cmd: &SlashCommand,
+    delivery: Option<&super::deliveries::Delivery>,
+) -> CommandReply {
     let Ok(user) = SlackUserId::parse(&cmd.user_id) else {
         return CommandReply::text("jit could not tell who you are (no valid user_id).");
     };
@@ -78,6 +106,7 @@ pub async fn handle(app: &App, cmd: &SlashCommand) -> CommandReply {
                 ticket: None,
                 via: Via::Slack,
                 origin_channel: channel,
+                delivery: delivery.cloned(),
             };
             match request::submit(app, submission).await {
                 Ok(Ok(submitted)) => CommandReply::text(submitted_line(&submitted)),

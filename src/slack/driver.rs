@@ -37,6 +37,14 @@ impl std::fmt::Debug for SlackDriver {
     }
 }
 
+/// A fresh `trigger_id`, as Slack gives one to every command, click and submission: two
+/// deliveries of the same action are never the same bytes (jit refuses a replayed body).
+pub fn trigger_id(user: &str, what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{user}.{what}.{n}.trigger")
+}
+
 /// Slack's block_actions payload for a button click on a message in `channel`.
 pub fn click_payload(user: &str, action_id: &str, value: &str, channel: &str) -> Value {
     json!({
@@ -45,7 +53,7 @@ pub fn click_payload(user: &str, action_id: &str, value: &str, channel: &str) ->
         "api_app_id": "A0JITAPP",
         "token": "unused",
         "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": channel, "is_ephemeral": false},
-        "trigger_id": format!("{}.{}.trigger", user, action_id),
+        "trigger_id": trigger_id(user, action_id),
         "team": {"id": "T0JITSIM", "domain": "example"},
         "enterprise": null,
         "is_enterprise_install": false,
@@ -84,7 +92,7 @@ pub fn submission_payload(
         "team": {"id": "T0JITSIM", "domain": "example"},
         "user": {"id": user, "username": user.to_lowercase(), "team_id": "T0JITSIM"},
         "api_app_id": "A0JITAPP",
-        "trigger_id": format!("{user}.submit.trigger"),
+        "trigger_id": trigger_id(user, "submit"),
         "view": {
             "id": "V0MODAL",
             "type": "modal",
@@ -146,7 +154,7 @@ impl SlackDriver {
             ("command", "/jit"),
             ("text", text),
             ("response_url", "https://hooks.slack.invalid/commands/1"),
-            ("trigger_id", &format!("{user}.command.trigger")),
+            ("trigger_id", &trigger_id(user, "command")),
         ])?;
         self.post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
             .await

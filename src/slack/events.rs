@@ -7,6 +7,25 @@ use crate::app::App;
 use crate::domain::ids::SlackUserId;
 use crate::queue::{self, Job, Placement};
 
+/// Answers an event once: Slack's own retries (same `event_id`, new signature) and replays of
+/// the same signed body (`delivery`) have no second effect.
+pub async fn answer(
+    app: &App,
+    body: EventBody,
+    delivery: Option<&super::deliveries::Delivery>,
+) -> Option<Value> {
+    let by_event = match &body {
+        EventBody::EventCallback {
+            event_id: Some(id), ..
+        } => Some(super::deliveries::Delivery::event(id, app.clock.now())),
+        _ => None,
+    };
+    super::deliveries::once(app, by_event.as_ref().or(delivery), None, None, || {
+        handle(app, body)
+    })
+    .await
+}
+
 pub async fn handle(app: &App, body: EventBody) -> Option<Value> {
     match body {
         EventBody::UrlVerification { challenge } => Some(json!({ "challenge": challenge })),

@@ -31,6 +31,22 @@ pub enum InteractionReply {
     Json(Value),
 }
 
+/// Answers an interaction once per Slack delivery (see [`super::deliveries`]): a replayed click
+/// or submission gets the first answer and changes nothing.
+pub async fn answer(
+    app: &App,
+    interaction: Interaction,
+    delivery: Option<&super::deliveries::Delivery>,
+) -> Option<Value> {
+    super::deliveries::once(app, delivery, None, None, || async {
+        match handle(app, interaction).await {
+            InteractionReply::Empty => None,
+            InteractionReply::Json(body) => Some(body),
+        }
+    })
+    .await
+}
+
 pub async fn handle(app: &App, interaction: Interaction) -> InteractionReply {
     match interaction {
         Interaction::BlockActions(actions) => {
@@ -357,6 +373,7 @@ async fn submit_request(app: &App, user: &SlackUserId, view: &View) -> Interacti
         ticket: ticket.as_deref(),
         via: Via::Slack,
         origin_channel: origin,
+        delivery: None,
     };
     match request::submit(app, submission).await {
         Ok(Ok(submitted)) => {

@@ -3,6 +3,7 @@ pub use jit_core::slack::{payload, verify};
 pub mod api;
 pub mod blocks;
 pub mod commands;
+pub mod deliveries;
 pub mod directory;
 pub mod driver;
 pub mod events;

@@ -541,7 +541,8 @@ pub async fn acknowledge(
     payload: Value,
     accepts_response_payload: bool,
 ) -> String {
-    let body = match AssertUnwindSafe(dispatch(app, kind, payload))
+    let delivery = super::deliveries::Delivery::envelope(&envelope_id, app.clock.now());
+    let body = match AssertUnwindSafe(dispatch(app, kind, payload, &delivery))
         .catch_unwind()
         .await
     {
@@ -582,24 +583,27 @@ pub fn ack_frame(envelope_id: &str, body: Option<Value>) -> Value {
 }
 
 /// Routes a payload to the handler its envelope type names; returns the reply body, if any.
-async fn dispatch(app: &App, kind: &str, payload: Value) -> Result<Option<Value>, String> {
+/// A redelivered envelope (the same `envelope_id`) has no second effect.
+async fn dispatch(
+    app: &App,
+    kind: &str,
+    payload: Value,
+    delivery: &super::deliveries::Delivery,
+) -> Result<Option<Value>, String> {
     match kind {
         "slash_commands" => {
             let command: SlashCommand =
                 serde_json::from_value(payload).map_err(|e| e.to_string())?;
-            Ok(commands::handle(app, &command).await.body())
+            Ok(commands::answer(app, &command, Some(delivery)).await)
         }
         "interactive" => {
             let interaction: Interaction =
                 serde_json::from_value(payload).map_err(|e| e.to_string())?;
-            Ok(match interactions::handle(app, interaction).await {
-                interactions::InteractionReply::Empty => None,
-                interactions::InteractionReply::Json(body) => Some(body),
-            })
+            Ok(interactions::answer(app, interaction, Some(delivery)).await)
         }
         "events_api" => {
             let event: EventBody = serde_json::from_value(payload).map_err(|e| e.to_string())?;
-            Ok(events::handle(app, event).await)
+            Ok(events::answer(app, event, Some(delivery)).await)
         }
         other => {
             tracing::debug!(

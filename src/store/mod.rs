@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod deliveries;
 pub mod jobs;
 pub mod requests;
 pub mod tokens;

@@ -280,7 +280,7 @@ async fn app_home_for_a_requester_and_for_an_approver() {
     let pending = h.request_access(DEV, "db 1h pending one").await;
     let active = h.request_access(DEV, "staging 2h active one").await;
     h.run_jobs().await;
-    let open = |user: &str| json!({"type": "event_callback", "event_id": "Ev1", "event": {"type": "app_home_opened", "user": user, "tab": "home"}});
+    let open = |user: &str| json!({"type": "event_callback", "event_id": format!("Ev{user}"), "event": {"type": "app_home_opened", "user": user, "tab": "home"}});
     h.post_signed("/slack/events", "application/json", open(DEV).to_string())
         .await;
     h.post_signed("/slack/events", "application/json", open(ALICE).to_string())

@@ -88,3 +88,195 @@ async fn stale_group_membership_grants_no_rights() {
     h.click("U0SRE1", "jit.approve", id).await;
     assert_eq!(h.state(id).await, State::Approved);
 }
+
+/// One signed request, captured: the same body with the same headers, sent again and again.
+struct Captured {
+    path: &'static str,
+    content_type: &'static str,
+    body: String,
+    ts: String,
+    sig: String,
+}
+
+impl Captured {
+    fn slash(h: &Harness, user: &str, text: &str) -> Captured {
+        let body = serde_urlencoded::to_string([
+            ("token", "unused"),
+            ("team_id", "T0JITSIM"),
+            ("channel_id", ORIGIN),
+            ("user_id", user),
+            ("command", "/jit"),
+            ("text", text),
+            ("response_url", "https://hooks.slack.invalid/commands/1"),
+            ("trigger_id", "captured.trigger"),
+        ])
+        .unwrap();
+        Self::of(
+            h,
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            body,
+        )
+    }
+
+    fn interaction(h: &Harness, payload: &serde_json::Value) -> Captured {
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        Self::of(
+            h,
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            body,
+        )
+    }
+
+    fn of(h: &Harness, path: &'static str, content_type: &'static str, body: String) -> Captured {
+        let (ts, sig) = h.sign(&body);
+        Captured {
+            path,
+            content_type,
+            body,
+            ts,
+            sig,
+        }
+    }
+
+    /// Sends it `times` times; returns each answer (status and body text).
+    async fn replay(&self, h: &Harness, times: usize) -> Vec<(u16, String)> {
+        let mut answers = Vec::new();
+        for _ in 0..times {
+            let response = h
+                .http
+                .post(format!("{}{}", h.url, self.path))
+                .header("content-type", self.content_type)
+                .header("x-slack-request-timestamp", &self.ts)
+                .header("x-slack-signature", &self.sig)
+                .body(self.body.clone())
+                .send()
+                .await
+                .unwrap();
+            answers.push((response.status().as_u16(), response.text().await.unwrap()));
+        }
+        answers
+    }
+}
+
+async fn request_count(h: &Harness) -> usize {
+    let mut conn = h.app.store.read().await.unwrap();
+    jit::store::requests::list(&mut conn, false, 1000)
+        .await
+        .unwrap()
+        .len()
+}
+
+fn assert_same(answers: &[(u16, String)]) {
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 200);
+}
+
+/// Review point 2: the same signed `/jit request` sent three times within the window created
+/// three requests. Each state-changing kind is replayed here; each has one effect, and every
+/// replay gets the first answer.
+#[tokio::test]
+async fn replays_of_every_state_changing_kind_have_one_effect() {
+    let h = Harness::start().await;
+
+    // Request.
+    let request = Captured::slash(&h, DEV, "request db 1h replayed justification");
+    let answers = request.replay(&h, 3).await;
+    assert_same(&answers);
+    assert!(answers[0].1.contains("was sent to"), "{answers:?}");
+    assert_eq!(request_count(&h).await, 1);
+    let id = Harness::id_in(&answers[0].1);
+    h.run_jobs().await;
+
+    // Approve: one approval, and no "already approved" for the replays.
+    let approve = Captured::interaction(
+        &h,
+        &Harness::click_payload(ALICE, "jit.approve", &id.0.to_string(), APPROVALS),
+    );
+    assert_same(&approve.replay(&h, 3).await);
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Active);
+    assert!(
+        h.ephemeral_texts(ALICE).is_empty(),
+        "{:?}",
+        h.ephemeral_texts(ALICE)
+    );
+    assert_eq!(h.provider_actions(id), ["grant"]);
+
+    // Extend: one extension.
+    let extend = Captured::slash(&h, DEV, &format!("extend {} 30m", id.0));
+    let answers = extend.replay(&h, 3).await;
+    assert_same(&answers);
+    assert_eq!(request_count(&h).await, 2);
+
+    // Deny (the extension), by its modal's submission: one denial, the same `clear`.
+    let ext = Harness::id_in(&answers[0].1);
+    let mut deny: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/slack/view-submission.json")).unwrap();
+    deny["user"]["id"] = serde_json::json!(ALICE);
+    deny["view"]["callback_id"] = serde_json::json!("jit.deny_modal");
+    deny["view"]["private_metadata"] = serde_json::json!(ext.0.to_string());
+    deny["view"]["state"]["values"] = serde_json::json!({
+        "reason": {"reason_input": {"type": "plain_text_input", "value": "not now"}}
+    });
+    let answers = Captured::interaction(&h, &deny).replay(&h, 3).await;
+    assert_same(&answers);
+    assert!(answers[0].1.contains("clear"), "{answers:?}");
+    assert_eq!(h.state(ext).await, State::Denied);
+    let mut conn = h.app.store.read().await.unwrap();
+    let denials = jit::store::audit::for_request(&mut conn, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "denied")
+        .count();
+    drop(conn);
+    assert_eq!(denials, 1);
+
+    // Release: released once, the same answer each time.
+    let release = Captured::slash(&h, DEV, &format!("release {}", id.0));
+    let answers = release.replay(&h, 3).await;
+    assert_same(&answers);
+    assert!(answers[0].1.contains("Releasing"), "{answers:?}");
+    h.run_jobs().await;
+    assert_eq!(h.provider_actions(id), ["grant", "revoke"]);
+
+    // Break-glass: one emergency grant.
+    let before = request_count(&h).await;
+    let breakglass = Captured::slash(&h, DEV, "breakglass db the site is down");
+    assert_same(&breakglass.replay(&h, 3).await);
+    assert_eq!(request_count(&h).await, before + 1);
+}
+
+/// Slack's own retries of an event carry `X-Slack-Retry-Num` and a fresh signature; they keep
+/// working (200) and have no second effect either.
+#[tokio::test]
+async fn slack_event_retries_have_no_second_effect() {
+    let h = Harness::start().await;
+    let event = serde_json::json!({
+        "type": "event_callback",
+        "team_id": "T0JITSIM",
+        "event_id": "Ev0RETRIED",
+        "event": {"type": "app_home_opened", "user": DEV, "tab": "home"}
+    })
+    .to_string();
+    for retry in 0..3 {
+        let (ts, sig) = h.sign(&event);
+        let mut post = h
+            .http
+            .post(format!("{}/slack/events", h.url))
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", ts)
+            .header("x-slack-signature", sig);
+        if retry > 0 {
+            post = post
+                .header("x-slack-retry-num", retry.to_string())
+                .header("x-slack-retry-reason", "http_timeout");
+        }
+        assert_eq!(post.body(event.clone()).send().await.unwrap().status(), 200);
+        h.advance(chrono::Duration::seconds(1));
+    }
+    h.run_jobs().await;
+    assert_eq!(h.slack.call_count("views.publish"), 1, "one Home refresh");
+}

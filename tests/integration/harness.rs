@@ -413,6 +413,8 @@ impl Harness {
         payload["container"]["channel_id"] = json!(channel);
         payload["actions"][0]["action_id"] = json!(action_id);
         payload["actions"][0]["value"] = json!(value);
+        // Every click is its own delivery, as in Slack (a replayed body has no effect).
+        payload["trigger_id"] = json!(jit::slack::driver::trigger_id(user, action_id));
         payload
     }
 
@@ -442,6 +444,7 @@ impl Harness {
         let mut payload: Value =
             serde_json::from_str(include_str!("../fixtures/slack/view-submission.json")).unwrap();
         payload["user"]["id"] = json!(user);
+        payload["trigger_id"] = json!(jit::slack::driver::trigger_id(user, "submit"));
         payload["view"]["callback_id"] = json!(callback_id);
         payload["view"]["private_metadata"] = json!(metadata);
         let mut values = serde_json::Map::new();
