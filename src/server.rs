@@ -194,6 +194,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if !app.health.slack_reachable() {
         return (StatusCode::SERVICE_UNAVAILABLE, "Socket Mode not connected").into_response();
     }
+    if !app.directory.ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Slack workspace and users not read yet",
+        )
+            .into_response();
+    }
     let beat = app.health.worker_beat.load(Ordering::Relaxed);
     let age_ms = chrono::Utc::now().timestamp_millis() - beat;
     if beat == 0 || age_ms > 30_000 {

@@ -386,6 +386,7 @@ async fn an_idle_flood_is_held_while_signed_requests_and_teardowns_go_on() {
         }
     );
     let slack = FakeSlack::start(TOKEN).await.unwrap();
+    slack.set_user("U0DEV", "dev", Some("dev@example.com"));
     // A long header timeout, so only the cap, not the clock, closes flood connections.
     let mut server = Server::start(&slack, &env);
     server.wait_ready().await;
@@ -555,6 +556,7 @@ async fn slowloris_and_idle_connections_are_closed_and_the_cap_queues_the_rest()
     let _ = rustls::crypto::ring::default_provider().install_default();
     jit::edge::raise_fd_limit();
     let slack = FakeSlack::start(TOKEN).await.unwrap();
+    slack.set_user("U0DEV", "dev", Some("dev@example.com"));
     let header = Duration::from_secs(2);
     let body = Duration::from_secs(2);
     let idle = Duration::from_secs(3);
@@ -782,6 +784,7 @@ async fn slowloris_and_idle_connections_are_closed_and_the_cap_queues_the_rest()
 async fn unauthenticated_api_calls_are_limited_per_source_address() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let slack = FakeSlack::start(TOKEN).await.unwrap();
+    slack.set_user("U0DEV", "dev", Some("dev@example.com"));
     // Behind one trusted proxy: the caller is the last X-Forwarded-For entry.
     let server = Server::start(
         &slack,

@@ -82,6 +82,10 @@ const METHOD_SCOPES: &[(&str, &[&str])] = &[
     // The requester's email becomes the AWS SourceIdentity.
     ("users.info", &["users:read", "users:read.email"]),
     ("usergroups.users.list", &["usergroups:read"]),
+    // Which workspace jit serves.
+    ("auth.test", &[]),
+    // Who is a member, a guest or from another workspace.
+    ("users.list", &["users:read"]),
 ];
 
 /// The Web API methods the code calls: the `.call("method", …)` sites in `src/slack/api.rs`.

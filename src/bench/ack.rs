@@ -167,7 +167,7 @@ pub async fn spawn_jit(
 fn body(connection: usize, n: u64) -> String {
     let user = format!("U0BENCH{:04}", (connection * 7919 + n as usize) % 1000);
     format!(
-        "token=unused&team_id=T0BENCH&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text=request+bench+1h+load+test+INC-{n}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={connection}.{n}.{}",
+        "token=unused&team_id=T0JITSIM&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text=request+bench+1h+load+test+INC-{n}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={connection}.{n}.{}",
         rand::random::<u32>()
     )
 }
@@ -354,6 +354,9 @@ pub async fn run(args: AckArgs, durability: Durability) -> anyhow::Result<()> {
         .prefix("jit-bench-ack-")
         .tempdir()?;
     let slack = FakeSlack::start(TOKEN).await?;
+    for n in 0..1000 {
+        slack.set_user(&format!("U0BENCH{n:04}"), &format!("bench{n}"), None);
+    }
     slack.set_latency(Duration::from_millis(args.slack_latency_ms));
     let (child, url, db) = spawn_jit(dir.path(), &slack, durability).await?;
     let mut jit = Target {

@@ -101,7 +101,7 @@ pub fn check_text(justification: &str, ticket: Option<&str>) -> Result<(), Field
 
 fn refusal_field(refusal: &Refusal) -> FieldError {
     match refusal {
-        Refusal::UnknownResource { .. } | Refusal::NotAllowed { .. } => {
+        Refusal::UnknownResource { .. } | Refusal::NotAllowed { .. } | Refusal::NotNamed { .. } => {
             FieldError::Resource(refusal.to_string())
         }
         Refusal::TooLong { .. } | Refusal::LifetimeExceeded { .. } => {

@@ -394,6 +394,62 @@ impl SlackApi {
         Ok(field(&answer, "/user/profile/email").map(str::to_owned))
     }
 
+    /// Which workspace (and Enterprise Grid organisation) the bot token belongs to.
+    pub async fn auth_test(&self) -> Result<WorkspaceInfo, SlackError> {
+        let answer = self.call("auth.test", Params::Json(json!({}))).await?;
+        let team = field(&answer, "/team_id")
+            .map(str::to_owned)
+            .ok_or_else(|| SlackError::Transient("auth.test named no team".into()))?;
+        Ok(WorkspaceInfo {
+            team_id: team,
+            enterprise_id: field(&answer, "/enterprise_id")
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
+            enterprise_install: answer
+                .get("is_enterprise_install")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    /// One user's facts (`users.info`), or `None` if Slack knows no such user.
+    pub async fn user_facts(&self, user: &str) -> Result<Option<UserFacts>, SlackError> {
+        match self
+            .call("users.info", Params::Query(&[("user", user)]))
+            .await
+        {
+            Ok(answer) => Ok(answer.get("user").and_then(UserFacts::from_value)),
+            Err(SlackError::Fatal { code, .. }) if code == "user_not_found" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every user of the workspace (`users.list`, page by page).
+    pub async fn all_users(&self) -> Result<Vec<UserFacts>, SlackError> {
+        let mut users = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10_000 {
+            let mut query: Vec<(&str, &str)> = vec![("limit", "200")];
+            if !cursor.is_empty() {
+                query.push(("cursor", &cursor));
+            }
+            let answer = self.call("users.list", Params::Query(&query)).await?;
+            users.extend(
+                answer
+                    .get("members")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(UserFacts::from_value),
+            );
+            match field(&answer, "/response_metadata/next_cursor") {
+                Some(next) if !next.is_empty() => cursor = next.to_owned(),
+                _ => return Ok(users),
+            }
+        }
+        Ok(users)
+    }
+
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {
         let query = Params::Query(&[("usergroup", group)]);
         let answer = self.call("usergroups.users.list", query).await?;
@@ -408,6 +464,40 @@ impl SlackApi {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// What `auth.test` says about the token's workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceInfo {
+    pub team_id: String,
+    pub enterprise_id: Option<String>,
+    /// An org-wide install: every workspace of the Enterprise Grid organisation is served.
+    pub enterprise_install: bool,
+}
+
+/// The fields of a Slack user jit reads (`users.info` / `users.list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFacts {
+    pub id: String,
+    pub team_id: Option<String>,
+    /// `is_restricted` or `is_ultra_restricted`.
+    pub guest: bool,
+    pub deleted: bool,
+}
+
+impl UserFacts {
+    fn from_value(user: &Value) -> Option<UserFacts> {
+        let flag = |key: &str| user.get(key).and_then(Value::as_bool).unwrap_or(false);
+        Some(UserFacts {
+            id: user.get("id")?.as_str()?.to_owned(),
+            team_id: user
+                .get("team_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            guest: flag("is_restricted") || flag("is_ultra_restricted"),
+            deleted: flag("deleted"),
+        })
     }
 }
 

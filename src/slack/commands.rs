@@ -56,6 +56,19 @@ pub async fn answer(
     cmd: &SlashCommand,
     delivery: Option<&super::deliveries::Delivery>,
 ) -> Option<serde_json::Value> {
+    let origin = cmd.origin();
+    if let Err(refused) = app
+        .directory
+        .serves(origin.team_id.as_deref(), origin.enterprise_id.as_deref())
+    {
+        return not_served(app, &refused, "a slash command").then(|| {
+            CommandReply::text(match refused {
+                super::directory::NotServed::NotYet => "jit has not yet confirmed which Slack workspace it serves (Slack did not answer at startup), so it acts on nothing. Please try again in a minute.",
+                super::directory::NotServed::Elsewhere => "jit serves only the workspace it is installed in; requests from other workspaces are refused.",
+            })
+            .body()
+        })?;
+    }
     if matches!(command::parse(&cmd.text), Ok(Command::Request { .. })) {
         return handle(app, cmd, delivery).await.body();
     }
@@ -70,6 +83,21 @@ pub async fn answer(
         || async { handle(app, cmd, None).await.body() },
     )
     .await
+}
+
+/// Logs and counts a delivery from a workspace jit does not serve; `true` (answer it).
+pub fn not_served(app: &App, refused: &super::directory::NotServed, what: &str) -> bool {
+    let reason = match refused {
+        super::directory::NotServed::NotYet => "workspace_unknown",
+        super::directory::NotServed::Elsewhere => "other_workspace",
+    };
+    app.metrics.http_rejected(reason);
+    tracing::warn!(
+        reason,
+        what,
+        "refused a Slack delivery that is not from jit's workspace"
+    );
+    true
 }
 
 pub async fn handle(
@@ -336,7 +364,8 @@ pub fn why_reply(
     let evaluation = policy.evaluate(resource_id, &who, duration, &app.directory);
     let allowed = !matches!(
         evaluation,
-        Err(crate::domain::policy::Refusal::NotAllowed { .. })
+        Err(crate::domain::policy::Refusal::NotAllowed { .. }
+            | crate::domain::policy::Refusal::NotNamed { .. })
     );
     lines.push(format!(
         "• Who may request: {may} ({})",

@@ -9,6 +9,12 @@
 //! counts for nothing: it grants no approver or admin rights, no requester rights through a
 //! group, and no auto-approval, until a refresh succeeds. [`Directory::stale`] lets callers
 //! say so instead of a plain "you are not an approver".
+//!
+//! **Who people are.** The directory also holds the workspace jit serves (from
+//! `JIT_SLACK_TEAM_ID`, or `auth.test` at startup) and every user of it (`users.list`, with the
+//! refresh), so the ack path can tell a member from a guest or from someone of another workspace
+//! without a call to Slack ([`Membership::standing`]). Someone not in the list yet is looked up
+//! in the background (`users.info`) and treated as an outsider until then.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -18,8 +24,9 @@ use chrono::{DateTime, Utc};
 
 use crate::clock::SharedClock;
 use crate::domain::ids::{SlackGroupId, SlackUserId};
+use crate::domain::policy::Standing;
 use crate::domain::policy::{Membership, Policy};
-use crate::slack::api::SlackApi;
+use crate::slack::api::{SlackApi, UserFacts, WorkspaceInfo};
 
 /// Groups are not refetched on a miss more often than this.
 const MISS_REFRESH_AFTER: Duration = Duration::from_secs(30);
@@ -31,6 +38,20 @@ pub const MAX_STALENESS: Duration = Duration::from_secs(30 * 60);
 #[derive(Default)]
 struct Cache {
     groups: HashMap<SlackGroupId, (HashSet<SlackUserId>, DateTime<Utc>)>,
+    users: HashMap<SlackUserId, UserFacts>,
+    users_loaded: bool,
+    workspace: Option<WorkspaceInfo>,
+    /// Users being looked up in the background, so a burst of requests asks once.
+    looking_up: HashSet<SlackUserId>,
+}
+
+/// Why a Slack delivery from elsewhere is not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotServed {
+    /// jit has not learned its own workspace yet (`auth.test` has not answered).
+    NotYet,
+    /// From another workspace (or organisation) than the one jit serves.
+    Elsewhere,
 }
 
 #[derive(Clone)]
@@ -96,10 +117,122 @@ impl Directory {
         }
     }
 
+    /// Learns the workspace (once), then every user and every group in `groups`.
     pub async fn refresh_all(&self, groups: &[SlackGroupId]) {
+        self.learn_workspace().await;
+        self.refresh_users().await;
         for group in groups {
             self.refresh(group).await;
         }
+    }
+
+    /// Serves the given workspace (`JIT_SLACK_TEAM_ID`) without asking `auth.test`.
+    pub fn set_workspace(&self, workspace: WorkspaceInfo) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .workspace = Some(workspace);
+    }
+
+    /// Whether jit knows its workspace and has read its users once (readiness).
+    pub fn ready(&self) -> bool {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.workspace.is_some() && cache.users_loaded
+    }
+
+    /// Forgets the workspace, as before `auth.test` first answers (tests).
+    pub fn forget_workspace(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .workspace = None;
+    }
+
+    pub fn workspace(&self) -> Option<WorkspaceInfo> {
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .workspace
+            .clone()
+    }
+
+    async fn learn_workspace(&self) {
+        if self.workspace().is_some() {
+            return;
+        }
+        match self.api.auth_test().await {
+            Ok(workspace) => {
+                tracing::info!(team = %workspace.team_id, enterprise = ?workspace.enterprise_id, "serving this Slack workspace");
+                self.set_workspace(workspace);
+            }
+            Err(err) => tracing::warn!(
+                error = %err,
+                "cannot learn the Slack workspace (auth.test); Slack requests are refused until it answers (or set JIT_SLACK_TEAM_ID)"
+            ),
+        }
+    }
+
+    /// Reloads every user of the workspace. Errors leave the previous list in place.
+    pub async fn refresh_users(&self) {
+        match self.api.all_users().await {
+            Ok(users) => {
+                let users: HashMap<SlackUserId, UserFacts> = users
+                    .into_iter()
+                    .filter_map(|u| SlackUserId::parse(&u.id).ok().map(|id| (id, u)))
+                    .collect();
+                let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+                cache.users = users;
+                cache.users_loaded = true;
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot refresh the users of the workspace"),
+        }
+    }
+
+    /// Whether a delivery stamped with `team` (and `enterprise`) comes from the workspace jit
+    /// serves. With an org-wide (Enterprise Grid) install, any workspace of the organisation.
+    pub fn serves(&self, team: Option<&str>, enterprise: Option<&str>) -> Result<(), NotServed> {
+        let Some(ours) = self.workspace() else {
+            return Err(NotServed::NotYet);
+        };
+        let same = if ours.enterprise_install {
+            enterprise.is_some() && enterprise == ours.enterprise_id.as_deref()
+        } else {
+            team == Some(ours.team_id.as_str())
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(NotServed::Elsewhere)
+        }
+    }
+
+    /// Looks `user` up with `users.info` in the background (not in the ack path), once.
+    fn learn_user(&self, user: &SlackUserId) {
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            if !cache.looking_up.insert(user.clone()) {
+                return;
+            }
+        }
+        let this = self.clone();
+        let user = user.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let facts = this.api.user_facts(user.as_str()).await;
+            let mut cache = this.cache.write().unwrap_or_else(|e| e.into_inner());
+            cache.looking_up.remove(&user);
+            match facts {
+                Ok(Some(facts)) => {
+                    cache.users.insert(user, facts);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(user = %user, error = %err, "cannot look up a Slack user")
+                }
+            }
+        });
     }
 
     /// Before deciding a click: if the cache does not place `user` in any of `groups`, refetch
@@ -107,6 +240,24 @@ impl Directory {
     pub async fn refresh_on_miss(&self, user: &SlackUserId, groups: &[SlackGroupId]) {
         if groups.is_empty() || groups.iter().any(|g| self.is_member(user, g)) {
             return;
+        }
+        // Someone new to jit: learn who they are first (a click may wait; a command may not).
+        let known = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .users
+            .contains_key(user);
+        if !known
+            && let Ok(Ok(Some(facts))) =
+                tokio::time::timeout(Duration::from_secs(2), self.api.user_facts(user.as_str()))
+                    .await
+        {
+            self.cache
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .users
+                .insert(user.clone(), facts);
         }
         let now = self.clock.now();
         let stale: Vec<SlackGroupId> = {
@@ -157,6 +308,30 @@ fn fresh(now: DateTime<Utc>, at: DateTime<Utc>) -> bool {
 }
 
 impl Membership for Directory {
+    fn standing(&self, user: &SlackUserId) -> Standing {
+        let standing = {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            match cache.users.get(user) {
+                None => None,
+                Some(facts) if facts.deleted => Some(Standing::Unknown),
+                Some(facts) if facts.guest => Some(Standing::Guest),
+                Some(facts) => match &cache.workspace {
+                    Some(ours)
+                        if !ours.enterprise_install
+                            && facts.team_id.as_deref().is_some_and(|t| t != ours.team_id) =>
+                    {
+                        Some(Standing::External)
+                    }
+                    _ => Some(Standing::Member),
+                },
+            }
+        };
+        standing.unwrap_or_else(|| {
+            self.learn_user(user);
+            Standing::Unknown
+        })
+    }
+
     fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool {
         let now = self.clock.now();
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());

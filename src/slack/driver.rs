@@ -172,7 +172,13 @@ impl SlackDriver {
     }
 
     /// An Events API body.
+    /// An Events API body. Slack stamps every event callback with its workspace: a body
+    /// without `team_id` gets the simulated one.
     pub async fn event(&self, body: &Value) -> anyhow::Result<Answer> {
+        let mut body = body.clone();
+        if body["type"] == "event_callback" && body.get("team_id").is_none() {
+            body["team_id"] = json!(super::simulator::TEAM_ID);
+        }
         self.post_signed("/slack/events", "application/json", body.to_string())
             .await
     }

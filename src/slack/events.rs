@@ -14,6 +14,14 @@ pub async fn answer(
     body: EventBody,
     delivery: Option<&super::deliveries::Delivery>,
 ) -> Option<Value> {
+    if let EventBody::EventCallback { origin, .. } = &body
+        && let Err(refused) = app
+            .directory
+            .serves(origin.team_id.as_deref(), origin.enterprise_id.as_deref())
+    {
+        super::commands::not_served(app, &refused, "an event");
+        return None;
+    }
     let by_event = match &body {
         EventBody::EventCallback {
             event_id: Some(id), ..

@@ -38,6 +38,14 @@ pub async fn answer(
     interaction: Interaction,
     delivery: Option<&super::deliveries::Delivery>,
 ) -> Option<Value> {
+    if let Some(origin) = interaction.origin()
+        && let Err(refused) = app
+            .directory
+            .serves(origin.team_id.as_deref(), origin.enterprise_id.as_deref())
+    {
+        super::commands::not_served(app, &refused, "an interaction");
+        return None;
+    }
     super::deliveries::once(app, delivery, None, None, || async {
         match handle(app, interaction).await {
             InteractionReply::Empty => None,

@@ -10,7 +10,7 @@
 //!
 //! - `chat.postMessage` (thread replies with `thread_ts`), `chat.update`, `chat.postEphemeral`;
 //! - `conversations.open` for a one-to-one DM, whose channel id is [`FakeSlack::dm_channel_for`];
-//! - `users.info` and `usergroups.users.list`, from what the test registered with
+//! - `users.info`, `users.list` (paged with `limit` and `cursor`) and `usergroups.users.list`, from what the test registered with
 //!   [`FakeSlack::set_user`] and [`FakeSlack::set_group_members`];
 //! - `views.open`, `views.update` (by `view_id` or `external_id`, honouring `hash`) and
 //!   `views.publish`;
@@ -295,11 +295,17 @@ impl FakeSlack {
     /// Registers (or replaces) a user for `users.info`. `name` is used as the handle, the real
     /// name and the display name. Unregistered users are answered `user_not_found`.
     pub fn set_user(&self, id: &str, name: &str, email: Option<&str>) {
+        self.set_user_kind(id, name, email, UserKind::Member);
+    }
+
+    /// Registers a user of the given kind (a guest, a member of another workspace).
+    pub fn set_user_kind(&self, id: &str, name: &str, email: Option<&str>, kind: UserKind) {
         self.shared.lock().users.insert(
             id.to_owned(),
             FakeUser {
                 name: name.to_owned(),
                 email: email.map(str::to_owned),
+                kind,
             },
         );
     }
@@ -462,6 +468,22 @@ impl Shared {
 struct FakeUser {
     name: String,
     email: Option<String>,
+    kind: UserKind,
+}
+
+/// Who a registered user is to the simulated workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserKind {
+    /// A full member of [`TEAM_ID`].
+    #[default]
+    Member,
+    /// A multi-channel guest (`is_restricted`).
+    Guest,
+    /// A single-channel guest (`is_ultra_restricted`).
+    SingleChannelGuest,
+    /// A member of another workspace, seen through Slack Connect: `users.info` knows them (with
+    /// their own `team_id`), `users.list` does not list them.
+    External,
 }
 
 struct PendingFault {
@@ -859,6 +881,7 @@ impl SimState {
             "chat.postEphemeral" => self.post_ephemeral(params),
             "conversations.open" => self.open_conversation(params),
             "users.info" => self.user_info(params),
+            "users.list" => self.users_list(params),
             "usergroups.users.list" => self.group_members(params),
             "views.open" => self.open_view(params),
             "views.update" => self.update_view(params),
@@ -1062,36 +1085,38 @@ impl SimState {
     fn user_info(&self, params: &Map<String, Value>) -> ApiResult {
         let id = str_param(params, "user").ok_or("user_not_found")?;
         let user = self.users.get(id).ok_or("user_not_found")?;
-        let mut profile = json!({
-            "real_name": user.name,
-            "real_name_normalized": user.name,
-            "display_name": user.name,
-            "display_name_normalized": user.name,
-            "team": TEAM_ID,
-        });
-        if let Some(email) = &user.email {
-            profile["email"] = json!(email);
-        }
-        Ok(json!({
-            "user": {
-                "id": id,
-                "team_id": TEAM_ID,
-                "name": user.name,
-                "real_name": user.name,
-                "deleted": false,
-                "is_bot": false,
-                "is_app_user": false,
-                "is_admin": false,
-                "is_owner": false,
-                "is_restricted": false,
-                "is_ultra_restricted": false,
-                "tz": "Etc/UTC",
-                "tz_label": "Coordinated Universal Time",
-                "tz_offset": 0,
-                "updated": TS_EPOCH,
-                "profile": profile,
-            },
-        }))
+        Ok(json!({ "user": user_json(id, user) }))
+    }
+
+    /// `users.list`: the workspace's own users (not those of other workspaces), one page of
+    /// `limit` (default 100, Slack's maximum 1000) after `cursor`, in id order.
+    fn users_list(&self, params: &Map<String, Value>) -> ApiResult {
+        let limit = str_param(params, "limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(100)
+            .clamp(1, 1000);
+        let after = str_param(params, "cursor").unwrap_or("");
+        let mut ids: Vec<&String> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.kind != UserKind::External)
+            .map(|(id, _)| id)
+            .filter(|id| id.as_str() > after)
+            .collect();
+        ids.sort();
+        let page: Vec<Value> = ids
+            .iter()
+            .take(limit)
+            .map(|id| user_json(id, &self.users[id.as_str()]))
+            .collect();
+        let next = if ids.len() > limit {
+            ids[limit - 1].clone()
+        } else {
+            String::new()
+        };
+        Ok(
+            json!({ "members": page, "cache_ts": TS_EPOCH, "response_metadata": { "next_cursor": next } }),
+        )
     }
 
     fn group_members(&self, params: &Map<String, Value>) -> ApiResult {
@@ -1211,6 +1236,44 @@ impl SimState {
         self.events.push(SlackEvent::ViewPublished { user, view });
         Ok(json!({ "view": answer }))
     }
+}
+
+/// A user object as `users.info` and `users.list` give it.
+fn user_json(id: &str, user: &FakeUser) -> Value {
+    let team = if user.kind == UserKind::External {
+        "T0OTHERORG"
+    } else {
+        TEAM_ID
+    };
+    let mut profile = json!({
+        "real_name": user.name,
+        "real_name_normalized": user.name,
+        "display_name": user.name,
+        "display_name_normalized": user.name,
+        "team": team,
+    });
+    if let Some(email) = &user.email {
+        profile["email"] = json!(email);
+    }
+    json!({
+        "id": id,
+        "team_id": team,
+        "name": user.name,
+        "real_name": user.name,
+        "deleted": false,
+        "is_bot": false,
+        "is_app_user": false,
+        "is_admin": false,
+        "is_owner": false,
+        "is_restricted": matches!(user.kind, UserKind::Guest | UserKind::SingleChannelGuest),
+        "is_ultra_restricted": user.kind == UserKind::SingleChannelGuest,
+        "is_stranger": user.kind == UserKind::External,
+        "tz": "Etc/UTC",
+        "tz_label": "Coordinated Universal Time",
+        "tz_offset": 0,
+        "updated": TS_EPOCH,
+        "profile": profile,
+    })
 }
 
 fn auth_test() -> Value {

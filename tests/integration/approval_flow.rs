@@ -241,6 +241,8 @@ async fn the_form_opens_and_submits_with_inline_errors() {
         serde_json::from_str(include_str!("../fixtures/slack/view-submission.json")).unwrap();
     let mut fixture = fixture;
     fixture["view"]["callback_id"] = json!("jit.request_modal");
+    // Sent from the harness's workspace (the fixture's is Slack's example one).
+    fixture["team"]["id"] = json!(jit::slack::simulator::TEAM_ID);
     let reply = h.interaction(fixture).await;
     assert_eq!(
         reply.body["errors"]["resource"].as_str().unwrap(),
@@ -334,6 +336,7 @@ async fn requesters_never_approve_their_own_and_strangers_never_decide() {
     assert_eq!(h.audit_events(id).await, ["requested"]);
 
     // A member of an approver group may decide: membership is refreshed on a miss.
+    h.slack.set_user("U0NEWSRE", "newsre", None);
     h.slack.set_group_members("S0SRE", &["U0SRE1", "U0NEWSRE"]);
     h.advance(Duration::seconds(31));
     h.click("U0NEWSRE", "jit.approve", id).await;

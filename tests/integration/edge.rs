@@ -149,6 +149,14 @@ async fn forged_stale_and_oversized_requests_are_refused() {
 #[tokio::test]
 async fn the_published_fixture_body_is_accepted_when_signed() {
     let h = Harness::start().await;
+    // The fixture comes from Slack's documentation, workspace T0001.
+    h.app
+        .directory
+        .set_workspace(jit::slack::api::WorkspaceInfo {
+            team_id: "T0001".into(),
+            enterprise_id: None,
+            enterprise_install: false,
+        });
     let body = include_str!("../fixtures/slack/slash-command.form")
         .trim()
         .to_owned();
@@ -177,7 +185,7 @@ async fn events_handshake_and_app_home() {
         json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
     );
 
-    let opened = json!({"type": "event_callback", "event_id": "Ev1", "event": {"type": "app_home_opened", "user": ALICE, "tab": "home"}});
+    let opened = json!({"type": "event_callback", "team_id": "T0JITSIM", "event_id": "Ev1", "event": {"type": "app_home_opened", "user": ALICE, "tab": "home"}});
     let r = h
         .post_signed("/slack/events", "application/json", opened.to_string())
         .await;
@@ -280,7 +288,7 @@ async fn app_home_for_a_requester_and_for_an_approver() {
     let pending = h.request_access(DEV, "db 1h pending one").await;
     let active = h.request_access(DEV, "staging 2h active one").await;
     h.run_jobs().await;
-    let open = |user: &str| json!({"type": "event_callback", "event_id": format!("Ev{user}"), "event": {"type": "app_home_opened", "user": user, "tab": "home"}});
+    let open = |user: &str| json!({"type": "event_callback", "team_id": "T0JITSIM", "event_id": format!("Ev{user}"), "event": {"type": "app_home_opened", "user": user, "tab": "home"}});
     h.post_signed("/slack/events", "application/json", open(DEV).to_string())
         .await;
     h.post_signed("/slack/events", "application/json", open(ALICE).to_string())

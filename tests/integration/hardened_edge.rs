@@ -215,6 +215,7 @@ async fn replays_of_every_state_changing_kind_have_one_effect() {
     let mut deny: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/slack/view-submission.json")).unwrap();
     deny["user"]["id"] = serde_json::json!(ALICE);
+    deny["team"]["id"] = serde_json::json!(jit::slack::simulator::TEAM_ID);
     deny["view"]["callback_id"] = serde_json::json!("jit.deny_modal");
     deny["view"]["private_metadata"] = serde_json::json!(ext.0.to_string());
     deny["view"]["state"]["values"] = serde_json::json!({
@@ -279,4 +280,139 @@ async fn slack_event_retries_have_no_second_effect() {
     }
     h.run_jobs().await;
     assert_eq!(h.slack.call_count("views.publish"), 1, "one Home refresh");
+}
+
+/// Review point 4: `team_id` was never checked, so anyone in another workspace who could reach
+/// the URL with a valid signature (a shared app, Slack Connect) was served.
+#[tokio::test]
+async fn deliveries_from_another_workspace_are_refused() {
+    let h = Harness::start().await;
+    let other_team = |mut payload: serde_json::Value| {
+        payload["team"]["id"] = serde_json::json!("T0ELSEWHERE");
+        payload["user"]["team_id"] = serde_json::json!("T0ELSEWHERE");
+        payload
+    };
+    // A slash command.
+    let body = serde_urlencoded::to_string([
+        ("team_id", "T0ELSEWHERE"),
+        ("channel_id", ORIGIN),
+        ("user_id", DEV),
+        ("command", "/jit"),
+        ("text", "request staging 1h from elsewhere"),
+        ("trigger_id", "x.1.trigger"),
+    ])
+    .unwrap();
+    let reply = h
+        .post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+        .await;
+    assert_eq!(reply.status(), 200);
+    let text = reply.text().await.unwrap();
+    assert!(
+        text.contains("serves only the workspace it is installed in"),
+        "{text}"
+    );
+    assert_eq!(request_count(&h).await, 0);
+
+    // A click on a real request's Approve button.
+    let id = h.request_access(DEV, "db 1h real request").await;
+    h.run_jobs().await;
+    let click = Harness::click_payload(ALICE, "jit.approve", &id.0.to_string(), APPROVALS);
+    let reply = h.interaction(other_team(click)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(h.state(id).await, State::Pending, "nothing decided");
+
+    // An event.
+    let event = serde_json::json!({"type": "event_callback", "team_id": "T0ELSEWHERE",
+        "event_id": "EvElsewhere", "event": {"type": "app_home_opened", "user": DEV, "tab": "home"}});
+    let reply = h
+        .post_signed("/slack/events", "application/json", event.to_string())
+        .await;
+    assert_eq!(reply.status(), 200);
+    h.run_jobs().await;
+    assert_eq!(h.slack.call_count("views.publish"), 0);
+}
+
+/// Guests and people of other workspaces may request only where the policy names them, get no
+/// rights through groups, and are refused with a clear message; people jit does not know yet
+/// are treated the same until they are looked up (never in the ack path).
+#[tokio::test]
+async fn guests_and_outsiders_have_only_the_rights_the_policy_names() {
+    use jit::slack::simulator::UserKind;
+    let h = Harness::start().await;
+    h.slack
+        .set_user_kind("U0GUEST", "guest", None, UserKind::Guest);
+    h.slack
+        .set_user_kind("U0SHARED", "shared", None, UserKind::External);
+    h.slack
+        .set_user_kind(CAROL, "carol", None, UserKind::SingleChannelGuest);
+    h.slack
+        .set_user_kind("U0SRE1", "sre1", None, UserKind::Guest);
+    h.app
+        .directory
+        .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
+        .await;
+
+    // `staging` lets anyone in the workspace request (and auto-approves): not a guest.
+    for (user, who) in [
+        ("U0GUEST", "a guest of the workspace"),
+        ("U0SHARED", "not (yet) known to jit as a member"),
+        ("U0NEVERSEEN", "not (yet) known to jit as a member"),
+    ] {
+        let reply = h.slash(user, "request staging 1h let me in").await;
+        assert!(
+            reply.text().contains(&format!("You are {who}")),
+            "{user}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(request_count(&h).await, 0);
+    // `restricted` names CAROL (a single-channel guest here) by ID: she may.
+    let reply = h.slash(CAROL, "request restricted 1h named by id").await;
+    assert!(reply.text().contains("was sent to"), "{}", reply.text());
+
+    // A guest in an approver group (S0SRE) gets no approver rights through it.
+    let id = h.request_access(DEV, "db 1h needs an approver").await;
+    h.run_jobs().await;
+    h.click("U0SRE1", "jit.approve", id).await;
+    assert_eq!(h.state(id).await, State::Pending);
+    // A member named as approver still decides.
+    h.click(ALICE, "jit.approve", id).await;
+    assert_eq!(h.state(id).await, State::Approved);
+
+    // Someone new is looked up in the background after their first try, then served.
+    h.slack.set_user("U0NEWHIRE", "newhire", None);
+    let first = h.slash("U0NEWHIRE", "request staging 1h first day").await;
+    assert!(first.text().contains("not (yet) known"), "{}", first.text());
+    // The lookup runs in the background; ask again until it has landed (at most 10 s).
+    let mut second = first;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        second = h.slash("U0NEWHIRE", "request staging 1h first day").await;
+        if !second.text().contains("not (yet) known") {
+            break;
+        }
+    }
+    assert!(
+        second.text().contains("approved by policy"),
+        "{}",
+        second.text()
+    );
+}
+
+/// Until jit knows which workspace it serves (auth.test failed at startup and no
+/// JIT_SLACK_TEAM_ID), it acts on no Slack delivery.
+#[tokio::test]
+async fn an_unknown_workspace_serves_nothing() {
+    let h = Harness::start().await;
+    // A fresh directory that never learned its workspace.
+    h.app.directory.forget_workspace();
+    let reply = h.slash(DEV, "request staging 1h too early").await;
+    assert!(
+        reply
+            .text()
+            .contains("has not yet confirmed which Slack workspace"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(request_count(&h).await, 0);
 }

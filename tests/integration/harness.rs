@@ -260,6 +260,7 @@ impl Harness {
             (MALLORY, "mallory"),
             (ONCALL, "oncall"),
             (SECLEAD, "seclead"),
+            ("U0SRE1", "sre1"),
         ] {
             slack.set_user(id, name, Some(&format!("{name}@example.com")));
         }
@@ -415,6 +416,8 @@ impl Harness {
         payload["actions"][0]["value"] = json!(value);
         // Every click is its own delivery, as in Slack (a replayed body has no effect).
         payload["trigger_id"] = json!(jit::slack::driver::trigger_id(user, action_id));
+        payload["team"]["id"] = json!(jit::slack::simulator::TEAM_ID);
+        payload["user"]["team_id"] = json!(jit::slack::simulator::TEAM_ID);
         payload
     }
 
@@ -445,6 +448,8 @@ impl Harness {
             serde_json::from_str(include_str!("../fixtures/slack/view-submission.json")).unwrap();
         payload["user"]["id"] = json!(user);
         payload["trigger_id"] = json!(jit::slack::driver::trigger_id(user, "submit"));
+        payload["team"]["id"] = json!(jit::slack::simulator::TEAM_ID);
+        payload["user"]["team_id"] = json!(jit::slack::simulator::TEAM_ID);
         payload["view"]["callback_id"] = json!(callback_id);
         payload["view"]["private_metadata"] = json!(metadata);
         let mut values = serde_json::Map::new();

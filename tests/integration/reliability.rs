@@ -181,7 +181,7 @@ async fn ten_thousand_forged_requests_are_all_refused_and_valid_ones_accepted() 
         (
             "/slack/commands",
             "application/x-www-form-urlencoded",
-            "token=x&team_id=T1&channel_id=C0GENERAL&user_id=U0DEV&command=%2Fjit&text=request+db+1h+forged%2Fnot&trigger_id=1.2.3".into(),
+            "token=x&team_id=T0JITSIM&channel_id=C0GENERAL&user_id=U0DEV&command=%2Fjit&text=request+db+1h+forged%2Fnot&trigger_id=1.2.3".into(),
         ),
         ("/slack/interactions", "application/x-www-form-urlencoded", interaction),
         ("/slack/events", "application/json", json!({"type": "url_verification", "challenge": "c"}).to_string()),

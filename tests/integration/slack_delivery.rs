@@ -241,7 +241,7 @@ async fn busy_alice(
 async fn app_home_with_25_grants_and_25_waiting_requests_is_published_within_100_blocks() {
     let h = Harness::start().await;
     let (mine, theirs) = busy_alice(&h, 25, 25).await;
-    let opened = json!({"type": "event_callback", "event_id": "Ev9", "event": {"type": "app_home_opened", "user": ALICE, "tab": "home"}});
+    let opened = json!({"type": "event_callback", "team_id": "T0JITSIM", "event_id": "Ev9", "event": {"type": "app_home_opened", "user": ALICE, "tab": "home"}});
     let r = h
         .post_signed("/slack/events", "application/json", opened.to_string())
         .await;

@@ -247,8 +247,11 @@ impl Principals {
         }
     }
 
+    /// Named directly, or (for full members of the workspace only) through a group.
     pub fn contains_user(&self, user: &SlackUserId, membership: &dyn Membership) -> bool {
-        self.users.contains(user) || self.groups.iter().any(|g| membership.is_member(user, g))
+        self.users.contains(user)
+            || (membership.standing(user) == Standing::Member
+                && self.groups.iter().any(|g| membership.is_member(user, g)))
     }
 }
 
@@ -289,9 +292,41 @@ impl fmt::Display for Requester {
     }
 }
 
-/// Answers "is this user in that Slack user group?" from whatever the caller has cached.
+/// Answers "is this user in that Slack user group?" and "is this a full member of our
+/// workspace?" from whatever the caller has cached.
 pub trait Membership {
     fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool;
+
+    /// Who `user` is to the workspace jit serves. Anyone but a full member has only the rights
+    /// the policy gives them by name: no "anyone may request", no rights through groups, no
+    /// auto-approval unless the rule names them.
+    fn standing(&self, _user: &SlackUserId) -> Standing {
+        Standing::Member
+    }
+}
+
+/// A Slack user's standing in the workspace jit serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// A full member.
+    Member,
+    /// A multi- or single-channel guest (`is_restricted`, `is_ultra_restricted`).
+    Guest,
+    /// A member of another workspace (Slack Connect).
+    External,
+    /// Not in jit's directory (yet): treated like an outsider until it is.
+    Unknown,
+}
+
+impl Standing {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Standing::Member => "a member of the workspace",
+            Standing::Guest => "a guest of the workspace",
+            Standing::External => "from another workspace",
+            Standing::Unknown => "not (yet) known to jit as a member of the workspace",
+        }
+    }
 }
 
 /// Membership for callers that know no groups (the policy check CLI, unit tests).
@@ -311,8 +346,11 @@ pub struct Approvers {
 }
 
 impl Approvers {
+    /// Named directly, or (for full members of the workspace only) through a group.
     pub fn includes(&self, user: &SlackUserId, membership: &dyn Membership) -> bool {
-        self.users.contains(user) || self.groups.iter().any(|g| membership.is_member(user, g))
+        self.users.contains(user)
+            || (membership.standing(user) == Standing::Member
+                && self.groups.iter().any(|g| membership.is_member(user, g)))
     }
 }
 
@@ -799,6 +837,10 @@ impl Policy {
         membership: &dyn Membership,
     ) -> bool {
         match who {
+            Requester::User(user) if membership.standing(user) != Standing::Member => resource
+                .requesters
+                .as_ref()
+                .is_some_and(|p| p.users.contains(user)),
             Requester::User(_) => resource
                 .requesters
                 .as_ref()
@@ -855,6 +897,15 @@ impl Policy {
                 suggestions: self.suggest(resource_id),
             })?;
         if !self.may_request(resource, who, membership) {
+            if let Requester::User(user) = who {
+                let standing = membership.standing(user);
+                if standing != Standing::Member {
+                    return Err(Refusal::NotNamed {
+                        resource: resource.id.clone(),
+                        standing,
+                    });
+                }
+            }
             return Err(Refusal::NotAllowed {
                 resource: resource.id.clone(),
             });
@@ -867,10 +918,14 @@ impl Policy {
                 max: resource.max_duration,
             });
         }
+        let outsider = who
+            .user()
+            .is_some_and(|u| membership.standing(u) != Standing::Member);
         let route = match &resource.auto_approve {
             Some(rule)
                 if duration <= rule.max_duration
-                    && (rule.who.is_empty() || rule.who.contains(who, membership)) =>
+                    && ((rule.who.is_empty() && !outsider)
+                        || rule.who.contains(who, membership)) =>
             {
                 Route::Auto
             }
@@ -1320,6 +1375,14 @@ pub enum Refusal {
     },
     #[error("You are not allowed to request `{resource}`. `/jit why {resource}` shows who may.")]
     NotAllowed { resource: ResourceId },
+    #[error(
+        "You are {}, and such people may request `{resource}` only where the policy names them (by user ID in its requesters). If you just joined the workspace, try again in a few minutes.",
+        .standing.describe()
+    )]
+    NotNamed {
+        resource: ResourceId,
+        standing: Standing,
+    },
     #[error("`{resource}` can be granted for at most {max} ({}); you asked for {requested}.", .max.humanize())]
     TooLong {
         resource: ResourceId,

@@ -39,11 +39,40 @@ pub struct SlashCommand {
     pub trigger_id: String,
     #[serde(default)]
     pub team_id: Option<String>,
+    #[serde(default)]
+    pub enterprise_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct User {
     pub id: String,
+    /// The user's home workspace.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub team_id: Option<String>,
+}
+
+/// A workspace or organisation reference in an interaction (`team`, `enterprise`); null for
+/// org-wide installs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TeamRef {
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+}
+
+/// Which workspace (and organisation) a delivery says it comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub team_id: Option<String>,
+    pub enterprise_id: Option<String>,
+}
+
+impl SlashCommand {
+    pub fn origin(&self) -> Origin {
+        Origin {
+            team_id: self.team_id.clone(),
+            enterprise_id: self.enterprise_id.clone().filter(|e| !e.is_empty()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +152,10 @@ impl View {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BlockActions {
     pub user: User,
+    #[serde(default, deserialize_with = "lenient")]
+    pub team: Option<TeamRef>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub enterprise: Option<TeamRef>,
     #[serde(default, deserialize_with = "lenient_string")]
     pub trigger_id: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
@@ -156,6 +189,31 @@ impl BlockActions {
 pub struct ViewSubmission {
     pub user: User,
     pub view: View,
+    #[serde(default, deserialize_with = "lenient")]
+    pub team: Option<TeamRef>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub enterprise: Option<TeamRef>,
+}
+
+fn origin_of(user: &User, team: &Option<TeamRef>, enterprise: &Option<TeamRef>) -> Origin {
+    Origin {
+        team_id: team
+            .as_ref()
+            .and_then(|t| t.id.clone())
+            .or_else(|| user.team_id.clone()),
+        enterprise_id: enterprise.as_ref().and_then(|e| e.id.clone()),
+    }
+}
+
+impl Interaction {
+    /// `None` for interaction types jit does not read.
+    pub fn origin(&self) -> Option<Origin> {
+        match self {
+            Interaction::BlockActions(a) => Some(origin_of(&a.user, &a.team, &a.enterprise)),
+            Interaction::ViewSubmission(v) => Some(origin_of(&v.user, &v.team, &v.enterprise)),
+            Interaction::Other => None,
+        }
+    }
 }
 
 /// The `payload` of an interaction.
@@ -215,6 +273,7 @@ pub enum EventBody {
     EventCallback {
         event: InnerEvent,
         event_id: Option<String>,
+        origin: Origin,
     },
     Other,
 }
@@ -231,6 +290,10 @@ impl From<Value> for EventBody {
                 Some(event) => EventBody::EventCallback {
                     event: InnerEvent::from_value(event),
                     event_id: string("event_id"),
+                    origin: Origin {
+                        team_id: string("team_id"),
+                        enterprise_id: string("enterprise_id"),
+                    },
                 },
                 None => EventBody::Other,
             },
@@ -360,7 +423,10 @@ mod tests {
             ),
         ] {
             let event = EventBody::parse(fixture.as_bytes()).unwrap();
-            let EventBody::EventCallback { event, event_id } = event else {
+            let EventBody::EventCallback {
+                event, event_id, ..
+            } = event
+            else {
                 panic!("event_callback expected")
             };
             assert_eq!(event.kind, kind);

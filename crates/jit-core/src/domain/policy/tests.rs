@@ -624,3 +624,69 @@ fn a_single_admin_with_breakglass_is_warned_about() {
     let no_breakglass = one.replace("breakglass = true", "breakglass = false");
     assert!(parse(&no_breakglass).unwrap().warnings().is_empty());
 }
+
+/// Guests and people of other workspaces have only the rights the policy gives them by ID.
+#[test]
+fn outsiders_need_to_be_named() {
+    struct Directory(Standing);
+    impl Membership for Directory {
+        fn is_member(&self, _: &SlackUserId, _: &SlackGroupId) -> bool {
+            true
+        }
+        fn standing(&self, _: &SlackUserId) -> Standing {
+            self.0
+        }
+    }
+    let text = EXAMPLE.replace(
+        "breakglass = true",
+        "breakglass = true\nauto_approve = { max_duration = \"1h\" }",
+    );
+    let policy = parse(&text).unwrap();
+    for standing in [Standing::Guest, Standing::External, Standing::Unknown] {
+        let outsider = Directory(standing);
+        // prod-db lets anyone request: not an outsider.
+        let refusal = policy
+            .evaluate("prod-db", &user("U0GUEST"), None, &outsider)
+            .unwrap_err();
+        assert!(matches!(refusal, Refusal::NotNamed { .. }), "{refusal:?}");
+        assert!(refusal.to_string().contains(standing.describe()));
+        // Groups give them nothing (aws-prod-readonly's requesters are a group).
+        assert!(
+            policy
+                .evaluate("aws-prod-readonly", &user("U0GUEST"), None, &outsider)
+                .is_err()
+        );
+        // Nor approver rights through a group.
+        let aws = policy.resource("aws-prod-readonly").unwrap();
+        assert!(!aws.approvers.includes(&user_id("U0SRE"), &outsider));
+        assert!(aws.approvers.includes(&user_id("U0ALICE"), &outsider));
+    }
+    // Named by ID, a guest may request, but an open auto-approval rule does not cover them.
+    let named = text.replace(
+        "approvals_required = 2",
+        "approvals_required = 2\nrequesters = { users = [\"U0GUEST\"] }",
+    );
+    let policy = parse(&named).unwrap();
+    let e = policy
+        .evaluate(
+            "prod-db",
+            &user("U0GUEST"),
+            None,
+            &Directory(Standing::Guest),
+        )
+        .unwrap();
+    assert_eq!(e.route, Route::Approval);
+    let member = policy
+        .evaluate(
+            "prod-db",
+            &user("U0GUEST"),
+            None,
+            &Directory(Standing::Member),
+        )
+        .unwrap();
+    assert_eq!(member.route, Route::Auto);
+}
+
+fn user_id(id: &str) -> SlackUserId {
+    SlackUserId::parse(id).unwrap()
+}
