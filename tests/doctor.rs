@@ -973,3 +973,69 @@ async fn a_database_jit_never_ran_on_is_only_a_warning() {
     assert!(!fresh.exists(), "doctor created the database");
     setup.finish().await;
 }
+
+#[tokio::test]
+async fn a_deactivated_user_and_an_empty_approver_group_are_warnings() {
+    let setup = Setup::new().await;
+    setup.slack.deactivate_user("U0SECLEAD");
+    setup.slack.set_group_members("S0SRE", &[]);
+    let out = setup.doctor().await;
+    out.passes();
+    assert_eq!(
+        out.line("slack user U0SECLEAD"),
+        "warn  slack user U0SECLEAD: user U0SECLEAD (@sec, admin) is deactivated. Fix: remove them from the policy, or name someone who can act"
+    );
+    assert!(out.line("slack group S0SRE").starts_with("warn  slack group S0SRE: user group S0SRE (approver of staging) has no members: nobody in it can approve"), "{}", out.stdout);
+    assert!(!out.line("slack users").contains("U0SECLEAD"));
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn an_aws_role_grants_or_teardown_cannot_use_fails() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        eprintln!(
+            "JIT_TEST_AWS_ENDPOINT is unset: the trust-policy and account failures are not exercised"
+        );
+        return;
+    };
+    // A trust policy without sts:TagSession: every AssumeRole with session tags is refused.
+    let sdk = jit::providers::aws_sts::aws_config_loader(Some(&aws.endpoint), Some("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "jit-tests",
+        ))
+        .load()
+        .await;
+    let trust = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+        "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"]}]});
+    aws_sdk_iam::Client::new(&sdk)
+        .update_assume_role_policy()
+        .role_name(&aws.role)
+        .policy_document(trust.to_string())
+        .send()
+        .await
+        .unwrap();
+    let out = setup.doctor().await;
+    out.fails_only(&["resource aws-prod"]);
+    let line = out.lines("resource aws-prod")[0];
+    assert!(
+        line.contains("its trust policy allows no sts:TagSession: every grant fails"),
+        "{line}"
+    );
+
+    // A role in another account: teardown's deny statement could never be written.
+    setup.write_policy(
+        &setup
+            .default_policy()
+            .replace(&aws.role_arn, "arn:aws:iam::999999999999:role/elsewhere"),
+    );
+    let out = setup.doctor().await;
+    out.fails_only(&["resource aws-prod"]);
+    assert!(out.line("resource aws-prod").contains(&format!("role arn:aws:iam::999999999999:role/elsewhere is in account 999999999999, jit's credentials in {ACCOUNT}")), "{}", out.stdout);
+    setup.finish().await;
+}

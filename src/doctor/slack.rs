@@ -382,8 +382,8 @@ async fn user_checks(api: &SlackApi, users: Uses) -> Vec<Check> {
             Ok(user) if user.deleted => out.push(Check::warn(
                 name,
                 format!(
-                    "user {id}{} ({}) is deactivated",
-                    user.name.map(|n| format!(" (@{n})")).unwrap_or_default(),
+                    "user {id} ({}{}) is deactivated",
+                    user.name.map(|n| format!("@{n}, ")).unwrap_or_default(),
                     roles(&uses)
                 ),
                 "remove them from the policy, or name someone who can act",

@@ -11,7 +11,8 @@
 //! - `chat.postMessage` (thread replies with `thread_ts`), `chat.update`, `chat.postEphemeral`;
 //! - `conversations.open` for a one-to-one DM, whose channel id is [`FakeSlack::dm_channel_for`];
 //! - `users.info` and `usergroups.users.list`, from what the test registered with
-//!   [`FakeSlack::set_user`] and [`FakeSlack::set_group_members`];
+//!   [`FakeSlack::set_user`] (and [`FakeSlack::deactivate_user`]) and
+//!   [`FakeSlack::set_group_members`];
 //! - `views.open`, `views.update` (by `view_id` or `external_id`, honouring `hash`) and
 //!   `views.publish`;
 //! - `auth.test`, answering as the bot [`BOT_USER_ID`] of team [`TEAM_ID`];
@@ -318,8 +319,16 @@ impl FakeSlack {
             FakeUser {
                 name: name.to_owned(),
                 email: email.map(str::to_owned),
+                deleted: false,
             },
         );
+    }
+
+    /// Deactivates a registered user: `users.info` still answers, with `deleted: true`.
+    pub fn deactivate_user(&self, id: &str) {
+        if let Some(user) = self.shared.lock().users.get_mut(id) {
+            user.deleted = true;
+        }
     }
 
     /// Sets the members of a user group for `usergroups.users.list`. Unknown groups are answered
@@ -497,6 +506,7 @@ impl Shared {
 struct FakeUser {
     name: String,
     email: Option<String>,
+    deleted: bool,
 }
 
 struct FakeChannel {
@@ -1261,7 +1271,7 @@ impl SimState {
                 "team_id": TEAM_ID,
                 "name": user.name,
                 "real_name": user.name,
-                "deleted": false,
+                "deleted": user.deleted,
                 "is_bot": false,
                 "is_app_user": false,
                 "is_admin": false,
@@ -2790,6 +2800,8 @@ mod tests {
         assert!(channel.is_private && !channel.is_archived);
         fake.set_user(ALICE, "alice", None);
         assert!(!api.user_info(ALICE).await.unwrap().deleted);
+        fake.deactivate_user(ALICE);
+        assert!(api.user_info(ALICE).await.unwrap().deleted);
         assert_eq!(
             api.user_info("U0GHOST").await.unwrap_err().code(),
             "user_not_found"
