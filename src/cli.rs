@@ -50,6 +50,13 @@ pub enum Command {
     },
     /// Print a fresh random JIT_ENCRYPTION_KEY.
     Keygen,
+    /// Check the configuration jit serve would run with against Slack, the providers and the
+    /// database, read-only: one line per check, exit status 1 if any failed.
+    Doctor {
+        /// Print the checks as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the figures of the design's quality bars on this machine.
     Bench(crate::bench::BenchArgs),
     /// Manage non-human identities' API tokens.
@@ -290,6 +297,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Keygen => {
             println!("{}", crate::crypto::generate_key());
             Ok(0)
+        }
+        Command::Doctor { json } => {
+            let report = crate::doctor::run(&env).await;
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(if report.failed() { 1 } else { 0 })
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct ServeConfig {
     pub bot_token: SecretString,
     pub app_token: Option<SecretString>,
     pub slack_api_url: String,
+    /// The Slack workspace (team id, `T…`) jit belongs to, if configured (`JIT_SLACK_TEAM_ID`).
+    /// `jit doctor` checks the bot token against it.
+    pub slack_team_id: Option<String>,
     pub listen: SocketAddr,
     pub encryption_key: SecretString,
     pub workers: usize,
@@ -251,6 +254,24 @@ impl ServeConfig {
                 "JIT_SLACK_API_URL `{slack_api_url}` is not a URL"
             )));
         }
+        let slack_team_id = match env("JIT_SLACK_TEAM_ID") {
+            None => None,
+            Some(text) => {
+                let id = text.trim();
+                // Workspaces are `T…`; an Enterprise Grid organization is `E…`.
+                let valid = id.len() >= 3
+                    && id.starts_with(['T', 'E'])
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+                if !valid {
+                    return Err(ConfigError(format!(
+                        "JIT_SLACK_TEAM_ID must be a Slack team id such as T0123ABCD (jit doctor shows it), not `{text}`"
+                    )));
+                }
+                Some(id.to_owned())
+            }
+        };
         let listen_text = env("JIT_LISTEN").unwrap_or_else(|| "0.0.0.0:3000".into());
         let listen = listen_text.parse().map_err(|_| {
             ConfigError(format!(
@@ -309,6 +330,7 @@ impl ServeConfig {
             bot_token,
             app_token,
             slack_api_url,
+            slack_team_id,
             listen,
             encryption_key,
             workers,
@@ -373,6 +395,15 @@ mod tests {
         assert_eq!(config.metrics_listen, None);
         assert_eq!(config.unauthenticated_per_minute, 30);
         assert_eq!(config.trusted_proxy_hops, 0);
+        assert_eq!(config.slack_team_id, None);
+    }
+
+    #[test]
+    fn slack_team_id() {
+        let pairs = [GOOD, &[("JIT_SLACK_TEAM_ID", " T0123ABCD ")]].concat();
+        let env = env_of(&pairs);
+        let config = ServeConfig::from_env(&env).unwrap();
+        assert_eq!(config.slack_team_id.as_deref(), Some("T0123ABCD"));
     }
 
     #[test]
@@ -478,6 +509,10 @@ mod tests {
             (
                 [GOOD, &[("JIT_SQLITE_SYNCHRONOUS", "off")]].concat(),
                 "JIT_SQLITE_SYNCHRONOUS must be `full` or `normal`",
+            ),
+            (
+                [GOOD, &[("JIT_SLACK_TEAM_ID", "my-workspace")]].concat(),
+                "JIT_SLACK_TEAM_ID must be a Slack team id such as T0123ABCD",
             ),
         ];
         for (pairs, expected) in cases {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod doctor;
 pub mod edge;
 pub mod handlers;
 pub mod logging;

@@ -18,6 +18,8 @@ fn main() -> ExitCode {
     // Benchmarks print their figures; per-job log lines would drown them (and slow them down).
     let default_level = match cli.command {
         jit::cli::Command::Bench(_) => "warn",
+        // Doctor reports every problem on its own lines; the clients' warnings would repeat them.
+        jit::cli::Command::Doctor { .. } => "error",
         _ => "info",
     };
     if let Err(message) = jit::logging::init(&jit::config::process_env, default_level) {

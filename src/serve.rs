@@ -29,7 +29,7 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let dir = bootstrap::policy_dir(&config.base.policy_path);
     let providers = Providers::build(policy.resources(), Some(&dir), None).await?;
     let clock = Arc::new(bootstrap::floored_clock(&store).await?);
-    bootstrap::build(Parts {
+    let app = bootstrap::build(Parts {
         policy,
         store,
         clock,
@@ -45,7 +45,18 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
             ..Settings::default()
         },
         posts_per_channel_per_second: config.posts_per_channel_per_second,
-    })
+    })?;
+    // A configured workspace needs no auth.test before Slack requests are served.
+    if let Some(id) = &config.slack_team_id {
+        let enterprise = id.starts_with('E');
+        app.directory
+            .set_workspace(crate::slack::api::WorkspaceInfo {
+                team_id: id.clone(),
+                enterprise_id: enterprise.then(|| id.clone()),
+                enterprise_install: enterprise,
+            });
+    }
+    Ok(app)
 }
 
 /// Every minute, forgets the Slack deliveries that can no longer come again (replay refusal).

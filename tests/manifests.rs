@@ -70,23 +70,10 @@ fn named<'a>(items: &'a [Value], name: &str) -> &'a Value {
 // ------------------------------------------------------------------------------------------------
 // Slack app manifest
 
-/// The scope each Slack Web API method needs with a bot token. Every method `src/slack/api.rs`
-/// calls must be listed here, so a new call cannot land without a look at the manifest's scopes.
-const METHOD_SCOPES: &[(&str, &[&str])] = &[
-    ("chat.postMessage", &["chat:write"]),
-    ("chat.update", &["chat:write"]),
-    ("chat.postEphemeral", &["chat:write"]),
-    ("conversations.open", &["im:write"]),
-    ("views.open", &[]),
-    ("views.publish", &[]),
-    // The requester's email becomes the AWS SourceIdentity.
-    ("users.info", &["users:read", "users:read.email"]),
-    ("usergroups.users.list", &["usergroups:read"]),
-    // Which workspace jit serves.
-    ("auth.test", &[]),
-    // Who is a member, a guest or from another workspace.
-    ("users.list", &["users:read"]),
-];
+/// The scope each Slack Web API method needs with a bot token: `jit::slack::api::METHOD_SCOPES`,
+/// next to the calls. Every method `src/slack/api.rs` calls must be listed there, so a new call
+/// cannot land without a look at the manifest's scopes.
+use jit::slack::api::{METHOD_SCOPES, SCOPES};
 
 /// The Web API methods the code calls: the `.call("method", …)` sites in `src/slack/api.rs`.
 fn methods_called() -> BTreeSet<String> {
@@ -117,9 +104,15 @@ fn slack_app_scopes_are_exactly_what_the_code_calls() {
         "users:read",
         "users:read.email",
         "usergroups:read",
+        // jit doctor only: conversations.info of public and private channels.
+        "channels:read",
+        "groups:read",
     ]
     .into();
     assert_eq!(scopes, expected);
+    // What jit doctor compares the token's scopes with.
+    let listed: BTreeSet<&str> = SCOPES.iter().map(|s| s.name).collect();
+    assert_eq!(listed, expected, "jit::slack::api::SCOPES");
     assert!(
         manifest.get("oauth_config").unwrap().get("user").is_none(),
         "jit needs no user scopes"

@@ -96,6 +96,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let policy = Policy::parse(POLICY, &|p: &str| std::fs::read_to_string(p)).unwrap();
         let slack = FakeSlack::start(BOT_TOKEN).await.unwrap();
+        slack.set_user("U0DEV", "dev", Some("dev@example.com"));
         let store = Store::connect(
             &format!("sqlite://{}", dir.path().join("jit.db").display()),
             Durability::Normal,
@@ -119,6 +120,9 @@ impl Rig {
             posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
         })
         .unwrap();
+        app.directory
+            .refresh_all(&jit::slack::directory::groups_in(&app.policy))
+            .await;
 
         // The WebSocket side: every accepted connection is handed to the test.
         let ws_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -212,7 +216,7 @@ fn envelope(kind: &str, id: &str, payload: Value) -> Value {
 fn slash(text: &str) -> Value {
     json!({
         "token": "deprecated-verification-token",
-        "team_id": "T0001",
+        "team_id": "T0JITSIM",
         "team_domain": "example",
         "channel_id": "C0GENERAL",
         "channel_name": "general",
@@ -318,6 +322,7 @@ async fn envelopes_are_answered_through_the_handlers_across_reconnects() {
     let mut submission: Value =
         serde_json::from_str(include_str!("fixtures/slack/view-submission.json")).unwrap();
     submission["user"]["id"] = json!(DEV);
+    submission["team"]["id"] = json!(jit::slack::simulator::TEAM_ID);
     submission["view"]["callback_id"] = json!("jit.request_modal");
     submission["view"]["state"]["values"] = json!({});
     send(&mut second, envelope("interactive", "env-3", submission)).await;
@@ -329,7 +334,7 @@ async fn envelopes_are_answered_through_the_handlers_across_reconnects() {
     // An event is acknowledged without a payload.
     let event = json!({
         "type": "event_callback",
-        "team_id": "T0001",
+        "team_id": "T0JITSIM",
         "event_id": "Ev1",
         "event": {"type": "app_home_opened", "user": DEV, "tab": "home", "channel": "D0DEV"}
     });

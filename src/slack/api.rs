@@ -2,7 +2,9 @@
 //!
 //! - **Timeout.** Every call has one; a call without an answer in time is transient.
 //! - **What is read.** Answers are parsed as plain JSON, and only the fields jit uses are read
-//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`). An answer that says
+//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`; for `jit doctor` also
+//!   `auth.test`'s ids, `conversations.info`'s membership, `users.info`'s `deleted`, and the
+//!   granted scopes Slack lists in the `x-oauth-scopes` header). An answer that says
 //!   `ok: true` is a success whatever else it holds: a field Slack adds one day, or an odd shape
 //!   in a field jit does not read, never turns an accepted call into a "transient" failure that
 //!   would be repeated (a repeated `chat.postMessage` is a duplicate approval message).
@@ -28,6 +30,81 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
+
+/// A bot scope of jit's Slack app (`slack-app.yaml`), and what it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub name: &'static str,
+    pub used_for: &'static str,
+    /// Only `jit doctor` needs it (to check channel membership): `jit serve` works without it.
+    pub doctor_only: bool,
+}
+
+/// Every bot scope `slack-app.yaml` asks for. `tests/manifests.rs` checks that the manifest
+/// lists exactly these and that they are the ones [`METHOD_SCOPES`] needs; `jit doctor`
+/// compares them with the scopes Slack says the token has.
+pub const SCOPES: &[Scope] = &[
+    Scope {
+        name: "commands",
+        used_for: "the /jit slash command",
+        doctor_only: false,
+    },
+    Scope {
+        name: "chat:write",
+        used_for: "approval messages, audit threads and DMs",
+        doctor_only: false,
+    },
+    Scope {
+        name: "im:write",
+        used_for: "opening DMs with requesters and approvers",
+        doctor_only: false,
+    },
+    Scope {
+        name: "users:read",
+        used_for: "users.info and users.list: requesters' profiles, and who is a member, a guest or from another workspace",
+        doctor_only: false,
+    },
+    Scope {
+        name: "users:read.email",
+        used_for: "requesters' emails, the AWS SourceIdentity of a grant",
+        doctor_only: false,
+    },
+    Scope {
+        name: "usergroups:read",
+        used_for: "members of requester, approver and admin groups",
+        doctor_only: false,
+    },
+    Scope {
+        name: "channels:read",
+        used_for: "jit doctor: whether the bot is in the public audit and approvers' channels",
+        doctor_only: true,
+    },
+    Scope {
+        name: "groups:read",
+        used_for: "jit doctor: whether the bot is in the private audit and approvers' channels",
+        doctor_only: true,
+    },
+];
+
+/// The bot scopes each Web API method jit calls needs. Every method called below must be listed
+/// (`tests/manifests.rs` finds the calls and checks it), so a new call cannot land without a
+/// look at the manifest's scopes.
+pub const METHOD_SCOPES: &[(&str, &[&str])] = &[
+    ("auth.test", &[]),
+    ("chat.postMessage", &["chat:write"]),
+    ("chat.update", &["chat:write"]),
+    ("chat.postEphemeral", &["chat:write"]),
+    ("conversations.open", &["im:write"]),
+    // Public channels need channels:read, private ones groups:read (jit doctor only).
+    ("conversations.info", &["channels:read", "groups:read"]),
+    ("views.open", &[]),
+    ("views.publish", &[]),
+    // The requester's email becomes the AWS SourceIdentity.
+    ("users.info", &["users:read", "users:read.email"]),
+    ("usergroups.users.list", &["usergroups:read"]),
+    // Who is a member, a guest or from another workspace.
+    ("users.list", &["users:read"]),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SlackError {
@@ -107,6 +184,10 @@ fn explanation(answer: &Value) -> Vec<String> {
             lines.push(sanitize(text));
         }
     }
+    // `missing_scope` names the scope the call needed (not a value).
+    if let Some(needed) = answer.get("needed").and_then(Value::as_str) {
+        lines.push(sanitize(&format!("needed scope: {needed}")));
+    }
     for error in answer
         .get("errors")
         .and_then(Value::as_array)
@@ -176,6 +257,56 @@ fn field<'v>(answer: &'v Value, pointer: &str) -> Option<&'v str> {
     answer.pointer(pointer).and_then(Value::as_str)
 }
 
+/// A boolean field of an answer, if it is one.
+fn flag(answer: &Value, pointer: &str) -> Option<bool> {
+    answer.pointer(pointer).and_then(Value::as_bool)
+}
+
+/// A successful answer.
+struct Answer {
+    json: Value,
+    /// The `x-oauth-scopes` header: the scopes the token has, comma-separated.
+    scopes: Option<String>,
+}
+
+/// What `auth.test` says about the bot token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub team_id: Option<String>,
+    pub team: Option<String>,
+    /// The bot's user id.
+    pub user_id: Option<String>,
+    /// The bot's handle.
+    pub user: Option<String>,
+    pub bot_id: Option<String>,
+    /// The workspace's address, such as `https://example.slack.com/`.
+    pub url: Option<String>,
+    /// The scopes granted to the token (from `x-oauth-scopes`); `None` when Slack did not say.
+    pub scopes: Option<Vec<String>>,
+    pub enterprise_id: Option<String>,
+    /// An org-wide (Enterprise Grid) install.
+    pub enterprise_install: bool,
+}
+
+/// What `conversations.info` says about a channel, as far as jit reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub name: Option<String>,
+    /// `None` when Slack did not say (DMs have no `is_member`).
+    pub is_member: Option<bool>,
+    pub is_archived: bool,
+    pub is_private: bool,
+}
+
+/// What `users.info` says about a user, as far as `jit doctor` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: Option<String>,
+    /// The account is deactivated.
+    pub deleted: bool,
+    pub is_bot: bool,
+}
+
 #[derive(Clone)]
 pub struct SlackApi {
     http: reqwest::Client,
@@ -231,7 +362,7 @@ impl SlackApi {
         })
     }
 
-    async fn send(&self, method: &str, params: Params<'_>) -> Result<Value, SlackError> {
+    async fn send(&self, method: &str, params: Params<'_>) -> Result<Answer, SlackError> {
         let url = format!("{}/{method}", self.base);
         let request = match params {
             Params::Json(body) => self
@@ -256,15 +387,20 @@ impl SlackApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let scopes = response
+            .headers()
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response
             .bytes()
             .await
             .map_err(|_| SlackError::Transient("connection to Slack failed".into()))?;
-        classify(status, retry_after, &body)
+        classify(status, retry_after, &body).map(|json| Answer { json, scopes })
     }
 
     /// Calls `method` with a timeout, and counts the outcome.
-    async fn call(&self, method: &'static str, params: Params<'_>) -> Result<Value, SlackError> {
+    async fn call(&self, method: &'static str, params: Params<'_>) -> Result<Answer, SlackError> {
         let result = match tokio::time::timeout(self.timeout, self.send(method, params)).await {
             Ok(result) => result,
             Err(_) => Err(SlackError::Transient(format!(
@@ -313,7 +449,10 @@ impl SlackApi {
                 body["reply_broadcast"] = json!(true);
             }
         }
-        let answer = self.call("chat.postMessage", Params::Json(body)).await?;
+        let answer = self
+            .call("chat.postMessage", Params::Json(body))
+            .await?
+            .json;
         let ts = field(&answer, "/ts").map(str::to_owned);
         if ts.is_none() {
             tracing::warn!(
@@ -358,7 +497,8 @@ impl SlackApi {
     pub async fn open_dm(&self, user: &str) -> Result<String, SlackError> {
         let answer = self
             .call("conversations.open", Params::Json(json!({"users": user})))
-            .await?;
+            .await?
+            .json;
         // Opening a DM is idempotent: an answer without a channel id may be asked again.
         field(&answer, "/channel/id")
             .map(str::to_owned)
@@ -375,7 +515,7 @@ impl SlackApi {
         view: &Value,
     ) -> Result<Option<String>, SlackError> {
         let body = json!({"trigger_id": trigger_id, "view": view});
-        let answer = self.call("views.open", Params::Json(body)).await?;
+        let answer = self.call("views.open", Params::Json(body)).await?.json;
         Ok(field(&answer, "/view/id").map(str::to_owned))
     }
 
@@ -390,25 +530,20 @@ impl SlackApi {
     pub async fn user_email(&self, user: &str) -> Result<Option<String>, SlackError> {
         let answer = self
             .call("users.info", Params::Query(&[("user", user)]))
-            .await?;
+            .await?
+            .json;
         Ok(field(&answer, "/user/profile/email").map(str::to_owned))
     }
 
     /// Which workspace (and Enterprise Grid organisation) the bot token belongs to.
-    pub async fn auth_test(&self) -> Result<WorkspaceInfo, SlackError> {
-        let answer = self.call("auth.test", Params::Json(json!({}))).await?;
-        let team = field(&answer, "/team_id")
-            .map(str::to_owned)
-            .ok_or_else(|| SlackError::Transient("auth.test named no team".into()))?;
+    pub async fn workspace_info(&self) -> Result<WorkspaceInfo, SlackError> {
+        let token = self.auth_test().await?;
         Ok(WorkspaceInfo {
-            team_id: team,
-            enterprise_id: field(&answer, "/enterprise_id")
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned),
-            enterprise_install: answer
-                .get("is_enterprise_install")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            team_id: token
+                .team_id
+                .ok_or_else(|| SlackError::Transient("auth.test named no team".into()))?,
+            enterprise_id: token.enterprise_id,
+            enterprise_install: token.enterprise_install,
         })
     }
 
@@ -418,7 +553,7 @@ impl SlackApi {
             .call("users.info", Params::Query(&[("user", user)]))
             .await
         {
-            Ok(answer) => Ok(answer.get("user").and_then(UserFacts::from_value)),
+            Ok(answer) => Ok(answer.json.get("user").and_then(UserFacts::from_value)),
             Err(SlackError::Fatal { code, .. }) if code == "user_not_found" => Ok(None),
             Err(e) => Err(e),
         }
@@ -433,7 +568,7 @@ impl SlackApi {
             if !cursor.is_empty() {
                 query.push(("cursor", &cursor));
             }
-            let answer = self.call("users.list", Params::Query(&query)).await?;
+            let answer = self.call("users.list", Params::Query(&query)).await?.json;
             users.extend(
                 answer
                     .get("members")
@@ -452,7 +587,7 @@ impl SlackApi {
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {
         let query = Params::Query(&[("usergroup", group)]);
-        let answer = self.call("usergroups.users.list", query).await?;
+        let answer = self.call("usergroups.users.list", query).await?.json;
         Ok(answer
             .get("users")
             .and_then(Value::as_array)
@@ -464,6 +599,61 @@ impl SlackApi {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Who the token is, and the scopes it has (`jit doctor`).
+    pub async fn auth_test(&self) -> Result<TokenInfo, SlackError> {
+        let answer = self.call("auth.test", Params::Query(&[])).await?;
+        let text = |name: &str| field(&answer.json, &format!("/{name}")).map(str::to_owned);
+        Ok(TokenInfo {
+            team_id: text("team_id"),
+            team: text("team"),
+            user_id: text("user_id"),
+            user: text("user"),
+            bot_id: text("bot_id"),
+            url: text("url"),
+            enterprise_id: text("enterprise_id").filter(|e| !e.is_empty()),
+            enterprise_install: answer
+                .json
+                .get("is_enterprise_install")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            scopes: answer.scopes.as_deref().map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
+        })
+    }
+
+    /// A channel's name, whether the bot is in it and whether it is archived (`jit doctor`;
+    /// needs `channels:read`, or `groups:read` for a private channel).
+    pub async fn channel_info(&self, channel: &str) -> Result<ChannelInfo, SlackError> {
+        let answer = self
+            .call("conversations.info", Params::Query(&[("channel", channel)]))
+            .await?
+            .json;
+        Ok(ChannelInfo {
+            name: field(&answer, "/channel/name").map(str::to_owned),
+            is_member: flag(&answer, "/channel/is_member"),
+            is_archived: flag(&answer, "/channel/is_archived").unwrap_or(false),
+            is_private: flag(&answer, "/channel/is_private").unwrap_or(false),
+        })
+    }
+
+    /// Whether a user exists and is active (`jit doctor`).
+    pub async fn user_info(&self, user: &str) -> Result<UserInfo, SlackError> {
+        let answer = self
+            .call("users.info", Params::Query(&[("user", user)]))
+            .await?
+            .json;
+        Ok(UserInfo {
+            name: field(&answer, "/user/name").map(str::to_owned),
+            deleted: flag(&answer, "/user/deleted").unwrap_or(false),
+            is_bot: flag(&answer, "/user/is_bot").unwrap_or(false),
+        })
     }
 }
 

@@ -160,7 +160,7 @@ impl Directory {
         if self.workspace().is_some() {
             return;
         }
-        match self.api.auth_test().await {
+        match self.api.workspace_info().await {
             Ok(workspace) => {
                 tracing::info!(team = %workspace.team_id, enterprise = ?workspace.enterprise_id, "serving this Slack workspace");
                 self.set_workspace(workspace);

@@ -10,13 +10,26 @@
 //!
 //! - `chat.postMessage` (thread replies with `thread_ts`), `chat.update`, `chat.postEphemeral`;
 //! - `conversations.open` for a one-to-one DM, whose channel id is [`FakeSlack::dm_channel_for`];
-//! - `users.info`, `users.list` (paged with `limit` and `cursor`) and `usergroups.users.list`, from what the test registered with
-//!   [`FakeSlack::set_user`] and [`FakeSlack::set_group_members`];
+//! - `users.info`, `users.list` (paged with `limit` and `cursor`) and `usergroups.users.list`,
+//!   from what the test registered with [`FakeSlack::set_user`] (or
+//!   [`FakeSlack::set_user_kind`], and [`FakeSlack::deactivate_user`]) and
+//!   [`FakeSlack::set_group_members`];
 //! - `views.open`, `views.update` (by `view_id` or `external_id`, honouring `hash`) and
 //!   `views.publish`;
 //! - `auth.test`, answering as the bot [`BOT_USER_ID`] of team [`TEAM_ID`];
+//! - `conversations.info`: a channel's name ([`FakeSlack::set_channel`]), whether it is private,
+//!   archived, and whether the bot is a member ([`FakeSlack::set_channel_state`]); a private
+//!   channel the bot is not in, like one that does not exist, is `channel_not_found`;
 //! - authentication: every call needs `Authorization: Bearer <bot token>`; without one the answer
 //!   is `not_authed`, with another token `invalid_auth` (HTTP 200, as Slack does);
+//! - scopes: the token has the scopes of `slack-app.yaml` ([`super::api::SCOPES`]) unless a test
+//!   sets others with [`FakeSlack::set_scopes`]. Every authenticated answer lists them in the
+//!   `x-oauth-scopes` header, and a method whose scope the token lacks is answered as Slack
+//!   does: `{"ok":false,"error":"missing_scope","needed":"chat:write","provided":"…"}`
+//!   (`chat:write` for `chat.*`, `im:write` for `conversations.open`, `users:read` for
+//!   `users.info`, `usergroups:read` for `usergroups.users.list`, `channels:read` or
+//!   `groups:read` for `conversations.info` of a public or private channel). Without
+//!   `users:read.email`, `users.info` leaves out the email;
 //! - Slack's limits, checked by the same validator jit's builders are tested with
 //!   ([`super::limits::check_message`], [`super::limits::check_view`]): 50 blocks in a message
 //!   and 100 in a view, 3,000 characters of section text, 150 of header text, 75 of option and
@@ -26,9 +39,9 @@
 //!   `msg_too_long` for the text) for `chat.*`, `"invalid_arguments"` for `views.*`, with one line
 //!   per violation in `response_metadata.messages`, such as
 //!   `[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]`;
-//! - channels that refuse posts ([`FakeSlack::set_channel_state`]): `not_in_channel`,
-//!   `is_archived` or `channel_not_found` for `chat.postMessage`, `chat.update` and
-//!   `chat.postEphemeral`;
+//! - channels that refuse posts ([`FakeSlack::set_channel_state`]): `not_in_channel` (or
+//!   `channel_not_found` for a private channel), `is_archived` or `channel_not_found` for
+//!   `chat.postMessage`, `chat.update` and `chat.postEphemeral`;
 //! - injected faults ([`Fault`]): HTTP 429 with `Retry-After`, 5xx, slow answers, API errors, and
 //!   successful answers with fields and shapes jit has never seen ([`Fault::OddAnswer`]).
 //!
@@ -40,7 +53,7 @@
 //! # Not simulated
 //!
 //! Channel membership and permissions beyond [`FakeSlack::set_channel_state`] (any other
-//! well-formed channel id exists and the bot may post there; channel names such as `#general` and user ids as `channel` are refused with
+//! well-formed channel id exists as a public channel the bot is in; channel names such as `#general` and user ids as `channel` are refused with
 //! `channel_not_found`, so jit must use ids and `conversations.open`), multi-person DMs, `trigger_id` expiry (inject `Fault::ApiError("expired_trigger_id")`
 //! instead), real rate limiting (inject [`Fault::RateLimited`]), Events API callbacks to the bot,
 //! `response_url`s, and every method not listed above, which answers `unknown_method`.
@@ -108,7 +121,8 @@ pub enum Fault {
 pub enum ChannelState {
     /// The default: the bot may post.
     Member,
-    /// The bot was never invited: `not_in_channel`.
+    /// The bot was never invited: `not_in_channel` (`channel_not_found` if the channel is
+    /// private, which the bot then cannot see).
     NotInChannel,
     /// The channel was archived: `is_archived`.
     Archived,
@@ -265,7 +279,13 @@ impl FakeSlack {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             bot_token: bot_token.to_owned(),
-            state: Mutex::new(SimState::default()),
+            state: Mutex::new(SimState {
+                scopes: super::api::SCOPES
+                    .iter()
+                    .map(|s| s.name.to_owned())
+                    .collect(),
+                ..SimState::default()
+            }),
         });
         let router = Router::new()
             .route("/api/{method}", any(handle))
@@ -306,8 +326,16 @@ impl FakeSlack {
                 name: name.to_owned(),
                 email: email.map(str::to_owned),
                 kind,
+                deleted: false,
             },
         );
+    }
+
+    /// Deactivates a registered user: `users.info` still answers, with `deleted: true`.
+    pub fn deactivate_user(&self, id: &str) {
+        if let Some(user) = self.shared.lock().users.get_mut(id) {
+            user.deleted = true;
+        }
     }
 
     /// Sets the members of a user group for `usergroups.users.list`. Unknown groups are answered
@@ -421,6 +449,23 @@ impl FakeSlack {
         }
     }
 
+    /// Names a channel for `conversations.info`, public or private. Unnamed channels are public
+    /// and named after their id in lower case.
+    pub fn set_channel(&self, id: &str, name: &str, private: bool) {
+        self.shared.lock().channels.insert(
+            id.to_owned(),
+            FakeChannel {
+                name: name.to_owned(),
+                private,
+            },
+        );
+    }
+
+    /// The scopes the bot token has from now on (default: those of `slack-app.yaml`).
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        self.shared.lock().scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+    }
+
     /// Answers every call only after `latency` (benchmarks model Slack's round trip with it).
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;
@@ -469,6 +514,12 @@ struct FakeUser {
     name: String,
     email: Option<String>,
     kind: UserKind,
+    deleted: bool,
+}
+
+struct FakeChannel {
+    name: String,
+    private: bool,
 }
 
 /// Who a registered user is to the simulated workspace.
@@ -516,6 +567,9 @@ struct SimState {
     groups: HashMap<String, Vec<String>>,
     dm_owners: HashMap<String, String>,
     channel_states: HashMap<String, ChannelState>,
+    channels: HashMap<String, FakeChannel>,
+    /// The bot token's scopes.
+    scopes: Vec<String>,
     messages: Vec<Message>,
     ephemerals: Vec<Ephemeral>,
     opened: Vec<OpenedView>,
@@ -533,6 +587,8 @@ struct Reply {
     status: StatusCode,
     retry_after: Option<u64>,
     body: Value,
+    /// The `x-oauth-scopes` header (answers to an authenticated call).
+    scopes: Option<String>,
 }
 
 impl Reply {
@@ -544,6 +600,7 @@ impl Reply {
             status: StatusCode::OK,
             retry_after: None,
             body: fields,
+            scopes: None,
         }
     }
 
@@ -552,6 +609,7 @@ impl Reply {
             status: StatusCode::OK,
             retry_after: None,
             body: json!({ "ok": false, "error": code }),
+            scopes: None,
         }
     }
 
@@ -568,6 +626,9 @@ impl IntoResponse for Reply {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(scopes) = self.scopes.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            response.headers_mut().insert("x-oauth-scopes", scopes);
+        }
         response
     }
 }
@@ -577,6 +638,8 @@ impl IntoResponse for Reply {
 struct Failure {
     code: &'static str,
     messages: Vec<String>,
+    /// Further top-level fields of the answer (`needed` and `provided` of `missing_scope`).
+    fields: Map<String, Value>,
 }
 
 impl Failure {
@@ -584,6 +647,19 @@ impl Failure {
         Failure {
             code,
             messages: vec![format!("[ERROR] {}", detail.into())],
+            fields: Map::new(),
+        }
+    }
+
+    /// Slack's answer to a call the token lacks the scope for.
+    fn missing_scope(needed: &str, provided: &[String]) -> Failure {
+        let mut fields = Map::new();
+        fields.insert("needed".into(), json!(needed));
+        fields.insert("provided".into(), json!(provided.join(",")));
+        Failure {
+            code: "missing_scope",
+            messages: Vec::new(),
+            fields,
         }
     }
 
@@ -592,6 +668,7 @@ impl Failure {
         Failure {
             code,
             messages: found.iter().map(ToString::to_string).collect(),
+            fields: Map::new(),
         }
     }
 }
@@ -601,6 +678,7 @@ impl From<&'static str> for Failure {
         Failure {
             code,
             messages: Vec::new(),
+            fields: Map::new(),
         }
     }
 }
@@ -610,6 +688,9 @@ impl From<Failure> for Reply {
         let mut reply = Reply::error(err.code);
         if !err.messages.is_empty() {
             reply.body["response_metadata"] = json!({ "messages": err.messages });
+        }
+        if let Value::Object(body) = &mut reply.body {
+            body.extend(err.fields);
         }
         reply
     }
@@ -650,11 +731,16 @@ async fn handle(
 
     let mut state = shared.lock();
     let mut reply = faulted.unwrap_or_else(|| {
-        check_auth(&headers, &shared.bot_token)
+        let authed = check_auth(&headers, &shared.bot_token);
+        let mut reply = authed
             .map_err(Failure::from)
             .and(params)
             .and_then(|params| state.dispatch(&method, &params))
-            .map_or_else(Reply::from, Reply::ok)
+            .map_or_else(Reply::from, Reply::ok);
+        if authed.is_ok() {
+            reply.scopes = Some(state.scopes.join(","));
+        }
+        reply
     });
     if odd && reply.is_ok() {
         oddify(&mut reply.body);
@@ -675,11 +761,13 @@ async fn fault_reply(fault: Fault) -> Option<Reply> {
             status: StatusCode::TOO_MANY_REQUESTS,
             retry_after: Some(retry_after_secs),
             body: json!({ "ok": false, "error": "ratelimited" }),
+            scopes: None,
         },
         Fault::ServerError(code) => Reply {
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             retry_after: None,
             body: json!({ "ok": false, "error": "internal_error" }),
+            scopes: None,
         },
         Fault::ApiError(code) => Reply::error(&code),
         Fault::Refused { code, messages } => {
@@ -874,8 +962,19 @@ impl SimState {
     }
 
     fn dispatch(&mut self, method: &str, params: &Map<String, Value>) -> ApiResult {
+        let needed = match method {
+            "chat.postMessage" | "chat.update" | "chat.postEphemeral" => Some("chat:write"),
+            "conversations.open" => Some("im:write"),
+            "users.info" => Some("users:read"),
+            "usergroups.users.list" => Some("usergroups:read"),
+            _ => None,
+        };
+        if let Some(needed) = needed {
+            self.require_scope(needed)?;
+        }
         match method {
             "auth.test" => Ok(auth_test()),
+            "conversations.info" => self.conversation_info(params),
             "chat.postMessage" => self.post_message(params),
             "chat.update" => self.update_message(params),
             "chat.postEphemeral" => self.post_ephemeral(params),
@@ -908,10 +1007,30 @@ impl SimState {
         format!("{TS_EPOCH}.{:08x}", self.revision)
     }
 
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    fn require_scope(&self, scope: &str) -> Result<(), Failure> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(Failure::missing_scope(scope, &self.scopes))
+        }
+    }
+
+    fn is_private(&self, channel: &str) -> bool {
+        channel.starts_with('G') || self.channels.get(channel).is_some_and(|c| c.private)
+    }
+
     /// Slack's answer when the bot may not post in `channel`.
     fn check_channel(&self, channel: &str) -> Result<(), Failure> {
         match self.channel_states.get(channel) {
             None | Some(ChannelState::Member) => Ok(()),
+            // The bot cannot see a private channel it is not in.
+            Some(ChannelState::NotInChannel) if self.is_private(channel) => {
+                Err("channel_not_found".into())
+            }
             Some(ChannelState::NotInChannel) => Err("not_in_channel".into()),
             Some(ChannelState::Archived) => Err("is_archived".into()),
             Some(ChannelState::NotFound) => Err("channel_not_found".into()),
@@ -1082,10 +1201,83 @@ impl SimState {
         Ok(answer)
     }
 
+    fn conversation_info(&self, params: &Map<String, Value>) -> ApiResult {
+        let channel = channel_param(params)?;
+        if channel.starts_with('D') {
+            self.require_scope("im:read")?;
+            let user = self.dm_owners.get(&channel).ok_or("channel_not_found")?;
+            return Ok(json!({
+                "channel": {
+                    "id": channel,
+                    "created": TS_EPOCH,
+                    "is_im": true,
+                    "is_org_shared": false,
+                    "user": user,
+                    "is_user_deleted": false,
+                    "priority": 0,
+                },
+            }));
+        }
+        let state = self
+            .channel_states
+            .get(&channel)
+            .copied()
+            .unwrap_or(ChannelState::Member);
+        if state == ChannelState::NotFound {
+            return Err("channel_not_found".into());
+        }
+        let private = self.is_private(&channel);
+        self.require_scope(if private {
+            "groups:read"
+        } else {
+            "channels:read"
+        })?;
+        if private && state == ChannelState::NotInChannel {
+            return Err("channel_not_found".into());
+        }
+        let name = self
+            .channels
+            .get(&channel)
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| channel.to_lowercase());
+        Ok(json!({
+            "channel": {
+                "id": channel,
+                "name": name,
+                "is_channel": !private,
+                "is_group": false,
+                "is_im": false,
+                "is_mpim": false,
+                "is_private": private,
+                "created": TS_EPOCH,
+                "is_archived": state == ChannelState::Archived,
+                "is_general": false,
+                "unlinked": 0,
+                "name_normalized": name,
+                "is_shared": false,
+                "is_org_shared": false,
+                "is_pending_ext_shared": false,
+                "pending_shared": [],
+                "context_team_id": TEAM_ID,
+                "updated": TS_EPOCH,
+                "parent_conversation": null,
+                "creator": "U0CREATOR",
+                "is_ext_shared": false,
+                "shared_team_ids": [TEAM_ID],
+                "pending_connected_team_ids": [],
+                "is_member": state == ChannelState::Member,
+                "last_read": "0000000000.000000",
+                "topic": {"value": "", "creator": "", "last_set": 0},
+                "purpose": {"value": "", "creator": "", "last_set": 0},
+                "previous_names": [],
+            },
+        }))
+    }
+
     fn user_info(&self, params: &Map<String, Value>) -> ApiResult {
         let id = str_param(params, "user").ok_or("user_not_found")?;
         let user = self.users.get(id).ok_or("user_not_found")?;
-        Ok(json!({ "user": user_json(id, user) }))
+        Ok(json!({ "user": user_json(id, user, self.has_scope("users:read.email")) }))
     }
 
     /// `users.list`: the workspace's own users (not those of other workspaces), one page of
@@ -1107,7 +1299,13 @@ impl SimState {
         let page: Vec<Value> = ids
             .iter()
             .take(limit)
-            .map(|id| user_json(id, &self.users[id.as_str()]))
+            .map(|id| {
+                user_json(
+                    id,
+                    &self.users[id.as_str()],
+                    self.has_scope("users:read.email"),
+                )
+            })
             .collect();
         let next = if ids.len() > limit {
             ids[limit - 1].clone()
@@ -1239,7 +1437,7 @@ impl SimState {
 }
 
 /// A user object as `users.info` and `users.list` give it.
-fn user_json(id: &str, user: &FakeUser) -> Value {
+fn user_json(id: &str, user: &FakeUser, with_email: bool) -> Value {
     let team = if user.kind == UserKind::External {
         "T0OTHERORG"
     } else {
@@ -1252,7 +1450,9 @@ fn user_json(id: &str, user: &FakeUser) -> Value {
         "display_name_normalized": user.name,
         "team": team,
     });
-    if let Some(email) = &user.email {
+    if let Some(email) = &user.email
+        && with_email
+    {
         profile["email"] = json!(email);
     }
     json!({
@@ -1260,7 +1460,7 @@ fn user_json(id: &str, user: &FakeUser) -> Value {
         "team_id": team,
         "name": user.name,
         "real_name": user.name,
-        "deleted": false,
+        "deleted": user.deleted,
         "is_bot": false,
         "is_app_user": false,
         "is_admin": false,
@@ -2546,6 +2746,143 @@ mod tests {
         fake.set_channel_state(CHANNEL, ChannelState::Member);
         assert_eq!(raw(&fake, "chat.postMessage", message).await["ok"], true);
         assert_eq!(fake.messages(CHANNEL).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn conversations_info_tells_membership_as_slack_does() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        fake.set_channel(CHANNEL, "approvals", false);
+        fake.set_channel("C0SECRET", "incident", true);
+        let info = |channel: &str| {
+            let fake = fake.clone();
+            let channel = channel.to_owned();
+            async move { raw(&fake, "conversations.info", json!({ "channel": channel })).await }
+        };
+        let answer = info(CHANNEL).await;
+        assert_eq!(answer["ok"], true);
+        assert_eq!(answer["channel"]["name"], "approvals");
+        assert_eq!(answer["channel"]["is_member"], true);
+        assert_eq!(answer["channel"]["is_private"], false);
+        assert_eq!(info("C0SECRET").await["channel"]["is_private"], true);
+        // Any other well-formed id is a public channel the bot is in, named after its id.
+        assert_eq!(info("C0ELSE").await["channel"]["name"], "c0else");
+
+        fake.set_channel_state(CHANNEL, ChannelState::NotInChannel);
+        let answer = info(CHANNEL).await;
+        assert_eq!(answer["channel"]["is_member"], false);
+        fake.set_channel_state(CHANNEL, ChannelState::Archived);
+        assert_eq!(info(CHANNEL).await["channel"]["is_archived"], true);
+        fake.set_channel_state(CHANNEL, ChannelState::NotFound);
+        assert_eq!(
+            info(CHANNEL).await,
+            json!({"ok": false, "error": "channel_not_found"})
+        );
+        assert_eq!(info("#approvals").await["error"], "channel_not_found");
+
+        // The bot cannot see a private channel it is not in: not found, for reading and posting.
+        fake.set_channel_state("C0SECRET", ChannelState::NotInChannel);
+        assert_eq!(info("C0SECRET").await["error"], "channel_not_found");
+        let post = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": "C0SECRET", "text": "hi"}),
+        )
+        .await;
+        assert_eq!(post["error"], "channel_not_found");
+    }
+
+    #[tokio::test]
+    async fn scopes_are_listed_and_enforced_as_slack_does() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        fake.set_user(ALICE, "alice", Some("alice@example.com"));
+        let answer = reqwest::Client::new()
+            .post(format!("{}/auth.test", fake.api_url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let listed = answer.headers()["x-oauth-scopes"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let manifest: Vec<&str> = crate::slack::api::SCOPES.iter().map(|s| s.name).collect();
+        assert_eq!(listed, manifest.join(","));
+        // A refused token learns nothing about the scopes.
+        let refused = reqwest::Client::new()
+            .post(format!("{}/auth.test", fake.api_url()))
+            .bearer_auth("xoxb-other")
+            .send()
+            .await
+            .unwrap();
+        assert!(refused.headers().get("x-oauth-scopes").is_none());
+
+        fake.set_scopes(&["commands", "users:read"]);
+        let post = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": CHANNEL, "text": "hi"}),
+        )
+        .await;
+        assert_eq!(
+            post,
+            json!({"ok": false, "error": "missing_scope", "needed": "chat:write", "provided": "commands,users:read"})
+        );
+        assert!(fake.messages(CHANNEL).is_empty());
+        assert_eq!(
+            raw(&fake, "conversations.info", json!({"channel": CHANNEL})).await["needed"],
+            "channels:read"
+        );
+        assert_eq!(
+            raw(&fake, "usergroups.users.list", json!({"usergroup": "S0X"})).await["needed"],
+            "usergroups:read"
+        );
+        assert_eq!(
+            raw(&fake, "conversations.open", json!({"users": ALICE})).await["needed"],
+            "im:write"
+        );
+        // users:read without users:read.email: the user, without the email.
+        let user = raw(&fake, "users.info", json!({"user": ALICE})).await;
+        assert_eq!(user["user"]["name"], "alice");
+        assert!(user["user"]["profile"].get("email").is_none(), "{user}");
+        fake.set_scopes(&["users:read", "users:read.email"]);
+        let user = raw(&fake, "users.info", json!({"user": ALICE})).await;
+        assert_eq!(user["user"]["profile"]["email"], "alice@example.com");
+    }
+
+    #[tokio::test]
+    async fn jits_client_reads_the_token_channels_and_users() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        let api = crate::slack::api::SlackApi::new(
+            &fake.api_url(),
+            secrecy::SecretString::from(TOKEN),
+            std::num::NonZeroU32::new(1).unwrap(),
+            crate::metrics::Metrics::new(),
+        )
+        .unwrap();
+        let info = api.auth_test().await.unwrap();
+        assert_eq!(info.team_id.as_deref(), Some(TEAM_ID));
+        assert_eq!(info.user_id.as_deref(), Some(BOT_USER_ID));
+        assert_eq!(info.scopes.unwrap().len(), crate::slack::api::SCOPES.len());
+        fake.set_channel(CHANNEL, "approvals", true);
+        let channel = api.channel_info(CHANNEL).await.unwrap();
+        assert_eq!(channel.name.as_deref(), Some("approvals"));
+        assert_eq!(channel.is_member, Some(true));
+        assert!(channel.is_private && !channel.is_archived);
+        fake.set_user(ALICE, "alice", None);
+        assert!(!api.user_info(ALICE).await.unwrap().deleted);
+        fake.deactivate_user(ALICE);
+        assert!(api.user_info(ALICE).await.unwrap().deleted);
+        assert_eq!(
+            api.user_info("U0GHOST").await.unwrap_err().code(),
+            "user_not_found"
+        );
+        fake.set_scopes(&["commands"]);
+        let err = api.channel_info(CHANNEL).await.unwrap_err();
+        assert_eq!(err.code(), "missing_scope");
+        assert!(
+            err.to_string().contains("needed scope: groups:read"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

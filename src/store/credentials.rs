@@ -32,6 +32,17 @@ pub async fn get(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Result<Opt
         .await
 }
 
+/// The most recently stored sealed credentials, with their request (`jit doctor` checks that the
+/// encryption key opens them).
+pub async fn newest(conn: &mut SqliteConnection) -> sqlx::Result<Option<(RequestId, Vec<u8>)>> {
+    let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT request_id, sealed FROM credentials ORDER BY created_at DESC, request_id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(id, sealed)| (RequestId(id), sealed)))
+}
+
 /// Erases a grant's credentials. `true` if there were any.
 pub async fn erase(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Result<bool> {
     let done = sqlx::query("DELETE FROM credentials WHERE request_id = ?")

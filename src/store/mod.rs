@@ -129,6 +129,25 @@ impl Store {
         })
     }
 
+    /// Opens an existing database for reading only (`jit doctor`): nothing is created,
+    /// migrated or written, and a write through this store fails.
+    pub async fn open_read_only(url: &str) -> anyhow::Result<Store> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("JIT_DATABASE_URL `{url}` is not a SQLite URL"))?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the database at {url} for reading"))?;
+        Ok(Store {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         MIGRATOR
@@ -164,6 +183,37 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The versions of this binary's migrations that the database has not applied (all of them
+/// for a database jit never migrated), and the applied versions this binary does not know (a
+/// newer jit migrated it).
+pub async fn migration_status(
+    conn: &mut sqlx::SqliteConnection,
+) -> sqlx::Result<(Vec<i64>, Vec<i64>)> {
+    let table: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let applied: Vec<i64> = match table {
+        Some(_) => {
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let pending = known
+        .iter()
+        .copied()
+        .filter(|v| !applied.contains(v))
+        .collect();
+    let unknown = applied.into_iter().filter(|v| !known.contains(v)).collect();
+    Ok((pending, unknown))
 }
 
 /// The latest time jit wrote down: the last audit event, or the last change to a job. A

@@ -1,0 +1,177 @@
+//! The database checks: the SQLite file opens read-only and its schema is this jit's; the
+//! encryption key opens the newest stored credentials; the audit chain verifies.
+
+use super::Check;
+use crate::config::ServeConfig;
+use crate::crypto::Cipher;
+use crate::store::{self, Store, audit::Verification};
+
+pub async fn checks(config: &ServeConfig) -> Vec<Check> {
+    let url = &config.base.database_url;
+    let cipher = Cipher::from_base64_or_hex(&config.encryption_key);
+    let key_check = |detail: &str| match &cipher {
+        Ok(_) => Check::skip(
+            "encryption key",
+            format!(
+                "JIT_ENCRYPTION_KEY is a valid AES-256 key; {detail}, so it cannot be checked against them"
+            ),
+        ),
+        Err(e) => Check::fail(
+            "encryption key",
+            format!("JIT_ENCRYPTION_KEY: {e}"),
+            "set the key jit serve uses (jit keygen prints a new one, but a new key cannot open credentials stored with the old one)",
+        ),
+    };
+    let Some(path) = crate::bootstrap::sqlite_path(url) else {
+        return vec![
+            Check::skip("database", format!("{url} is in memory: nothing is kept")),
+            key_check("no credentials are stored"),
+        ];
+    };
+    if !path.exists() {
+        return vec![
+            Check::warn(
+                "database",
+                format!("{} does not exist yet", path.display()),
+                "nothing to do if jit never ran here (jit serve creates it); otherwise JIT_DATABASE_URL points at the wrong file",
+            ),
+            key_check("no credentials are stored yet"),
+            Check::skip("audit log", "no database yet, so no audit log"),
+        ];
+    }
+    let store = match Store::open_read_only(url).await {
+        Ok(store) => store,
+        Err(e) => {
+            return vec![Check::fail(
+                "database",
+                format!("{e:#}"),
+                "check JIT_DATABASE_URL and that this user may read the file (run jit doctor as the user jit serve runs as)",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let mut conn = match store.read().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            return vec![Check::fail(
+                "database",
+                format!("cannot read {}: {e}", path.display()),
+                "check that this user may read the file and its -wal and -shm files",
+            )];
+        }
+    };
+    match store::migration_status(&mut conn).await {
+        Ok((_, unknown)) if !unknown.is_empty() => {
+            out.push(Check::fail(
+                "database",
+                format!(
+                    "{} was migrated by a newer jit (migrations {} are unknown to this binary)",
+                    path.display(),
+                    super::listing(&unknown.iter().map(i64::to_string).collect::<Vec<_>>(), 3)
+                ),
+                "run the jit version that migrated it",
+            ));
+        }
+        Ok((pending, _)) if pending.len() == store::MIGRATOR.iter().count() => {
+            out.push(Check::warn(
+                "database",
+                format!("{} holds no jit tables yet", path.display()),
+                "nothing to do if jit never ran here (jit serve creates them); otherwise JIT_DATABASE_URL points at the wrong file",
+            ));
+            out.push(key_check("no credentials are stored yet"));
+            out.push(Check::skip(
+                "audit log",
+                "no jit tables yet, so no audit log",
+            ));
+            return out;
+        }
+        Ok((pending, _)) if !pending.is_empty() => out.push(Check::warn(
+            "database",
+            format!(
+                "{}: {} migration(s) of this jit are not applied yet",
+                path.display(),
+                pending.len()
+            ),
+            "jit serve (or jit migrate) applies them at start",
+        )),
+        Ok(_) => out.push(Check::ok(
+            "database",
+            format!(
+                "{} opens read-only; its schema is this jit's",
+                path.display()
+            ),
+        )),
+        Err(e) => {
+            out.push(Check::fail(
+                "database",
+                format!("cannot read {}: {e}", path.display()),
+                "check that the file is a jit database and this user may read it",
+            ));
+            return out;
+        }
+    }
+    out.push(match &cipher {
+        Err(_) => key_check(""),
+        Ok(cipher) => match store::credentials::newest(&mut conn).await {
+            Ok(None) => key_check("no credentials are stored now"),
+            Ok(Some((id, sealed))) => {
+                match cipher.open_secret(&sealed, &store::credentials::aad(id)) {
+                    Ok(_) => Check::ok(
+                        "encryption key",
+                        format!("JIT_ENCRYPTION_KEY opens the newest stored credentials (request {id})"),
+                    ),
+                    Err(_) => Check::fail(
+                        "encryption key",
+                        format!(
+                            "JIT_ENCRYPTION_KEY does not open the credentials stored for request {id}: it is not the key they were sealed with (or they were altered)"
+                        ),
+                        "set JIT_ENCRYPTION_KEY to the key jit serve used when it stored them; with another key, holders cannot reveal their current credentials",
+                    ),
+                }
+            }
+            Err(e) => Check::fail(
+                "encryption key",
+                format!("cannot read the stored credentials: {e}"),
+                "check that the file is a jit database and this user may read it",
+            ),
+        },
+    });
+    out.push(audit_check(&mut conn).await);
+    drop(conn);
+    store.close().await;
+    out
+}
+
+/// The audit chain, verified as `jit audit verify` does.
+async fn audit_check(conn: &mut sqlx::SqliteConnection) -> Check {
+    match store::audit::verify(conn).await {
+        Ok(Verification::Intact { rows: 0, .. }) => {
+            Check::ok("audit log", "empty: nothing recorded yet")
+        }
+        Ok(Verification::Intact { rows, head }) => Check::ok(
+            "audit log",
+            format!(
+                "intact: {rows} event{}, hash chain verified{}",
+                if rows == 1 { "" } else { "s" },
+                head.map(|h| format!(
+                    " (head {rows}:{h}; keep it and check it later with jit audit verify --head)"
+                ))
+                .unwrap_or_default()
+            ),
+        ),
+        Ok(Verification::Broken {
+            rows_checked,
+            seq,
+            reason,
+        }) => Check::fail(
+            "audit log",
+            format!("TAMPERED: row {seq}: {reason} ({rows_checked} rows before it are intact)"),
+            "the database was changed outside jit: keep a copy, investigate who could write it, and compare with jit audit export and the audit threads in Slack",
+        ),
+        Err(e) => Check::fail(
+            "audit log",
+            format!("cannot read the audit log: {e}"),
+            "check that the file is a jit database and this user may read it",
+        ),
+    }
+}

@@ -1,0 +1,1041 @@
+//! `jit doctor` as operators run it: the real binary, configured like `jit serve`, against the
+//! Slack simulator, a SQLite file, PostgreSQL (`JIT_TEST_POSTGRES_URL`) and moto
+//! (`JIT_TEST_AWS_ENDPOINT`). A set-up that is right passes with exit status 0 and changes
+//! nothing; each failure the issue names is made to happen once, and must turn its own line (and
+//! no other) to FAIL and the exit status to 1.
+//!
+//! Without `JIT_TEST_POSTGRES_URL` or `JIT_TEST_AWS_ENDPOINT` the checks that need them say so
+//! and are left out; set but unreachable, the tests fail.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jit::crypto::Cipher;
+use jit::slack::simulator::{ChannelState, FakeSlack, TEAM_ID};
+use jit::store::{self, Durability, Store};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::AssertSqlSafe;
+
+const TOKEN: &str = "xoxb-doctor-test";
+const ACCOUNT: &str = "123456789012";
+
+const POLICY: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"], groups = ["S0SECURITY"] }
+
+[[resource]]
+id = "staging"
+provider = "none"
+requesters = { groups = ["S0ENGINEERS"], identities = ["ci"] }
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"], groups = ["S0SRE"] }
+
+[[resource]]
+id = "github-admin"
+provider = "exec"
+grant_command = ["./scripts/grant.sh", "add"]
+revoke_command = ["./scripts/revoke.sh", "remove"]
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+
+[[identity]]
+name = "ci"
+owner = { users = ["U0ALICE"] }
+resources = ["staging"]
+"#;
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("JIT_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        eprintln!(
+            "JIT_TEST_POSTGRES_URL is unset: jit doctor's check of a reachable PostgreSQL admin is not exercised"
+        );
+    }
+    url
+}
+
+fn aws_endpoint() -> Option<String> {
+    let Ok(url) = std::env::var("JIT_TEST_AWS_ENDPOINT") else {
+        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: jit doctor's aws_sts checks are not exercised");
+        return None;
+    };
+    let parsed = url::Url::parse(&url)
+        .unwrap_or_else(|e| panic!("JIT_TEST_AWS_ENDPOINT `{url}` is not a URL: {e}"));
+    let addr = (
+        parsed.host_str().expect("a host"),
+        parsed.port_or_known_default().expect("a port"),
+    )
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("JIT_TEST_AWS_ENDPOINT `{url}` does not resolve"));
+    TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap_or_else(|e| {
+        panic!("JIT_TEST_AWS_ENDPOINT is set to `{url}` but nothing answers there ({e})")
+    });
+    Some(url)
+}
+
+fn unique() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// A CREATEROLE admin (not a superuser) and a role it grants, made with the test superuser.
+struct Postgres {
+    superuser_url: String,
+    admin_url: String,
+    admin: String,
+    role: String,
+}
+
+impl Postgres {
+    async fn create(superuser_url: &str) -> Postgres {
+        let id = unique();
+        let admin = format!("jit_doctor_admin_{id}");
+        let role = format!("jit_doctor_app_{id}");
+        let pool = sqlx::PgPool::connect(superuser_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("JIT_TEST_POSTGRES_URL is set but the server cannot be reached: {e}")
+            });
+        for sql in [
+            format!("CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD 'doctor-{id}'"),
+            format!("GRANT pg_signal_backend TO {admin}"),
+            format!("CREATE ROLE {role} NOLOGIN"),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        pool.close().await;
+        let mut url = url::Url::parse(superuser_url).unwrap();
+        url.set_username(&admin).unwrap();
+        url.set_password(Some(&format!("doctor-{id}"))).unwrap();
+        Postgres {
+            superuser_url: superuser_url.to_owned(),
+            admin_url: url.to_string(),
+            admin,
+            role,
+        }
+    }
+
+    async fn drop_roles(&self) {
+        let pool = sqlx::PgPool::connect(&self.superuser_url).await.unwrap();
+        for sql in [
+            format!("DROP ROLE IF EXISTS {}", self.role),
+            format!("DROP ROLE IF EXISTS {}", self.admin),
+        ] {
+            let _ = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&pool).await;
+        }
+        pool.close().await;
+    }
+}
+
+/// An IAM user whose keys jit runs with, and a role it may assume, in moto.
+struct Aws {
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+    role: String,
+    role_arn: String,
+}
+
+impl Aws {
+    async fn create(endpoint: &str) -> Aws {
+        let sdk = jit::providers::aws_sts::aws_config_loader(Some(endpoint), Some("us-east-1"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "jit-tests",
+            ))
+            .load()
+            .await;
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        let id = unique();
+        let user = format!("jit-doctor-{id}");
+        iam.create_user().user_name(&user).send().await.unwrap();
+        let key = iam
+            .create_access_key()
+            .user_name(&user)
+            .send()
+            .await
+            .unwrap();
+        let key = key.access_key().unwrap();
+        let role = format!("jit-doctor-role-{id}");
+        let trust = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:user/{user}")},
+                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"]
+            }]
+        });
+        let out = iam
+            .create_role()
+            .role_name(&role)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .expect("CreateRole in moto");
+        Aws {
+            endpoint: endpoint.to_owned(),
+            access_key: key.access_key_id().to_owned(),
+            secret_key: key.secret_access_key().to_owned(),
+            role_arn: out.role().unwrap().arn().to_owned(),
+            role,
+        }
+    }
+
+    async fn inline_policies(&self) -> Vec<String> {
+        let sdk =
+            jit::providers::aws_sts::aws_config_loader(Some(&self.endpoint), Some("us-east-1"))
+                .credentials_provider(aws_credential_types::Credentials::new(
+                    "testing",
+                    "testing",
+                    None,
+                    None,
+                    "jit-tests",
+                ))
+                .load()
+                .await;
+        aws_sdk_iam::Client::new(&sdk)
+            .list_role_policies()
+            .role_name(&self.role)
+            .send()
+            .await
+            .unwrap()
+            .policy_names()
+            .to_vec()
+    }
+}
+
+/// A set-up that is right: Slack, the policy, the exec scripts, a database with a stored
+/// credential and audit events, and PostgreSQL and AWS when they are given.
+struct Setup {
+    slack: FakeSlack,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    postgres: Option<Postgres>,
+    aws: Option<Aws>,
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    /// The lines of check `name` (a check may have several).
+    fn lines(&self, name: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| {
+                l.get(6..)
+                    .and_then(|rest| rest.strip_prefix(name))
+                    .is_some_and(|rest| rest.starts_with(": "))
+            })
+            .collect()
+    }
+
+    fn line(&self, name: &str) -> &str {
+        let lines = self.lines(name);
+        assert_eq!(
+            lines.len(),
+            1,
+            "one `{name}` line expected in\n{}",
+            self.stdout
+        );
+        lines[0]
+    }
+
+    fn failing(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with("FAIL "))
+            .collect()
+    }
+
+    fn passes(&self) {
+        assert!(
+            self.failing().is_empty() && self.code == Some(0),
+            "jit doctor should pass:\n{}{}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stdout.ends_with(": jit is set up right\n"),
+            "{}",
+            self.stdout
+        );
+    }
+
+    /// Exit status 1, a FAIL line for each of `names`, and no other FAIL line.
+    fn fails_only(&self, names: &[&str]) {
+        assert_eq!(self.code, Some(1), "{}{}", self.stdout, self.stderr);
+        for line in self.failing() {
+            assert!(
+                names
+                    .iter()
+                    .any(|n| line[6..].starts_with(&format!("{n}: "))),
+                "unexpected failure `{line}` in\n{}",
+                self.stdout
+            );
+        }
+        for name in names {
+            assert!(
+                self.lines(name).iter().any(|l| l.starts_with("FAIL ")),
+                "`{name}` should fail in\n{}",
+                self.stdout
+            );
+        }
+        assert!(
+            self.stdout.ends_with(": jit is NOT set up right\n"),
+            "{}",
+            self.stdout
+        );
+    }
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let slack = FakeSlack::start(TOKEN).await.unwrap();
+        for (id, name) in [("U0SECLEAD", "sec"), ("U0ALICE", "alice"), ("U0BOB", "bob")] {
+            slack.set_user(id, name, Some(&format!("{name}@example.com")));
+        }
+        slack.set_group_members("S0SECURITY", &["U0SECLEAD"]);
+        slack.set_group_members("S0ENGINEERS", &["U0DEV"]);
+        slack.set_group_members("S0SRE", &["U0ALICE"]);
+        slack.set_channel("C0AUDIT", "jit-audit", false);
+        slack.set_channel("C0APPROVALS", "approvals", false);
+        slack.set_channel("C0DBA", "dba", true);
+
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir(&scripts).unwrap();
+        for script in ["grant.sh", "revoke.sh"] {
+            let path = scripts.join(script);
+            std::fs::write(&path, "#!/bin/sh\necho '{}'\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let key = jit::crypto::generate_key();
+        let db = dir.path().join("jit.db");
+        let mut env: Vec<(String, String)> = [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("SLACK_SIGNING_SECRET", "doctor-test-signing-secret".into()),
+            ("SLACK_BOT_TOKEN", TOKEN.into()),
+            ("JIT_ENCRYPTION_KEY", key.clone()),
+            ("JIT_SLACK_API_URL", slack.api_url()),
+            ("JIT_SLACK_TEAM_ID", TEAM_ID.into()),
+            ("JIT_DATABASE_URL", format!("sqlite://{}", db.display())),
+            (
+                "JIT_POLICY",
+                dir.path().join("jit.toml").display().to_string(),
+            ),
+            ("USER", "opsperson".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+
+        let postgres = match postgres_url() {
+            Some(url) => Some(Postgres::create(&url).await),
+            None => None,
+        };
+        let aws = match aws_endpoint() {
+            Some(endpoint) => Some(Aws::create(&endpoint).await),
+            None => None,
+        };
+        if let Some(pg) = &postgres {
+            env.push(("DOCTOR_PG_URL".into(), pg.admin_url.clone()));
+        }
+        if let Some(aws) = &aws {
+            for (k, v) in [
+                ("AWS_ACCESS_KEY_ID", aws.access_key.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", aws.secret_key.as_str()),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ENDPOINT_URL", aws.endpoint.as_str()),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ] {
+                env.push((k.into(), v.into()));
+            }
+        }
+        let setup = Setup {
+            slack,
+            dir,
+            env,
+            postgres,
+            aws,
+        };
+        setup.write_policy(&setup.default_policy());
+        setup.store_a_credential(&key).await;
+        // Audit events written the way jit writes them.
+        let created = setup.jit(&["identity", "token", "create", "ci"]).await;
+        assert_eq!(created.code, Some(0), "{}", created.stderr);
+        setup
+    }
+
+    fn default_policy(&self) -> String {
+        let mut policy = POLICY.to_owned();
+        if let Some(pg) = &self.postgres {
+            policy.push_str(&format!(
+                r#"
+[[resource]]
+id = "pg"
+provider = "postgres"
+database_url_env = "DOCTOR_PG_URL"
+roles = ["{}"]
+approvers = {{ channel = "C0DBA", users = ["U0BOB"] }}
+"#,
+                pg.role
+            ));
+        }
+        if let Some(aws) = &self.aws {
+            policy.push_str(&format!(
+                r#"
+[[resource]]
+id = "aws-prod"
+provider = "aws_sts"
+role_arn = "{}"
+max_duration = "1h"
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+"#,
+                aws.role_arn
+            ));
+        }
+        policy
+    }
+
+    fn write_policy(&self, policy: &str) {
+        std::fs::write(self.dir.path().join("jit.toml"), policy).unwrap();
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("jit.db")
+    }
+
+    async fn open(&self) -> Store {
+        let store = Store::connect(
+            &format!("sqlite://{}", self.db_path().display()),
+            Durability::Full,
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// A request with sealed credentials, as a grant leaves them.
+    async fn store_a_credential(&self, key: &str) {
+        let store = self.open().await;
+        let cipher = Cipher::from_base64_or_hex(&SecretString::from(key)).unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        let requester = jit::domain::policy::Requester::User(
+            jit::domain::ids::SlackUserId::parse("U0ALICE").unwrap(),
+        );
+        let resource = jit::domain::ids::ResourceId::parse("github-admin").unwrap();
+        let now = chrono::Utc::now();
+        let id = store::requests::insert(
+            &mut tx,
+            &store::requests::NewRequest {
+                kind: jit::domain::request::Kind::Access,
+                parent: None,
+                requester: &requester,
+                resource: &resource,
+                duration: jit::domain::duration::GrantDuration::parse("1h").unwrap(),
+                justification: "doctor test",
+                ticket: None,
+                approvals_required: 1,
+                created_at: now,
+                pending_until: None,
+                origin_channel: None,
+            },
+        )
+        .await
+        .unwrap();
+        let secret = SecretString::from(r#"{"TOKEN":"doctor-test-credential"}"#);
+        let sealed = cipher.seal_secret(&secret, &store::credentials::aad(id));
+        store::credentials::put(&mut tx, id, &sealed, now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        store.close().await;
+    }
+
+    async fn jit(&self, args: &[&str]) -> Outcome {
+        self.jit_with(args, &[]).await
+    }
+
+    async fn jit_with(&self, args: &[&str], overrides: &[(&str, &str)]) -> Outcome {
+        let mut env = self.env.clone();
+        for (k, v) in overrides {
+            env.retain(|(name, _)| name != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .output()
+            .await
+            .unwrap();
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn doctor(&self) -> Outcome {
+        self.doctor_with(&[]).await
+    }
+
+    async fn doctor_with(&self, overrides: &[(&str, &str)]) -> Outcome {
+        self.jit_with(&["doctor"], overrides).await
+    }
+
+    async fn finish(self) {
+        if let Some(pg) = &self.postgres {
+            pg.drop_roles().await;
+        }
+    }
+}
+
+fn file_bytes(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_set_up_that_is_right_passes_and_nothing_is_changed() {
+    let setup = Setup::new().await;
+    let db = setup.db_path();
+    let before = file_bytes(&db);
+    let calls_before = setup.slack.calls().len();
+
+    let out = setup.doctor().await;
+    println!("{}", out.stdout);
+    out.passes();
+    for (name, expected) in [
+        (
+            "config",
+            "ok    config: the settings jit serve reads are valid",
+        ),
+        ("policy", "is valid: "),
+        (
+            "slack token",
+            "ok    slack token: valid: bot @jit (U0JITBOT) of workspace \"jit simulator\" (T0JITSIM), the workspace JIT_SLACK_TEAM_ID names",
+        ),
+        (
+            "slack scopes",
+            "ok    slack scopes: the bot token has every scope of slack-app.yaml (8)",
+        ),
+        (
+            "slack channel C0AUDIT",
+            "ok    slack channel C0AUDIT: the bot is a member of channel #jit-audit (the audit channel)",
+        ),
+        (
+            "slack channel C0APPROVALS",
+            "ok    slack channel C0APPROVALS: the bot is a member of channel #approvals (approvers' channel of staging, approvers' channel of github-admin",
+        ),
+        ("slack users", "ok    slack users: "),
+        (
+            "slack groups",
+            "ok    slack groups: 3 user group(s) of the policy exist: S0ENGINEERS, S0SECURITY, S0SRE",
+        ),
+        (
+            "resource github-admin",
+            "ok    resource github-admin: exec: the grant and revoke commands exist and are executable (`./scripts/grant.sh`, `./scripts/revoke.sh`",
+        ),
+        ("database", "opens read-only; its schema is this jit's"),
+        (
+            "encryption key",
+            "ok    encryption key: JIT_ENCRYPTION_KEY opens the newest stored credentials (request #1)",
+        ),
+        (
+            "audit log",
+            "ok    audit log: intact: 1 event, hash chain verified (head 1:",
+        ),
+    ] {
+        let line = out.line(name);
+        assert!(
+            line.contains(expected),
+            "{line:?} should contain {expected:?}"
+        );
+    }
+    assert!(
+        out.line("slack users")
+            .contains("U0ALICE, U0BOB, U0SECLEAD")
+            || setup.postgres.is_none()
+    );
+    if setup.postgres.is_some() {
+        let line = out.line("resource pg");
+        assert!(
+            line.starts_with("ok    resource pg: postgres (PostgreSQL "),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "can CREATE ROLE, end sessions (pg_signal_backend) and grant jit_doctor_app_"
+            ),
+            "{line}"
+        );
+        assert!(
+            out.line("slack channel C0DBA")
+                .contains("member of private channel #dba")
+        );
+    }
+    if let Some(aws) = &setup.aws {
+        assert!(
+            out.line("aws identity").contains(&format!(
+                "jit's AWS credentials work: arn:aws:iam::{ACCOUNT}:user/jit-doctor-"
+            )),
+            "{}",
+            out.stdout
+        );
+        let lines = out.lines("resource aws-prod");
+        assert_eq!(lines.len(), 3, "{}", out.stdout);
+        assert!(lines[0].starts_with(&format!("ok    resource aws-prod: aws_sts: role {} exists; MaxSessionDuration 3600s covers role_max_session 1h; its trust policy allows sts:AssumeRole, sts:SetSourceIdentity and sts:TagSession", aws.role)), "{}", lines[0]);
+        assert!(
+            lines[1].contains("iam:GetRolePolicy works on"),
+            "{}",
+            lines[1]
+        );
+        // moto has no policy simulator: the rights are said to be unverified, not pretended.
+        assert!(
+            lines[2].starts_with("skip  resource aws-prod: aws_sts: rights not verified (sts:AssumeRole, sts:SetSourceIdentity, sts:TagSession, iam:GetRolePolicy, iam:PutRolePolicy, iam:DeleteRolePolicy): the IAM endpoint did not simulate the policies (HTTP 500"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            aws.inline_policies().await.is_empty(),
+            "doctor wrote to the role"
+        );
+    }
+
+    // Read-only: Slack saw read methods only, and the database file is as it was.
+    let methods: Vec<String> = setup.slack.calls()[calls_before..]
+        .iter()
+        .map(|c| c.method.clone())
+        .collect();
+    assert!(!methods.is_empty());
+    for method in &methods {
+        assert!(
+            [
+                "auth.test",
+                "conversations.info",
+                "users.info",
+                "usergroups.users.list"
+            ]
+            .contains(&method.as_str()),
+            "doctor called {method}"
+        );
+    }
+    assert_eq!(file_bytes(&db), before, "doctor changed the database");
+    assert!(!PathBuf::from(format!("{}.lock", db.display())).exists());
+    assert!(!out.stdout.contains(TOKEN) && !out.stderr.contains(TOKEN));
+    assert!(!out.stdout.contains("doctor-test-credential"));
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn json_output_has_every_check() {
+    let setup = Setup::new().await;
+    setup
+        .slack
+        .set_channel_state("C0AUDIT", ChannelState::Archived);
+    let out = setup.jit(&["doctor", "--json"]).await;
+    assert_eq!(out.code, Some(1));
+    let report: Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["summary"]["failed"], 1);
+    let checks = report["checks"].as_array().unwrap();
+    let audit = checks
+        .iter()
+        .find(|c| c["check"] == "slack channel C0AUDIT")
+        .unwrap();
+    assert_eq!(audit["status"], "fail");
+    assert!(audit["message"].as_str().unwrap().contains("is archived"));
+    assert_eq!(
+        audit["fix"],
+        "unarchive it, or name another channel in the policy"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "audit log" && c["status"] == "ok")
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn without_the_doctor_scopes_channels_are_skipped_not_failed() {
+    let setup = Setup::new().await;
+    let serve_only: Vec<&str> = jit::slack::api::SCOPES
+        .iter()
+        .filter(|s| !s.doctor_only)
+        .map(|s| s.name)
+        .collect();
+    setup.slack.set_scopes(&serve_only);
+    let out = setup.doctor_with(&[("JIT_SLACK_TEAM_ID", "")]).await;
+    // An empty JIT_SLACK_TEAM_ID is refused like any malformed setting.
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.line("config")
+            .starts_with("FAIL  config: JIT_SLACK_TEAM_ID must be a Slack team id"),
+        "{}",
+        out.stdout
+    );
+
+    let mut env = setup.env.clone();
+    env.retain(|(k, _)| k != "JIT_SLACK_TEAM_ID");
+    let unset = Setup { env, ..setup };
+    let out = unset.doctor().await;
+    out.passes();
+    assert!(out.line("slack token").starts_with("warn  slack token: valid: bot @jit (U0JITBOT) of workspace \"jit simulator\" (T0JITSIM); JIT_SLACK_TEAM_ID is not set. Fix: set JIT_SLACK_TEAM_ID=T0JITSIM"), "{}", out.stdout);
+    assert!(
+        out.line("slack scopes").starts_with(
+            "warn  slack scopes: jit serve has every scope it needs; jit doctor lacks channels:read"
+        ),
+        "{}",
+        out.stdout
+    );
+    let line = out.line("slack channel C0APPROVALS");
+    assert!(
+        line.starts_with(
+            "skip  slack channel C0APPROVALS: cannot check whether the bot is in C0APPROVALS"
+        ),
+        "{line}"
+    );
+    unset.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each failure, once.
+
+#[tokio::test]
+async fn a_refused_bot_token_fails() {
+    let setup = Setup::new().await;
+    let out = setup
+        .doctor_with(&[("SLACK_BOT_TOKEN", "xoxb-not-the-token")])
+        .await;
+    out.fails_only(&["slack token"]);
+    assert!(out.line("slack token").starts_with("FAIL  slack token: Slack refuses SLACK_BOT_TOKEN (invalid_auth). Fix: copy the Bot User OAuth Token"), "{}", out.stdout);
+    assert!(
+        out.line("slack")
+            .starts_with("skip  slack: scopes, channels, users and groups not checked")
+    );
+    assert!(!out.stdout.contains("xoxb-not-the-token"));
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_token_of_another_workspace_fails() {
+    let setup = Setup::new().await;
+    let out = setup
+        .doctor_with(&[("JIT_SLACK_TEAM_ID", "T0ELSEWHERE")])
+        .await;
+    out.fails_only(&["slack token"]);
+    assert!(out.line("slack token").contains("belongs to workspace \"jit simulator\" (T0JITSIM), not to the configured workspace T0ELSEWHERE (JIT_SLACK_TEAM_ID)"), "{}", out.stdout);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_channel_without_the_bot_fails() {
+    let setup = Setup::new().await;
+    setup
+        .slack
+        .set_channel_state("C0APPROVALS", ChannelState::NotInChannel);
+    let out = setup.doctor().await;
+    out.fails_only(&["slack channel C0APPROVALS"]);
+    assert!(out.line("slack channel C0APPROVALS").contains("the bot is not a member of channel #approvals (approvers' channel of staging, approvers' channel of github-admin"), "{}", out.stdout);
+    assert!(
+        out.line("slack channel C0APPROVALS")
+            .ends_with("Fix: type /invite @jit in #approvals")
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_private_channel_without_the_bot_fails() {
+    let setup = Setup::new().await;
+    setup.slack.set_channel("C0AUDIT", "jit-audit", true);
+    setup
+        .slack
+        .set_channel_state("C0AUDIT", ChannelState::NotInChannel);
+    let out = setup.doctor().await;
+    out.fails_only(&["slack channel C0AUDIT"]);
+    assert!(out.line("slack channel C0AUDIT").contains("channel C0AUDIT (the audit channel) was not found: it does not exist, or it is private and the bot was not invited"), "{}", out.stdout);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_missing_scope_fails() {
+    let setup = Setup::new().await;
+    let without_email: Vec<&str> = jit::slack::api::SCOPES
+        .iter()
+        .map(|s| s.name)
+        .filter(|s| *s != "users:read.email")
+        .collect();
+    setup.slack.set_scopes(&without_email);
+    let out = setup.doctor().await;
+    out.fails_only(&["slack scopes"]);
+    assert!(out.line("slack scopes").starts_with("FAIL  slack scopes: the bot token lacks users:read.email (requesters' emails, the AWS SourceIdentity of a grant)"), "{}", out.stdout);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn an_unknown_user_fails() {
+    let setup = Setup::new().await;
+    setup.write_policy(&setup.default_policy().replace(
+        r#"owner = { users = ["U0ALICE"] }"#,
+        r#"owner = { users = ["U0ALICE", "U0GHOST"] }"#,
+    ));
+    let out = setup.doctor().await;
+    out.fails_only(&["slack user U0GHOST"]);
+    assert!(out.line("slack user U0GHOST").starts_with("FAIL  slack user U0GHOST: user U0GHOST (owner of identity ci) does not exist in this workspace (user_not_found). Fix: correct the id in the policy"), "{}", out.stdout);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn an_unknown_group_fails() {
+    let setup = Setup::new().await;
+    setup.write_policy(
+        &setup
+            .default_policy()
+            .replace(r#"groups = ["S0SRE"]"#, r#"groups = ["S0SRE", "S0GHOSTS"]"#),
+    );
+    let out = setup.doctor().await;
+    out.fails_only(&["slack group S0GHOSTS"]);
+    assert!(out.line("slack group S0GHOSTS").starts_with("FAIL  slack group S0GHOSTS: user group S0GHOSTS (approver of staging) does not exist in this workspace (no_such_subteam)"), "{}", out.stdout);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_superuser_postgres_admin_fails() {
+    let setup = Setup::new().await;
+    let Some(pg) = &setup.postgres else {
+        eprintln!("JIT_TEST_POSTGRES_URL is unset: the superuser-admin failure is not exercised");
+        return;
+    };
+    let out = setup
+        .doctor_with(&[("DOCTOR_PG_URL", &pg.superuser_url.clone())])
+        .await;
+    out.fails_only(&["resource pg"]);
+    let line = out.line("resource pg");
+    assert!(
+        line.contains("is a SUPERUSER: grants are refused. Use a CREATEROLE admin"),
+        "{line}"
+    );
+    assert!(
+        !line.contains(&pg.superuser_url),
+        "no URL in the output: {line}"
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_server_fails() {
+    let setup = Setup::new().await;
+    // Needs no PostgreSQL: nothing listens on port 1.
+    let mut policy = setup.default_policy();
+    if setup.postgres.is_none() {
+        policy.push_str(
+            r#"
+[[resource]]
+id = "pg"
+provider = "postgres"
+database_url_env = "DOCTOR_PG_URL"
+roles = ["app_rw"]
+approvers = { channel = "C0APPROVALS", users = ["U0BOB"] }
+"#,
+        );
+    }
+    setup.write_policy(&policy);
+    let out = setup
+        .doctor_with(&[(
+            "DOCTOR_PG_URL",
+            "postgres://jit_admin:doctor-secret-pw@127.0.0.1:1/app",
+        )])
+        .await;
+    out.fails_only(&["resource pg"]);
+    let line = out.line("resource pg");
+    assert!(
+        line.starts_with("FAIL  resource pg: postgres: cannot check the admin of $DOCTOR_PG_URL"),
+        "{line}"
+    );
+    assert!(
+        line.contains("Fix: check that the server in DOCTOR_PG_URL is up and reachable"),
+        "{line}"
+    );
+    assert!(!out.stdout.contains("doctor-secret-pw") && !out.stderr.contains("doctor-secret-pw"));
+
+    // And without the variable at all.
+    let mut env = setup.env.clone();
+    env.retain(|(k, _)| k != "DOCTOR_PG_URL");
+    let unset = Setup { env, ..setup };
+    let out = unset.doctor().await;
+    out.fails_only(&["resource pg"]);
+    assert!(out.line("resource pg").contains("the environment variable DOCTOR_PG_URL (or DOCTOR_PG_URL_FILE) must hold the admin connection URL"), "{}", out.stdout);
+    unset.finish().await;
+}
+
+#[tokio::test]
+async fn a_role_missing_in_iam_fails() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: the missing-role failure is not exercised");
+        return;
+    };
+    setup.write_policy(&setup.default_policy().replace(
+        &aws.role_arn,
+        &format!("arn:aws:iam::{ACCOUNT}:role/jit-doctor-nobody"),
+    ));
+    let out = setup.doctor().await;
+    out.fails_only(&["resource aws-prod"]);
+    assert_eq!(
+        out.line("resource aws-prod"),
+        format!(
+            "FAIL  resource aws-prod: aws_sts: role jit-doctor-nobody does not exist in account {ACCOUNT} (role_arn arn:aws:iam::{ACCOUNT}:role/jit-doctor-nobody): every grant fails. Fix: create the role, or correct role_arn in the policy"
+        )
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_wrong_encryption_key_fails() {
+    let setup = Setup::new().await;
+    let other = jit::crypto::generate_key();
+    let out = setup.doctor_with(&[("JIT_ENCRYPTION_KEY", &other)]).await;
+    out.fails_only(&["encryption key"]);
+    assert!(out.line("encryption key").starts_with("FAIL  encryption key: JIT_ENCRYPTION_KEY does not open the credentials stored for request #1: it is not the key they were sealed with"), "{}", out.stdout);
+    assert!(!out.stdout.contains(&other));
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_tampered_audit_log_fails() {
+    let setup = Setup::new().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", setup.db_path().display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER audit_log_no_update")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = setup.doctor().await;
+    out.fails_only(&["audit log"]);
+    assert!(out.line("audit log").starts_with("FAIL  audit log: TAMPERED: row 1: its content does not match its hash (the row was edited) (0 rows before it are intact)"), "{}", out.stdout);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_missing_exec_command_fails() {
+    let setup = Setup::new().await;
+    std::fs::remove_file(setup.dir.path().join("scripts/revoke.sh")).unwrap();
+    let out = setup.doctor().await;
+    out.fails_only(&["resource github-admin"]);
+    let line = out.line("resource github-admin");
+    assert!(line.contains("the revoke command `"), "{line}");
+    assert!(
+        line.contains("scripts/revoke.sh` cannot be found"),
+        "{line}"
+    );
+    assert!(
+        line.contains("access it granted could never be removed"),
+        "{line}"
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_database_jit_never_ran_on_is_only_a_warning() {
+    let setup = Setup::new().await;
+    let fresh = setup.dir.path().join("elsewhere.db");
+    let out = setup
+        .doctor_with(&[("JIT_DATABASE_URL", &format!("sqlite://{}", fresh.display()))])
+        .await;
+    out.passes();
+    assert!(out.line("database").starts_with(&format!(
+        "warn  database: {} does not exist yet",
+        fresh.display()
+    )));
+    assert!(out.line("encryption key").starts_with("skip  encryption key: JIT_ENCRYPTION_KEY is a valid AES-256 key; no credentials are stored yet"));
+    assert!(!fresh.exists(), "doctor created the database");
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_deactivated_user_and_an_empty_approver_group_are_warnings() {
+    let setup = Setup::new().await;
+    setup.slack.deactivate_user("U0SECLEAD");
+    setup.slack.set_group_members("S0SRE", &[]);
+    let out = setup.doctor().await;
+    out.passes();
+    assert_eq!(
+        out.line("slack user U0SECLEAD"),
+        "warn  slack user U0SECLEAD: user U0SECLEAD (@sec, admin) is deactivated. Fix: remove them from the policy, or name someone who can act"
+    );
+    assert!(out.line("slack group S0SRE").starts_with("warn  slack group S0SRE: user group S0SRE (approver of staging) has no members: nobody in it can approve"), "{}", out.stdout);
+    assert!(!out.line("slack users").contains("U0SECLEAD"));
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn an_aws_role_grants_or_teardown_cannot_use_fails() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        eprintln!(
+            "JIT_TEST_AWS_ENDPOINT is unset: the trust-policy and account failures are not exercised"
+        );
+        return;
+    };
+    // A trust policy without sts:TagSession: every AssumeRole with session tags is refused.
+    let sdk = jit::providers::aws_sts::aws_config_loader(Some(&aws.endpoint), Some("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "jit-tests",
+        ))
+        .load()
+        .await;
+    let trust = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+        "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"]}]});
+    aws_sdk_iam::Client::new(&sdk)
+        .update_assume_role_policy()
+        .role_name(&aws.role)
+        .policy_document(trust.to_string())
+        .send()
+        .await
+        .unwrap();
+    let out = setup.doctor().await;
+    out.fails_only(&["resource aws-prod"]);
+    let line = out.lines("resource aws-prod")[0];
+    assert!(
+        line.contains("its trust policy allows no sts:TagSession: every grant fails"),
+        "{line}"
+    );
+
+    // A role in another account: teardown's deny statement could never be written.
+    setup.write_policy(
+        &setup
+            .default_policy()
+            .replace(&aws.role_arn, "arn:aws:iam::999999999999:role/elsewhere"),
+    );
+    let out = setup.doctor().await;
+    out.fails_only(&["resource aws-prod"]);
+    assert!(out.line("resource aws-prod").contains(&format!("role arn:aws:iam::999999999999:role/elsewhere is in account 999999999999, jit's credentials in {ACCOUNT}")), "{}", out.stdout);
+    setup.finish().await;
+}
