@@ -82,6 +82,13 @@ const METHOD_SCOPES: &[(&str, &[&str])] = &[
     // The requester's email becomes the AWS SourceIdentity.
     ("users.info", &["users:read", "users:read.email"]),
     ("usergroups.users.list", &["usergroups:read"]),
+    // Who the bot is, to tell its audit anchors from anything people type.
+    ("auth.test", &[]),
+    // `jit audit verify --slack` reads the audit channel's anchors (public or private channel).
+    (
+        "conversations.history",
+        &["channels:history", "groups:history"],
+    ),
 ];
 
 /// The Web API methods the code calls: the `.call("method", …)` sites in `src/slack/api.rs`.
@@ -113,6 +120,8 @@ fn slack_app_scopes_are_exactly_what_the_code_calls() {
         "users:read",
         "users:read.email",
         "usergroups:read",
+        "channels:history",
+        "groups:history",
     ]
     .into();
     assert_eq!(scopes, expected);

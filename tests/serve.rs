@@ -298,12 +298,24 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()),
         "{head}"
     );
-    // Against a recorded head: the full hash, or the 12 digits the audit thread shows.
-    for anchor in [format!("5:{head}"), format!("5:{}", &head[..12])] {
+    // Against a recorded head: the full hash, or at least 32 digits of it.
+    for anchor in [format!("5:{head}"), format!("5:{}", &head[..32])] {
         let checked = server.cli(&["audit", "verify", "--head", &anchor]);
         assert!(checked.status.success(), "{checked:?}");
     }
-    let wrong = server.cli(&["audit", "verify", "--head", "5:000000000000"]);
+    // The 12 digits an audit thread shows people are too short to check against.
+    let short = server.cli(&["audit", "verify", "--head", &format!("5:{}", &head[..12])]);
+    assert_eq!(short.status.code(), Some(2), "{short:?}");
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("at least 32 hex digits"),
+        "{short:?}"
+    );
+    let wrong = server.cli(&[
+        "audit",
+        "verify",
+        "--head",
+        &format!("5:{}", "0".repeat(32)),
+    ]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&wrong.stdout)
@@ -345,6 +357,14 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+    // At shutdown the head was anchored in the audit channel, in full.
+    let anchors: Vec<String> = slack
+        .messages("C0AUDIT")
+        .into_iter()
+        .map(|m| m.text)
+        .filter(|t| t.starts_with("audit head "))
+        .collect();
+    assert_eq!(anchors, [format!("audit head 5:{head}")]);
 
     // JSON logs: every line is an object; lines about a request carry its id.
     let logs = server.logs();
@@ -384,6 +404,23 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         .unwrap();
     let truncated = server.cli(&["audit", "verify"]);
     assert!(truncated.status.success(), "{truncated:?}");
+    // The anchor in Slack shows it, with no head kept by hand.
+    // (Off the runtime's thread: the fake Slack answers on it.)
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_jit"));
+    cli.args(["audit", "verify", "--slack"])
+        .env_clear()
+        .envs(server.env.iter().cloned());
+    let against_slack = tokio::task::spawn_blocking(move || cli.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(against_slack.status.code(), Some(1), "{against_slack:?}");
+    assert!(
+        String::from_utf8_lossy(&against_slack.stdout).contains(
+            "audit log TAMPERED: row 5: the log ends at row 4, but row 5 was anchored in C0AUDIT"
+        ),
+        "{against_slack:?}"
+    );
     let anchored = server.cli(&["audit", "verify", "--head", &recorded_head]);
     assert_eq!(anchored.status.code(), Some(1));
     assert!(
@@ -396,13 +433,73 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         .execute(&pool)
         .await
         .unwrap();
-    pool.close().await;
     let verify = server.cli(&["audit", "verify"]);
     assert_eq!(verify.status.code(), Some(1));
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(
         out.starts_with("audit log TAMPERED: row 4: row 3 is missing"),
         "{out}"
+    );
+    // The review's attack: the rows renumbered and the chain recomputed with plain SHA-256.
+    let rows: Vec<jit::store::audit::AuditRow> =
+        sqlx::query_as("SELECT * FROM audit_log ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM audit_log")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut prev = jit::store::audit::GENESIS.to_owned();
+    for (seq, row) in (1..).zip(rows) {
+        let canonical = jit::store::audit::canonical(
+            seq,
+            &row.at,
+            row.request_id,
+            &row.actor,
+            &row.event,
+            &row.detail,
+        );
+        let hash = jit::store::audit::legacy_hash(&prev, &canonical);
+        sqlx::query("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(seq)
+            .bind(&row.at)
+            .bind(row.request_id)
+            .bind(&row.actor)
+            .bind(&row.event)
+            .bind(&row.detail)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    pool.close().await;
+    let verify = server.cli(&["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        out.starts_with("audit log TAMPERED: row 1: its content does not match its keyed hash"),
+        "{out}"
+    );
+    // Verifying needs the key, and says so in one line.
+    let keyless = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .args(["audit", "verify"])
+        .env_clear()
+        .envs(
+            server
+                .env
+                .iter()
+                .filter(|(k, _)| k != "JIT_ENCRYPTION_KEY")
+                .cloned(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(keyless.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&keyless.stderr),
+        "jit: `jit audit verify`: the audit key is not set: set JIT_AUDIT_KEY (or JIT_AUDIT_KEY_FILE), or JIT_ENCRYPTION_KEY (or JIT_ENCRYPTION_KEY_FILE) to derive it from\n"
     );
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - **Timeout.** Every call has one; a call without an answer in time is transient.
 //! - **What is read.** Answers are parsed as plain JSON, and only the fields jit uses are read
-//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`). An answer that says
+//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`, `user_id`, and a history
+//!   message's `ts`, `user` and `text`). An answer that says
 //!   `ok: true` is a success whatever else it holds: a field Slack adds one day, or an odd shape
 //!   in a field jit does not read, never turns an accepted call into a "transient" failure that
 //!   would be repeated (a repeated `chat.postMessage` is a duplicate approval message).
@@ -174,6 +175,23 @@ fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<V
 /// A string field of an answer, if it is one.
 fn field<'v>(answer: &'v Value, pointer: &str) -> Option<&'v str> {
     answer.pointer(pointer).and_then(Value::as_str)
+}
+
+/// A message read from a channel's history: only what `jit audit verify --slack` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryMessage {
+    pub ts: String,
+    /// The author's user id (the bot's own user id for the bot's messages).
+    pub user: Option<String>,
+    pub text: String,
+}
+
+/// One page of `conversations.history`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub messages: Vec<HistoryMessage>,
+    /// The cursor of the next (older) page, if there is one.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Clone)]
@@ -392,6 +410,67 @@ impl SlackApi {
             .call("users.info", Params::Query(&[("user", user)]))
             .await?;
         Ok(field(&answer, "/user/profile/email").map(str::to_owned))
+    }
+
+    /// The bot's own user id (`auth.test`), the author of every message jit posts.
+    pub async fn bot_user_id(&self) -> Result<String, SlackError> {
+        let answer = self.call("auth.test", Params::Query(&[])).await?;
+        field(&answer, "/user_id")
+            .map(str::to_owned)
+            .ok_or_else(|| SlackError::Transient("auth.test answered no user_id".into()))
+    }
+
+    /// One page of a channel's top-level messages from `oldest` (a ts, inclusive) on, newest
+    /// first (needs `channels:history`, or `groups:history` for a private channel). A message
+    /// without a readable `ts` or `text` is skipped; other fields are not read.
+    pub async fn history(
+        &self,
+        channel: &str,
+        oldest: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<HistoryPage, SlackError> {
+        let mut query = vec![
+            ("channel", channel),
+            ("limit", "200"),
+            ("inclusive", "true"),
+        ];
+        if let Some(oldest) = oldest {
+            query.push(("oldest", oldest));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor));
+        }
+        let answer = self
+            .call("conversations.history", Params::Query(&query))
+            .await?;
+        let messages = answer
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some(HistoryMessage {
+                    ts: field(m, "/ts")?.to_owned(),
+                    user: field(m, "/user").map(str::to_owned),
+                    text: field(m, "/text")?.to_owned(),
+                })
+            })
+            .collect();
+        let next_cursor = field(&answer, "/response_metadata/next_cursor")
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        // A page that says there is more must name where it continues; Slack's own answer
+        // marks the end with has_more = false (and an empty cursor).
+        let more = answer.get("has_more").and_then(Value::as_bool) == Some(true);
+        if more && next_cursor.is_none() {
+            return Err(SlackError::Transient(
+                "conversations.history said has_more without a cursor".into(),
+            ));
+        }
+        Ok(HistoryPage {
+            messages,
+            next_cursor: next_cursor.filter(|_| more),
+        })
     }
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {

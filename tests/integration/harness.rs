@@ -20,6 +20,11 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
+
+/// The audit chain's key in every harness.
+pub fn audit_key() -> jit::crypto::AuditKey {
+    jit::crypto::AuditKey::from_bytes([0x5a; 32])
+}
 pub const BOT_TOKEN: &str = "xoxb-test-token";
 
 pub const DEV: &str = "U0DEV";
@@ -275,6 +280,10 @@ impl Harness {
         .await
         .unwrap();
         store.migrate().await.unwrap();
+        store
+            .open_audit_chain(audit_key(), options.start)
+            .await
+            .unwrap();
         let clock = ManualClock::new(options.start);
         let (mut providers, external) = Providers::with_local(policy.resources(), None);
         for resource in external {
