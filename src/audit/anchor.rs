@@ -51,18 +51,21 @@ pub fn parse(text: &str) -> Option<(i64, String)> {
     .then(|| (seq, hash.to_owned()))
 }
 
-/// Makes sure the anchor job exists (at start): it runs now, then keeps itself scheduled.
+/// At start: runs the anchor job now (creating it if needed), so a head that moved since the
+/// last anchor (a crash skipped the shutdown anchor) is posted; then it keeps itself scheduled.
 pub async fn schedule(app: &App) -> anyhow::Result<()> {
     let now = app.clock.now();
     let mut tx = app.store.begin_write().await?;
-    queue::enqueue(
-        &mut tx,
-        &Job::AuditAnchor,
-        Placement::unique(JOB_KEY.into()),
-        now,
-        now,
-    )
-    .await?;
+    if !store::jobs::reschedule(&mut tx, JOB_KEY, now, now).await? {
+        queue::enqueue(
+            &mut tx,
+            &Job::AuditAnchor,
+            Placement::unique(JOB_KEY.into()),
+            now,
+            now,
+        )
+        .await?;
+    }
     tx.commit().await?;
     app.waker.wake();
     Ok(())
