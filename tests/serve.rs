@@ -573,3 +573,108 @@ fn startup_errors_are_one_clear_line() {
         "jit: JIT_LOG_FORMAT must be `json` or `pretty`, not `xml`\n"
     );
 }
+
+/// An old database (rows written by the unkeyed code, before the keyed chain) upgrades with
+/// `jit migrate`, and a tampered one is refused.
+#[tokio::test]
+async fn jit_migrate_keys_an_old_unkeyed_audit_log() {
+    let key = jit::crypto::generate_key();
+    let migrate = |db: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(["migrate"])
+            .env_clear()
+            .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("JIT_ENCRYPTION_KEY", &key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let verify = |db: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(["audit", "verify"])
+            .env_clear()
+            .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("JIT_ENCRYPTION_KEY", &key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for tampered in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jit.db");
+        let store = jit::store::Store::connect(
+            &format!("sqlite://{}", db.display()),
+            jit::store::Durability::Normal,
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let mut prev = jit::store::audit::GENESIS.to_owned();
+        for seq in 1..=3 {
+            let at = format!("2026-11-0{seq}T10:00:00.000Z");
+            let canonical = jit::store::audit::canonical(seq, &at, None, "jit", "expired", "{}");
+            let hash = jit::store::audit::legacy_hash(&prev, &canonical);
+            let actor = if tampered && seq == 2 {
+                "U0MALLORY"
+            } else {
+                "jit"
+            };
+            sqlx::query("INSERT INTO audit_log VALUES (?, ?, NULL, ?, 'expired', '{}', ?, ?)")
+                .bind(seq)
+                .bind(&at)
+                .bind(actor)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            prev = hash;
+        }
+        store.close().await;
+        let (code, out, err) = migrate(&db);
+        if tampered {
+            assert_eq!(code, Some(1), "{out}{err}");
+            assert!(
+                err.starts_with(
+                    "jit: the audit log written before the keyed chain does not verify (row 2: "
+                ),
+                "{err}"
+            );
+            let (code, out) = verify(&db);
+            assert_eq!(code, Some(1));
+            assert!(
+                out.starts_with(
+                    "audit log TAMPERED: row 1: the chain has no keyed boundary record"
+                ),
+                "{out}"
+            );
+            continue;
+        }
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("audit chain upgraded: rows 1-3 (unkeyed) verified and their head bound to the audit key; rows from 4 on are keyed"),
+            "{out}"
+        );
+        let (code, out) = verify(&db);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.starts_with(
+                "audit log intact: 3 events, hash chain verified\nrows 1-3 predate the keyed chain"
+            ),
+            "{out}"
+        );
+        let (code, out, _) = migrate(&db);
+        assert_eq!(code, Some(0));
+        assert!(
+            out.contains("audit chain already keyed; the key matches"),
+            "{out}"
+        );
+    }
+}

@@ -25,6 +25,9 @@ pub const SIGNING_SECRET: &str = "test-signing-secret";
 pub fn audit_key() -> jit::crypto::AuditKey {
     jit::crypto::AuditKey::from_bytes([0x5a; 32])
 }
+
+/// [`audit_key`] as `JIT_AUDIT_KEY`, for the admin CLI run beside a harness.
+pub const AUDIT_KEY_HEX: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 pub const BOT_TOKEN: &str = "xoxb-test-token";
 
 pub const DEV: &str = "U0DEV";
