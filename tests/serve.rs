@@ -561,6 +561,45 @@ fn startup_errors_are_one_clear_line() {
         no_policy.starts_with("jit: cannot read the policy file /nonexistent/jit.toml"),
         "{no_policy}"
     );
+    let bad_audit_key = run(&[
+        base[0],
+        base[1],
+        ("JIT_ENCRYPTION_KEY", &key),
+        ("JIT_AUDIT_KEY", "audit-too-short"),
+        ("JIT_POLICY", policy.to_str().unwrap()),
+        ("JIT_DATABASE_URL", &db),
+    ]);
+    assert!(
+        bad_audit_key.starts_with("jit: JIT_AUDIT_KEY: the key "),
+        "{bad_audit_key}"
+    );
+    assert!(
+        !bad_audit_key.contains("audit-too-short"),
+        "{bad_audit_key}"
+    );
+    // A database keyed with one audit key refuses another.
+    let keyed = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .arg("migrate")
+        .env_clear()
+        .env("JIT_DATABASE_URL", &db)
+        .env("JIT_ENCRYPTION_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(keyed.status.success(), "{keyed:?}");
+    let other_key = run(&[
+        base[0],
+        base[1],
+        ("JIT_ENCRYPTION_KEY", &key),
+        ("JIT_AUDIT_KEY", &jit::crypto::generate_key()),
+        ("JIT_POLICY", policy.to_str().unwrap()),
+        ("JIT_DATABASE_URL", &db),
+    ]);
+    assert!(
+        other_key.starts_with(
+            "jit: the audit key does not match the key this database's audit chain was keyed with"
+        ),
+        "{other_key}"
+    );
     let bad_log = Command::new(env!("CARGO_BIN_EXE_jit"))
         .arg("serve")
         .env_clear()

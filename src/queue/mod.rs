@@ -384,6 +384,14 @@ mod tests {
         assert_eq!(json, r#"{"kind":"revoke","request":7}"#);
         assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), job);
         assert!(serde_json::from_str::<Job>(r#"{"kind":"mystery"}"#).is_err());
+        let anchor = serde_json::to_string(&Job::AuditAnchor).unwrap();
+        assert_eq!(anchor, r#"{"kind":"slack.audit_anchor"}"#);
+        assert_eq!(Job::AuditAnchor.kind(), "slack.audit_anchor");
+        assert_eq!(
+            serde_json::from_str::<Job>(&anchor).unwrap(),
+            Job::AuditAnchor
+        );
+        assert_eq!(Job::AuditAnchor.retry_policy().max_attempts, None);
     }
 
     #[test]
