@@ -92,6 +92,8 @@ pub struct Settings {
     /// Proxies in front of jit whose `X-Forwarded-For` entries name the caller (0: none; the
     /// peer address is the caller).
     pub trusted_proxy_hops: usize,
+    /// How often the audit chain's head is posted to the audit channel, if it moved.
+    pub audit_anchor_interval: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -103,6 +105,7 @@ impl Default for Settings {
             slack_timeout: std::time::Duration::from_secs(10),
             unauthenticated_calls_per_minute: 30,
             trusted_proxy_hops: 0,
+            audit_anchor_interval: crate::audit::anchor::DEFAULT_INTERVAL,
         }
     }
 }

@@ -166,13 +166,20 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
     },
-    /// Re-check the whole hash chain; exit non-zero and name the first bad row on tamper.
+    /// Re-check the whole keyed chain; exit non-zero and name the first bad row on tamper.
+    /// Needs the audit key: JIT_AUDIT_KEY, or JIT_ENCRYPTION_KEY when the key is derived from it.
     Verify {
-        /// A head printed by an earlier verify (or shown in the audit thread), as SEQ:HASH
-        /// (at least 12 hex digits of the hash). The log must still contain that row, unchanged:
-        /// this catches rows removed from the end, which the chain alone cannot show.
+        /// A head printed by an earlier verify (or an anchor from the audit channel), as
+        /// SEQ:HASH with at least 32 hex digits of the hash. The log must still contain that
+        /// row, unchanged: this catches rows removed from the end, which the chain alone cannot
+        /// show.
         #[arg(long, value_name = "SEQ:HASH", value_parser = parse_head)]
         head: Option<(i64, String)>,
+        /// Also check the chain against the heads jit posted to the audit channel (reads the
+        /// channel's history with SLACK_BOT_TOKEN): catches rows removed from the end, and
+        /// history rewritten by someone who has the key.
+        #[arg(long)]
+        slack: bool,
     },
 }
 
@@ -206,6 +213,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = Store::connect(&base.database_url, base.durability).await?;
             store.migrate().await?;
             println!("migrations applied to {}", base.database_url);
+            let key_given = ["JIT_AUDIT_KEY", "JIT_ENCRYPTION_KEY"]
+                .iter()
+                .any(|name| env(name).is_some() || env(&format!("{name}_FILE")).is_some());
+            if !key_given {
+                println!(
+                    "the audit chain is keyed at the first `jit serve` (or run `jit migrate` with JIT_AUDIT_KEY or JIT_ENCRYPTION_KEY set)"
+                );
+                return Ok(0);
+            }
+            let key = config::audit_key(&env)?;
+            match store.open_audit_chain(key, chrono::Utc::now()).await? {
+                store::audit::ChainOpened::Recorded { unkeyed: 0 } => {
+                    println!("audit chain keyed (HMAC-SHA-256) from its first row")
+                }
+                store::audit::ChainOpened::Recorded { unkeyed } => println!(
+                    "audit chain upgraded: rows 1-{unkeyed} (unkeyed) verified and their head bound to the audit key; rows from {} on are keyed",
+                    unkeyed + 1
+                ),
+                store::audit::ChainOpened::Keyed { .. } => {
+                    println!("audit chain already keyed; the key matches")
+                }
+            }
             Ok(0)
         }
         Command::Policy {
@@ -438,6 +467,16 @@ async fn open_store() -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// A store whose audit chain is open, for commands that record audit events.
+async fn open_keyed_store() -> anyhow::Result<Store> {
+    let key = config::audit_key(&config::process_env).map_err(|e| {
+        anyhow::anyhow!("this command records audit events, which needs the audit key: {e}")
+    })?;
+    let store = open_store().await?;
+    store.open_audit_chain(key, chrono::Utc::now()).await?;
+    Ok(store)
+}
+
 fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&chrono::Utc));
@@ -491,31 +530,94 @@ async fn audit(command: AuditCommand) -> anyhow::Result<i32> {
             out.flush()?;
             Ok(0)
         }
-        AuditCommand::Verify { head: anchor } => match store::audit::verify(&mut conn).await? {
-            Verification::Intact { rows, head } => {
-                if let Some((seq, hash)) = anchor
-                    && let Err(reason) = store::audit::check_anchor(&mut conn, seq, &hash).await?
-                {
-                    println!("audit log TAMPERED: {reason} ({rows} rows, chain intact)");
-                    return Ok(1);
-                }
-                println!("audit log intact: {rows} events, hash chain verified");
-                if let Some(head) = head {
-                    println!("head: {rows}:{head}");
-                }
-                Ok(0)
-            }
-            Verification::Broken {
-                rows_checked,
-                seq,
-                reason,
-            } => {
+        AuditCommand::Verify {
+            head: anchor,
+            slack,
+        } => {
+            let key = config::audit_key(&config::process_env)
+                .map_err(|e| anyhow::anyhow!("`jit audit verify`: {e}"))?;
+            verify(&mut conn, &key, anchor, slack).await
+        }
+    }
+}
+
+/// `jit audit verify`: the chain, then an anchor given with `--head`, then Slack's anchors.
+async fn verify(
+    conn: &mut sqlx::SqliteConnection,
+    key: &crate::crypto::AuditKey,
+    anchor: Option<(i64, String)>,
+    slack: bool,
+) -> anyhow::Result<i32> {
+    let (rows, head) = match store::audit::verify(conn, key).await? {
+        Verification::Intact { rows, head } => (rows, head),
+        Verification::Broken {
+            rows_checked,
+            seq,
+            reason,
+        } => {
+            println!(
+                "audit log TAMPERED: row {seq}: {reason} ({rows_checked} rows before it are intact)"
+            );
+            return Ok(1);
+        }
+    };
+    if let Some((seq, hash)) = anchor
+        && let Err(reason) = store::audit::check_anchor(conn, seq, &hash).await?
+    {
+        println!("audit log TAMPERED: {reason} ({rows} rows, chain intact)");
+        return Ok(1);
+    }
+    println!("audit log intact: {rows} events, hash chain verified");
+    if let Some(b) = store::audit::boundary(conn).await?
+        && b.seq > 0
+    {
+        println!(
+            "rows 1-{} predate the keyed chain (unkeyed SHA-256; their head was bound to the key at {}); rows from {} on are keyed (HMAC-SHA-256)",
+            b.seq,
+            b.keyed_at,
+            b.seq + 1
+        );
+    }
+    if let Some(head) = head {
+        println!("head: {rows}:{head}");
+    }
+    if !slack {
+        return Ok(0);
+    }
+    let env = config::process_env;
+    let base = BaseConfig::from_env(&env)?;
+    let policy = bootstrap::load_policy(&base.policy_path).map_err(anyhow::Error::msg)?;
+    let token = config::required_secret(&env, "SLACK_BOT_TOKEN")
+        .map_err(|e| anyhow::anyhow!("`jit audit verify --slack` reads the audit channel: {e}"))?;
+    let api = crate::slack::api::SlackApi::new(
+        &env("JIT_SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into()),
+        token,
+        std::num::NonZeroU32::new(1).expect("one"),
+        crate::metrics::Metrics::new(),
+    )?;
+    let channel = policy.audit_channel.as_str();
+    match crate::audit::anchor::verify_slack(conn, &api, channel).await? {
+        crate::audit::anchor::SlackCheck::Intact { anchors: 0, .. } => {
+            println!(
+                "slack: no anchors in {channel} yet, nothing to compare (jit posts the head every JIT_AUDIT_ANCHOR_INTERVAL and at shutdown)"
+            );
+            Ok(0)
+        }
+        crate::audit::anchor::SlackCheck::Intact { anchors, newest } => {
+            if let Some(newest) = newest {
                 println!(
-                    "audit log TAMPERED: row {seq}: {reason} ({rows_checked} rows before it are intact)"
+                    "slack: {anchors} anchors match the chain; the newest, row {} in {}, was posted at {}",
+                    newest.seq,
+                    newest.channel,
+                    newest.posted()
                 );
-                Ok(1)
             }
-        },
+            Ok(0)
+        }
+        crate::audit::anchor::SlackCheck::Broken { seq, reason } => {
+            println!("audit log TAMPERED: row {seq}: {reason} (checked against Slack)");
+            Ok(1)
+        }
     }
 }
 
@@ -524,10 +626,16 @@ fn parse_head(value: &str) -> Result<(i64, String), String> {
     value
         .split_once(':')
         .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok().filter(|s| *s > 0)?, hash)))
-        .filter(|(_, hash)| hash.len() >= 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|(_, hash)| {
+            (store::audit::MIN_HEAD_DIGITS..=64).contains(&hash.len())
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        })
         .map(|(seq, hash)| (seq, hash.to_ascii_lowercase()))
         .ok_or_else(|| {
-            "must be SEQ:HASH with at least 12 hex digits of the hash, e.g. 42:9f86d081884c".into()
+            format!(
+                "must be SEQ:HASH with at least {} hex digits of the hash, as `jit audit verify` prints it or an anchor in the audit channel shows it (the 12 digits in an audit thread are for people, too short to check against)",
+                store::audit::MIN_HEAD_DIGITS
+            )
         })
 }
 
@@ -536,8 +644,7 @@ async fn admin_app() -> anyhow::Result<Arc<App>> {
     let env = config::process_env;
     let base = BaseConfig::from_env(&env)?;
     let policy = bootstrap::load_policy(&base.policy_path).map_err(anyhow::Error::msg)?;
-    let store = Store::connect(&base.database_url, base.durability).await?;
-    store.migrate().await?;
+    let store = open_keyed_store().await?;
     // This process never sends to Slack nor opens credentials; it only records decisions that
     // the running server's worker carries out.
     let mut key = [0u8; 32];
@@ -566,7 +673,7 @@ fn parse_timeout(text: &str) -> anyhow::Result<std::time::Duration> {
 async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
     let env = config::process_env;
     let base = BaseConfig::from_env(&env)?;
-    let store = open_store().await?;
+    let store = open_keyed_store().await?;
     let now = chrono::Utc::now();
     let by = crate::audit::actor::cli(&os_user());
     match command {

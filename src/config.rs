@@ -108,6 +108,10 @@ pub struct ServeConfig {
     pub slack_team_id: Option<String>,
     pub listen: SocketAddr,
     pub encryption_key: SecretString,
+    /// `JIT_AUDIT_KEY`; when unset the audit key is derived from `encryption_key`.
+    pub audit_key: Option<SecretString>,
+    /// How often the audit chain's head is posted to the audit channel (if it moved).
+    pub audit_anchor_interval: Duration,
     pub workers: usize,
     pub posts_per_channel_per_second: NonZeroU32,
     /// Timeouts and the connection cap of the HTTP edge.
@@ -279,6 +283,20 @@ impl ServeConfig {
             ))
         })?;
         let encryption_key = required_secret(env, "JIT_ENCRYPTION_KEY")?;
+        let audit_key = secret(env, "JIT_AUDIT_KEY")?;
+        let audit_anchor_interval = parse_duration(
+            env,
+            "JIT_AUDIT_ANCHOR_INTERVAL",
+            crate::audit::anchor::DEFAULT_INTERVAL,
+            86_400,
+            false,
+        )?;
+        if audit_anchor_interval < Duration::from_secs(60) {
+            return Err(ConfigError(format!(
+                "JIT_AUDIT_ANCHOR_INTERVAL must be at least 1m, not `{}`",
+                env("JIT_AUDIT_ANCHOR_INTERVAL").unwrap_or_default()
+            )));
+        }
         let workers = parse_number(
             env,
             "JIT_WORKERS",
@@ -333,6 +351,8 @@ impl ServeConfig {
             slack_team_id,
             listen,
             encryption_key,
+            audit_key,
+            audit_anchor_interval,
             workers,
             posts_per_channel_per_second: NonZeroU32::new(posts).expect("validated above"),
             edge,
@@ -341,6 +361,17 @@ impl ServeConfig {
             trusted_proxy_hops,
         })
     }
+}
+
+/// The audit chain's key for commands that verify or append (`jit audit verify`, the admin
+/// commands): `JIT_AUDIT_KEY` (or `_FILE`), else derived from `JIT_ENCRYPTION_KEY` (or `_FILE`).
+pub fn audit_key(env: EnvFn<'_>) -> Result<crate::crypto::AuditKey, ConfigError> {
+    let own = secret(env, "JIT_AUDIT_KEY")?;
+    let encryption = match own {
+        Some(_) => None,
+        None => secret(env, "JIT_ENCRYPTION_KEY")?,
+    };
+    crate::crypto::AuditKey::from_settings(own.as_ref(), encryption.as_ref()).map_err(ConfigError)
 }
 
 pub fn log_format(env: EnvFn<'_>) -> Result<LogFormat, ConfigError> {
@@ -396,6 +427,40 @@ mod tests {
         assert_eq!(config.unauthenticated_per_minute, 30);
         assert_eq!(config.trusted_proxy_hops, 0);
         assert_eq!(config.slack_team_id, None);
+        assert!(config.audit_key.is_none());
+        assert_eq!(config.audit_anchor_interval, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn audit_key_and_anchor_interval() {
+        let key = "0101010101010101010101010101010101010101010101010101010101010101";
+        let pairs = [
+            GOOD,
+            &[("JIT_AUDIT_KEY", key), ("JIT_AUDIT_ANCHOR_INTERVAL", "15m")],
+        ]
+        .concat();
+        let env = env_of(&pairs);
+        let config = ServeConfig::from_env(&env).unwrap();
+        assert_eq!(config.audit_key.as_ref().unwrap().expose_secret(), key);
+        assert_eq!(config.audit_anchor_interval, Duration::from_secs(900));
+        assert!(!format!("{config:?}").contains(key));
+        // The CLI's key: its own variable first, else derived from the encryption key.
+        let own = audit_key(&env).unwrap();
+        let derived = audit_key(&env_of(&[(
+            "JIT_ENCRYPTION_KEY",
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        )]))
+        .unwrap();
+        assert_ne!(own.mac_hex(&[b"x"]), derived.mac_hex(&[b"x"]));
+        assert_eq!(
+            own.mac_hex(&[b"x"]),
+            crate::crypto::AuditKey::from_bytes([1u8; 32]).mac_hex(&[b"x"])
+        );
+        let missing = audit_key(&env_of(&[])).unwrap_err().to_string();
+        assert!(
+            missing.starts_with("the audit key is not set: set JIT_AUDIT_KEY"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -505,6 +570,18 @@ mod tests {
             (
                 [GOOD, &[("JIT_TRUSTED_PROXY_HOPS", "x")]].concat(),
                 "JIT_TRUSTED_PROXY_HOPS must be a number of proxies from 0 to 10",
+            ),
+            (
+                [GOOD, &[("JIT_AUDIT_ANCHOR_INTERVAL", "30s")]].concat(),
+                "JIT_AUDIT_ANCHOR_INTERVAL must be at least 1m",
+            ),
+            (
+                [GOOD, &[("JIT_AUDIT_ANCHOR_INTERVAL", "2d")]].concat(),
+                "JIT_AUDIT_ANCHOR_INTERVAL must be a duration such as 10s or 1m, at most 86400s",
+            ),
+            (
+                [GOOD, &[("JIT_AUDIT_KEY", "  ")]].concat(),
+                "JIT_AUDIT_KEY is set but empty",
             ),
             (
                 [GOOD, &[("JIT_SQLITE_SYNCHRONOUS", "off")]].concat(),

@@ -5,15 +5,21 @@
 //! `nonce (12 bytes) || ciphertext || tag (16 bytes)`. Callers pass associated data (AAD) that
 //! binds the ciphertext to its row, such as `request:42`, so a ciphertext copied to another row
 //! fails to open.
+//!
+//! The audit chain's key ([`AuditKey`]) lives here too: 32 bytes from `JIT_AUDIT_KEY`, or
+//! derived from `JIT_ENCRYPTION_KEY` with HKDF-SHA-256 and the fixed info string
+//! [`AUDIT_KEY_INFO`], so a separate key is optional. It is never stored in the database.
 
 use std::fmt;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use hmac::{Hmac, Mac};
 use secrecy::zeroize::Zeroizing;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 /// Length of the nonce prepended to every sealed message.
 pub const NONCE_LEN: usize = 12;
@@ -26,15 +32,15 @@ pub const KEY_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "the encryption key is empty; set JIT_ENCRYPTION_KEY to 32 random bytes in base64 (for example from `openssl rand -base64 32`)"
+        "the key is empty; set it to 32 random bytes in base64 (for example from `openssl rand -base64 32` or `jit keygen`)"
     )]
     Empty,
     #[error(
-        "the encryption key is neither base64 nor hex; set JIT_ENCRYPTION_KEY to 32 random bytes in base64 (44 characters) or hex (64 characters)"
+        "the key is neither base64 nor hex; set it to 32 random bytes in base64 (44 characters) or hex (64 characters)"
     )]
     NotEncoded,
     #[error(
-        "the encryption key decodes to {0} bytes; AES-256 needs exactly 32 (44 base64 characters or 64 hex characters)"
+        "the key decodes to {0} bytes; it must be exactly 32 (44 base64 characters or 64 hex characters)"
     )]
     WrongLength(usize),
 }
@@ -76,25 +82,7 @@ impl Cipher {
     /// From 32 bytes written as standard base64 (padded or not) or as 64 hex digits.
     /// Surrounding whitespace (a trailing newline from a key file) is ignored.
     pub fn from_base64_or_hex(key: &SecretString) -> Result<Self, KeyError> {
-        let text = key.expose_secret().trim();
-        if text.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        let bytes: Zeroizing<Vec<u8>> =
-            if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-                Zeroizing::new(hex::decode(text).map_err(|_| KeyError::NotEncoded)?)
-            } else {
-                let decoded = STANDARD
-                    .decode(text)
-                    .or_else(|_| STANDARD_NO_PAD.decode(text))
-                    .map_err(|_| KeyError::NotEncoded)?;
-                Zeroizing::new(decoded)
-            };
-        let array: &[u8; KEY_LEN] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::WrongLength(bytes.len()))?;
-        Ok(Self::from_bytes(array))
+        Ok(Self::from_bytes(&*decode_key(key)?))
     }
 
     /// Encrypts `plaintext`, authenticating `aad` too. Returns `nonce || ciphertext || tag`.
@@ -144,6 +132,108 @@ impl Cipher {
         let bytes = self.open(sealed, aad)?;
         let text = std::str::from_utf8(&bytes).map_err(|_| CryptoError::NotUtf8)?;
         Ok(SecretString::from(text))
+    }
+}
+
+/// 32 key bytes written as standard base64 (padded or not) or as 64 hex digits. Surrounding
+/// whitespace (a trailing newline from a key file) is ignored.
+fn decode_key(key: &SecretString) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
+    let text = key.expose_secret().trim();
+    if text.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    let bytes: Zeroizing<Vec<u8>> =
+        if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Zeroizing::new(hex::decode(text).map_err(|_| KeyError::NotEncoded)?)
+        } else {
+            let decoded = STANDARD
+                .decode(text)
+                .or_else(|_| STANDARD_NO_PAD.decode(text))
+                .map_err(|_| KeyError::NotEncoded)?;
+            Zeroizing::new(decoded)
+        };
+    let array: [u8; KEY_LEN] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyError::WrongLength(bytes.len()))?;
+    Ok(Zeroizing::new(array))
+}
+
+/// The HKDF-SHA-256 `info` that derives the audit key from `JIT_ENCRYPTION_KEY` (no salt).
+/// Fixed: changing it changes every derived key, and so breaks every keyed chain.
+pub const AUDIT_KEY_INFO: &[u8] = b"jit audit chain HMAC-SHA-256 key v1";
+
+/// The key of the audit chain: each row's hash is an HMAC-SHA-256 under it, so recomputing the
+/// chain after an edit needs this key, which is never stored in the database. `Debug` never
+/// shows it; clones share one zeroized-on-drop buffer.
+#[derive(Clone)]
+pub struct AuditKey {
+    key: Arc<SecretBox<[u8; KEY_LEN]>>,
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(HMAC-SHA-256, key: [REDACTED])")
+    }
+}
+
+impl AuditKey {
+    pub fn from_bytes(key: [u8; KEY_LEN]) -> Self {
+        Self {
+            key: Arc::new(SecretBox::new(Box::new(key))),
+        }
+    }
+
+    /// A fresh random key, for throwaway databases (benchmarks).
+    pub fn random() -> Self {
+        let mut key = [0u8; KEY_LEN];
+        rand::fill(&mut key);
+        let audit = Self::from_bytes(key);
+        secrecy::zeroize::Zeroize::zeroize(&mut key);
+        audit
+    }
+
+    /// `JIT_AUDIT_KEY`: 32 bytes in base64 or hex, like `JIT_ENCRYPTION_KEY`.
+    pub fn from_base64_or_hex(key: &SecretString) -> Result<Self, KeyError> {
+        Ok(Self::from_bytes(*decode_key(key)?))
+    }
+
+    /// Derived from `JIT_ENCRYPTION_KEY`: HKDF-SHA-256 with no salt and [`AUDIT_KEY_INFO`].
+    pub fn derive_from_encryption_key(encryption_key: &SecretString) -> Result<Self, KeyError> {
+        let ikm = decode_key(encryption_key)?;
+        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+        hkdf::Hkdf::<sha2_hkdf::Sha256>::new(None, ikm.as_slice())
+            .expand(AUDIT_KEY_INFO, okm.as_mut_slice())
+            .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        Ok(Self::from_bytes(*okm))
+    }
+
+    /// The audit key from `JIT_AUDIT_KEY` when given, else derived from `JIT_ENCRYPTION_KEY`.
+    /// Errors name the variable and never show the key.
+    pub fn from_settings(
+        audit_key: Option<&SecretString>,
+        encryption_key: Option<&SecretString>,
+    ) -> Result<Self, String> {
+        match (audit_key, encryption_key) {
+            (Some(key), _) => Self::from_base64_or_hex(key).map_err(|e| format!("JIT_AUDIT_KEY: {e}")),
+            (None, Some(key)) => Self::derive_from_encryption_key(key)
+                .map_err(|e| format!("JIT_ENCRYPTION_KEY: {e}")),
+            (None, None) => Err(
+                "the audit key is not set: set JIT_AUDIT_KEY (or JIT_AUDIT_KEY_FILE), or JIT_ENCRYPTION_KEY (or JIT_ENCRYPTION_KEY_FILE) to derive it from"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Hex HMAC-SHA-256 under the key of `parts`, each followed by a newline.
+    pub fn mac_hex(&self, parts: &[&[u8]]) -> String {
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.key.expose_secret())
+            .expect("HMAC takes a key of any length");
+        for part in parts {
+            mac.update(part);
+            mac.update(b"\n");
+        }
+        hex::encode(mac.finalize().into_bytes())
     }
 }
 
@@ -292,6 +382,39 @@ mod tests {
         assert!(!debug.contains(&key));
         assert!(!debug.to_lowercase().contains("abab"));
         assert!(debug.contains("REDACTED"));
+    }
+
+    #[test]
+    fn audit_keys_come_from_their_own_variable_or_are_derived() {
+        let encryption = SecretString::from(STANDARD.encode([1u8; 32]));
+        let derived = AuditKey::derive_from_encryption_key(&encryption).unwrap();
+        // HKDF-SHA-256(ikm = 32 bytes of 0x01, no salt, info = AUDIT_KEY_INFO), then the MAC of
+        // "row\n", computed independently with Python's hmac module (RFC 5869 by hand): the
+        // derivation can never change unnoticed, and every keyed chain depends on it.
+        assert_eq!(
+            derived.mac_hex(&[b"row"]),
+            "fcc4dfb065c46c43bbe06e14b1909d56029fcf538f673c9d859d15b1a32d75de"
+        );
+        // Not the encryption key itself.
+        assert_ne!(
+            derived.mac_hex(&[b"row"]),
+            AuditKey::from_bytes([1u8; 32]).mac_hex(&[b"row"])
+        );
+        let own = SecretString::from(hex::encode([2u8; 32]));
+        let chosen = AuditKey::from_settings(Some(&own), Some(&encryption)).unwrap();
+        assert_eq!(
+            chosen.mac_hex(&[b"x"]),
+            AuditKey::from_bytes([2u8; 32]).mac_hex(&[b"x"])
+        );
+        let fallback = AuditKey::from_settings(None, Some(&encryption)).unwrap();
+        assert_eq!(fallback.mac_hex(&[b"x"]), derived.mac_hex(&[b"x"]));
+        let missing = AuditKey::from_settings(None, None).unwrap_err();
+        assert!(missing.contains("JIT_AUDIT_KEY") && missing.contains("JIT_ENCRYPTION_KEY"));
+        let bad = SecretString::from("sekrit-but-short");
+        let err = AuditKey::from_settings(Some(&bad), None).unwrap_err();
+        assert!(err.starts_with("JIT_AUDIT_KEY: "), "{err}");
+        assert!(!err.contains("sekrit"), "{err}");
+        assert!(!format!("{derived:?}").contains("01"), "{derived:?}");
     }
 
     #[test]

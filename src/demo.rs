@@ -26,6 +26,10 @@ use crate::slack::driver::{self, SlackDriver};
 use crate::slack::simulator::{FakeSlack, SlackEvent, render_blocks};
 use crate::store::{self, Durability, Store, audit::Verification};
 
+/// The demo's audit key (a throwaway database; printed so the kept database can be verified).
+const DEMO_AUDIT_KEY_BYTE: u8 = 0x4a;
+const DEMO_AUDIT_KEY_HEX: &str = "4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a";
+
 /// The example policy shipped in `manifests/`.
 pub const EXAMPLE_POLICY: &str = include_str!("../manifests/jit.toml");
 
@@ -311,6 +315,12 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
     let database_url = format!("sqlite://{}", db_path.display());
     let store = Store::connect(&database_url, Durability::Normal).await?;
     store.migrate().await?;
+    // The demo's throwaway database: a fixed audit key keeps its transcript (the hashes in the
+    // audit thread) the same from run to run.
+    let audit_key = crate::crypto::AuditKey::from_bytes([DEMO_AUDIT_KEY_BYTE; 32]);
+    store
+        .open_audit_chain(audit_key.clone(), Utc::now())
+        .await?;
     let start = options.start.unwrap_or_else(|| {
         Utc::now()
             .with_second(0)
@@ -451,7 +461,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
 
     demo.step("jit audit verify")?;
     let mut conn = app.store.read().await?;
-    let verdict = store::audit::verify(&mut conn).await?;
+    let verdict = store::audit::verify(&mut conn, &audit_key).await?;
     drop(conn);
     let intact = matches!(verdict, Verification::Intact { .. });
     match verdict {
@@ -472,7 +482,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
         let kept = dir.keep();
         writeln!(
             out,
-            "The database is kept at {}/jit.db; try: JIT_DATABASE_URL=sqlite://{}/jit.db jit audit export",
+            "The database is kept at {}/jit.db; try: JIT_DATABASE_URL=sqlite://{}/jit.db jit audit export (and `jit audit verify` with JIT_AUDIT_KEY={DEMO_AUDIT_KEY_HEX}, the demo's own key)",
             kept.display(),
             kept.display()
         )?;

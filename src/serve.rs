@@ -24,8 +24,14 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let policy = bootstrap::load_policy(&config.base.policy_path).map_err(anyhow::Error::msg)?;
     let cipher = Cipher::from_base64_or_hex(&config.encryption_key)
         .map_err(|e| anyhow::anyhow!("JIT_ENCRYPTION_KEY: {e}"))?;
+    let audit_key = crate::crypto::AuditKey::from_settings(
+        config.audit_key.as_ref(),
+        Some(&config.encryption_key),
+    )
+    .map_err(anyhow::Error::msg)?;
     let store = Store::connect(&config.base.database_url, config.base.durability).await?;
     store.migrate().await?;
+    open_audit_chain(&store, audit_key).await?;
     let dir = bootstrap::policy_dir(&config.base.policy_path);
     let providers = Providers::build(policy.resources(), Some(&dir), None).await?;
     let clock = Arc::new(bootstrap::floored_clock(&store).await?);
@@ -42,6 +48,7 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
             workers: config.workers,
             unauthenticated_calls_per_minute: config.unauthenticated_per_minute,
             trusted_proxy_hops: config.trusted_proxy_hops,
+            audit_anchor_interval: config.audit_anchor_interval,
             ..Settings::default()
         },
         posts_per_channel_per_second: config.posts_per_channel_per_second,
@@ -70,6 +77,24 @@ async fn prune_deliveries(app: Arc<App>) {
         }
     }
 }
+
+/// Opens the keyed audit chain, saying loudly what an upgrade did (see `store::audit`).
+pub async fn open_audit_chain(store: &Store, key: crate::crypto::AuditKey) -> anyhow::Result<()> {
+    match store.open_audit_chain(key, chrono::Utc::now()).await? {
+        crate::store::audit::ChainOpened::Recorded { unkeyed } if unkeyed > 0 => {
+            tracing::warn!(
+                unkeyed_rows = unkeyed,
+                "the audit log's rows written before the keyed chain verified; the chain is keyed from row {} on, and the boundary (the last unkeyed row's hash) is recorded under the audit key",
+                unkeyed + 1
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// How long `jit serve` waits at shutdown for the audit head's anchor to be posted.
+const SHUTDOWN_ANCHOR_WAIT: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -102,6 +127,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _lock = InstanceLock::acquire(&config.base.database_url)?;
     let app = build_app(&config).await?;
     worker::recover(&app).await?;
+    crate::audit::anchor::schedule(&app).await?;
 
     let groups = directory::groups_in(&app.policy);
     let refresher = tokio::spawn(app.directory.clone().keep_fresh(groups, DIRECTORY_REFRESH));
@@ -174,6 +200,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let _ = task.await;
     }
     signal.abort();
+    // Anchor the head before the worker drains: posted now if Slack is up, durable otherwise.
+    match crate::audit::anchor::request_now(&app).await {
+        Ok(Some((seq, _))) => {
+            if !crate::audit::anchor::wait_posted(&app.store, seq, SHUTDOWN_ANCHOR_WAIT).await {
+                tracing::warn!(
+                    seq,
+                    "the audit head's anchor was not posted before shutdown; it is queued and posts at the next start"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::error!(
+            error = format!("{err:#}"),
+            "cannot queue the audit head's anchor at shutdown"
+        ),
+    }
     tracing::info!("shutting down: letting running jobs finish");
     let _ = stop.send(true);
     app.waker.wake();

@@ -47,6 +47,7 @@ fn the_demo_keeps_its_database_when_asked() {
     let verify = Command::new(env!("CARGO_BIN_EXE_jit"))
         .args(["audit", "verify"])
         .env("JIT_DATABASE_URL", format!("sqlite://{path}"))
+        .env("JIT_AUDIT_KEY", jit_audit_key(&stdout))
         .output()
         .unwrap();
     assert!(
@@ -56,4 +57,14 @@ fn the_demo_keeps_its_database_when_asked() {
     );
     assert!(String::from_utf8_lossy(&verify.stdout).starts_with("audit log intact: 13 events"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The demo's audit key, as its last line prints it.
+fn jit_audit_key(stdout: &str) -> String {
+    stdout
+        .split("JIT_AUDIT_KEY=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the demo prints its audit key")
+        .to_owned()
 }

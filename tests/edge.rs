@@ -70,6 +70,9 @@ struct Server {
     metrics_addr: String,
     dir: tempfile::TempDir,
     provider_log: PathBuf,
+    /// JIT_ENCRYPTION_KEY, which the audited admin commands need too (the audit key is derived
+    /// from it).
+    key: String,
 }
 
 impl Drop for Server {
@@ -87,13 +90,14 @@ impl Server {
         std::fs::write(dir.path().join("jit.toml"), policy(&script, &provider_log)).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let key = jit::crypto::generate_key();
         let child = Command::new(env!("CARGO_BIN_EXE_jit"))
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SLACK_SIGNING_SECRET", SECRET)
             .env("SLACK_BOT_TOKEN", TOKEN)
-            .env("JIT_ENCRYPTION_KEY", jit::crypto::generate_key())
+            .env("JIT_ENCRYPTION_KEY", &key)
             .env("JIT_SLACK_API_URL", slack.api_url())
             .env(
                 "JIT_DATABASE_URL",
@@ -116,6 +120,7 @@ impl Server {
             metrics_addr,
             dir,
             provider_log,
+            key,
         }
     }
 
@@ -130,6 +135,7 @@ impl Server {
                 format!("sqlite://{}", self.dir.path().join("jit.db").display()),
             )
             .env("JIT_POLICY", self.dir.path().join("jit.toml"))
+            .env("JIT_ENCRYPTION_KEY", &self.key)
             .env("USER", "edge-test")
             .output()
             .unwrap();

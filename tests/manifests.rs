@@ -107,6 +107,8 @@ fn slack_app_scopes_are_exactly_what_the_code_calls() {
         // jit doctor only: conversations.info of public and private channels.
         "channels:read",
         "groups:read",
+        "channels:history",
+        "groups:history",
     ]
     .into();
     assert_eq!(scopes, expected);
@@ -291,7 +293,7 @@ fn deployment_is_a_single_hardened_replica() {
     assert_eq!(u64_at(deployment, "spec.replicas"), 1);
     assert_eq!(str_at(deployment, "spec.strategy.type"), "Recreate");
     let pod = at(deployment, "spec.template.spec");
-    assert_eq!(u64_at(pod, "terminationGracePeriodSeconds"), 45);
+    assert_eq!(u64_at(pod, "terminationGracePeriodSeconds"), 55);
 
     let pod_security = at(pod, "securityContext");
     assert!(bool_at(pod_security, "runAsNonRoot"));

@@ -1404,6 +1404,8 @@ approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
         )
     };
     let dir = tempfile::tempdir().unwrap();
+    // One key for both starts: the first start keys the database's audit chain with it.
+    let key = jit::crypto::generate_key();
     let serve = |policy_text: &str, log: &std::path::Path| {
         let path = dir.path().join("jit.toml");
         std::fs::write(&path, policy_text).unwrap();
@@ -1417,7 +1419,7 @@ approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
             .env_clear()
             .env("SLACK_SIGNING_SECRET", "serve-test-secret")
             .env("SLACK_BOT_TOKEN", "xoxb-serve-test")
-            .env("JIT_ENCRYPTION_KEY", jit::crypto::generate_key())
+            .env("JIT_ENCRYPTION_KEY", &key)
             .env("JIT_SLACK_API_URL", "http://127.0.0.1:9/api")
             .env(
                 "JIT_DATABASE_URL",

@@ -298,12 +298,24 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()),
         "{head}"
     );
-    // Against a recorded head: the full hash, or the 12 digits the audit thread shows.
-    for anchor in [format!("5:{head}"), format!("5:{}", &head[..12])] {
+    // Against a recorded head: the full hash, or at least 32 digits of it.
+    for anchor in [format!("5:{head}"), format!("5:{}", &head[..32])] {
         let checked = server.cli(&["audit", "verify", "--head", &anchor]);
         assert!(checked.status.success(), "{checked:?}");
     }
-    let wrong = server.cli(&["audit", "verify", "--head", "5:000000000000"]);
+    // The 12 digits an audit thread shows people are too short to check against.
+    let short = server.cli(&["audit", "verify", "--head", &format!("5:{}", &head[..12])]);
+    assert_eq!(short.status.code(), Some(2), "{short:?}");
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("at least 32 hex digits"),
+        "{short:?}"
+    );
+    let wrong = server.cli(&[
+        "audit",
+        "verify",
+        "--head",
+        &format!("5:{}", "0".repeat(32)),
+    ]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&wrong.stdout)
@@ -345,6 +357,14 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+    // At shutdown the head was anchored in the audit channel, in full.
+    let anchors: Vec<String> = slack
+        .messages("C0AUDIT")
+        .into_iter()
+        .map(|m| m.text)
+        .filter(|t| t.starts_with("audit head "))
+        .collect();
+    assert_eq!(anchors, [format!("audit head 5:{head}")]);
 
     // JSON logs: every line is an object; lines about a request carry its id.
     let logs = server.logs();
@@ -384,6 +404,23 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         .unwrap();
     let truncated = server.cli(&["audit", "verify"]);
     assert!(truncated.status.success(), "{truncated:?}");
+    // The anchor in Slack shows it, with no head kept by hand.
+    // (Off the runtime's thread: the fake Slack answers on it.)
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_jit"));
+    cli.args(["audit", "verify", "--slack"])
+        .env_clear()
+        .envs(server.env.iter().cloned());
+    let against_slack = tokio::task::spawn_blocking(move || cli.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(against_slack.status.code(), Some(1), "{against_slack:?}");
+    assert!(
+        String::from_utf8_lossy(&against_slack.stdout).contains(
+            "audit log TAMPERED: row 5: the log ends at row 4, but row 5 was anchored in C0AUDIT"
+        ),
+        "{against_slack:?}"
+    );
     let anchored = server.cli(&["audit", "verify", "--head", &recorded_head]);
     assert_eq!(anchored.status.code(), Some(1));
     assert!(
@@ -396,13 +433,73 @@ async fn serve_logs_metrics_cli_and_graceful_shutdown() {
         .execute(&pool)
         .await
         .unwrap();
-    pool.close().await;
     let verify = server.cli(&["audit", "verify"]);
     assert_eq!(verify.status.code(), Some(1));
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(
         out.starts_with("audit log TAMPERED: row 4: row 3 is missing"),
         "{out}"
+    );
+    // The review's attack: the rows renumbered and the chain recomputed with plain SHA-256.
+    let rows: Vec<jit::store::audit::AuditRow> =
+        sqlx::query_as("SELECT * FROM audit_log ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM audit_log")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut prev = jit::store::audit::GENESIS.to_owned();
+    for (seq, row) in (1..).zip(rows) {
+        let canonical = jit::store::audit::canonical(
+            seq,
+            &row.at,
+            row.request_id,
+            &row.actor,
+            &row.event,
+            &row.detail,
+        );
+        let hash = jit::store::audit::legacy_hash(&prev, &canonical);
+        sqlx::query("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(seq)
+            .bind(&row.at)
+            .bind(row.request_id)
+            .bind(&row.actor)
+            .bind(&row.event)
+            .bind(&row.detail)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    pool.close().await;
+    let verify = server.cli(&["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        out.starts_with("audit log TAMPERED: row 1: its content does not match its keyed hash"),
+        "{out}"
+    );
+    // Verifying needs the key, and says so in one line.
+    let keyless = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .args(["audit", "verify"])
+        .env_clear()
+        .envs(
+            server
+                .env
+                .iter()
+                .filter(|(k, _)| k != "JIT_ENCRYPTION_KEY")
+                .cloned(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(keyless.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&keyless.stderr),
+        "jit: `jit audit verify`: the audit key is not set: set JIT_AUDIT_KEY (or JIT_AUDIT_KEY_FILE), or JIT_ENCRYPTION_KEY (or JIT_ENCRYPTION_KEY_FILE) to derive it from\n"
     );
 }
 
@@ -464,6 +561,45 @@ fn startup_errors_are_one_clear_line() {
         no_policy.starts_with("jit: cannot read the policy file /nonexistent/jit.toml"),
         "{no_policy}"
     );
+    let bad_audit_key = run(&[
+        base[0],
+        base[1],
+        ("JIT_ENCRYPTION_KEY", &key),
+        ("JIT_AUDIT_KEY", "audit-too-short"),
+        ("JIT_POLICY", policy.to_str().unwrap()),
+        ("JIT_DATABASE_URL", &db),
+    ]);
+    assert!(
+        bad_audit_key.starts_with("jit: JIT_AUDIT_KEY: the key "),
+        "{bad_audit_key}"
+    );
+    assert!(
+        !bad_audit_key.contains("audit-too-short"),
+        "{bad_audit_key}"
+    );
+    // A database keyed with one audit key refuses another.
+    let keyed = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .arg("migrate")
+        .env_clear()
+        .env("JIT_DATABASE_URL", &db)
+        .env("JIT_ENCRYPTION_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(keyed.status.success(), "{keyed:?}");
+    let other_key = run(&[
+        base[0],
+        base[1],
+        ("JIT_ENCRYPTION_KEY", &key),
+        ("JIT_AUDIT_KEY", &jit::crypto::generate_key()),
+        ("JIT_POLICY", policy.to_str().unwrap()),
+        ("JIT_DATABASE_URL", &db),
+    ]);
+    assert!(
+        other_key.starts_with(
+            "jit: the audit key does not match the key this database's audit chain was keyed with"
+        ),
+        "{other_key}"
+    );
     let bad_log = Command::new(env!("CARGO_BIN_EXE_jit"))
         .arg("serve")
         .env_clear()
@@ -475,4 +611,109 @@ fn startup_errors_are_one_clear_line() {
         String::from_utf8_lossy(&bad_log.stderr),
         "jit: JIT_LOG_FORMAT must be `json` or `pretty`, not `xml`\n"
     );
+}
+
+/// An old database (rows written by the unkeyed code, before the keyed chain) upgrades with
+/// `jit migrate`, and a tampered one is refused.
+#[tokio::test]
+async fn jit_migrate_keys_an_old_unkeyed_audit_log() {
+    let key = jit::crypto::generate_key();
+    let migrate = |db: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(["migrate"])
+            .env_clear()
+            .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("JIT_ENCRYPTION_KEY", &key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let verify = |db: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(["audit", "verify"])
+            .env_clear()
+            .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("JIT_ENCRYPTION_KEY", &key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for tampered in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jit.db");
+        let store = jit::store::Store::connect(
+            &format!("sqlite://{}", db.display()),
+            jit::store::Durability::Normal,
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let mut prev = jit::store::audit::GENESIS.to_owned();
+        for seq in 1..=3 {
+            let at = format!("2026-11-0{seq}T10:00:00.000Z");
+            let canonical = jit::store::audit::canonical(seq, &at, None, "jit", "expired", "{}");
+            let hash = jit::store::audit::legacy_hash(&prev, &canonical);
+            let actor = if tampered && seq == 2 {
+                "U0MALLORY"
+            } else {
+                "jit"
+            };
+            sqlx::query("INSERT INTO audit_log VALUES (?, ?, NULL, ?, 'expired', '{}', ?, ?)")
+                .bind(seq)
+                .bind(&at)
+                .bind(actor)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            prev = hash;
+        }
+        store.close().await;
+        let (code, out, err) = migrate(&db);
+        if tampered {
+            assert_eq!(code, Some(1), "{out}{err}");
+            assert!(
+                err.starts_with(
+                    "jit: the audit log written before the keyed chain does not verify (row 2: "
+                ),
+                "{err}"
+            );
+            let (code, out) = verify(&db);
+            assert_eq!(code, Some(1));
+            assert!(
+                out.starts_with(
+                    "audit log TAMPERED: row 1: the chain has no keyed boundary record"
+                ),
+                "{out}"
+            );
+            continue;
+        }
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("audit chain upgraded: rows 1-3 (unkeyed) verified and their head bound to the audit key; rows from 4 on are keyed"),
+            "{out}"
+        );
+        let (code, out) = verify(&db);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.starts_with(
+                "audit log intact: 3 events, hash chain verified\nrows 1-3 predate the keyed chain"
+            ),
+            "{out}"
+        );
+        let (code, out, _) = migrate(&db);
+        assert_eq!(code, Some(0));
+        assert!(
+            out.contains("audit chain already keyed; the key matches"),
+            "{out}"
+        );
+    }
 }

@@ -104,6 +104,13 @@ impl Rig {
         .await
         .unwrap();
         store.migrate().await.unwrap();
+        store
+            .open_audit_chain(
+                jit::crypto::AuditKey::from_bytes([3; 32]),
+                Utc.with_ymd_and_hms(2026, 11, 23, 14, 0, 0).unwrap(),
+            )
+            .await
+            .unwrap();
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 14, 0, 0).unwrap());
         let (providers, external) = Providers::with_local(policy.resources(), None);
         assert!(external.is_empty());

@@ -3,15 +3,17 @@
 //! [`record`] appends an event to the hash-chained log (`store::audit`) inside the caller's
 //! transaction and enqueues its post to the request's audit thread in the same transaction. If
 //! the audit write fails, the whole action rolls back: the log never misses an action that
-//! happened.
+//! happened. Rows are keyed with the audit key the write transaction carries (see
+//! `store::audit`); [`anchor`] posts the chain's head to the audit channel.
+
+pub mod anchor;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 
 use crate::domain::ids::RequestId;
 use crate::queue::{self, Job, Placement};
-use crate::store;
+use crate::store::{self, WriteTx};
 
 /// Who did something, as stored in the `actor` column.
 pub mod actor {
@@ -197,26 +199,25 @@ impl AuditEvent {
 /// Appends `event` to the log without posting it to Slack (API calls, token changes: too
 /// frequent or too detached from a request to deserve a thread reply).
 pub async fn record_quietly(
-    conn: &mut SqliteConnection,
+    tx: &mut WriteTx,
     now: DateTime<Utc>,
     request: Option<RequestId>,
     actor: &str,
     event: &AuditEvent,
 ) -> sqlx::Result<i64> {
-    store::audit::append(conn, now, request, actor, &event.name(), &event.detail()).await
+    store::audit::append(tx, now, request, actor, &event.name(), &event.detail()).await
 }
 
 /// Appends `event` and schedules its post to the audit thread. Returns the sequence number.
 pub async fn record(
-    conn: &mut SqliteConnection,
+    tx: &mut WriteTx,
     now: DateTime<Utc>,
     request: Option<RequestId>,
     actor: &str,
     event: &AuditEvent,
 ) -> sqlx::Result<i64> {
-    let seq =
-        store::audit::append(conn, now, request, actor, &event.name(), &event.detail()).await?;
-    queue::enqueue(conn, &Job::AuditPost { seq }, Placement::audit(), now, now).await?;
+    let seq = store::audit::append(tx, now, request, actor, &event.name(), &event.detail()).await?;
+    queue::enqueue(tx, &Job::AuditPost { seq }, Placement::audit(), now, now).await?;
     Ok(seq)
 }
 

@@ -78,6 +78,9 @@ pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> 
     let url = format!("sqlite://{}", dir.path().join("jit.db").display());
     let store = Store::connect(&url, durability).await?;
     store.migrate().await?;
+    store
+        .open_audit_chain(crate::crypto::AuditKey::random(), chrono::Utc::now())
+        .await?;
 
     let raw = raw_rate(&store, args.seconds).await?;
 

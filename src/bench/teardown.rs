@@ -106,6 +106,9 @@ pub async fn run(args: TeardownArgs, durability: Durability) -> anyhow::Result<(
     let url = format!("sqlite://{}", dir.path().join("jit.db").display());
     let store = Store::connect(&url, durability).await?;
     store.migrate().await?;
+    store
+        .open_audit_chain(crate::crypto::AuditKey::random(), chrono::Utc::now())
+        .await?;
     let policy = Policy::parse(POLICY, &|_: &str| Err(std::io::Error::other("no files")))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let resource = ResourceId::parse("bench").map_err(anyhow::Error::msg)?;

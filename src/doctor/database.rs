@@ -136,15 +136,32 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
             ),
         },
     });
-    out.push(audit_check(&mut conn).await);
+    let key = crate::crypto::AuditKey::from_settings(
+        config.audit_key.as_ref(),
+        Some(&config.encryption_key),
+    );
+    out.push(audit_check(&mut conn, key).await);
     drop(conn);
     store.close().await;
     out
 }
 
-/// The audit chain, verified as `jit audit verify` does.
-async fn audit_check(conn: &mut sqlx::SqliteConnection) -> Check {
-    match store::audit::verify(conn).await {
+/// The audit chain, verified as `jit audit verify` does, with the key `jit serve` would use.
+async fn audit_check(
+    conn: &mut sqlx::SqliteConnection,
+    key: Result<crate::crypto::AuditKey, String>,
+) -> Check {
+    let key = match key {
+        Ok(key) => key,
+        Err(e) => {
+            return Check::fail(
+                "audit log",
+                format!("cannot check: no usable audit key ({e})"),
+                "set JIT_AUDIT_KEY (or JIT_ENCRYPTION_KEY, from which it is derived) as jit serve has it",
+            );
+        }
+    };
+    match store::audit::verify(conn, &key).await {
         Ok(Verification::Intact { rows: 0, .. }) => {
             Check::ok("audit log", "empty: nothing recorded yet")
         }

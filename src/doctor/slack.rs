@@ -571,12 +571,12 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB"] }
 
         let mut lacking = all.clone();
         lacking.retain(|s| s != "users:read.email");
-        lacking.push("channels:history".into());
+        lacking.push("files:write".into());
         let checks = scope_checks(Some(&lacking));
         assert_eq!(checks[0].status, Status::Fail);
         assert!(checks[0].message.contains("users:read.email"), "{checks:?}");
         assert_eq!(checks[1].status, Status::Warn);
-        assert!(checks[1].message.ends_with("channels:history"));
+        assert!(checks[1].message.ends_with("files:write"));
 
         assert_eq!(scope_checks(None)[0].status, Status::Skip);
     }

@@ -214,6 +214,44 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
     post_reply(app, &channel, thread.as_deref(), &msg, alert).await
 }
 
+/// Posts the audit chain's head to the audit channel when rows were appended since the last
+/// anchor, records the post, and comes back after the anchor interval (see `audit::anchor`).
+pub async fn audit_anchor(app: &App) -> anyhow::Result<Outcome> {
+    let now = app.clock.now();
+    let next = now
+        + chrono::Duration::from_std(app.settings.audit_anchor_interval)
+            .unwrap_or(chrono::Duration::hours(1));
+    let head = {
+        let mut conn = app.store.read().await?;
+        crate::audit::anchor::unanchored_head(&mut conn).await?
+    };
+    let Some((seq, hash)) = head else {
+        return Ok(Outcome::RunAt(next));
+    };
+    let channel = app.policy.audit_channel.clone();
+    let msg = blocks::audit_anchor(seq, &hash);
+    match app
+        .slack
+        .post_message(channel.as_str(), None, &msg.text, Some(&msg.blocks), false)
+        .await
+    {
+        Ok(ts) => {
+            let mut tx = app.store.begin_write().await?;
+            audit_store::record_anchor(&mut tx, seq, &hash, channel.as_str(), ts.as_deref(), now)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(seq, channel = %channel, "audit chain head anchored in Slack");
+            Ok(Outcome::RunAt(next))
+        }
+        Err(SlackError::RateLimited { retry_after }) => Ok(Outcome::Defer(retry_after)),
+        // Retried with backoff, never buried: the job is the anchor schedule itself.
+        Err(err) => {
+            tracing::error!(seq, channel = %channel, error = %err, "cannot post the audit chain's head to the audit channel; retrying");
+            Ok(Outcome::Retry(format!("Slack: {err}")))
+        }
+    }
+}
+
 async fn post_reply(
     app: &App,
     channel: &SlackChannelId,

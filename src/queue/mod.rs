@@ -68,6 +68,10 @@ pub enum Job {
     /// Post one audit event in its request's audit thread (or the audit channel).
     #[serde(rename = "slack.audit")]
     AuditPost { seq: i64 },
+    /// Post the audit chain's head to the audit channel if rows were appended since the last
+    /// anchor, then come back after the anchor interval: one live job (`audit::anchor`).
+    #[serde(rename = "slack.audit_anchor")]
+    AuditAnchor,
     /// A direct message. Never carries secrets.
     #[serde(rename = "slack.dm")]
     Dm {
@@ -112,6 +116,7 @@ impl Job {
             Job::ApprovalMessage { .. } => "slack.approval",
             Job::ApprovalNudge { .. } => "slack.nudge",
             Job::AuditPost { .. } => "slack.audit",
+            Job::AuditAnchor => "slack.audit_anchor",
             Job::Dm { .. } => "slack.dm",
             Job::Ephemeral { .. } => "slack.ephemeral",
             Job::Home { .. } => "slack.home",
@@ -135,6 +140,12 @@ impl Job {
                 max_attempts: None,
                 base: secs(2),
                 cap: secs(120),
+            },
+            // Never buried: the job is the anchor schedule itself.
+            Job::AuditAnchor => RetryPolicy {
+                max_attempts: None,
+                base: secs(5),
+                cap: secs(900),
             },
             Job::Cleanup { .. } => RetryPolicy {
                 max_attempts: Some(30),
@@ -184,6 +195,7 @@ impl Job {
             | Job::ApprovalNudge { request } => Some(*request),
             Job::Extend { extension } => Some(*extension),
             Job::AuditPost { .. }
+            | Job::AuditAnchor
             | Job::Dm { .. }
             | Job::Ephemeral { .. }
             | Job::Home { .. }
@@ -372,6 +384,14 @@ mod tests {
         assert_eq!(json, r#"{"kind":"revoke","request":7}"#);
         assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), job);
         assert!(serde_json::from_str::<Job>(r#"{"kind":"mystery"}"#).is_err());
+        let anchor = serde_json::to_string(&Job::AuditAnchor).unwrap();
+        assert_eq!(anchor, r#"{"kind":"slack.audit_anchor"}"#);
+        assert_eq!(Job::AuditAnchor.kind(), "slack.audit_anchor");
+        assert_eq!(
+            serde_json::from_str::<Job>(&anchor).unwrap(),
+            Job::AuditAnchor
+        );
+        assert_eq!(Job::AuditAnchor.retry_policy().max_attempts, None);
     }
 
     #[test]

@@ -60,6 +60,7 @@ async fn execute(app: &App, job: &Job, ctx: JobCtx) -> Outcome {
         Job::PendingTimeout { request } => grant::run_pending_timeout(app, *request).await,
         Job::ApprovalMessage { request } => notify::approval_message(app, *request).await,
         Job::AuditPost { seq } => notify::audit_post(app, *seq).await,
+        Job::AuditAnchor => notify::audit_anchor(app).await,
         Job::Dm { user, text, blocks } => notify::dm(app, user, text, blocks.as_ref()).await,
         Job::Ephemeral {
             channel,

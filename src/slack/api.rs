@@ -2,7 +2,8 @@
 //!
 //! - **Timeout.** Every call has one; a call without an answer in time is transient.
 //! - **What is read.** Answers are parsed as plain JSON, and only the fields jit uses are read
-//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`; for `jit doctor` also
+//!   (`ts`, `channel.id`, `view.id`, `user.profile.email`, `users`, a history message's `ts`,
+//!   `user` and `text`; `users.list`'s ids, teams and guest flags; for `jit doctor` also
 //!   `auth.test`'s ids, `conversations.info`'s membership, `users.info`'s `deleted`, and the
 //!   granted scopes Slack lists in the `x-oauth-scopes` header). An answer that says
 //!   `ok: true` is a success whatever else it holds: a field Slack adds one day, or an odd shape
@@ -75,6 +76,16 @@ pub const SCOPES: &[Scope] = &[
         doctor_only: false,
     },
     Scope {
+        name: "channels:history",
+        used_for: "jit audit verify --slack: the audit log's heads jit posted in a public audit channel",
+        doctor_only: false,
+    },
+    Scope {
+        name: "groups:history",
+        used_for: "jit audit verify --slack: the same in a private audit channel",
+        doctor_only: false,
+    },
+    Scope {
         name: "channels:read",
         used_for: "jit doctor: whether the bot is in the public audit and approvers' channels",
         doctor_only: true,
@@ -97,6 +108,11 @@ pub const METHOD_SCOPES: &[(&str, &[&str])] = &[
     ("conversations.open", &["im:write"]),
     // Public channels need channels:read, private ones groups:read (jit doctor only).
     ("conversations.info", &["channels:read", "groups:read"]),
+    // `jit audit verify --slack` reads the audit channel's anchors (public or private channel).
+    (
+        "conversations.history",
+        &["channels:history", "groups:history"],
+    ),
     ("views.open", &[]),
     ("views.publish", &[]),
     // The requester's email becomes the AWS SourceIdentity.
@@ -305,6 +321,23 @@ pub struct UserInfo {
     /// The account is deactivated.
     pub deleted: bool,
     pub is_bot: bool,
+}
+
+/// A message read from a channel's history: only what `jit audit verify --slack` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryMessage {
+    pub ts: String,
+    /// The author's user id (the bot's own user id for the bot's messages).
+    pub user: Option<String>,
+    pub text: String,
+}
+
+/// One page of `conversations.history`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub messages: Vec<HistoryMessage>,
+    /// The cursor of the next (older) page, if there is one.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Clone)]
@@ -583,6 +616,68 @@ impl SlackApi {
             }
         }
         Ok(users)
+    }
+
+    /// The bot's own user id (`auth.test`), the author of every message jit posts.
+    pub async fn bot_user_id(&self) -> Result<String, SlackError> {
+        self.auth_test()
+            .await?
+            .user_id
+            .ok_or_else(|| SlackError::Transient("auth.test answered no user_id".into()))
+    }
+
+    /// One page of a channel's top-level messages from `oldest` (a ts, inclusive) on, newest
+    /// first (needs `channels:history`, or `groups:history` for a private channel). A message
+    /// without a readable `ts` or `text` is skipped; other fields are not read.
+    pub async fn history(
+        &self,
+        channel: &str,
+        oldest: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<HistoryPage, SlackError> {
+        let mut query = vec![
+            ("channel", channel),
+            ("limit", "200"),
+            ("inclusive", "true"),
+        ];
+        if let Some(oldest) = oldest {
+            query.push(("oldest", oldest));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor));
+        }
+        let answer = self
+            .call("conversations.history", Params::Query(&query))
+            .await?
+            .json;
+        let messages = answer
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some(HistoryMessage {
+                    ts: field(m, "/ts")?.to_owned(),
+                    user: field(m, "/user").map(str::to_owned),
+                    text: field(m, "/text")?.to_owned(),
+                })
+            })
+            .collect();
+        let next_cursor = field(&answer, "/response_metadata/next_cursor")
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        // A page that says there is more must name where it continues; Slack's own answer
+        // marks the end with has_more = false (and an empty cursor).
+        let more = answer.get("has_more").and_then(Value::as_bool) == Some(true);
+        if more && next_cursor.is_none() {
+            return Err(SlackError::Transient(
+                "conversations.history said has_more without a cursor".into(),
+            ));
+        }
+        Ok(HistoryPage {
+            messages,
+            next_cursor: next_cursor.filter(|_| more),
+        })
     }
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {

@@ -541,8 +541,10 @@ pub fn audit_reply(row: &AuditRow, policy: &Policy) -> Msg {
     };
     let line = format!("{prefix}{body}");
     let mut blocks = sections(&line);
+    // A short hash for people to compare by eye; `jit audit verify --head` needs at least 32
+    // digits (it prints the full head), and the anchors carry all 64.
     blocks.push(context(format!(
-        "{when} · audit #{} · `{}`",
+        "{when} · audit #{} · `{}…`",
         row.seq,
         row.hash.get(..12).unwrap_or(&row.hash)
     )));
@@ -554,6 +556,19 @@ pub fn audit_reply(row: &AuditRow, policy: &Policy) -> Msg {
         keep_last = 2;
     }
     Msg::new(&format!("#{} {}", row.seq, row.event), blocks, keep_last)
+}
+
+/// The audit chain's head, posted to the audit channel as an anchor outside the database. The
+/// fallback text is what `jit audit verify --slack` reads back: keep it exactly
+/// [`crate::audit::anchor::text`].
+pub fn audit_anchor(seq: i64, hash: &str) -> Msg {
+    Msg::new(
+        &crate::audit::anchor::text(seq, hash),
+        vec![context(format!(
+            ":link: Audit log head: row {seq}, hash `{hash}`. `jit audit verify --slack` checks the log against this message."
+        ))],
+        0,
+    )
 }
 
 fn ext(extension: &Option<i64>) -> String {

@@ -14,6 +14,13 @@
 //!   from what the test registered with [`FakeSlack::set_user`] (or
 //!   [`FakeSlack::set_user_kind`], and [`FakeSlack::deactivate_user`]) and
 //!   [`FakeSlack::set_group_members`];
+//! - `conversations.history`: a channel's top-level messages newest first, as Slack pages them
+//!   (`limit` 1 to 999, default 100; `oldest`/`latest` exclusive unless `inclusive`; an opaque
+//!   `cursor` in `response_metadata.next_cursor` while `has_more`), each message with its author
+//!   (`user`, and `bot_id` for the bot's own) and, for a thread parent, its `reply_count`;
+//!   `channel_not_found` and `not_in_channel` as for posting, `invalid_cursor`,
+//!   `invalid_ts_oldest` and `invalid_ts_latest`. Messages people typed are added with
+//!   [`FakeSlack::post_as_user`];
 //! - `views.open`, `views.update` (by `view_id` or `external_id`, honouring `hash`) and
 //!   `views.publish`;
 //! - `auth.test`, answering as the bot [`BOT_USER_ID`] of team [`TEAM_ID`];
@@ -358,6 +365,23 @@ impl FakeSlack {
         self.shared.lock().dm_owners.get(channel).cloned()
     }
 
+    /// A top-level message typed by a person (`user`), not the bot: it shows in
+    /// `conversations.history` with that author. Returns its ts.
+    pub fn post_as_user(&self, channel: &str, user: &str, text: &str) -> String {
+        let mut state = self.shared.lock();
+        let message = Message {
+            channel: channel.to_owned(),
+            ts: state.next_ts(),
+            thread_ts: None,
+            text: text.to_owned(),
+            blocks: Value::Null,
+            edits: 0,
+        };
+        state.authors.insert(message.ts.clone(), user.to_owned());
+        state.messages.push(message.clone());
+        message.ts
+    }
+
     /// Top-level messages of `channel` as they currently stand, in post order.
     pub fn messages(&self, channel: &str) -> Vec<Message> {
         self.shared
@@ -571,6 +595,9 @@ struct SimState {
     /// The bot token's scopes.
     scopes: Vec<String>,
     messages: Vec<Message>,
+    /// Authors of messages people typed ([`FakeSlack::post_as_user`]), by ts; every other
+    /// message is the bot's.
+    authors: HashMap<String, String>,
     ephemerals: Vec<Ephemeral>,
     opened: Vec<OpenedView>,
     views: HashMap<String, ViewSlot>,
@@ -979,6 +1006,7 @@ impl SimState {
             "chat.update" => self.update_message(params),
             "chat.postEphemeral" => self.post_ephemeral(params),
             "conversations.open" => self.open_conversation(params),
+            "conversations.history" => self.history(params),
             "users.info" => self.user_info(params),
             "users.list" => self.users_list(params),
             "usergroups.users.list" => self.group_members(params),
@@ -1035,6 +1063,104 @@ impl SimState {
             Some(ChannelState::Archived) => Err("is_archived".into()),
             Some(ChannelState::NotFound) => Err("channel_not_found".into()),
         }
+    }
+
+    /// `conversations.history`, as Slack answers it.
+    fn history(&self, params: &Map<String, Value>) -> ApiResult {
+        let channel = channel_param(params)?;
+        match self.channel_states.get(&channel) {
+            Some(ChannelState::NotFound) => return Err("channel_not_found".into()),
+            Some(ChannelState::NotInChannel) => return Err("not_in_channel".into()),
+            // An archived channel keeps its history.
+            _ => {}
+        }
+        let limit = match params.get("limit") {
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(100),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(100),
+            _ => 100,
+        }
+        .clamp(1, 999) as usize;
+        let inclusive = match params.get("inclusive") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s == "true" || s == "1",
+            Some(Value::Number(n)) => n.as_u64() == Some(1),
+            _ => false,
+        };
+        let bound = |key: &str, code: &'static str| -> Result<Option<(u64, u64)>, Failure> {
+            match str_param(params, key) {
+                None => Ok(None),
+                Some(text) => parse_ts(text)
+                    .map(Some)
+                    .ok_or_else(|| Failure::because(code, format!("{key} is not a timestamp"))),
+            }
+        };
+        let oldest = bound("oldest", "invalid_ts_oldest")?;
+        let latest = bound("latest", "invalid_ts_latest")?;
+        // The cursor names the newest message of the next page.
+        let from = match str_param(params, "cursor") {
+            None => None,
+            Some(cursor) => Some(
+                decode_cursor(cursor)
+                    .ok_or_else(|| Failure::because("invalid_cursor", "cursor is not valid"))?,
+            ),
+        };
+        let mut found: Vec<&Message> = self
+            .messages
+            .iter()
+            .filter(|m| m.channel == channel && m.thread_ts.is_none())
+            .filter(|m| {
+                let ts = parse_ts(&m.ts).unwrap_or_default();
+                let after_oldest = oldest.is_none_or(|o| ts > o || (inclusive && ts == o));
+                let before_latest = latest.is_none_or(|l| ts < l || (inclusive && ts == l));
+                after_oldest && before_latest && from.is_none_or(|f| ts <= f)
+            })
+            .collect();
+        found.sort_by_key(|m| std::cmp::Reverse(parse_ts(&m.ts).unwrap_or_default()));
+        let has_more = found.len() > limit;
+        let next = found.get(limit).map(|m| encode_cursor(&m.ts));
+        let messages: Vec<Value> = found
+            .into_iter()
+            .take(limit)
+            .map(|m| self.history_json(m))
+            .collect();
+        let mut answer = json!({
+            "messages": messages,
+            "has_more": has_more,
+            "pin_count": 0,
+            "channel_actions_ts": null,
+            "channel_actions_count": 0,
+        });
+        if let Some(next) = next {
+            answer["response_metadata"] = json!({ "next_cursor": next });
+        }
+        Ok(answer)
+    }
+
+    /// A message as `conversations.history` shows it: with its author and its thread's size.
+    fn history_json(&self, message: &Message) -> Value {
+        let mut json = match self.authors.get(&message.ts) {
+            Some(user) => json!({
+                "type": "message",
+                "user": user,
+                "team": TEAM_ID,
+                "text": message.text,
+                "ts": message.ts,
+            }),
+            None => message_json(message),
+        };
+        let replies: Vec<&Message> = self
+            .messages
+            .iter()
+            .filter(|m| m.channel == message.channel && m.thread_ts.as_ref() == Some(&message.ts))
+            .collect();
+        if let Some(last) = replies.last() {
+            json["thread_ts"] = json!(message.ts);
+            json["reply_count"] = json!(replies.len());
+            json["reply_users_count"] = json!(1);
+            json["reply_users"] = json!([BOT_USER_ID]);
+            json["latest_reply"] = json!(last.ts);
+        }
+        json
     }
 
     fn post_message(&mut self, params: &Map<String, Value>) -> ApiResult {
@@ -1474,6 +1600,36 @@ fn user_json(id: &str, user: &FakeUser, with_email: bool) -> Value {
         "updated": TS_EPOCH,
         "profile": profile,
     })
+}
+
+/// A message ts (`1700000000.000100`) as (seconds, microseconds).
+fn parse_ts(ts: &str) -> Option<(u64, u64)> {
+    let (secs, micros) = ts.split_once('.').unwrap_or((ts, "0"));
+    if secs.is_empty() || micros.len() > 6 {
+        return None;
+    }
+    let micros: u64 = format!("{micros:0<6}").parse().ok()?;
+    Some((secs.parse().ok()?, micros))
+}
+
+/// Slack's cursors are opaque base64: `next_ts:` and the ts without its dot.
+fn encode_cursor(ts: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("next_ts:{}", ts.replace('.', "")))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(u64, u64)> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(cursor)
+        .ok()?;
+    let digits = String::from_utf8(bytes).ok()?;
+    let digits = digits.strip_prefix("next_ts:")?;
+    if digits.len() <= 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (secs, micros) = digits.split_at(digits.len() - 6);
+    Some((secs.parse().ok()?, micros.parse().ok()?))
 }
 
 fn auth_test() -> Value {
@@ -3063,5 +3219,150 @@ mod tests {
             "---"
         );
         assert_eq!(render_blocks(&Value::Null), "");
+    }
+
+    #[tokio::test]
+    async fn conversations_history_pages_newest_first_with_authors() {
+        use slack_morphism::prelude::SlackApiConversationsHistoryRequest;
+        let (fake, client, token) = start().await;
+        let session = client.open_session(&token);
+        let mut posted = Vec::new();
+        for i in 1..=5 {
+            let answer = session
+                .chat_post_message(&post(CHANNEL, text(&format!("message {i}"))))
+                .await
+                .expect("posted");
+            posted.push(answer.ts.0);
+        }
+        // A reply stays out of the channel's history; its parent shows the thread.
+        session
+            .chat_post_message(
+                &post(CHANNEL, text("a reply")).with_thread_ts(posted[0].clone().into()),
+            )
+            .await
+            .expect("replied");
+        let typed = fake.post_as_user(CHANNEL, ALICE, "message 6");
+        session
+            .chat_post_message(&post("C0ELSEWHERE", text("elsewhere")))
+            .await
+            .expect("posted");
+
+        // slack-morphism's own types read every page: the shapes are Slack's.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let mut request = SlackApiConversationsHistoryRequest::new()
+                .with_channel(CHANNEL.into())
+                .with_limit(4);
+            if let Some(c) = cursor.take() {
+                request = request.with_cursor(c);
+            }
+            let page = session
+                .conversations_history(&request)
+                .await
+                .expect("history");
+            seen.extend(page.messages.iter().map(|m| {
+                (
+                    m.content.text.clone().unwrap_or_default(),
+                    m.sender.user.as_ref().map(|u| u.0.clone()),
+                    m.sender.bot_id.is_some(),
+                )
+            }));
+            match page.has_more {
+                Some(true) => {
+                    cursor = page
+                        .response_metadata
+                        .and_then(|r| r.next_cursor)
+                        .filter(|c| !c.0.is_empty());
+                    assert!(cursor.is_some(), "has_more comes with a cursor");
+                }
+                _ => break,
+            }
+        }
+        let texts: Vec<&str> = seen.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "message 6",
+                "message 5",
+                "message 4",
+                "message 3",
+                "message 2",
+                "message 1"
+            ]
+        );
+        assert_eq!(seen[0].1.as_deref(), Some(ALICE));
+        assert!(!seen[0].2, "a person's message has no bot_id");
+        assert_eq!(seen[1].1.as_deref(), Some(BOT_USER_ID));
+        assert!(seen[1].2);
+
+        // Raw answers: oldest/latest are exclusive unless inclusive; the thread parent says so.
+        let raw = |query: String| {
+            let url = format!("{}/conversations.history?{query}", fake.api_url());
+            async move {
+                reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let from = &posted[3];
+        let exclusive = raw(format!("channel={CHANNEL}&oldest={from}")).await;
+        let texts: Vec<&str> = exclusive["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["message 6", "message 5"]);
+        assert_eq!(exclusive["has_more"], false);
+        assert!(exclusive.get("response_metadata").is_none());
+        let inclusive = raw(format!("channel={CHANNEL}&oldest={from}&inclusive=true")).await;
+        assert_eq!(inclusive["messages"].as_array().unwrap().len(), 3);
+        let window = raw(format!(
+            "channel={CHANNEL}&oldest={}&latest={typed}",
+            posted[0]
+        ))
+        .await;
+        let oldest = window["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(oldest["text"], "message 2");
+        let all = raw(format!("channel={CHANNEL}")).await;
+        let parent = all["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(parent["reply_count"], 1);
+        assert_eq!(parent["thread_ts"], posted[0].as_str());
+        for (query, code) in [
+            (
+                format!("channel={CHANNEL}&cursor=bm9wZQ=="),
+                "invalid_cursor",
+            ),
+            (
+                format!("channel={CHANNEL}&oldest=yesterday"),
+                "invalid_ts_oldest",
+            ),
+            (
+                format!("channel={CHANNEL}&latest=1.2.3"),
+                "invalid_ts_latest",
+            ),
+            ("channel=general".to_owned(), "channel_not_found"),
+        ] {
+            let answer = raw(query).await;
+            assert_eq!(answer["ok"], false);
+            assert_eq!(answer["error"], code);
+        }
+        fake.set_channel_state(CHANNEL, ChannelState::NotInChannel);
+        assert_eq!(
+            raw(format!("channel={CHANNEL}")).await["error"],
+            "not_in_channel"
+        );
     }
 }

@@ -62,6 +62,9 @@ pub struct Store {
     /// polling SQLite's lock in `busy_timeout` steps (which costs milliseconds under load);
     /// other processes (the admin CLI) still meet SQLite's lock and its timeout.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// The audit chain's key, once [`Store::open_audit_chain`] checked it against the database.
+    /// Write transactions carry it, so audit appends can key their rows.
+    audit_key: Arc<std::sync::OnceLock<crate::crypto::AuditKey>>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) holding the process's writer turn until it ends.
@@ -69,9 +72,15 @@ pub struct Store {
 pub struct WriteTx {
     tx: Transaction<'static, Sqlite>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
+    audit_key: Option<crate::crypto::AuditKey>,
 }
 
 impl WriteTx {
+    /// The audit chain's key (`None` until [`Store::open_audit_chain`] ran).
+    pub fn audit_key(&self) -> Option<&crate::crypto::AuditKey> {
+        self.audit_key.as_ref()
+    }
+
     /// The connection, for statements run directly.
     pub fn conn(&mut self) -> &mut sqlx::SqliteConnection {
         &mut self.tx
@@ -126,6 +135,7 @@ impl Store {
         Ok(Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            audit_key: Arc::default(),
         })
     }
 
@@ -145,6 +155,7 @@ impl Store {
         Ok(Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            audit_key: Arc::default(),
         })
     }
 
@@ -156,11 +167,31 @@ impl Store {
             .context("cannot apply database migrations")
     }
 
+    /// Opens the keyed audit chain (after [`Store::migrate`]): checks `key` against the chain's
+    /// boundary, or records the boundary after verifying the rows written before jit keyed its
+    /// chain (see [`audit::open_chain`]). Until then, audit appends fail closed.
+    pub async fn open_audit_chain(
+        &self,
+        key: crate::crypto::AuditKey,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<audit::ChainOpened> {
+        let mut tx = self.begin_write().await?;
+        let opened = audit::open_chain(&mut tx, &key, now).await?;
+        tx.commit().await?;
+        // A second open with the same store keeps the first key (the one checked first).
+        let _ = self.audit_key.set(key);
+        Ok(opened)
+    }
+
     /// Starts a write transaction that holds the write lock from the start.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
         let turn = self.writer.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx { tx, _turn: turn })
+        Ok(WriteTx {
+            tx,
+            _turn: turn,
+            audit_key: self.audit_key.get().cloned(),
+        })
     }
 
     /// A pooled connection for reads.

@@ -581,7 +581,9 @@ async fn concurrent_submissions_are_stored_together_and_completely() {
         "each got its own request"
     );
     let mut conn = h.app.store.read().await.unwrap();
-    let verdict = jit::store::audit::verify(&mut conn).await.unwrap();
+    let verdict = jit::store::audit::verify(&mut conn, &crate::harness::audit_key())
+        .await
+        .unwrap();
     assert!(
         matches!(
             verdict,

@@ -237,7 +237,9 @@ async fn the_hash_chain_detects_an_edited_row() {
     h.click(ALICE, "jit.approve", id).await;
     h.run_jobs().await;
     let mut conn = h.app.store.read().await.unwrap();
-    let verdict = jit::store::audit::verify(&mut conn).await.unwrap();
+    let verdict = jit::store::audit::verify(&mut conn, &crate::harness::audit_key())
+        .await
+        .unwrap();
     assert!(
         matches!(
             verdict,
@@ -269,7 +271,10 @@ async fn the_hash_chain_detects_an_edited_row() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    match jit::store::audit::verify(&mut conn).await.unwrap() {
+    match jit::store::audit::verify(&mut conn, &crate::harness::audit_key())
+        .await
+        .unwrap()
+    {
         Verification::Broken {
             seq,
             rows_checked,

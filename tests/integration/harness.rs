@@ -20,6 +20,14 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
+
+/// The audit chain's key in every harness.
+pub fn audit_key() -> jit::crypto::AuditKey {
+    jit::crypto::AuditKey::from_bytes([0x5a; 32])
+}
+
+/// [`audit_key`] as `JIT_AUDIT_KEY`, for the admin CLI run beside a harness.
+pub const AUDIT_KEY_HEX: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 pub const BOT_TOKEN: &str = "xoxb-test-token";
 
 pub const DEV: &str = "U0DEV";
@@ -276,6 +284,10 @@ impl Harness {
         .await
         .unwrap();
         store.migrate().await.unwrap();
+        store
+            .open_audit_chain(audit_key(), options.start)
+            .await
+            .unwrap();
         let clock = ManualClock::new(options.start);
         let (mut providers, external) = Providers::with_local(policy.resources(), None);
         for resource in external {

@@ -5,6 +5,7 @@ mod harness;
 
 mod api;
 mod approval_flow;
+mod audit_chain;
 mod credentials;
 mod edge;
 mod hardened_edge;

@@ -427,6 +427,7 @@ async fn handlers_worker_and_cli_writing_at_once() {
                         .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
                         .env("JIT_SQLITE_SYNCHRONOUS", "normal")
                         .env("JIT_POLICY", &policy)
+                        .env("JIT_AUDIT_KEY", AUDIT_KEY_HEX)
                         .output()
                         .unwrap()
                 })

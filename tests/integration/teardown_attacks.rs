@@ -321,6 +321,10 @@ async fn a_wall_clock_set_back_across_a_restart_delays_no_teardown() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
+    store
+        .open_audit_chain(jit::crypto::AuditKey::from_bytes([1; 32]), Utc::now())
+        .await
+        .unwrap();
     // Before the restart jit's clock read two hours from now, and a teardown was due at
     // 1h30m from now: overdue by then. The wall clock has since been set back (to "now").
     // (Times are recorded to the millisecond.)
