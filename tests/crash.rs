@@ -124,6 +124,9 @@ async fn kill_nine_repeatedly_loses_no_teardown() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py");
     std::fs::write(dir.path().join("jit.toml"), policy(&script, &log)).unwrap();
     let slack = FakeSlack::start(TOKEN).await.unwrap();
+    for n in 0..50 {
+        slack.set_user(&format!("U0C{n:04}"), &format!("crash{n}"), None);
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -162,6 +165,7 @@ async fn kill_nine_repeatedly_loses_no_teardown() {
                 .slash(&format!("U0C{:04}", sent % 50), "C0GENERAL", &text)
                 .await
                 && answer.status == 200
+                && answer.text().contains("Request #")
             {
                 acked += 1;
             }
@@ -296,12 +300,15 @@ async fn kill_nine_repeatedly_loses_no_teardown() {
     let verify = Command::new(env!("CARGO_BIN_EXE_jit"))
         .args(["audit", "verify"])
         .env("JIT_DATABASE_URL", &db)
+        // The audit key is derived from the server's encryption key.
+        .env("JIT_ENCRYPTION_KEY", &serve.key)
         .output()
         .unwrap();
     assert!(
         verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
     eprintln!(
         "crash test: {} requests, {granted} grants, {kills} kills, {} provider calls; {}",
