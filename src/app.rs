@@ -92,7 +92,13 @@ pub struct Settings {
     /// Proxies in front of jit whose `X-Forwarded-For` entries name the caller (0: none; the
     /// peer address is the caller).
     pub trusted_proxy_hops: usize,
+    /// Once this many posts wait in the audit channel's chain, a request's waiting events are
+    /// posted together in one reply (see `handlers::notify::audit_post`).
+    pub audit_coalesce_backlog: u32,
 }
+
+/// About ten seconds of posts at Slack's pace of one message per second per channel.
+pub const DEFAULT_AUDIT_COALESCE_BACKLOG: u32 = 10;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -103,6 +109,7 @@ impl Default for Settings {
             slack_timeout: std::time::Duration::from_secs(10),
             unauthenticated_calls_per_minute: 30,
             trusted_proxy_hops: 0,
+            audit_coalesce_backlog: DEFAULT_AUDIT_COALESCE_BACKLOG,
         }
     }
 }

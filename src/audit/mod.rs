@@ -216,7 +216,8 @@ pub async fn record(
 ) -> sqlx::Result<i64> {
     let seq =
         store::audit::append(conn, now, request, actor, &event.name(), &event.detail()).await?;
-    queue::enqueue(conn, &Job::AuditPost { seq }, Placement::audit(), now, now).await?;
+    let placement = Placement::audit_event(request, event.is_alert());
+    queue::enqueue(conn, &Job::AuditPost { seq }, placement, now, now).await?;
     Ok(seq)
 }
 

@@ -121,7 +121,9 @@ async fn store_batch(
         .filter(|p| is_bulk(p))
         .collect();
     let mut tx = app.store.begin_write().await?;
-    let mut bulk_stored = store_for_approval(&mut tx, &bulk, now).await?.into_iter();
+    let mut bulk_stored = store_for_approval(&mut tx, &app.policy.audit_channel, &bulk, now)
+        .await?
+        .into_iter();
     let mut stored = Vec::with_capacity(batch.len());
     for (prepared, _) in batch {
         let request = if is_bulk(prepared) {

@@ -25,6 +25,7 @@ use crate::store::requests::{self, StoredRequest};
 pub enum HandlerError {
     /// Shown to the person who asked.
     User(String),
+
     /// Logged; the person sees a generic message with a reference.
     Internal(anyhow::Error),
 }
@@ -78,7 +79,8 @@ fn error_reference() -> String {
     format!("E{n:08x}")
 }
 
-/// Where the approvers' message about `request` is queued: its channel's lane.
+/// Where the approvers' message about `request` is queued: its channel's chain, ahead of audit
+/// posts there, taking turns with other requesters ([`crate::queue::Placement::approval`]).
 pub fn approvals_placement(
     app: &App,
     request: &crate::domain::request::Request,
@@ -89,7 +91,11 @@ pub fn approvals_placement(
             .map(|r| r.approvers.channel.clone())
     });
     match channel {
-        Some(channel) => crate::queue::Placement::channel(&channel),
+        Some(channel) => crate::queue::Placement::approval(
+            &channel,
+            &app.policy.audit_channel,
+            &request.requester,
+        ),
         None => crate::queue::Placement::none(),
     }
 }

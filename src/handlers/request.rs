@@ -234,6 +234,7 @@ pub async fn store(
 /// what [`store`] would give for each, in the same order.
 pub async fn store_for_approval(
     tx: &mut WriteTx,
+    audit_channel: &SlackChannelId,
     items: &[&Prepared],
     now: DateTime<Utc>,
 ) -> HandlerResult<Vec<Request>> {
@@ -339,10 +340,14 @@ pub async fn store_for_approval(
     let mut jobs = Vec::with_capacity(requests.len() * 4);
     for (seq, (r, p)) in seqs.iter().zip(requests.iter().zip(items)) {
         let timeout = p.resource.pending_timeout;
-        jobs.push((Job::AuditPost { seq: *seq }, Placement::audit(), now));
+        jobs.push((
+            Job::AuditPost { seq: *seq },
+            Placement::audit_event(Some(r.id), false),
+            now,
+        ));
         jobs.push((
             Job::ApprovalMessage { request: r.id },
-            Placement::channel(&p.resource.approvers.channel),
+            Placement::approval(&p.resource.approvers.channel, audit_channel, &r.requester),
             now,
         ));
         jobs.push((
@@ -435,7 +440,11 @@ async fn route(
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
-        Placement::channel(&resource.approvers.channel),
+        Placement::approval(
+            &resource.approvers.channel,
+            &app.policy.audit_channel,
+            &request.requester,
+        ),
         now,
         now,
     )
