@@ -53,7 +53,7 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
-            "Access requests by outcome (submitted, auto_approved, approved, denied, cancelled, timed_out, refused, rate_limited)",
+            "Access requests by outcome (submitted, auto_approved, approved, denied, cancelled, timed_out, refused, rate_limited, too_many_pending)",
             requests.clone(),
         );
         let approval_latency =

@@ -64,6 +64,7 @@ admins = { users = ["U0ADMIN"] }
 
 [limits]
 requests_per_user_per_minute = 1000000
+max_pending_per_user = 1000000
 
 [[resource]]
 id = "bench"

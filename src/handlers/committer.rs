@@ -5,12 +5,16 @@
 //! transaction with a few multi-row statements, commits once, and only then answers each caller.
 //! Every ack still follows a durable commit. If the batch fails, each submission is stored alone,
 //! so one bad submission cannot sink the others.
+//!
+//! `limits.max_pending_per_user` is applied here, inside the transaction, so that submissions
+//! of one requester in one batch (or racing batches) cannot pass it together: a submission over
+//! the cap is answered with the refusal and the rest of the batch is stored.
 
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::request::{Prepared, store, store_for_approval};
+use super::request::{Prepared, over_pending_cap, pending_refusal, store, store_for_approval};
 use super::{HandlerError, HandlerResult};
 use crate::app::App;
 use crate::domain::request::Request;
@@ -77,10 +81,10 @@ pub fn start(app: &Arc<App>, inbox: Inbox) {
 async fn commit(app: &App, batch: &mut Vec<(Prepared, Reply)>) {
     let now = app.clock.now();
     match store_batch(app, batch, now).await {
-        Ok(requests) => {
+        Ok(results) => {
             app.waker.wake();
-            for ((_, reply), request) in batch.drain(..).zip(requests) {
-                let _ = reply.send(Ok(request));
+            for ((_, reply), result) in batch.drain(..).zip(results) {
+                let _ = reply.send(result);
             }
         }
         // Something in the batch failed: store each alone, so one bad submission cannot sink
@@ -109,31 +113,43 @@ async fn commit(app: &App, batch: &mut Vec<(Prepared, Reply)>) {
 }
 
 /// One transaction for the whole batch: requests that go to approvers are stored in bulk, the
-/// others (approved by policy, or from identities) one after the other.
+/// others (approved by policy, or from identities) one after the other. A submission refused by
+/// the pending cap gets its refusal; any other failure fails the batch.
 async fn store_batch(
     app: &App,
     batch: &[(Prepared, Reply)],
     now: chrono::DateTime<chrono::Utc>,
-) -> HandlerResult<Vec<Request>> {
-    let bulk: Vec<&Prepared> = batch
-        .iter()
-        .map(|(p, _)| p)
-        .filter(|p| is_bulk(p))
-        .collect();
+) -> HandlerResult<Vec<HandlerResult<Request>>> {
+    let prepared: Vec<&Prepared> = batch.iter().map(|(p, _)| p).collect();
     let mut tx = app.store.begin_write().await?;
+    // The bulk path skips `store`'s own check, so the cap is applied to the whole batch here.
+    let over = over_pending_cap(&mut tx, app, &prepared).await?;
+    let bulk: Vec<&Prepared> = prepared
+        .iter()
+        .zip(&over)
+        .filter(|(p, over)| is_bulk(p) && !**over)
+        .map(|(p, _)| *p)
+        .collect();
     let mut bulk_stored = store_for_approval(&mut tx, &app.policy.audit_channel, &bulk, now)
         .await?
         .into_iter();
     let mut stored = Vec::with_capacity(batch.len());
-    for (prepared, _) in batch {
-        let request = if is_bulk(prepared) {
-            bulk_stored.next().ok_or_else(|| {
+    for (prepared, over) in prepared.into_iter().zip(over) {
+        let result = if over {
+            Err(pending_refusal(app, &prepared.requester))
+        } else if is_bulk(prepared) {
+            Ok(bulk_stored.next().ok_or_else(|| {
                 HandlerError::Internal(anyhow::anyhow!("a bulk submission went missing"))
-            })?
+            })?)
         } else {
-            store(&mut tx, app, prepared, now).await?
+            match store(&mut tx, app, prepared, now).await {
+                Ok(request) => Ok(request),
+                // Refused before it wrote anything: the transaction goes on.
+                Err(refused @ HandlerError::Limited { .. }) => Err(refused),
+                Err(err) => return Err(err),
+            }
         };
-        stored.push(request);
+        stored.push(result);
     }
     tx.commit().await?;
     Ok(stored)

@@ -7,6 +7,7 @@ mod api;
 mod approval_flow;
 mod credentials;
 mod edge;
+mod flood;
 mod lifecycle;
 mod limits_props;
 mod postgres;
