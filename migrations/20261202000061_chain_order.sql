@@ -1,6 +1,6 @@
 -- The order inside a chain (an ordered lane: one Slack channel's messages). Until now the next
--- job of a chain was always the oldest, now it is the one with the lowest
--- (chain_class, chain_turn, id):
+-- job of a chain was always the oldest, now it is chosen by (chain_class, chain_turn, id), with
+-- the details in store::jobs (promote):
 --   chain_class  0: messages people wait on (approval messages, alerts), 1: everything else.
 --   chain_key    jobs with the same key keep their order relative to each other (one
 --                requester's approval messages, one request's audit thread).

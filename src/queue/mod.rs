@@ -18,8 +18,9 @@
 //!   order and the channel's pace is respected); only the head is `queued`, the rest `blocked`
 //!   until the head finishes.
 //! - **Chain order.** The next head is not simply the oldest waiting job: messages someone
-//!   waits on (approval messages, alerts) go before the rest, and among them each requester's
-//!   first waiting message goes before anyone's second (a chain *key* with *turns*, see
+//!   waits on (approval messages, alerts) go before the rest, even past a head that has not
+//!   started, and among them each requester's first waiting message goes before anyone's
+//!   second, the requester with the fewest waiting first (a chain *key* with *turns*, see
 //!   `store::jobs::CHAIN_URGENT`). Jobs of one key never pass each other, so a request's
 //!   approval message precedes its updates and an audit thread reads in order. All messages to
 //!   one Slack channel share one chain ([`channel_lane`]), so this order is the order in which

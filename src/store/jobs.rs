@@ -19,8 +19,10 @@ pub const PRIORITY_MESSAGES: u8 = 1;
 
 /// Classes inside a chain (an ordered lane): when the head finishes, the next head is the
 /// waiting job with the lowest `(class, turn, id)`, where a job's turn counts the live jobs of
-/// its key that were ahead of it at insert. Jobs sharing a key keep their insertion order
-/// whatever their class: a job never passes an older waiting job of its own key.
+/// its key that were ahead of it at insert; among urgent jobs of one turn, the key with the
+/// fewest waiting goes first (see [`promote`]). An urgent job also passes a head that has not
+/// started ([`let_urgent_pass`]). Jobs sharing a key keep their insertion order whatever their
+/// class: a job never passes an older waiting job of its own key.
 ///
 /// `CHAIN_URGENT`: messages someone waits on (approval messages, alerts); `CHAIN_NORMAL`: the
 /// rest, oldest first among themselves.
@@ -65,7 +67,7 @@ pub async fn enqueue(
     job: &NewJob,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
+    let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (kind, payload, run_at, unique_key, lane, ordered, max_attempts, priority, created_at, updated_at, \
            chain_class, chain_key, chain_turn, state) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8, ?10, ?11, \
@@ -88,7 +90,13 @@ pub async fn enqueue(
     .bind(i64::from(job.chain_class))
     .bind(job.chain_key.as_deref())
     .fetch_optional(&mut *conn)
-    .await
+    .await?;
+    if let (Some(_), Some(lane), true) = (id, &job.lane, job.ordered)
+        && job.chain_class == CHAIN_URGENT
+    {
+        let_urgent_pass(conn, lane).await?;
+    }
+    Ok(id)
 }
 
 /// Inserts several jobs in one statement. Chain states are worked out here: the first job of an
@@ -102,7 +110,11 @@ pub async fn enqueue_many(
     if jobs.is_empty() {
         return Ok(());
     }
-    let (mut busy, mut next) = chain_probe(conn, jobs).await?;
+    let ChainProbe {
+        mut busy,
+        turns: mut next,
+        mut passable,
+    } = chain_probe(conn, jobs).await?;
     let turns: Vec<i64> = jobs
         .iter()
         .map(|j| match (&j.lane, &j.chain_key, j.ordered) {
@@ -119,6 +131,10 @@ pub async fn enqueue_many(
         .map(|j| match (&j.lane, j.ordered) {
             (Some(lane), true) => {
                 if busy.insert(lane.clone()) {
+                    // This batch gives the chain its head; urgent jobs behind it may pass it.
+                    if j.chain_class != CHAIN_URGENT {
+                        passable.insert(lane.clone());
+                    }
                     "queued"
                 } else {
                     "blocked"
@@ -153,17 +169,36 @@ pub async fn enqueue_many(
         " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'blocked', 'running') DO NOTHING",
     );
     insert.build().execute(&mut *conn).await?;
+    // Only where the head is waiting and not urgent (rarely: the usual head of an approvers'
+    // channel is an approval message) may one step back; elsewhere this costs no statement.
+    let mut urgent: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.ordered && j.chain_class == CHAIN_URGENT)
+        .filter_map(|j| j.lane.as_deref())
+        .filter(|lane| passable.contains(*lane))
+        .collect();
+    urgent.sort_unstable();
+    urgent.dedup();
+    for lane in urgent {
+        let_urgent_pass(conn, lane).await?;
+    }
     Ok(())
 }
 
-/// What [`enqueue_many`] needs to know about the chains of a batch, in one query: which of its
-/// ordered lanes have a live job (one EXISTS probe per lane, which stops at the first live job
-/// however long the chain), and for each (lane, key) the turn its first job gets: one more than
-/// the last turn among the key's live jobs in that lane, or 0.
-async fn chain_probe(
-    conn: &mut SqliteConnection,
-    jobs: &[NewJob],
-) -> sqlx::Result<(HashSet<String>, HashMap<(String, String), i64>)> {
+/// What [`enqueue_many`] needs to know about the chains of a batch.
+struct ChainProbe {
+    /// Its ordered lanes that have a live job.
+    busy: HashSet<String>,
+    /// For each (lane, key), the turn its first job gets: one more than the last turn among the
+    /// key's live jobs in that lane, or 0.
+    turns: HashMap<(String, String), i64>,
+    /// Busy lanes whose head has not started and is not urgent.
+    passable: HashSet<String>,
+}
+
+/// [`ChainProbe`] for a batch, in one query (one EXISTS probe per lane, which stops at the
+/// first live job however long the chain).
+async fn chain_probe(conn: &mut SqliteConnection, jobs: &[NewJob]) -> sqlx::Result<ChainProbe> {
     let mut lanes: Vec<&str> = jobs
         .iter()
         .filter(|j| j.ordered)
@@ -178,12 +213,21 @@ async fn chain_probe(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let (mut busy, mut turns) = (HashSet::new(), HashMap::new());
+    let mut probe = ChainProbe {
+        busy: HashSet::new(),
+        turns: HashMap::new(),
+        passable: HashSet::new(),
+    };
     if lanes.is_empty() {
-        return Ok((busy, turns));
+        return Ok(probe);
     }
-    // Rows without a key name a busy lane; rows with one carry that key's next turn.
-    let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT l.lane, NULL, NULL FROM (");
+    // Rows without a key name a busy lane (and whether its head is waiting and not urgent);
+    // rows with one carry that key's next turn.
+    let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT l.lane, NULL, EXISTS (");
+    query
+        .push("SELECT 1 FROM jobs h WHERE h.lane = l.lane AND h.state = 'queued' AND h.chain_class <> ")
+        .push_bind(i64::from(CHAIN_URGENT))
+        .push(") FROM (");
     for (i, lane) in lanes.iter().enumerate() {
         if i > 0 {
             query.push(" UNION ALL ");
@@ -215,17 +259,20 @@ async fn chain_probe(
     }
     let rows: Vec<(String, Option<String>, Option<i64>)> =
         query.build_query_as().fetch_all(&mut *conn).await?;
-    for (lane, key, next) in rows {
+    for (lane, key, n) in rows {
         match key {
             None => {
-                busy.insert(lane);
+                if n == Some(1) {
+                    probe.passable.insert(lane.clone());
+                }
+                probe.busy.insert(lane);
             }
             Some(key) => {
-                turns.insert((lane, key), next.unwrap_or(0));
+                probe.turns.insert((lane, key), n.unwrap_or(0));
             }
         }
     }
-    Ok((busy, turns))
+    Ok(probe)
 }
 
 /// Puts jobs whose lease ran out back in the queue. Their attempt counter stays, and the next
@@ -308,27 +355,82 @@ pub async fn complete(
     Ok(fenced(done.rows_affected()))
 }
 
-/// After job `id` left its chain for good, the next job of the chain becomes its head: the
-/// waiting job first in chain order (`chain_class`, `chain_turn`, `id`) that no older waiting job
-/// of its own key is ahead of. The index `jobs_chain_next` yields candidates in that order, so
-/// the first that qualifies ends the search.
+/// Which chain [`promote`] works on.
+enum Chain<'a> {
+    /// The chain job `id` just left for good.
+    Of(i64),
+    Lane(&'a str),
+}
+
+/// After job `id` left its chain for good, the next job of the chain becomes its head.
 async fn promote_next(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<()> {
+    promote(conn, Chain::Of(id)).await
+}
+
+/// How many waiting jobs of a chain [`promote`] weighs against each other: the first ones in
+/// (class, turn, id) order.
+const PROMOTE_WINDOW: i64 = 32;
+
+/// Makes the chain's next job its head, unless it has one. Candidates are the waiting jobs that
+/// no older waiting job of their own key is ahead of; the first [`PROMOTE_WINDOW`] of them in
+/// (`chain_class`, `chain_turn`, `id`) order (the index `jobs_chain_next` yields them in that
+/// order) are weighed, and the one with the lowest (class, turn, id) wins, except that among
+/// urgent jobs of the same turn the key with the fewest waiting goes first: someone with one
+/// approval message waiting goes before people with several, even if theirs came earlier.
+/// Other jobs (audit posts) keep their turns and arrival order.
+async fn promote(conn: &mut SqliteConnection, chain: Chain<'_>) -> sqlx::Result<()> {
+    let (id, lane) = match chain {
+        Chain::Of(id) => (Some(id), None),
+        Chain::Lane(lane) => (None, Some(lane)),
+    };
     sqlx::query(
-        "UPDATE jobs SET state = 'queued' WHERE id = ( \
-           SELECT n.id FROM jobs n \
-           WHERE n.lane = (SELECT f.lane FROM jobs f WHERE f.id = ?1 AND f.ordered = 1) \
-             AND n.state = 'blocked' \
+        "WITH chain(lane) AS ( \
+           SELECT COALESCE(?2, (SELECT f.lane FROM jobs f WHERE f.id = ?1 AND f.ordered = 1))), \
+         candidates AS ( \
+           SELECT n.id, n.chain_class, n.chain_turn, n.chain_key FROM jobs n \
+           WHERE n.lane = (SELECT lane FROM chain) AND n.state = 'blocked' \
              AND (n.chain_key IS NULL OR NOT EXISTS ( \
                SELECT 1 FROM jobs p WHERE p.lane = n.lane AND p.chain_key = n.chain_key \
                  AND p.state = 'blocked' AND p.id < n.id)) \
-           ORDER BY n.chain_class, n.chain_turn, n.id LIMIT 1) \
+           ORDER BY n.chain_class, n.chain_turn, n.id LIMIT ?3) \
+         UPDATE jobs SET state = 'queued' WHERE id = ( \
+           SELECT c.id FROM candidates c \
+           ORDER BY c.chain_class, c.chain_turn, \
+             CASE WHEN c.chain_class = ?4 THEN (SELECT COUNT(*) FROM jobs w \
+               WHERE w.lane = (SELECT lane FROM chain) AND w.chain_key = c.chain_key \
+                 AND w.state = 'blocked') ELSE 0 END, \
+             c.id \
+           LIMIT 1) \
          AND NOT EXISTS ( \
-           SELECT 1 FROM jobs l, jobs f \
-           WHERE f.id = ?1 AND l.lane = f.lane AND l.state IN ('queued', 'running'))",
+           SELECT 1 FROM jobs l \
+           WHERE l.lane = (SELECT lane FROM chain) AND l.state IN ('queued', 'running'))",
     )
     .bind(id)
+    .bind(lane)
+    .bind(PROMOTE_WINDOW)
+    .bind(i64::from(CHAIN_URGENT))
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Urgent jobs may have joined the chain `lane` behind a head that is not urgent: if that head
+/// has not started (it is `queued`, perhaps deferred by Slack's pace), it steps back to
+/// `blocked` and the chain's next job in order becomes the head. A running head is never
+/// interrupted.
+async fn let_urgent_pass(conn: &mut SqliteConnection, lane: &str) -> sqlx::Result<()> {
+    let stepped_back = sqlx::query(
+        "UPDATE jobs SET state = 'blocked' \
+         WHERE lane = ?1 AND ordered = 1 AND state = 'queued' AND chain_class <> ?2 \
+           AND EXISTS (SELECT 1 FROM jobs u WHERE u.lane = ?1 AND u.state = 'blocked' AND u.chain_class = ?2)",
+    )
+    .bind(lane)
+    .bind(i64::from(CHAIN_URGENT))
+    .execute(&mut *conn)
+    .await?;
+    if stepped_back.rows_affected() > 0 {
+        promote(conn, Chain::Lane(lane)).await?;
+    }
     Ok(())
 }
 
@@ -779,8 +881,8 @@ mod tests {
     }
 
     /// Within one channel's chain, waiting approval messages go before waiting audit posts,
-    /// whatever their order of arrival; the head that was already waiting is not passed. Each
-    /// key keeps its order (an approval message before its update, a thread's replies in
+    /// whatever their order of arrival, even the head if it has not started. Each key keeps
+    /// its order (an approval message before its update, a thread's replies in
     /// order), and keys take turns: a request's second audit post goes after the other
     /// requests' first ones.
     #[tokio::test]
@@ -819,10 +921,10 @@ mod tests {
         assert_eq!(
             in_lane,
             [
-                "audit-1a",
                 "approval-U1-1",
                 "approval-U2-1",
                 "approval-U1-1-update",
+                "audit-1a",
                 "audit-2a",
                 "top-level",
                 "audit-3a",
@@ -832,9 +934,11 @@ mod tests {
         assert!(ran.contains(&"dm".to_owned()));
     }
 
-    /// Each requester's first waiting approval message goes before anyone's second: a few
-    /// people with many requests do not push a newcomer back. Turns count only live jobs, and
-    /// are the same whether jobs arrive in one batch or one at a time.
+    /// Each requester's first waiting approval message goes before anyone's second, and among
+    /// first ones, the requester with the fewest waiting goes first: a few people with many
+    /// requests do not push a newcomer back, even when their first messages came earlier.
+    /// Turns count only live jobs, and are the same whether jobs arrive in one batch or one at
+    /// a time.
     #[tokio::test]
     async fn requesters_take_turns_in_a_chain() {
         let (_dir, store, now) = fresh().await;
@@ -877,7 +981,7 @@ mod tests {
 
         assert_eq!(
             drain(&store, now).await,
-            ["U1-a", "U2-a", "U3-a", "U1-b", "U2-b", "U1-c", "U2-c"]
+            ["U1-a", "U3-a", "U2-a", "U1-b", "U2-b", "U1-c", "U2-c"]
         );
 
         // Nothing of U1 is live any more: its next message is a first turn again.
@@ -894,7 +998,8 @@ mod tests {
     }
 
     /// An urgent job (an alert) never passes an older waiting job of its own key (its
-    /// request's earlier audit posts): it goes right after them, ahead of the other keys.
+    /// request's earlier audit posts): it goes right after them, ahead of the other keys, and
+    /// ahead of a head that has not started.
     #[tokio::test]
     async fn urgent_jobs_wait_for_their_own_keys_older_jobs() {
         let (_dir, store, now) = fresh().await;
@@ -913,8 +1018,8 @@ mod tests {
         assert_eq!(
             drain(&store, now).await,
             [
-                "head",
                 "r3-alert",
+                "head",
                 "r1-requested",
                 "r1-alert",
                 "r2-requested"
@@ -996,6 +1101,69 @@ mod tests {
         assert!(
             states.iter().all(|(_, s)| s == "done"),
             "every job done, none lost: {states:?}"
+        );
+    }
+
+    /// A head that is running is never interrupted by an urgent job: it finishes, and the
+    /// urgent job goes next. One that has not started steps back, also when it was deferred.
+    #[tokio::test]
+    async fn urgent_jobs_pass_a_waiting_head_never_a_running_one() {
+        let (_dir, store, now) = fresh().await;
+        let lane = "slack:audit";
+        let lease = now + Duration::minutes(1);
+        let mut tx = store.begin_write().await.unwrap();
+        enqueue(&mut tx, &chained("audit-a", lane, false, None), now)
+            .await
+            .unwrap();
+        enqueue(&mut tx, &chained("audit-b", lane, false, None), now)
+            .await
+            .unwrap();
+        let head = claim(&mut tx, now, lease, 1).await.unwrap().pop().unwrap();
+        assert_eq!(head.kind, "audit-a");
+        enqueue(
+            &mut tx,
+            &chained("approval", lane, true, Some("approvals:U1")),
+            now,
+        )
+        .await
+        .unwrap();
+        let states: Vec<(String, String)> =
+            sqlx::query_as("SELECT kind, state FROM jobs ORDER BY id")
+                .fetch_all(tx.conn())
+                .await
+                .unwrap();
+        let expected = [
+            ("audit-a", "running"),
+            ("audit-b", "blocked"),
+            ("approval", "blocked"),
+        ]
+        .map(|(k, s)| (k.to_owned(), s.to_owned()));
+        assert_eq!(states, expected, "the running head keeps running");
+        // The head is put back, deferred (Slack said slow down): it has not started now.
+        assert_eq!(
+            defer(
+                &mut tx,
+                head.id,
+                head.attempts,
+                now + Duration::seconds(30),
+                now
+            )
+            .await
+            .unwrap(),
+            Fenced::Applied
+        );
+        enqueue(
+            &mut tx,
+            &chained("approval-2", lane, true, Some("approvals:U2")),
+            now,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let later = now + Duration::minutes(1);
+        assert_eq!(
+            drain(&store, later).await,
+            ["approval", "approval-2", "audit-a", "audit-b"]
         );
     }
 }

@@ -204,8 +204,8 @@ async fn concurrent_submissions_cannot_pass_the_cap_together() {
 
 /// One Slack channel's pace goes to approval messages before audit posts when approvers share
 /// the audit channel, and in any approvers' channel each requester's first waiting message goes
-/// before anyone's second: a newcomer's request is not pushed behind a flood. Threads and a
-/// request's own messages keep their order.
+/// before anyone's second, the requester with the fewest waiting first: a newcomer's request is
+/// not pushed behind a flood. Threads and a request's own messages keep their order.
 #[tokio::test]
 async fn approval_messages_go_first_and_requesters_take_turns() {
     for shared in [true, false] {
@@ -236,9 +236,10 @@ async fn approval_messages_go_first_and_requesters_take_turns() {
                 .position(|t| t.starts_with(&format!("Access request {id}:")))
                 .unwrap_or_else(|| panic!("no approval message for {id}: {top:#?}"))
         };
-        // Each requester's first, then each one's second, then third.
+        // The first in line, then the newcomer (one waiting, against three each), then each
+        // flooder's first, then each one's second, then third.
         let order: Vec<usize> = [
-            flood[0], flood[3], legit, flood[1], flood[4], flood[2], flood[5],
+            flood[0], legit, flood[3], flood[1], flood[4], flood[2], flood[5],
         ]
         .into_iter()
         .map(approval)
@@ -253,8 +254,8 @@ async fn approval_messages_go_first_and_requesters_take_turns() {
             .count();
         assert_eq!(approvals_seen, 7);
         if shared {
-            // Only the audit post that was already first in line went before the approval
-            // messages; every other audit thread starts after the last of them.
+            // Every audit thread starts after the last approval message: an audit post waiting
+            // at the head of the line, not yet started, stepped back for them.
             let roots: Vec<usize> = top
                 .iter()
                 .enumerate()
@@ -262,11 +263,11 @@ async fn approval_messages_go_first_and_requesters_take_turns() {
                 .map(|(i, _)| i)
                 .collect();
             assert_eq!(roots.len(), 7);
-            assert_eq!(roots[0], 0, "{top:#?}");
             assert!(
-                roots[1..].iter().all(|i| *i > order[6]),
+                roots.iter().all(|i| *i > order[6]),
                 "audit posts wait for the approval messages: {top:#?}"
             );
+            assert_eq!(order[0], 0, "{top:#?}");
         }
         // The legitimate request's thread reads in order, every event once, and its approval
         // message was posted before its update.
