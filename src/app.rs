@@ -94,7 +94,13 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// How often the audit chain's head is posted to the audit channel, if it moved.
     pub audit_anchor_interval: std::time::Duration,
+    /// Once this many posts wait in the audit channel's chain, a request's waiting events are
+    /// posted together in one reply (see `handlers::notify::audit_post`).
+    pub audit_coalesce_backlog: u32,
 }
+
+/// About ten seconds of posts at Slack's pace of one message per second per channel.
+pub const DEFAULT_AUDIT_COALESCE_BACKLOG: u32 = 10;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -106,6 +112,7 @@ impl Default for Settings {
             unauthenticated_calls_per_minute: 30,
             trusted_proxy_hops: 0,
             audit_anchor_interval: crate::audit::anchor::DEFAULT_INTERVAL,
+            audit_coalesce_backlog: DEFAULT_AUDIT_COALESCE_BACKLOG,
         }
     }
 }

@@ -357,6 +357,13 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
         policy.audit_channel,
         names(&policy.admins)
     ));
+    let limits = &policy.limits;
+    out.push_str(&format!(
+        "limits: {} request(s) per requester per minute; at most {} waiting for approval per requester (max_pending_per_user); teardown alert after {} failure(s)\n",
+        limits.requests_per_user_per_minute,
+        limits.max_pending_per_user,
+        limits.teardown_alert_after_failures,
+    ));
     out.push_str(&format!("{} resource(s):\n", policy.resources().len()));
     for r in policy.resources() {
         let approvers = crate::domain::policy::Principals {
@@ -865,5 +872,25 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
             assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
         }
         assert_eq!(out.matches("warning:").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn policy_check_shows_the_limits() {
+        let policy = Policy::parse(POSTGRES, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        assert!(
+            out.contains(
+                "limits: 10 request(s) per requester per minute; at most 3 waiting for approval \
+                 per requester (max_pending_per_user); teardown alert after 5 failure(s)\n"
+            ),
+            "{out}"
+        );
+        let set = format!("{POSTGRES}\n[limits]\nmax_pending_per_user = 7\n");
+        let policy = Policy::parse(&set, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        assert!(
+            out.contains("at most 7 waiting for approval per requester"),
+            "{out}"
+        );
     }
 }

@@ -28,6 +28,7 @@ struct Inner {
     http_connections: Family<Labels, Gauge>,
     http_connection_limit: Family<Labels, Gauge>,
     http_cap_reached: Family<Labels, Counter>,
+    audit_coalesced: Counter,
 }
 
 /// Cheap to clone; all clones share the same registry.
@@ -52,7 +53,7 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
-            "Access requests by outcome (submitted, auto_approved, approved, denied, cancelled, timed_out, refused, rate_limited)",
+            "Access requests by outcome (submitted, auto_approved, approved, denied, cancelled, timed_out, refused, rate_limited, too_many_pending)",
             requests.clone(),
         );
         let approval_latency =
@@ -118,6 +119,12 @@ impl Metrics {
             "Times a listener stopped accepting because it held its most connections",
             http_cap_reached.clone(),
         );
+        let audit_coalesced = Counter::default();
+        registry.register(
+            "audit_events_coalesced",
+            "Audit events posted inside another event's reply because the audit channel was backed up",
+            audit_coalesced.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             requests,
@@ -132,6 +139,7 @@ impl Metrics {
             http_connections,
             http_connection_limit,
             http_cap_reached,
+            audit_coalesced,
         }))
     }
 
@@ -140,6 +148,10 @@ impl Metrics {
             .requests
             .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
+    }
+
+    pub fn audit_coalesced(&self, events: u64) {
+        self.0.audit_coalesced.inc_by(events);
     }
 
     pub fn approval_latency(&self, seconds: f64) {

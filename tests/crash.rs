@@ -39,6 +39,7 @@ reminder_before = "2s"
 
 [limits]
 requests_per_user_per_minute = 100000
+max_pending_per_user = 100000
 
 [[resource]]
 id = "svc"

@@ -36,7 +36,7 @@ use crate::domain::ids::RequestId;
 use crate::domain::policy::Requester;
 use crate::domain::request::{Request, State as RequestState};
 use crate::handlers::request::{FieldError, Submission, Via};
-use crate::handlers::{HandlerError, grant, request};
+use crate::handlers::{HandlerError, Limit, grant, request};
 use crate::store::{self, requests};
 
 /// Request bodies larger than this are refused with 413.
@@ -208,6 +208,15 @@ impl From<HandlerError> for ApiError {
     fn from(err: HandlerError) -> Self {
         match err {
             HandlerError::User(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            HandlerError::Limited {
+                limit: Limit::Rate,
+                text,
+            } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", text),
+            // Not 429: waiting does not help by itself; one of the pending requests must end.
+            HandlerError::Limited {
+                limit: Limit::Pending,
+                text,
+            } => ApiError::new(StatusCode::CONFLICT, "too_many_pending", text),
             internal => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -417,11 +426,6 @@ async fn create_inner(
         Ok(Err(FieldError::Ticket(message))) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_ticket",
-            message,
-        )),
-        Err(HandlerError::User(message)) if message.contains("too quickly") => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
             message,
         )),
         Err(err) => Err(err.into()),

@@ -217,7 +217,8 @@ pub async fn record(
     event: &AuditEvent,
 ) -> sqlx::Result<i64> {
     let seq = store::audit::append(tx, now, request, actor, &event.name(), &event.detail()).await?;
-    queue::enqueue(tx, &Job::AuditPost { seq }, Placement::audit(), now, now).await?;
+    let placement = Placement::audit_event(request, event.is_alert());
+    queue::enqueue(tx, &Job::AuditPost { seq }, placement, now, now).await?;
     Ok(seq)
 }
 

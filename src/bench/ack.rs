@@ -64,6 +64,7 @@ admins = { users = ["U0ADMIN"] }
 
 [limits]
 requests_per_user_per_minute = 1000000
+max_pending_per_user = 1000000
 
 [[resource]]
 id = "bench"
@@ -140,11 +141,23 @@ pub async fn spawn_jit(
     slack: &FakeSlack,
     durability: Durability,
 ) -> anyhow::Result<(Child, String, PathBuf)> {
+    spawn_jit_with(dir, slack, durability, POLICY, &[]).await
+}
+
+/// [`spawn_jit`] with another policy and extra environment.
+pub async fn spawn_jit_with(
+    dir: &Path,
+    slack: &FakeSlack,
+    durability: Durability,
+    policy_text: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String, PathBuf)> {
     let policy = dir.join("jit.toml");
-    std::fs::write(&policy, POLICY)?;
+    std::fs::write(&policy, policy_text)?;
     let db = dir.join("jit.db");
     let addr = free_addr()?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .arg("serve")
         .env("SLACK_SIGNING_SECRET", SECRET)
         .env("SLACK_BOT_TOKEN", TOKEN)
@@ -155,13 +168,43 @@ pub async fn spawn_jit(
         .env("JIT_POLICY", &policy)
         .env("JIT_LISTEN", addr.to_string())
         .env("RUST_LOG", "warn")
-        .env_remove("SLACK_APP_TOKEN")
+        .env_remove("SLACK_APP_TOKEN");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start jit serve")?;
     wait_listening(addr, &mut child, "jit serve").await?;
     Ok((child, format!("http://{addr}"), db))
+}
+
+/// A signed `/jit request` from `user`, as Slack sends it.
+pub async fn slash(
+    client: &reqwest::Client,
+    url: &str,
+    user: &str,
+    text: &str,
+) -> anyhow::Result<String> {
+    let body = format!(
+        "token=unused&team_id=T0BENCH&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text={}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={user}.{}",
+        url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>(),
+        rand::random::<u32>()
+    );
+    let ts = chrono::Utc::now().timestamp();
+    let signature = sign(&SecretString::from(SECRET), ts, body.as_bytes());
+    let answer = client
+        .post(format!("{url}/slack/commands"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", signature)
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(answer.text().await?)
 }
 
 fn body(connection: usize, n: u64) -> String {

@@ -9,10 +9,13 @@
 //! - `teardown`: many grants expiring across a minute, a provider revoke latency, and the
 //!   distribution of (revoked_at - expires_at).
 //! - `footprint`: idle RSS after start, and start-to-ready on an existing database.
+//! - `flood`: a few people's many requests, then someone else's: the time until its approval
+//!   message is posted, with Slack's pace in the simulator.
 //!
 //! No test ever fails on these numbers; they are printed for people to compare with the bars.
 
 pub mod ack;
+pub mod flood;
 pub mod footprint;
 pub mod queue;
 pub mod teardown;
@@ -42,6 +45,8 @@ pub enum Which {
     Teardown(teardown::TeardownArgs),
     /// Idle memory and start-to-ready time.
     Footprint(footprint::FootprintArgs),
+    /// A new request's approval message under a flood of requests, at Slack's pace.
+    Flood(flood::FloodArgs),
     /// Everything, with default settings.
     All,
     /// (internal) A bare hyper + HMAC server, the floor the ack benchmark compares against.
@@ -126,11 +131,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         Which::Queue(a) => queue::run(a, durability).await?,
         Which::Teardown(a) => teardown::run(a, durability).await?,
         Which::Footprint(a) => footprint::run(a, durability).await?,
+        Which::Flood(a) => flood::run(a, durability).await?,
         Which::All => {
             ack::run(ack::AckArgs::default(), durability).await?;
             queue::run(queue::QueueArgs::default(), durability).await?;
             teardown::run(teardown::TeardownArgs::default(), durability).await?;
             footprint::run(footprint::FootprintArgs::default(), durability).await?;
+            flood::run(flood::FloodArgs::default(), durability).await?;
         }
         Which::BareServer { .. } => unreachable!("handled above"),
     }

@@ -10,6 +10,10 @@
 //! recorded in the same transaction as the request it creates, and a delivery seen before (a
 //! replay, in an earlier batch or earlier in this one) stores nothing and answers with the
 //! request the first delivery created.
+//!
+//! `limits.max_pending_per_user` is applied here, inside the transaction, so that submissions
+//! of one requester in one batch (or racing batches) cannot pass it together: a submission over
+//! the cap is answered with the refusal and the rest of the batch is stored.
 
 use std::sync::{Arc, Weak};
 
@@ -19,7 +23,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::request::{Prepared, reload, store, store_for_approval};
+use super::request::{
+    Prepared, over_pending_cap, pending_refusal, reload, store, store_for_approval,
+};
 use super::{HandlerError, HandlerResult};
 use crate::app::App;
 use crate::domain::ids::RequestId;
@@ -185,23 +191,47 @@ async fn store_batch_in(
             },
         })
         .collect();
-    let new = |i: usize| matches!(slots[i], Slot::New);
+    // The pending cap, for the submissions that would create a request (replays do not): the
+    // bulk path skips `store`'s own check, so the whole batch is checked here.
+    let fresh: Vec<usize> = (0..items.len())
+        .filter(|i| matches!(slots[*i], Slot::New))
+        .collect();
+    let fresh_items: Vec<&Prepared> = fresh.iter().map(|i| items[*i]).collect();
+    let mut over = vec![false; items.len()];
+    for (i, is_over) in fresh
+        .iter()
+        .zip(over_pending_cap(tx, app, &fresh_items).await?)
+    {
+        over[*i] = is_over;
+    }
+    let new = |i: usize| matches!(slots[i], Slot::New) && !over[i];
     let bulk: Vec<&Prepared> = (0..items.len())
         .filter(|i| new(*i) && is_bulk(items[*i]))
         .map(|i| items[i])
         .collect();
-    let mut bulk_stored = store_for_approval(tx, &bulk, now).await?.into_iter();
+    let mut bulk_stored = store_for_approval(tx, &app.policy.audit_channel, &bulk, now)
+        .await?
+        .into_iter();
     let mut out: Vec<HandlerResult<Stored>> = Vec::with_capacity(items.len());
     let mut claimed = Vec::new();
     for (i, prepared) in items.iter().enumerate() {
         let result = match &slots[i] {
+            Slot::New if over[i] => Err(pending_refusal(app, &prepared.requester)),
             Slot::New => {
                 let request = if is_bulk(prepared) {
                     bulk_stored.next().ok_or_else(|| {
                         HandlerError::Internal(anyhow::anyhow!("a bulk submission went missing"))
                     })?
                 } else {
-                    store(tx, app, prepared, now).await?
+                    match store(tx, app, prepared, now).await {
+                        Ok(request) => request,
+                        // Refused before it wrote anything: the transaction goes on.
+                        Err(refused @ HandlerError::Limited { .. }) => {
+                            out.push(Err(refused));
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    }
                 };
                 if let Some(d) = &prepared.delivery {
                     claimed.push((d.key.as_str(), d.expires_at, request.id));

@@ -374,7 +374,7 @@ async fn record_issued(
 fn anyhow_of(err: HandlerError) -> anyhow::Error {
     match err {
         HandlerError::Internal(e) => e,
-        HandlerError::User(text) => anyhow::anyhow!(text),
+        HandlerError::User(text) | HandlerError::Limited { text, .. } => anyhow::anyhow!(text),
     }
 }
 

@@ -25,6 +25,8 @@ use crate::store::requests::{self, StoredRequest};
 pub enum HandlerError {
     /// Shown to the person who asked.
     User(String),
+    /// A limit said no (shown to the person as is); the API answers with the limit's code.
+    Limited { limit: Limit, text: String },
     /// Logged; the person sees a generic message with a reference.
     Internal(anyhow::Error),
 }
@@ -37,7 +39,7 @@ impl HandlerError {
     /// The text for a person. Internal errors are logged here, once, with a reference.
     pub fn user_message(&self) -> String {
         match self {
-            HandlerError::User(text) => text.clone(),
+            HandlerError::User(text) | HandlerError::Limited { text, .. } => text.clone(),
             HandlerError::Internal(err) => {
                 let reference = error_reference();
                 tracing::error!(reference = %reference, error = format!("{err:#}"), "internal error");
@@ -52,10 +54,19 @@ impl HandlerError {
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HandlerError::User(text) => f.write_str(text),
+            HandlerError::User(text) | HandlerError::Limited { text, .. } => f.write_str(text),
             HandlerError::Internal(err) => write!(f, "internal error: {err:#}"),
         }
     }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.requests_per_user_per_minute`: try again in a minute.
+    Rate,
+    /// `limits.max_pending_per_user`: one of the requester's pending requests must end first.
+    Pending,
 }
 
 impl From<anyhow::Error> for HandlerError {
@@ -78,7 +89,8 @@ fn error_reference() -> String {
     format!("E{n:08x}")
 }
 
-/// Where the approvers' message about `request` is queued: its channel's lane.
+/// Where the approvers' message about `request` is queued: its channel's chain, ahead of audit
+/// posts there, taking turns with other requesters ([`crate::queue::Placement::approval`]).
 pub fn approvals_placement(
     app: &App,
     request: &crate::domain::request::Request,
@@ -89,7 +101,11 @@ pub fn approvals_placement(
             .map(|r| r.approvers.channel.clone())
     });
     match channel {
-        Some(channel) => crate::queue::Placement::channel(&channel),
+        Some(channel) => crate::queue::Placement::approval(
+            &channel,
+            &app.policy.audit_channel,
+            &request.requester,
+        ),
         None => crate::queue::Placement::none(),
     }
 }

@@ -164,10 +164,21 @@ pub async fn approval_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome>
     ))
 }
 
+/// The most audit events one coalesced reply looks at (Slack's 50 blocks hold fewer anyway).
+const MAX_COALESCED: u32 = 48;
+
 /// Posts one audit event: as a reply in its request's thread (starting the thread if needed),
 /// or at the top of the audit channel.
+///
+/// When the audit channel is backed up (at least `Settings::audit_coalesce_backlog` posts wait
+/// in its chain), the request's later events waiting behind this one ride along in the same
+/// reply, each with its number and hash digits, up to what one message holds; their jobs are
+/// then done. Nothing is dropped: an event left out waits for the next reply. Alerts and
+/// break-glass are never carried by another event's reply (they are posted on their own,
+/// broadcast, with their buttons); one ends the run, and goes next, ahead of the other waiting
+/// posts.
 pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
-    let (row, stored) = {
+    let (row, stored, later) = {
         let mut conn = app.store.read().await?;
         let Some(row) = audit_store::get(&mut conn, seq).await? else {
             return Ok(Outcome::Fail(format!("audit event {seq} does not exist")));
@@ -176,10 +187,14 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
             Some(id) => requests::get(&mut conn, RequestId(id)).await?,
             None => None,
         };
-        (row, stored)
+        let later = riding_along(app, &mut conn, &row).await?;
+        (row, stored, later)
     };
     let channel = app.policy.audit_channel.clone();
-    let msg = blocks::audit_reply(&row, &app.policy);
+    let later_rows: Vec<_> = later.iter().map(|(_, row)| row.clone()).collect();
+    let (msg, held) = blocks::audit_replies(&row, &later_rows, &app.policy);
+    // Jobs of the later events this reply holds.
+    let carried: Vec<i64> = later.iter().take(held - 1).map(|(job, _)| *job).collect();
     let alert =
         crate::audit::AuditEvent::from_row(&row.event, &row.detail).is_some_and(|e| e.is_alert());
     let thread = match &stored {
@@ -201,7 +216,10 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
                 {
                     Ok(Some(ts)) => ts,
                     // Accepted, but no ts to thread under: replies go to the channel itself.
-                    Ok(None) => return post_reply(app, &channel, None, &msg, alert).await,
+                    Ok(None) => {
+                        let posted = post_reply(app, &channel, None, &msg, alert).await?;
+                        return carried_done(app, posted, &carried).await;
+                    }
                     Err(e) => return Ok(outcome(Err(e))),
                 };
                 let mut tx = app.store.begin_write().await?;
@@ -211,7 +229,49 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
             }
         },
     };
-    post_reply(app, &channel, thread.as_deref(), &msg, alert).await
+    let posted = post_reply(app, &channel, thread.as_deref(), &msg, alert).await?;
+    carried_done(app, posted, &carried).await
+}
+
+/// The later events of `row`'s request that may share its reply: only while the audit chain
+/// is backed up, and only when `row` itself is not posted alone.
+async fn riding_along(
+    app: &App,
+    conn: &mut sqlx::SqliteConnection,
+    row: &audit_store::AuditRow,
+) -> anyhow::Result<Vec<(i64, audit_store::AuditRow)>> {
+    let Some(request) = row.request_id.map(RequestId) else {
+        return Ok(Vec::new());
+    };
+    let threshold = app.settings.audit_coalesce_backlog;
+    if blocks::posted_alone(row) || queue::audit_backlog(conn, threshold).await? < threshold {
+        return Ok(Vec::new());
+    }
+    let mut later = Vec::new();
+    for (job, seq) in queue::waiting_audit_posts(conn, request, MAX_COALESCED).await? {
+        match audit_store::get(conn, seq).await? {
+            Some(next) if !blocks::posted_alone(&next) => later.push((job, next)),
+            // An alert goes on its own; a missing row fails its own job, visibly.
+            _ => break,
+        }
+    }
+    Ok(later)
+}
+
+/// After a reply that carried later events was posted, their jobs are done.
+async fn carried_done(app: &App, posted: Outcome, carried: &[i64]) -> anyhow::Result<Outcome> {
+    if posted != Outcome::Done || carried.is_empty() {
+        return Ok(posted);
+    }
+    let mut tx = app.store.begin_write().await?;
+    let done = queue::complete_carried(&mut tx, carried, app.clock.now()).await?;
+    tx.commit().await?;
+    app.metrics.audit_coalesced(done);
+    tracing::info!(
+        events = carried.len() + 1,
+        "audit channel backed up: posted several events of one request in one reply"
+    );
+    Ok(Outcome::Done)
 }
 
 /// Posts the audit chain's head to the audit channel when rows were appended since the last

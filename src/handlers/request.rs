@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{HandlerError, HandlerResult, decision, load};
+use super::{HandlerError, HandlerResult, Limit, decision, load};
 use crate::app::App;
 use crate::audit::{self, AuditEvent};
 use crate::domain::duration::GrantDuration;
@@ -114,12 +114,84 @@ fn refusal_field(refusal: &Refusal) -> FieldError {
 fn check_rate(app: &App, requester: &Requester) -> HandlerResult<()> {
     if app.request_limiter.check_key(&requester.key()).is_err() {
         app.metrics.request("rate_limited");
-        return Err(HandlerError::user(format!(
-            "You are sending requests too quickly (at most {} a minute). Please wait a minute and try again.",
-            app.policy.limits.requests_per_user_per_minute
-        )));
+        return Err(HandlerError::Limited {
+            limit: Limit::Rate,
+            text: format!(
+                "You are sending requests too quickly (at most {} a minute). Please wait a minute and try again.",
+                app.policy.limits.requests_per_user_per_minute
+            ),
+        });
     }
     Ok(())
+}
+
+/// The refusal of a request that would wait for approval while its requester already has
+/// `limits.max_pending_per_user` waiting: what the cap is and how to free a slot.
+pub fn pending_refusal(app: &App, requester: &Requester) -> HandlerError {
+    let max = app.policy.limits.max_pending_per_user;
+    let requests = if max == 1 { "request" } else { "requests" };
+    let text = match requester {
+        Requester::User(_) => format!(
+            "You already have {max} {requests} waiting for approval, the most one person may have at once. \
+             To ask for another, withdraw one with `/jit cancel <id>` (`/jit list` shows them with their ids), \
+             or wait until one is decided."
+        ),
+        Requester::Identity(name) => format!(
+            "Identity `{name}` already has {max} {requests} waiting for approval, the most one requester may have at once. \
+             Ask again once one of them is approved, denied or expired; `GET /api/v1/requests` lists them."
+        ),
+    };
+    HandlerError::Limited {
+        limit: Limit::Pending,
+        text,
+    }
+}
+
+/// Refuses one more request waiting for approval from `requester` once it has
+/// `limits.max_pending_per_user` waiting. Counted inside the write transaction that would store
+/// it, so concurrent submissions cannot pass the cap together.
+async fn check_pending(tx: &mut WriteTx, app: &App, requester: &Requester) -> HandlerResult<()> {
+    let key = requester.key();
+    let counts = requests::pending_counts(tx, std::slice::from_ref(&key)).await?;
+    if counts.get(&key).copied().unwrap_or(0) >= app.policy.limits.max_pending_per_user {
+        return Err(pending_refusal(app, requester));
+    }
+    Ok(())
+}
+
+/// For each submission of a batch, whether it would exceed its requester's
+/// `limits.max_pending_per_user`, counting the requests already waiting and those earlier in the
+/// batch (one query for the whole batch, inside its transaction). Requests approved by policy at
+/// once never wait, so they are never refused.
+pub async fn over_pending_cap(
+    tx: &mut WriteTx,
+    app: &App,
+    batch: &[&Prepared],
+) -> HandlerResult<Vec<bool>> {
+    let mut keys: Vec<String> = batch
+        .iter()
+        .filter(|p| !p.auto)
+        .map(|p| p.requester.key())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut counts = requests::pending_counts(tx, &keys).await?;
+    let max = app.policy.limits.max_pending_per_user;
+    Ok(batch
+        .iter()
+        .map(|p| {
+            if p.auto {
+                return false;
+            }
+            let n = counts.entry(p.requester.key()).or_insert(0);
+            if *n >= max {
+                true
+            } else {
+                *n += 1;
+                false
+            }
+        })
+        .collect())
 }
 
 /// A submission that passed every check, ready to be stored.
@@ -170,7 +242,21 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         via: s.via,
         delivery: s.delivery,
     };
-    let stored = app.submissions.store(prepared.clone()).await?;
+    let stored = match app.submissions.store(prepared.clone()).await {
+        Ok(stored) => stored,
+        Err(err) => {
+            if matches!(
+                err,
+                HandlerError::Limited {
+                    limit: Limit::Pending,
+                    ..
+                }
+            ) {
+                app.metrics.request("too_many_pending");
+            }
+            return Err(err);
+        }
+    };
     let (resource, auto) = (prepared.resource, prepared.auto);
     let request = stored.request;
     if stored.replay {
@@ -199,13 +285,17 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
 }
 
 /// Stores a prepared submission inside `tx`: the request, its audit event, its route (approval
-/// or policy) and the owners' DM for identities.
+/// or policy) and the owners' DM for identities. A request that would wait for approval is
+/// refused first (before any write) if its requester is at `limits.max_pending_per_user`.
 pub async fn store(
     tx: &mut WriteTx,
     app: &App,
     p: &Prepared,
     now: DateTime<Utc>,
 ) -> HandlerResult<Request> {
+    if !p.auto {
+        check_pending(tx, app, &p.requester).await?;
+    }
     let resource = &p.resource;
     let request = insert(
         tx,
@@ -246,8 +336,11 @@ pub async fn store(
 /// Stores many requests that go to approvers (people, not identities) with a few statements in
 /// all: one insert for the requests, one for their audit events, one for their jobs. The result is
 /// what [`store`] would give for each, in the same order.
+///
+/// The caller applies `limits.max_pending_per_user` first ([`over_pending_cap`]).
 pub async fn store_for_approval(
     tx: &mut WriteTx,
+    audit_channel: &SlackChannelId,
     items: &[&Prepared],
     now: DateTime<Utc>,
 ) -> HandlerResult<Vec<Request>> {
@@ -353,10 +446,14 @@ pub async fn store_for_approval(
     let mut jobs = Vec::with_capacity(requests.len() * 4);
     for (seq, (r, p)) in seqs.iter().zip(requests.iter().zip(items)) {
         let timeout = p.resource.pending_timeout;
-        jobs.push((Job::AuditPost { seq: *seq }, Placement::audit(), now));
+        jobs.push((
+            Job::AuditPost { seq: *seq },
+            Placement::audit_event(Some(r.id), false),
+            now,
+        ));
         jobs.push((
             Job::ApprovalMessage { request: r.id },
-            Placement::channel(&p.resource.approvers.channel),
+            Placement::approval(&p.resource.approvers.channel, audit_channel, &r.requester),
             now,
         ));
         jobs.push((
@@ -449,7 +546,11 @@ async fn route(
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
-        Placement::channel(&resource.approvers.channel),
+        Placement::approval(
+            &resource.approvers.channel,
+            &app.policy.audit_channel,
+            &request.requester,
+        ),
         now,
         now,
     )
@@ -623,6 +724,10 @@ pub async fn extend(
     let justification: String = justification.chars().take(MAX_JUSTIFICATION).collect();
     let now = app.clock.now();
     let mut tx = app.store.begin_write().await?;
+    if !auto && let Err(err) = check_pending(&mut tx, app, who).await {
+        app.metrics.request("too_many_pending");
+        return Err(err);
+    }
     let request = insert(
         &mut tx,
         NewRequest {

@@ -17,6 +17,14 @@
 //!   other in insertion order (the messages to one Slack channel, so an audit thread reads in
 //!   order and the channel's pace is respected); only the head is `queued`, the rest `blocked`
 //!   until the head finishes.
+//! - **Chain order.** The next head is not simply the oldest waiting job: messages someone
+//!   waits on (approval messages, alerts) go before the rest, even past a head that has not
+//!   started, and among them each requester's first waiting message goes before anyone's
+//!   second, the requester with the fewest waiting first (a chain *key* with *turns*, see
+//!   `store::jobs::CHAIN_URGENT`). Jobs of one key never pass each other, so a request's
+//!   approval message precedes its updates and an audit thread reads in order. All messages to
+//!   one Slack channel share one chain ([`channel_lane`]), so this order is the order in which
+//!   the channel's pace is spent.
 //! - **Wake-up.** The worker sleeps until the next `run_at` or an enqueue notification.
 
 pub mod worker;
@@ -31,6 +39,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::Notify;
 
 use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
+use crate::domain::policy::Requester;
 use crate::domain::request::Request;
 use crate::store::jobs::{self, NewJob};
 
@@ -221,7 +230,24 @@ pub struct Placement {
     pub unique_key: Option<String>,
     pub lane: Option<String>,
     pub ordered: bool,
+    /// In a chain: goes before the chain's other jobs (see the module docs).
+    pub urgent: bool,
+    /// In a chain: jobs with the same key keep their order and take turns with other keys.
+    pub chain_key: Option<String>,
 }
+
+/// The lane of the messages to a Slack channel. The audit channel's lane is `slack:audit`
+/// whatever is posted there, so when approvers share the audit channel their messages and the
+/// audit posts form one chain and spend one pace in chain order.
+pub fn channel_lane(channel: &SlackChannelId, audit_channel: &SlackChannelId) -> String {
+    if channel == audit_channel {
+        AUDIT_LANE.to_owned()
+    } else {
+        format!("slack:{channel}")
+    }
+}
+
+const AUDIT_LANE: &str = "slack:audit";
 
 impl Placement {
     pub fn none() -> Self {
@@ -244,7 +270,34 @@ impl Placement {
 
     /// The audit channel's messages (one audit channel per policy).
     pub fn audit() -> Self {
-        Self::chain("slack:audit".into())
+        Self::chain(AUDIT_LANE.into())
+    }
+
+    /// The post of one audit event: in its request's thread, whose posts keep their order (and
+    /// may be carried by one reply, see `handlers::notify::audit_post`), or at the top of the
+    /// channel. Alerts go ahead of the channel's other waiting posts (after the earlier events
+    /// of their own request, which their thread shows first).
+    pub fn audit_event(request: Option<RequestId>, alert: bool) -> Self {
+        Self {
+            urgent: alert,
+            chain_key: request.map(audit_thread_key),
+            ..Self::audit()
+        }
+    }
+
+    /// The approvers' message about a request of `requester` in `channel` (its post, updates
+    /// and nudges): ahead of audit posts in the same channel, and taking turns with other
+    /// requesters, so a few people with many requests cannot hold everyone else's back.
+    pub fn approval(
+        channel: &SlackChannelId,
+        audit_channel: &SlackChannelId,
+        requester: &Requester,
+    ) -> Self {
+        Self {
+            urgent: true,
+            chain_key: Some(format!("approvals:{}", requester.key())),
+            ..Self::chain(channel_lane(channel, audit_channel))
+        }
     }
 
     /// Direct messages to one person, in order.
@@ -254,9 +307,9 @@ impl Placement {
 
     fn chain(lane: String) -> Self {
         Self {
-            unique_key: None,
             lane: Some(lane),
             ordered: true,
+            ..Self::default()
         }
     }
 
@@ -265,7 +318,7 @@ impl Placement {
         Self {
             unique_key: Some(unique_key),
             lane: Some(access_lane(request)),
-            ordered: false,
+            ..Self::default()
         }
     }
 }
@@ -284,7 +337,50 @@ fn new_job(job: &Job, placement: Placement, run_at: DateTime<Utc>) -> NewJob {
         ordered: placement.ordered,
         max_attempts: job.retry_policy().max_attempts,
         priority: job.priority(),
+        chain_class: if placement.urgent {
+            jobs::CHAIN_URGENT
+        } else {
+            jobs::CHAIN_NORMAL
+        },
+        chain_key: placement.chain_key,
     }
+}
+
+/// The chain key of one request's audit posts.
+fn audit_thread_key(request: RequestId) -> String {
+    format!("audit:{}", request.0)
+}
+
+/// The audit posts of `request` waiting in the audit chain behind the one running, oldest
+/// first, as (job id, audit seq), up to `limit`; it stops at a job it cannot read.
+pub async fn waiting_audit_posts(
+    conn: &mut SqliteConnection,
+    request: RequestId,
+    limit: u32,
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    let rows = jobs::waiting_in_chain(conn, AUDIT_LANE, &audit_thread_key(request), limit).await?;
+    Ok(rows
+        .into_iter()
+        .map_while(|(id, payload)| match serde_json::from_str(&payload) {
+            Ok(Job::AuditPost { seq }) => Some((id, seq)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Marks the waiting jobs `ids` done: a running job of their chain did their work (one reply
+/// carrying several audit events). Returns how many were still waiting.
+pub async fn complete_carried(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    jobs::complete_waiting(conn, ids, now).await
+}
+
+/// How many jobs wait in the audit chain behind its head, counting up to `at_most`.
+pub async fn audit_backlog(conn: &mut SqliteConnection, at_most: u32) -> sqlx::Result<u32> {
+    jobs::chain_backlog(conn, AUDIT_LANE, at_most).await
 }
 
 /// Inserts several jobs in one statement (see [`jobs::enqueue_many`]).

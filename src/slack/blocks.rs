@@ -525,6 +525,19 @@ pub fn audit_root(request: &Request) -> Msg {
 
 /// One audit event as a thread reply. Alerts mention the admins.
 pub fn audit_reply(row: &AuditRow, policy: &Policy) -> Msg {
+    let mut blocks = event_blocks(row, policy);
+    let mut keep_last = 1;
+    if row.event == "breakglass"
+        && let Some(id) = row.request_id
+    {
+        blocks.push(review_buttons(RequestId(id)));
+        keep_last = 2;
+    }
+    Msg::new(&format!("#{} {}", row.seq, row.event), blocks, keep_last)
+}
+
+/// What a reply shows of one audit event: its line, then its time, number and hash digits.
+fn event_blocks(row: &AuditRow, policy: &Policy) -> Vec<Value> {
     let at = crate::store::parse_time(&row.at).ok();
     let when = at.map(text::time).unwrap_or_else(|| row.at.clone());
     let who = text::actor(&row.actor);
@@ -548,14 +561,59 @@ pub fn audit_reply(row: &AuditRow, policy: &Policy) -> Msg {
         row.seq,
         row.hash.get(..12).unwrap_or(&row.hash)
     )));
-    let mut keep_last = 1;
-    if row.event == "breakglass"
-        && let Some(id) = row.request_id
-    {
-        blocks.push(review_buttons(RequestId(id)));
-        keep_last = 2;
+    blocks
+}
+
+/// Whether an audit event must be posted on its own: alerts (broadcast to the channel, with
+/// the admins mentioned) and break-glass (its reply carries the review buttons).
+pub fn posted_alone(row: &AuditRow) -> bool {
+    row.event == "breakglass"
+        || AuditEvent::from_row(&row.event, &row.detail).is_some_and(|e| e.is_alert())
+}
+
+/// Several audit events of one request in one thread reply, for when the audit channel is
+/// backed up: each event shown as its own reply would show it (line, time, number and hash
+/// digits), in order, under a line saying they were posted together. Returns the message and
+/// how many events, `first` and then `later` in order, it holds: as many as fit in one message
+/// within Slack's limits, at least `first`. The rest wait for the next reply. An event
+/// [`posted_alone`] ends the run (and is never coalesced itself).
+pub fn audit_replies(first: &AuditRow, later: &[AuditRow], policy: &Policy) -> (Msg, usize) {
+    if later.is_empty() || posted_alone(first) {
+        return (audit_reply(first, policy), 1);
     }
-    Msg::new(&format!("#{} {}", row.seq, row.event), blocks, keep_last)
+    let rows: Vec<&AuditRow> = std::iter::once(first).chain(later).collect();
+    // One block for the heading; the rest for events, each whole.
+    let room = limits::MESSAGE_BLOCKS - 1;
+    let mut events: Vec<Vec<Value>> = Vec::new();
+    let mut used = 0;
+    for row in rows.iter().copied() {
+        if posted_alone(row) {
+            break;
+        }
+        let blocks = event_blocks(row, policy);
+        if used + blocks.len() > room {
+            break;
+        }
+        used += blocks.len();
+        events.push(blocks);
+    }
+    if events.len() < 2 {
+        return (audit_reply(first, policy), 1);
+    }
+    let held = &rows[..events.len()];
+    let heading = context(format!(
+        ":inbox_tray: {} events of this request, posted together while the audit channel is busy",
+        held.len()
+    ));
+    let text = held
+        .iter()
+        .map(|r| format!("#{} {}", r.seq, r.event))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let blocks = std::iter::once(heading)
+        .chain(events.into_iter().flatten())
+        .collect();
+    (Msg::new(&text, blocks, 0), held.len())
 }
 
 /// The audit chain's head, posted to the audit channel as an anchor outside the database. The

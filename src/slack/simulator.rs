@@ -50,7 +50,11 @@
 //!   `channel_not_found` for a private channel), `is_archived` or `channel_not_found` for
 //!   `chat.postMessage`, `chat.update` and `chat.postEphemeral`;
 //! - injected faults ([`Fault`]): HTTP 429 with `Retry-After`, 5xx, slow answers, API errors, and
-//!   successful answers with fields and shapes jit has never seen ([`Fault::OddAnswer`]).
+//!   successful answers with fields and shapes jit has never seen ([`Fault::OddAnswer`]);
+//! - Slack's posting pace, when switched on with [`FakeSlack::set_post_pace`]: `chat.postMessage`
+//!   beyond N messages per second per channel (after a burst) is answered as Slack does, HTTP 429
+//!   with `Retry-After: <seconds>` and `{"ok":false,"error":"ratelimited"}`, and posts nothing.
+//!   Off by default.
 //!
 //! Requests may be JSON bodies (what slack-morphism sends for POST methods), form-encoded bodies
 //! (JSON-valued fields such as `blocks` or `view` are decoded) or query strings (what it sends for
@@ -62,7 +66,7 @@
 //! Channel membership and permissions beyond [`FakeSlack::set_channel_state`] (any other
 //! well-formed channel id exists as a public channel the bot is in; channel names such as `#general` and user ids as `channel` are refused with
 //! `channel_not_found`, so jit must use ids and `conversations.open`), multi-person DMs, `trigger_id` expiry (inject `Fault::ApiError("expired_trigger_id")`
-//! instead), real rate limiting (inject [`Fault::RateLimited`]), Events API callbacks to the bot,
+//! instead), rate limits other than the posting pace (inject [`Fault::RateLimited`]), Events API callbacks to the bot,
 //! `response_url`s, and every method not listed above, which answers `unknown_method`.
 //! Timestamps and ids are deterministic counters, not the wall clock.
 
@@ -490,6 +494,23 @@ impl FakeSlack {
         self.shared.lock().scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
     }
 
+    /// Paces `chat.postMessage` per channel as Slack does: `per_second` messages a second, after
+    /// a burst of `burst`; a post beyond it is answered HTTP 429 with `Retry-After` (whole
+    /// seconds, at least 1) and is not posted. `None` (the default): no pace.
+    pub fn set_post_pace(&self, pace: Option<(u32, u32)>) {
+        let mut state = self.shared.lock();
+        state.pace = pace.map(|(per_second, burst)| Pace {
+            per_second: f64::from(per_second.max(1)),
+            burst: f64::from(burst.max(1)),
+        });
+        state.buckets.clear();
+    }
+
+    /// `chat.postMessage` calls answered 429 by the posting pace so far.
+    pub fn paced_posts(&self) -> usize {
+        self.shared.lock().paced
+    }
+
     /// Answers every call only after `latency` (benchmarks model Slack's round trip with it).
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;
@@ -607,6 +628,17 @@ struct SimState {
     /// Added to every answer.
     latency: Duration,
     events: Vec<SlackEvent>,
+    /// Slack's posting pace ([`FakeSlack::set_post_pace`]), and each channel's token bucket:
+    /// tokens left and when they were counted.
+    pace: Option<Pace>,
+    buckets: HashMap<String, (f64, std::time::Instant)>,
+    paced: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    per_second: f64,
+    burst: f64,
 }
 
 /// An HTTP answer before it becomes an axum response.
@@ -759,12 +791,17 @@ async fn handle(
     let mut state = shared.lock();
     let mut reply = faulted.unwrap_or_else(|| {
         let authed = check_auth(&headers, &shared.bot_token);
-        let mut reply = authed
-            .map_err(Failure::from)
-            .and(params)
+        let scoped = authed.is_ok();
+        let checked = authed.map_err(Failure::from).and(params);
+        if let Ok(params) = &checked
+            && let Some(paced) = state.pace(&method, params)
+        {
+            return paced;
+        }
+        let mut reply = checked
             .and_then(|params| state.dispatch(&method, &params))
             .map_or_else(Reply::from, Reply::ok);
-        if authed.is_ok() {
+        if scoped {
             reply.scopes = Some(state.scopes.join(","));
         }
         reply
@@ -974,6 +1011,32 @@ fn stored_blocks(blocks: Option<Value>) -> Value {
 }
 
 impl SimState {
+    /// The 429 a post beyond its channel's pace gets, or `None` when it may go (taking a token).
+    fn pace(&mut self, method: &str, params: &Map<String, Value>) -> Option<Reply> {
+        let pace = self.pace?;
+        if method != "chat.postMessage" {
+            return None;
+        }
+        let channel = str_param(params, "channel")?.to_owned();
+        let now = std::time::Instant::now();
+        let (tokens, at) = self.buckets.entry(channel).or_insert((pace.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * pace.per_second).min(pace.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return None;
+        }
+        self.paced += 1;
+        let wait = (1.0 - *tokens) / pace.per_second;
+        Some(Reply {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some((wait.ceil() as u64).max(1)),
+            body: json!({ "ok": false, "error": "ratelimited" }),
+            scopes: None,
+        })
+    }
+
     fn take_fault(&mut self, method: &str, channel: Option<&str>) -> Option<Fault> {
         let targeted = channel.map(|c| format!("{method}@{c}"));
         let index = self.faults.iter().position(|f| {
@@ -2611,6 +2674,72 @@ mod tests {
             statuses,
             vec![(429, false), (429, false), (200, true), (200, true)]
         );
+    }
+
+    /// With a pace set, posts beyond the burst in one channel are answered as Slack does (429,
+    /// `Retry-After`, `ratelimited`) and not posted; other channels and methods are unaffected.
+    #[tokio::test]
+    async fn the_posting_pace_answers_429_with_retry_after_per_channel() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        fake.set_post_pace(Some((1, 2)));
+        let started = std::time::Instant::now();
+        let mut answers = Vec::new();
+        for n in 0..6 {
+            let response = reqwest::Client::new()
+                .post(format!("{}/chat.postMessage", fake.api_url()))
+                .bearer_auth(TOKEN)
+                .json(&json!({"channel": CHANNEL, "text": format!("post {n}")}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            answers.push((status, retry_after, body));
+        }
+        // Two at once (the burst), then one a second: however slow this machine, at most
+        // 2 + elapsed seconds went through.
+        let allowed = 2 + started.elapsed().as_secs() as usize;
+        let posted = answers.iter().filter(|(s, _, _)| *s == 200).count();
+        assert!(posted >= 2 && posted <= allowed.min(6), "{answers:?}");
+        assert_eq!(answers[0].0, 200);
+        assert_eq!(answers[1].0, 200);
+        for (status, retry_after, body) in &answers {
+            if *status == 429 {
+                assert!(retry_after.is_some_and(|s| s >= 1), "{answers:?}");
+                assert_eq!(body, &json!({"ok": false, "error": "ratelimited"}));
+            }
+        }
+        assert_eq!(
+            fake.messages(CHANNEL).len(),
+            posted,
+            "a paced post is not posted"
+        );
+        assert_eq!(fake.paced_posts(), 6 - posted);
+        // Another channel has its own pace; other methods have none.
+        let other = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": "C0OTHER", "text": "hi"}),
+        )
+        .await;
+        assert_eq!(other["ok"], true);
+        assert_eq!(raw(&fake, "auth.test", json!({})).await["ok"], true);
+        fake.set_post_pace(None);
+        for _ in 0..5 {
+            assert_eq!(
+                raw(
+                    &fake,
+                    "chat.postMessage",
+                    json!({"channel": CHANNEL, "text": "x"})
+                )
+                .await["ok"],
+                true
+            );
+        }
     }
 
     #[tokio::test]

@@ -579,6 +579,30 @@ pub async fn mark_reviewed(
     Ok(fenced(done.rows_affected()))
 }
 
+/// How many requests (extensions included) each of `requesters` (keys, see
+/// [`Requester::key`]) has waiting for approval. Requesters with none are left out.
+pub async fn pending_counts(
+    conn: &mut SqliteConnection,
+    requesters: &[String],
+) -> sqlx::Result<std::collections::HashMap<String, u32>> {
+    if requesters.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "SELECT requester, COUNT(*) FROM requests WHERE state = 'pending' AND requester IN (",
+    );
+    let mut list = query.separated(", ");
+    for requester in requesters {
+        list.push_bind(requester.as_str());
+    }
+    query.push(") GROUP BY requester");
+    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut *conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(requester, n)| (requester, n.max(0) as u32))
+        .collect())
+}
+
 /// The time extensions of `parent` that are waiting or approved (not yet applied) would add.
 pub async fn open_extension_secs(
     conn: &mut SqliteConnection,

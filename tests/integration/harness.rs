@@ -53,6 +53,7 @@ pending_timeout = "30m"
 
 [limits]
 requests_per_user_per_minute = 1000
+max_pending_per_user = 1000
 teardown_alert_after_failures = 2
 
 [[resource]]

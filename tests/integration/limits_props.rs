@@ -386,6 +386,76 @@ fn every_message_builder_stays_within_slacks_limits() {
         .unwrap();
 }
 
+/// A backed-up audit channel posts a request's waiting events together: every coalesced reply
+/// is one Slack accepts, holds whole events in order (each with its number and hash digits),
+/// and replies taken one after another show every event exactly once. Alerts are never
+/// carried by another event's reply.
+#[test]
+fn coalesced_audit_replies_stay_within_limits_and_drop_nothing() {
+    let policy = policy();
+    let strategy = (
+        proptest::collection::vec((odd_text(), 0usize..64), 1..60),
+        any::<bool>(),
+    );
+    runner(16)
+        .run(&strategy, |(events, alert_inside)| {
+            let all = audit_events("x");
+            let rows: Vec<AuditRow> = events
+                .iter()
+                .enumerate()
+                .map(|(i, (text, pick))| {
+                    let mut event = audit_events(text)[pick % all.len()].clone();
+                    if alert_inside && i == events.len() / 2 {
+                        event = AuditEvent::Breakglass {
+                            reason: text.clone(),
+                        };
+                    }
+                    AuditRow {
+                        seq: 100 + i as i64,
+                        at: "2026-11-23T14:00:00Z".into(),
+                        request_id: Some(7),
+                        actor: "U0DEV".into(),
+                        event: event.name(),
+                        detail: event.detail().to_string(),
+                        prev_hash: "0".repeat(64),
+                        hash: format!("{:064x}", 0xabcdef0000u64 + i as u64),
+                    }
+                })
+                .collect();
+            let mut seen = Vec::new();
+            let mut next = 0;
+            while next < rows.len() {
+                let (msg, held) = blocks::audit_replies(&rows[next], &rows[next + 1..], &policy);
+                assert_message("coalesced audit reply", &msg);
+                prop_assert!(held >= 1 && next + held <= rows.len());
+                let held_rows = &rows[next..next + held];
+                if held > 1 {
+                    prop_assert!(
+                        held_rows.iter().all(|r| !blocks::posted_alone(r)),
+                        "an alert was carried by another event's reply"
+                    );
+                }
+                let rendered = msg.blocks.to_string();
+                for row in held_rows {
+                    let marker = format!("audit #{} · `{}…`", row.seq, &row.hash[..12]);
+                    prop_assert!(rendered.contains(&marker), "{marker} missing");
+                    seen.push(row.seq);
+                }
+                // Markers appear in event order.
+                let positions: Vec<usize> = held_rows
+                    .iter()
+                    .map(|r| rendered.find(&format!("audit #{} ", r.seq)).unwrap())
+                    .collect();
+                prop_assert!(positions.windows(2).all(|w| w[0] < w[1]));
+                next += held;
+            }
+            let expected: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+            prop_assert_eq!(seen, expected);
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn app_home_and_list_stay_within_limits_with_many_grants() {
     let strategy = (

@@ -8,6 +8,7 @@ mod approval_flow;
 mod audit_chain;
 mod credentials;
 mod edge;
+mod flood;
 mod hardened_edge;
 mod lifecycle;
 mod limits_props;

@@ -92,6 +92,8 @@ struct LimitsFile {
     requests_per_user_per_minute: u32,
     #[serde(default = "default_alert_after")]
     teardown_alert_after_failures: u32,
+    #[serde(default = "default_max_pending")]
+    max_pending_per_user: Spanned<u32>,
 }
 
 impl Default for LimitsFile {
@@ -99,6 +101,7 @@ impl Default for LimitsFile {
         Self {
             requests_per_user_per_minute: default_requests_per_minute(),
             teardown_alert_after_failures: default_alert_after(),
+            max_pending_per_user: default_max_pending(),
         }
     }
 }
@@ -108,6 +111,13 @@ fn default_requests_per_minute() -> u32 {
 }
 fn default_alert_after() -> u32 {
     5
+}
+/// Requests one requester may have waiting for approval at once. It also bounds what a few
+/// people can put ahead of everyone else in an approvers' channel, which Slack paces at about
+/// one message per second.
+pub const DEFAULT_MAX_PENDING_PER_USER: u32 = 3;
+fn default_max_pending() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_MAX_PENDING_PER_USER)
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -520,6 +530,9 @@ pub struct Identity {
 pub struct Limits {
     pub requests_per_user_per_minute: u32,
     pub teardown_alert_after_failures: u32,
+    /// Requests (and extensions) one requester, person or identity, may have waiting for
+    /// approval at once; requests approved by policy at once never wait and are not counted.
+    pub max_pending_per_user: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -769,12 +782,22 @@ impl Policy {
                 message: "limits.requests_per_user_per_minute must be at least 1".into(),
             });
         }
+        let max_pending = &file.limits.max_pending_per_user;
+        if *max_pending.get_ref() == 0 {
+            let (line, column) = position(text, max_pending.span().start);
+            return Err(PolicyError {
+                line,
+                column,
+                message: "limits.max_pending_per_user must be at least 1 (it is how many requests one requester may have waiting for approval at once)".into(),
+            });
+        }
         Ok(Policy {
             audit_channel: file.slack.audit_channel,
             admins,
             limits: Limits {
                 requests_per_user_per_minute: file.limits.requests_per_user_per_minute,
                 teardown_alert_after_failures: file.limits.teardown_alert_after_failures.max(1),
+                max_pending_per_user: *max_pending.get_ref(),
             },
             resources,
             identities,

@@ -690,3 +690,30 @@ fn outsiders_need_to_be_named() {
 fn user_id(id: &str) -> SlackUserId {
     SlackUserId::parse(id).unwrap()
 }
+
+#[test]
+fn pending_requests_per_requester_are_capped_by_default() {
+    let policy = parse(EXAMPLE).unwrap();
+    assert_eq!(
+        policy.limits.max_pending_per_user,
+        DEFAULT_MAX_PENDING_PER_USER
+    );
+    assert_eq!(DEFAULT_MAX_PENDING_PER_USER, 3);
+
+    let set = format!("{EXAMPLE}\n[limits]\nmax_pending_per_user = 8\n");
+    assert_eq!(parse(&set).unwrap().limits.max_pending_per_user, 8);
+
+    let zero = format!("{EXAMPLE}\n[limits]\nmax_pending_per_user = 0\n");
+    let err = error_of(&zero);
+    let line = zero
+        .lines()
+        .position(|l| l.contains("max_pending_per_user = 0"))
+        .unwrap()
+        + 1;
+    assert_eq!(err.line, line, "{err}");
+    assert!(
+        err.message
+            .contains("limits.max_pending_per_user must be at least 1"),
+        "{err}"
+    );
+}
