@@ -550,7 +550,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<i32> {
 
 /// `jit audit verify`: the chain, then an anchor given with `--head`, then Slack's anchors.
 async fn verify(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     key: &crate::crypto::AuditKey,
     anchor: Option<(i64, String)>,
     slack: bool,

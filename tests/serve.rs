@@ -665,15 +665,19 @@ async fn jit_migrate_keys_an_old_unkeyed_audit_log() {
             } else {
                 "jit"
             };
-            sqlx::query("INSERT INTO audit_log VALUES (?, ?, NULL, ?, 'expired', '{}', ?, ?)")
-                .bind(seq)
-                .bind(&at)
-                .bind(actor)
-                .bind(&prev)
-                .bind(&hash)
-                .execute(store.pool())
-                .await
-                .unwrap();
+            let mut conn = store.read().await.unwrap();
+            jit::store::on!(&mut conn, |c| sqlx::query(
+                "INSERT INTO audit_log VALUES ($1, $2, NULL, $3, 'expired', '{}', $4, $5)"
+            )
+            .bind(seq)
+            .bind(&at)
+            .bind(actor)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *c)
+            .await
+            .map(|_| ()))
+            .unwrap();
             prev = hash;
         }
         store.close().await;

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::SqliteConnection;
 
 use crate::app::App;
 use crate::queue::{self, Job, Placement};
@@ -72,7 +71,7 @@ pub async fn schedule(app: &App) -> anyhow::Result<()> {
 }
 
 /// The head, if rows were appended since the last anchor (or none was posted yet).
-pub async fn unanchored_head(conn: &mut SqliteConnection) -> sqlx::Result<Option<(i64, String)>> {
+pub async fn unanchored_head(conn: &mut crate::store::Conn) -> sqlx::Result<Option<(i64, String)>> {
     let Some((seq, hash)) = audit_store::head(conn).await? else {
         return Ok(None);
     };
@@ -229,7 +228,7 @@ async fn anchors_in(
 /// show) and history rewritten by someone holding the audit key. Run it after
 /// [`audit_store::verify`].
 pub async fn verify_slack(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     slack: &SlackApi,
     audit_channel: &str,
 ) -> anyhow::Result<SlackCheck> {

@@ -48,23 +48,7 @@ admins = { users = ["U0ADMIN"] }
 
 /// Raw single-row INSERT+COMMIT per second on `store`'s file.
 async fn raw_rate(store: &Store, seconds: u64) -> anyhow::Result<f64> {
-    let mut conn = store.read().await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
-    )
-    .execute(&mut *conn)
-    .await?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        sqlx::query("INSERT INTO bench_raw (payload) VALUES (?)")
-            .bind("{\"kind\":\"noop\"}")
-            .execute(&mut *conn)
-            .await?;
-        n += 1;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    Ok(crate::store::raw_commit_rate(store, Duration::from_secs(seconds)).await?)
 }
 
 pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> {
@@ -114,10 +98,10 @@ pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> 
     let started = Instant::now();
     let worker = tokio::spawn(worker::run(app.clone(), stopped));
     loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = 'noop' AND state = 'done'")
-                .fetch_one(store.pool())
-                .await?;
+        let done = {
+            let mut conn = store.read().await?;
+            crate::store::jobs::count(&mut conn, "noop", "done").await?
+        };
         if done as usize >= args.jobs {
             break;
         }

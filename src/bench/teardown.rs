@@ -206,10 +206,10 @@ pub async fn run(args: TeardownArgs, durability: Durability) -> anyhow::Result<(
     let last = first + step * args.grants as i32;
     let deadline = last + chrono::Duration::seconds(30);
     loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE revoked_at IS NULL")
-                .fetch_one(store.pool())
-                .await?;
+        let left = {
+            let mut conn = store.read().await?;
+            crate::store::requests::count_not_revoked(&mut conn).await?
+        };
         if left == 0 || Utc::now() > deadline {
             break;
         }
@@ -219,13 +219,14 @@ pub async fn run(args: TeardownArgs, durability: Durability) -> anyhow::Result<(
     app.waker.wake();
     let _ = worker.await;
 
-    let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT expires_at, revoked_at FROM requests")
-            .fetch_all(store.pool())
-            .await?;
+    let rows = {
+        let mut conn = store.read().await?;
+        crate::store::requests::expiries(&mut conn).await?
+    };
     let mut lags = Vec::with_capacity(rows.len());
     let mut missed = 0usize;
     for (expires, revoked) in rows {
+        let expires = expires.unwrap_or_default();
         match revoked {
             Some(revoked) => {
                 let lag = parse_time(&revoked)? - parse_time(&expires)?;

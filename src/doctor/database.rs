@@ -148,7 +148,7 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
 
 /// The audit chain, verified as `jit audit verify` does, with the key `jit serve` would use.
 async fn audit_check(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     key: Result<crate::crypto::AuditKey, String>,
 ) -> Check {
     let key = match key {

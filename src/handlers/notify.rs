@@ -237,7 +237,7 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
 /// is backed up, and only when `row` itself is not posted alone.
 async fn riding_along(
     app: &App,
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     row: &audit_store::AuditRow,
 ) -> anyhow::Result<Vec<(i64, audit_store::AuditRow)>> {
     let Some(request) = row.request_id.map(RequestId) else {

@@ -356,31 +356,24 @@ pub async fn store_for_approval(
             )
         })
         .collect();
-    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "INSERT INTO requests (kind, requester, resource, duration_secs, justification, ticket, state, \
-         approvals_required, created_at, pending_until, origin_channel) ",
-    );
-    let created = crate::store::format_time(now);
-    insert.push_values(
-        items.iter().zip(&fields),
-        |mut b, (p, (requester, until))| {
-            b.push_bind("access")
-                .push_bind(requester.as_str())
-                .push_bind(p.resource.id.as_str())
-                .push_bind(p.duration.as_secs() as i64)
-                .push_bind(p.justification.as_str())
-                .push_bind(p.ticket.as_deref())
-                .push_bind("pending")
-                .push_bind(p.resource.approvals_required as i64)
-                .push_bind(created.as_str())
-                .push_bind(crate::store::format_time(*until))
-                .push_bind(p.origin_channel.as_ref().map(|c| c.as_str()));
-        },
-    );
-    insert.push(" RETURNING id");
-    // Rows get increasing ids in the order of the VALUES list.
-    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(tx.conn()).await?;
-    ids.sort_unstable();
+    let new: Vec<crate::store::requests::NewRequest<'_>> = items
+        .iter()
+        .zip(&fields)
+        .map(|(p, (_, until))| crate::store::requests::NewRequest {
+            kind: Kind::Access,
+            parent: None,
+            requester: &p.requester,
+            resource: &p.resource.id,
+            duration: p.duration,
+            justification: &p.justification,
+            ticket: p.ticket.as_deref(),
+            approvals_required: p.resource.approvals_required,
+            created_at: now,
+            pending_until: Some(*until),
+            origin_channel: p.origin_channel.as_ref(),
+        })
+        .collect();
+    let ids = crate::store::requests::insert_many(tx, &new).await?;
     if ids.len() != items.len() {
         return Err(anyhow::anyhow!(
             "inserted {} requests for {} submissions",
@@ -760,7 +753,7 @@ pub async fn extend(
 /// How long `grant` lasts from its first issue, counting extensions approved or waiting that
 /// would still add to it.
 pub async fn committed_lifetime(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     grant: &Request,
 ) -> HandlerResult<GrantDuration> {
     let so_far = match (grant.granted_at, grant.expires_at) {

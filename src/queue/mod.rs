@@ -35,7 +35,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 use tokio::sync::Notify;
 
 use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
@@ -354,7 +353,7 @@ fn audit_thread_key(request: RequestId) -> String {
 /// The audit posts of `request` waiting in the audit chain behind the one running, oldest
 /// first, as (job id, audit seq), up to `limit`; it stops at a job it cannot read.
 pub async fn waiting_audit_posts(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     request: RequestId,
     limit: u32,
 ) -> sqlx::Result<Vec<(i64, i64)>> {
@@ -371,7 +370,7 @@ pub async fn waiting_audit_posts(
 /// Marks the waiting jobs `ids` done: a running job of their chain did their work (one reply
 /// carrying several audit events). Returns how many were still waiting.
 pub async fn complete_carried(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     ids: &[i64],
     now: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
@@ -379,13 +378,13 @@ pub async fn complete_carried(
 }
 
 /// How many jobs wait in the audit chain behind its head, counting up to `at_most`.
-pub async fn audit_backlog(conn: &mut SqliteConnection, at_most: u32) -> sqlx::Result<u32> {
+pub async fn audit_backlog(conn: &mut crate::store::Conn, at_most: u32) -> sqlx::Result<u32> {
     jobs::chain_backlog(conn, AUDIT_LANE, at_most).await
 }
 
 /// Inserts several jobs in one statement (see [`jobs::enqueue_many`]).
 pub async fn enqueue_many(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     batch: Vec<(Job, Placement, DateTime<Utc>)>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
@@ -398,7 +397,7 @@ pub async fn enqueue_many(
 
 /// Inserts `job` to run at `run_at`. `None`: a live job with the same unique key exists.
 pub async fn enqueue(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     job: &Job,
     placement: Placement,
     run_at: DateTime<Utc>,

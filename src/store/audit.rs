@@ -25,9 +25,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::FromRow;
 
-use super::{WriteTx, format_time, parse_time};
+use super::{Conn, WriteTx, format_time, on, parse_time};
 use crate::crypto::AuditKey;
 use crate::domain::ids::RequestId;
 
@@ -113,15 +113,17 @@ fn key_of(tx: &WriteTx) -> sqlx::Result<AuditKey> {
 }
 
 /// The last row's seq, hash and time.
-async fn last_row(conn: &mut SqliteConnection) -> sqlx::Result<Option<(i64, String, String)>> {
-    sqlx::query_as("SELECT seq, hash, at FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await
+async fn last_row(conn: &mut Conn) -> sqlx::Result<Option<(i64, String, String)>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT seq, hash, at FROM audit_log ORDER BY seq DESC LIMIT 1"
+    )
+    .fetch_optional(&mut *c)
+    .await)
 }
 
 /// Where the next row goes: its seq, its `prev_hash`, and the earliest time it may carry.
 async fn next_slot(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     at: DateTime<Utc>,
 ) -> sqlx::Result<(i64, String, DateTime<Utc>)> {
     Ok(match last_row(conn).await? {
@@ -154,9 +156,9 @@ pub async fn append(
         &prev_hash,
         &canonical(seq, &at, request_id, actor, event, &detail),
     );
-    sqlx::query(
+    on!(tx, |c| sqlx::query(
         "INSERT INTO audit_log (seq, at, request_id, actor, event, detail, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(seq)
     .bind(&at)
@@ -166,8 +168,9 @@ pub async fn append(
     .bind(&detail)
     .bind(&prev_hash)
     .bind(&hash)
-    .execute(tx.conn())
-    .await?;
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(seq)
 }
 
@@ -202,59 +205,64 @@ pub async fn append_many(
             hash,
         ));
     }
-    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "INSERT INTO audit_log (seq, at, request_id, actor, event, detail, prev_hash, hash) ",
-    );
-    insert.push_values(
-        &rows,
-        |mut b, (seq, request_id, actor, event, detail, prev, hash)| {
-            b.push_bind(*seq)
-                .push_bind(&at)
-                .push_bind(*request_id)
-                .push_bind(actor.as_str())
-                .push_bind(event.as_str())
-                .push_bind(detail.as_str())
-                .push_bind(prev.as_str())
-                .push_bind(hash.as_str());
-        },
-    );
-    insert.build().execute(tx.conn()).await?;
+    on!(tx, |c, Db| {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO audit_log (seq, at, request_id, actor, event, detail, prev_hash, hash) ",
+        );
+        insert.push_values(
+            &rows,
+            |mut b, (seq, request_id, actor, event, detail, prev, hash)| {
+                b.push_bind(*seq)
+                    .push_bind(&at)
+                    .push_bind(*request_id)
+                    .push_bind(actor.as_str())
+                    .push_bind(event.as_str())
+                    .push_bind(detail.as_str())
+                    .push_bind(prev.as_str())
+                    .push_bind(hash.as_str());
+            },
+        );
+        insert
+            .build()
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected())
+    })?;
     Ok(rows.iter().map(|r| r.0).collect())
 }
 
-pub async fn get(conn: &mut SqliteConnection, seq: i64) -> sqlx::Result<Option<AuditRow>> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE seq = ?")
-        .bind(seq)
-        .fetch_optional(&mut *conn)
-        .await
+pub async fn get(conn: &mut Conn, seq: i64) -> sqlx::Result<Option<AuditRow>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT * FROM audit_log WHERE seq = $1"
+    )
+    .bind(seq)
+    .fetch_optional(&mut *c)
+    .await)
 }
 
 /// The newest row's seq and hash: the chain's head.
-pub async fn head(conn: &mut SqliteConnection) -> sqlx::Result<Option<(i64, String)>> {
+pub async fn head(conn: &mut Conn) -> sqlx::Result<Option<(i64, String)>> {
     Ok(last_row(conn).await?.map(|(seq, hash, _)| (seq, hash)))
 }
 
-pub async fn for_request(
-    conn: &mut SqliteConnection,
-    id: RequestId,
-) -> sqlx::Result<Vec<AuditRow>> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE request_id = ? ORDER BY seq")
-        .bind(id.0)
-        .fetch_all(&mut *conn)
-        .await
+pub async fn for_request(conn: &mut Conn, id: RequestId) -> sqlx::Result<Vec<AuditRow>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT * FROM audit_log WHERE request_id = $1 ORDER BY seq"
+    )
+    .bind(id.0)
+    .fetch_all(&mut *c)
+    .await)
 }
 
 /// Rows after `after_seq`, in order, at most `limit` (for exports and verification in pages).
-pub async fn page(
-    conn: &mut SqliteConnection,
-    after_seq: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<AuditRow>> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await
+pub async fn page(conn: &mut Conn, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditRow>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+    )
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(&mut *c)
+    .await)
 }
 
 /// Where the unkeyed rows end and the keyed chain begins.
@@ -268,10 +276,12 @@ pub struct Boundary {
     pub mac: String,
 }
 
-pub async fn boundary(conn: &mut SqliteConnection) -> sqlx::Result<Option<Boundary>> {
-    sqlx::query_as("SELECT seq, head, keyed_at, mac FROM audit_chain_boundary WHERE id = 1")
-        .fetch_optional(&mut *conn)
-        .await
+pub async fn boundary(conn: &mut Conn) -> sqlx::Result<Option<Boundary>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT seq, head, keyed_at, mac FROM audit_chain_boundary WHERE id = 1"
+    )
+    .fetch_optional(&mut *c)
+    .await)
 }
 
 /// What [`open_chain`] found.
@@ -318,15 +328,18 @@ pub async fn open_chain(
         Walk::Done { last, head, .. } => (last, head),
     };
     let keyed_at = format_time(now);
-    sqlx::query(
-        "INSERT INTO audit_chain_boundary (id, seq, head, keyed_at, mac) VALUES (1, ?, ?, ?, ?)",
+    on!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO audit_chain_boundary (id, seq, head, keyed_at, mac) VALUES (1, $1, $2, $3, $4)",
     )
     .bind(seq)
     .bind(&head)
     .bind(&keyed_at)
     .bind(boundary_mac(key, seq, &head, &keyed_at))
-    .execute(tx.conn())
-    .await?;
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
     Ok(ChainOpened::Recorded { unkeyed: seq })
 }
 
@@ -362,7 +375,7 @@ enum Scheme<'k> {
 /// Walks rows after `(start_seq, start_hash)` up to `until` (inclusive), checking order, links
 /// and hashes; keyed rows also that time never goes backwards.
 async fn walk(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     start_seq: i64,
     start_hash: &str,
     until: i64,
@@ -435,14 +448,14 @@ async fn walk(
 }
 
 /// The unkeyed chain from the first row up to `until`.
-async fn verify_legacy(conn: &mut SqliteConnection, until: i64) -> sqlx::Result<Walk> {
+async fn verify_legacy(conn: &mut Conn, until: i64) -> sqlx::Result<Walk> {
     walk(conn, 0, GENESIS, until, Scheme::Legacy).await
 }
 
 /// Re-checks the whole chain in order under `key`; stops at the first bad row. This is the one
 /// verification entry point (`jit audit verify`, the demo, `jit doctor`): the unkeyed rows up to
 /// the boundary, that they end in the boundary's head, the boundary's MAC, then the keyed rows.
-pub async fn verify(conn: &mut SqliteConnection, key: &AuditKey) -> sqlx::Result<Verification> {
+pub async fn verify(conn: &mut Conn, key: &AuditKey) -> sqlx::Result<Verification> {
     let Some(b) = boundary(conn).await? else {
         let first = page(conn, 0, 1).await?;
         return Ok(match first.first() {
@@ -519,7 +532,7 @@ pub async fn verify(conn: &mut SqliteConnection, key: &AuditKey) -> sqlx::Result
 /// Whether row `seq` still exists with a hash that starts with `hash` (at least
 /// [`MIN_HEAD_DIGITS`] hex digits). `Err` says what is wrong.
 pub async fn check_anchor(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     seq: i64,
     hash: &str,
 ) -> sqlx::Result<Result<(), String>> {
@@ -548,38 +561,43 @@ pub struct AnchorRow {
 }
 
 pub async fn record_anchor(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     seq: i64,
     hash: &str,
     channel: &str,
     ts: Option<&str>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_anchors (seq, hash, channel, ts, posted_at) VALUES (?, ?, ?, ?, ?)",
+    on!(conn, |c| sqlx::query(
+        "INSERT INTO audit_anchors (seq, hash, channel, ts, posted_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(seq)
     .bind(hash)
     .bind(channel)
     .bind(ts)
     .bind(format_time(now))
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
 /// The newest posted anchor.
-pub async fn last_anchor(conn: &mut SqliteConnection) -> sqlx::Result<Option<AnchorRow>> {
-    sqlx::query_as(
+pub async fn last_anchor(conn: &mut Conn) -> sqlx::Result<Option<AnchorRow>> {
+    on!(conn, |c| {
+        sqlx::query_as(
         "SELECT seq, hash, channel, ts, posted_at FROM audit_anchors ORDER BY seq DESC, id DESC LIMIT 1",
     )
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut *c)
     .await
+    })
 }
 
 /// Every posted anchor, oldest first.
-pub async fn anchors(conn: &mut SqliteConnection) -> sqlx::Result<Vec<AnchorRow>> {
-    sqlx::query_as("SELECT seq, hash, channel, ts, posted_at FROM audit_anchors ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await
+pub async fn anchors(conn: &mut Conn) -> sqlx::Result<Vec<AnchorRow>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT seq, hash, channel, ts, posted_at FROM audit_anchors ORDER BY id"
+    )
+    .fetch_all(&mut *c)
+    .await)
 }

@@ -1,13 +1,30 @@
 //! Storage: every SQL statement of jit lives under this module.
 //!
-//! SQLite runs in WAL mode with `busy_timeout` and foreign keys, all set on the connect options
-//! so that every pooled connection gets them. Transactions that read and then write start with
-//! `BEGIN IMMEDIATE` ([`Store::begin_write`]): a deferred transaction that upgrades to a writer
-//! can fail with SQLITE_BUSY regardless of the timeout. No write transaction is held across a
-//! network call; callers claim, commit, call, and then record.
+//! **Two drivers, one seam.** `JIT_DATABASE_URL` chooses the driver by its scheme: SQLite
+//! (`sqlite://…`, the embedded default) or PostgreSQL (`postgres://…`, for several replicas).
+//! Everything outside `store/` holds a [`Store`] and passes a [`Conn`] (a pooled connection or a
+//! [`WriteTx`]) to the functions of this module's files; none of it knows which driver runs. Inside,
+//! [`on!`] compiles a statement once per driver, so a statement that both dialects accept (both
+//! take `$1` placeholders and `RETURNING`) is written once; where they differ, the two statements
+//! stand side by side in the same function. Migrations live in one folder per driver
+//! (`migrations/sqlite`, `migrations/postgres`), kept in step: the same versions, the same tables
+//! and columns (`tests/migrations.rs` checks both). One suite (`store::suite`, run by
+//! `tests/store_suite.rs`) holds every driver to the same behaviour, the way River's
+//! `riverdrivertest` does.
 //!
-//! Functions take `&mut SqliteConnection`, so a caller can run several of them inside its own
-//! transaction (`&mut *tx`).
+//! **One writer at a time, on both drivers.** Transactions that write start with
+//! [`Store::begin_write`], which holds the write lock from the first statement to the commit:
+//! - SQLite: `BEGIN IMMEDIATE` (a deferred transaction that upgrades to a writer can fail with
+//!   SQLITE_BUSY regardless of `busy_timeout`), and an in-process queue so writers wait in order.
+//! - PostgreSQL: `pg_advisory_xact_lock` on one key, so writers of every replica take turns just
+//!   as processes do on one SQLite file. Every read-then-write in this module (the audit chain's
+//!   head, a chain's next head, the per-requester pending cap) is then as safe on PostgreSQL as on
+//!   SQLite, with no isolation level to reason about; the lock is released by the commit, the
+//!   rollback, or the death of the connection (a replica killed mid-transaction).
+//! No write transaction is held across a network call: callers claim, commit, call, and record.
+//!
+//! SQLite runs in WAL mode with `busy_timeout` and foreign keys, all set on the connect options so
+//! that every pooled connection gets them.
 
 pub mod audit;
 pub mod credentials;
@@ -22,13 +39,53 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-/// The schema, embedded at compile time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The SQLite schema, embedded at compile time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// How hard SQLite works to keep the last commits through a power loss.
+/// The PostgreSQL schema, in step with [`MIGRATOR`].
+pub static PG_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The advisory lock every PostgreSQL write transaction holds (see the module docs): "jit" and
+/// a version, so it cannot collide with a lock another application on the database chose.
+const PG_WRITE_LOCK: i64 = 0x6a69_7400_0000_0001;
+
+/// The channel `LISTEN`ed on by every replica: a commit that may have made work wakes them.
+pub const PG_WAKE_CHANNEL: &str = "jit_wake";
+
+/// Which database a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Sqlite,
+    Postgres,
+}
+
+impl Driver {
+    /// The driver a `JIT_DATABASE_URL` names, by its scheme.
+    pub fn of_url(url: &str) -> Option<Driver> {
+        if url.starts_with("sqlite:") {
+            Some(Driver::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Driver::Postgres)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Sqlite => "sqlite",
+            Driver::Postgres => "postgres",
+        }
+    }
+}
+
+/// How hard SQLite works to keep the last commits through a power loss. (PostgreSQL's own
+/// `synchronous_commit` setting governs it there.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// `synchronous=FULL`: every commit is fsynced.
@@ -56,21 +113,130 @@ impl Durability {
 }
 
 #[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
     /// One writer at a time inside this process. Writers queue here, in order, instead of
-    /// polling SQLite's lock in `busy_timeout` steps (which costs milliseconds under load);
-    /// other processes (the admin CLI) still meet SQLite's lock and its timeout.
+    /// polling the database's lock (SQLite's `busy_timeout` steps cost milliseconds under load,
+    /// and on PostgreSQL a queue of connections parked on the advisory lock would empty the
+    /// pool); other processes meet the database's own lock.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The audit chain's key, once [`Store::open_audit_chain`] checked it against the database.
     /// Write transactions carry it, so audit appends can key their rows.
     audit_key: Arc<std::sync::OnceLock<crate::crypto::AuditKey>>,
 }
 
-/// A write transaction (`BEGIN IMMEDIATE`) holding the process's writer turn until it ends.
-/// Dereferences to the transaction, so `&mut *tx` is a `&mut SqliteConnection`.
+/// A connection of either driver, for the functions of this module: a pooled connection (reads,
+/// and statements that stand alone) or an open transaction (inside a [`WriteTx`]).
+pub enum Conn {
+    Sqlite(SqliteHold),
+    Postgres(PgHold),
+}
+
+#[doc(hidden)]
+pub enum SqliteHold {
+    Pooled(PoolConnection<Sqlite>),
+    Tx(Transaction<'static, Sqlite>),
+}
+
+#[doc(hidden)]
+pub enum PgHold {
+    Pooled(PoolConnection<Postgres>),
+    Tx(Transaction<'static, Postgres>),
+}
+
+/// The driver's own connection inside a [`Conn`], for [`on!`].
+#[doc(hidden)]
+pub enum Raw<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+impl From<PoolConnection<Sqlite>> for Conn {
+    fn from(conn: PoolConnection<Sqlite>) -> Conn {
+        Conn::Sqlite(SqliteHold::Pooled(conn))
+    }
+}
+
+impl From<PoolConnection<Postgres>> for Conn {
+    fn from(conn: PoolConnection<Postgres>) -> Conn {
+        Conn::Postgres(PgHold::Pooled(conn))
+    }
+}
+
+impl Conn {
+    pub fn driver(&self) -> Driver {
+        match self {
+            Conn::Sqlite(_) => Driver::Sqlite,
+            Conn::Postgres(_) => Driver::Postgres,
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn raw(&mut self) -> Raw<'_> {
+        match self {
+            Conn::Sqlite(SqliteHold::Pooled(c)) => Raw::Sqlite(c),
+            Conn::Sqlite(SqliteHold::Tx(t)) => Raw::Sqlite(t),
+            Conn::Postgres(PgHold::Pooled(c)) => Raw::Postgres(c),
+            Conn::Postgres(PgHold::Tx(t)) => Raw::Postgres(t),
+        }
+    }
+}
+
+/// Which driver a `sqlx::Database` type is, for [`on!`] bodies whose statement differs by dialect.
+pub trait Dialect {
+    const DRIVER: Driver;
+}
+
+impl Dialect for Sqlite {
+    const DRIVER: Driver = Driver::Sqlite;
+}
+
+impl Dialect for Postgres {
+    const DRIVER: Driver = Driver::Postgres;
+}
+
+impl Driver {
+    pub fn of<DB: Dialect>() -> Driver {
+        DB::DRIVER
+    }
+}
+
+/// Runs `$body` with `$c` bound to the driver's own connection (`&mut SqliteConnection` or
+/// `&mut PgConnection`) and `$db` to its `sqlx::Database` type. The body is compiled once per
+/// driver, so the binds are checked against both.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __store_on {
+    ($conn:expr, |$c:ident, $db:ident| $body:expr) => {
+        match $crate::store::Conn::raw($conn) {
+            $crate::store::Raw::Sqlite($c) => {
+                #[allow(dead_code)]
+                type $db = ::sqlx::Sqlite;
+                $body
+            }
+            $crate::store::Raw::Postgres($c) => {
+                #[allow(dead_code)]
+                type $db = ::sqlx::Postgres;
+                $body
+            }
+        }
+    };
+    ($conn:expr, |$c:ident| $body:expr) => {
+        $crate::__store_on!($conn, |$c, _Db| $body)
+    };
+}
+pub use crate::__store_on as on;
+
+/// A write transaction holding the write lock (see the module docs) until it ends.
+/// Dereferences to a [`Conn`], so `&mut tx` goes wherever a `&mut Conn` does.
 pub struct WriteTx {
-    tx: Transaction<'static, Sqlite>,
+    conn: Conn,
     _turn: tokio::sync::OwnedMutexGuard<()>,
     audit_key: Option<crate::crypto::AuditKey>,
 }
@@ -81,36 +247,62 @@ impl WriteTx {
         self.audit_key.as_ref()
     }
 
-    /// The connection, for statements run directly.
-    pub fn conn(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.tx
-    }
-
     pub async fn commit(self) -> sqlx::Result<()> {
-        self.tx.commit().await
+        match self.conn {
+            Conn::Sqlite(SqliteHold::Tx(tx)) => tx.commit().await,
+            Conn::Postgres(PgHold::Tx(mut tx)) => {
+                // Delivered to every listening replica at commit, and only if it commits.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(PG_WAKE_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+            _ => unreachable!("a WriteTx always holds a transaction"),
+        }
     }
 
     pub async fn rollback(self) -> sqlx::Result<()> {
-        self.tx.rollback().await
+        match self.conn {
+            Conn::Sqlite(SqliteHold::Tx(tx)) => tx.rollback().await,
+            Conn::Postgres(PgHold::Tx(tx)) => tx.rollback().await,
+            _ => unreachable!("a WriteTx always holds a transaction"),
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
-    type Target = Transaction<'static, Sqlite>;
-    fn deref(&self) -> &Self::Target {
-        &self.tx
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
     }
 }
 
+/// Connections a PostgreSQL store keeps: the request path's group commit, the worker's claims
+/// and outcomes, reads, and the `LISTEN` connection.
+const PG_MAX_CONNECTIONS: u32 = 10;
+
 impl Store {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+    /// Opens the database at `url`: `sqlite://path` (created if needed), `sqlite::memory:`, or
+    /// `postgres://…` (the database must exist; [`Store::migrate`] creates the tables).
     pub async fn connect(url: &str, durability: Durability) -> anyhow::Result<Store> {
+        match Driver::of_url(url) {
+            Some(Driver::Sqlite) => Self::connect_sqlite(url, durability).await,
+            Some(Driver::Postgres) => Self::connect_postgres(pg_options(url)?).await,
+            None => anyhow::bail!(
+                "JIT_DATABASE_URL must start with sqlite: (for example sqlite://jit.db) or postgres:// (for example postgres://jit@db.internal/jit), not `{}`",
+                redact_url(url)
+            ),
+        }
+    }
+
+    async fn connect_sqlite(url: &str, durability: Durability) -> anyhow::Result<Store> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("JIT_DATABASE_URL `{url}` is not a SQLite URL"))?
             .create_if_missing(true)
@@ -132,39 +324,99 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the database at {url}"))?;
-        Ok(Store {
+        Ok(Self::with_pool(Pool::Sqlite(pool)))
+    }
+
+    /// Opens a PostgreSQL store with `options` (tests pass their own schema this way).
+    pub async fn connect_postgres(options: PgConnectOptions) -> anyhow::Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_MAX_CONNECTIONS)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to PostgreSQL at {}:{} (database {})",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("(default)")
+                )
+            })?;
+        Ok(Self::with_pool(Pool::Postgres(pool)))
+    }
+
+    fn with_pool(pool: Pool) -> Store {
+        Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             audit_key: Arc::default(),
-        })
+        }
     }
 
     /// Opens an existing database for reading only (`jit doctor`): nothing is created,
     /// migrated or written, and a write through this store fails.
     pub async fn open_read_only(url: &str) -> anyhow::Result<Store> {
-        let options = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("JIT_DATABASE_URL `{url}` is not a SQLite URL"))?
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open the database at {url} for reading"))?;
-        Ok(Store {
-            pool,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            audit_key: Arc::default(),
-        })
+        match Driver::of_url(url) {
+            Some(Driver::Sqlite) => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .with_context(|| format!("JIT_DATABASE_URL `{url}` is not a SQLite URL"))?
+                    .read_only(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .min_connections(0)
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("cannot open the database at {url} for reading"))?;
+                Ok(Self::with_pool(Pool::Sqlite(pool)))
+            }
+            Some(Driver::Postgres) => {
+                let options = pg_options(url)?.options([("default_transaction_read_only", "on")]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(2)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to PostgreSQL at {} for reading",
+                            redact_url(url)
+                        )
+                    })?;
+                Ok(Self::with_pool(Pool::Postgres(pool)))
+            }
+            None => anyhow::bail!(
+                "JIT_DATABASE_URL must start with sqlite: or postgres://, not `{}`",
+                redact_url(url)
+            ),
+        }
     }
 
-    /// Applies pending migrations.
+    pub fn driver(&self) -> Driver {
+        match self.pool {
+            Pool::Sqlite(_) => Driver::Sqlite,
+            Pool::Postgres(_) => Driver::Postgres,
+        }
+    }
+
+    /// The migrations of this store's driver.
+    pub fn migrator(&self) -> &'static Migrator {
+        match self.driver() {
+            Driver::Sqlite => &MIGRATOR,
+            Driver::Postgres => &PG_MIGRATOR,
+        }
+    }
+
+    /// Applies pending migrations. On PostgreSQL, replicas starting together take turns (sqlx
+    /// holds an advisory lock while it migrates).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .context("cannot apply database migrations")
+        match &self.pool {
+            Pool::Sqlite(pool) => MIGRATOR.run(pool).await,
+            Pool::Postgres(pool) => PG_MIGRATOR.run(pool).await,
+        }
+        .context("cannot apply database migrations")
     }
 
     /// Opens the keyed audit chain (after [`Store::migrate`]): checks `key` against the chain's
@@ -186,58 +438,157 @@ impl Store {
     /// Starts a write transaction that holds the write lock from the start.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
         let turn = self.writer.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let conn = match &self.pool {
+            Pool::Sqlite(pool) => {
+                Conn::Sqlite(SqliteHold::Tx(pool.begin_with("BEGIN IMMEDIATE").await?))
+            }
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Conn::Postgres(PgHold::Tx(tx))
+            }
+        };
         Ok(WriteTx {
-            tx,
+            conn,
             _turn: turn,
             audit_key: self.audit_key.get().cloned(),
         })
     }
 
     /// A pooled connection for reads.
-    pub async fn read(&self) -> sqlx::Result<sqlx::pool::PoolConnection<Sqlite>> {
-        self.pool.acquire().await
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub async fn read(&self) -> sqlx::Result<Conn> {
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => Conn::Sqlite(SqliteHold::Pooled(pool.acquire().await?)),
+            Pool::Postgres(pool) => Conn::Postgres(PgHold::Pooled(pool.acquire().await?)),
+        })
     }
 
     /// Cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> sqlx::Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        let mut conn = self.read().await?;
+        on!(&mut conn, |c| sqlx::query("SELECT 1")
+            .execute(&mut *c)
             .await
-            .map(|_| ())
+            .map(|_| ()))
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// A listener for [`PG_WAKE_CHANNEL`] on PostgreSQL (`None` on SQLite, where one process
+    /// writes and wakes itself).
+    pub async fn wake_listener(&self) -> sqlx::Result<Option<sqlx::postgres::PgListener>> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(None),
+            Pool::Postgres(pool) => {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(PG_WAKE_CHANNEL).await?;
+                Ok(Some(listener))
+            }
+        }
+    }
+
+    /// Runs `sql` (several statements, no parameters) outside any transaction: for tests and
+    /// benchmarks that set up or tamper with a database on purpose.
+    pub async fn execute_script(&self, sql: &str) -> sqlx::Result<()> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+            Pool::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+        }
+    }
+}
+
+/// Single-row INSERT+COMMIT per second on `store`'s database for `for_how_long`: the floor the
+/// queue's figures are compared with (`jit bench queue`). Uses a table of its own.
+pub async fn raw_commit_rate(store: &Store, for_how_long: Duration) -> sqlx::Result<f64> {
+    let mut conn = store.read().await?;
+    match conn.raw() {
+        Raw::Sqlite(c) => sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bench_raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
+        )
+        .execute(&mut *c)
+        .await
+        .map(|_| ())?,
+        Raw::Postgres(c) => sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bench_raw (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, payload TEXT NOT NULL)",
+        )
+        .execute(&mut *c)
+        .await
+        .map(|_| ())?,
+    }
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < for_how_long {
+        on!(&mut conn, |c| sqlx::query(
+            "INSERT INTO bench_raw (payload) VALUES ($1)"
+        )
+        .bind("{\"kind\":\"noop\"}")
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))?;
+        n += 1;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// PostgreSQL connect options from a URL; `?options=-c search_path=…` selects a schema.
+pub fn pg_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).with_context(|| {
+        format!(
+            "JIT_DATABASE_URL `{}` is not a PostgreSQL URL",
+            redact_url(url)
+        )
+    })
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
 /// The versions of this binary's migrations that the database has not applied (all of them
 /// for a database jit never migrated), and the applied versions this binary does not know (a
 /// newer jit migrated it).
-pub async fn migration_status(
-    conn: &mut sqlx::SqliteConnection,
-) -> sqlx::Result<(Vec<i64>, Vec<i64>)> {
-    let table: Option<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    let applied: Vec<i64> = match table {
-        Some(_) => {
+pub async fn migration_status(conn: &mut Conn) -> sqlx::Result<(Vec<i64>, Vec<i64>)> {
+    let (migrator, table): (&Migrator, Option<String>) = match conn.raw() {
+        Raw::Sqlite(c) => (
+            &MIGRATOR,
             sqlx::query_scalar(
-                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
             )
-            .fetch_all(&mut *conn)
-            .await?
-        }
+            .fetch_optional(&mut *c)
+            .await?,
+        ),
+        Raw::Postgres(c) => (
+            &PG_MIGRATOR,
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&mut *c)
+                .await?,
+        ),
+    };
+    let applied: Vec<i64> = match table {
+        Some(_) => on!(conn, |c| sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version"
+        )
+        .fetch_all(&mut *c)
+        .await)?,
         None => Vec::new(),
     };
-    let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
     let pending = known
         .iter()
         .copied()
@@ -250,15 +601,18 @@ pub async fn migration_status(
 /// The latest time jit wrote down: the last audit event, or the last change to a job. A
 /// restarted jit never runs its clock behind it (see [`crate::clock::SystemClock::floored`]).
 pub async fn latest_recorded_time(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut Conn,
 ) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
-    let audit: Option<String> =
-        sqlx::query_scalar("SELECT at FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    let jobs: Option<i64> = sqlx::query_scalar("SELECT MAX(updated_at) FROM jobs")
-        .fetch_one(&mut *conn)
-        .await?;
+    let audit: Option<String> = on!(conn, |c| sqlx::query_scalar(
+        "SELECT at FROM audit_log ORDER BY seq DESC LIMIT 1"
+    )
+    .fetch_optional(&mut *c)
+    .await)?;
+    let jobs: Option<i64> = on!(conn, |c| sqlx::query_scalar(
+        "SELECT MAX(updated_at) FROM jobs"
+    )
+    .fetch_one(&mut *c)
+    .await)?;
     let audit = audit.as_deref().map(parse_time).transpose()?;
     Ok(audit.max(jobs.map(from_millis)))
 }

@@ -5,9 +5,9 @@
 
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::FromRow;
 
-use super::{format_time, parse_time};
+use super::{Conn, format_time, on, parse_time};
 use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{RequestId, ResourceId, SlackChannelId};
 use crate::domain::policy::Requester;
@@ -141,11 +141,13 @@ pub struct NewRequest<'a> {
     pub origin_channel: Option<&'a SlackChannelId>,
 }
 
-pub async fn insert(conn: &mut SqliteConnection, new: &NewRequest<'_>) -> sqlx::Result<RequestId> {
-    let id: i64 = sqlx::query_scalar(
+pub async fn insert(conn: &mut Conn, new: &NewRequest<'_>) -> sqlx::Result<RequestId> {
+    let id: i64 =
+        on!(conn, |c| {
+            sqlx::query_scalar(
         "INSERT INTO requests (kind, parent_id, requester, resource, duration_secs, justification, \
          ticket, state, approvals_required, created_at, pending_until, origin_channel) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11) RETURNING id",
     )
     .bind(new.kind.as_str())
     .bind(new.parent.map(|p| p.0))
@@ -158,79 +160,104 @@ pub async fn insert(conn: &mut SqliteConnection, new: &NewRequest<'_>) -> sqlx::
     .bind(format_time(new.created_at))
     .bind(new.pending_until.map(format_time))
     .bind(new.origin_channel.map(|c| c.as_str()))
-    .fetch_one(&mut *conn)
-    .await?;
+    .fetch_one(&mut *c)
+    .await
+        })?;
     Ok(RequestId(id))
 }
 
-pub async fn get(
-    conn: &mut SqliteConnection,
-    id: RequestId,
-) -> anyhow::Result<Option<StoredRequest>> {
-    let row: Option<RequestRow> = sqlx::query_as(select_requests!("WHERE id = ?"))
+/// Inserts several pending requests in one statement; returns their ids in the order given.
+pub async fn insert_many(conn: &mut Conn, new: &[NewRequest<'_>]) -> sqlx::Result<Vec<i64>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<i64> = on!(conn, |c, Db| {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO requests (kind, parent_id, requester, resource, duration_secs, justification, \
+             ticket, state, approvals_required, created_at, pending_until, origin_channel) ",
+        );
+        insert.push_values(new, |mut b, r| {
+            b.push_bind(r.kind.as_str())
+                .push_bind(r.parent.map(|p| p.0))
+                .push_bind(r.requester.key())
+                .push_bind(r.resource.as_str())
+                .push_bind(r.duration.as_secs() as i64)
+                .push_bind(r.justification)
+                .push_bind(r.ticket)
+                .push_bind("pending")
+                .push_bind(r.approvals_required as i64)
+                .push_bind(format_time(r.created_at))
+                .push_bind(r.pending_until.map(format_time))
+                .push_bind(r.origin_channel.map(|c| c.as_str()));
+        });
+        insert.push(" RETURNING id");
+        insert.build_query_scalar().fetch_all(&mut *c).await
+    })?;
+    // Rows get increasing ids in the order of the VALUES list (one statement, one writer).
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+pub async fn get(conn: &mut Conn, id: RequestId) -> anyhow::Result<Option<StoredRequest>> {
+    let row: Option<RequestRow> = on!(conn, |c| sqlx::query_as(select_requests!("WHERE id = $1"))
         .bind(id.0)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("cannot load request")?;
+        .fetch_optional(&mut *c)
+        .await)
+    .context("cannot load request")?;
     row.map(StoredRequest::try_from).transpose()
 }
 
 /// Requests of `requester` in any of the open states, newest first.
 pub async fn open_for_requester(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     requester: &Requester,
 ) -> anyhow::Result<Vec<StoredRequest>> {
-    let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
-        "WHERE requester = ? AND state IN ('pending', 'approved', 'active') ORDER BY id DESC LIMIT 50"
+    let rows: Vec<RequestRow> = on!(conn, |c| sqlx::query_as(select_requests!(
+        "WHERE requester = $1 AND state IN ('pending', 'approved', 'active') ORDER BY id DESC LIMIT 50"
     ))
     .bind(requester.key())
-    .fetch_all(&mut *conn)
-    .await
+    .fetch_all(&mut *c)
+    .await)
     .context("cannot list requests")?;
     rows.into_iter().map(StoredRequest::try_from).collect()
 }
 
 /// Every request of `requester` in an open state (pending, approved or active), oldest first.
 pub async fn all_open_for_requester(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     requester: &Requester,
 ) -> anyhow::Result<Vec<StoredRequest>> {
-    let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
-        "WHERE requester = ? AND state IN ('pending', 'approved', 'active') ORDER BY id"
+    let rows: Vec<RequestRow> = on!(conn, |c| sqlx::query_as(select_requests!(
+        "WHERE requester = $1 AND state IN ('pending', 'approved', 'active') ORDER BY id"
     ))
     .bind(requester.key())
-    .fetch_all(&mut *conn)
-    .await
+    .fetch_all(&mut *c)
+    .await)
     .context("cannot list requests")?;
     rows.into_iter().map(StoredRequest::try_from).collect()
 }
 
 /// Break-glass grants that no admin has reviewed yet, oldest first.
-pub async fn unreviewed_breakglass(
-    conn: &mut SqliteConnection,
-) -> anyhow::Result<Vec<StoredRequest>> {
-    let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
+pub async fn unreviewed_breakglass(conn: &mut Conn) -> anyhow::Result<Vec<StoredRequest>> {
+    let rows: Vec<RequestRow> = on!(conn, |c| sqlx::query_as(select_requests!(
         "WHERE kind = 'breakglass' AND reviewed_at IS NULL ORDER BY id LIMIT 50"
     ))
-    .fetch_all(&mut *conn)
-    .await
+    .fetch_all(&mut *c)
+    .await)
     .context("cannot list break-glass grants")?;
     rows.into_iter().map(StoredRequest::try_from).collect()
 }
 
 /// Pending requests on any of `resources`, oldest first (for an approver's App Home).
-pub async fn pending_on(
-    conn: &mut SqliteConnection,
-    resources: &[&str],
-) -> anyhow::Result<Vec<StoredRequest>> {
+pub async fn pending_on(conn: &mut Conn, resources: &[&str]) -> anyhow::Result<Vec<StoredRequest>> {
     let mut out = Vec::new();
     for resource in resources {
-        let rows: Vec<RequestRow> = sqlx::query_as(select_requests!(
-            "WHERE resource = ? AND state = 'pending' ORDER BY id LIMIT 50"
+        let rows: Vec<RequestRow> = on!(conn, |c| sqlx::query_as(select_requests!(
+            "WHERE resource = $1 AND state = 'pending' ORDER BY id LIMIT 50"
         ))
         .bind(resource)
-        .fetch_all(&mut *conn)
-        .await
+        .fetch_all(&mut *c)
+        .await)
         .context("cannot list pending requests")?;
         for row in rows {
             out.push(StoredRequest::try_from(row)?);
@@ -242,61 +269,84 @@ pub async fn pending_on(
 
 /// All requests, newest first; `active_only` limits to grants that are active now.
 pub async fn list(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     active_only: bool,
     limit: i64,
 ) -> anyhow::Result<Vec<StoredRequest>> {
     let rows: Vec<RequestRow> = if active_only {
-        sqlx::query_as(select_requests!(
-            "WHERE state = 'active' ORDER BY id DESC LIMIT ?"
+        on!(conn, |c| sqlx::query_as(select_requests!(
+            "WHERE state = 'active' ORDER BY id DESC LIMIT $1"
         ))
         .bind(limit)
-        .fetch_all(&mut *conn)
-        .await
+        .fetch_all(&mut *c)
+        .await)
     } else {
-        sqlx::query_as(select_requests!("ORDER BY id DESC LIMIT ?"))
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await
+        on!(conn, |c| sqlx::query_as(select_requests!(
+            "ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await)
     }
     .context("cannot list requests")?;
     rows.into_iter().map(StoredRequest::try_from).collect()
 }
 
+/// How many requests were never torn down (`jit bench teardown`).
+pub async fn count_not_revoked(conn: &mut Conn) -> sqlx::Result<i64> {
+    on!(conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE revoked_at IS NULL"
+    )
+    .fetch_one(&mut *c)
+    .await)
+}
+
+/// Every request's expiry and teardown time, as stored (`jit bench teardown`).
+pub async fn expiries(conn: &mut Conn) -> sqlx::Result<Vec<(Option<String>, Option<String>)>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT expires_at, revoked_at FROM requests ORDER BY id"
+    )
+    .fetch_all(&mut *c)
+    .await)
+}
+
 /// Counts requests by state (for metrics).
-pub async fn count_by_state(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("SELECT state, COUNT(*) FROM requests GROUP BY state")
-        .fetch_all(&mut *conn)
-        .await
+pub async fn count_by_state(conn: &mut Conn) -> sqlx::Result<Vec<(String, i64)>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT state, COUNT(*) FROM requests GROUP BY state"
+    )
+    .fetch_all(&mut *c)
+    .await)
 }
 
 /// Records one approver's approval. `false`: this approver had already approved.
 pub async fn add_approval(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     approver: &str,
     at: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO approvals (request_id, approver, decided_at) VALUES (?, ?, ?) \
+    let done = on!(conn, |c| sqlx::query(
+        "INSERT INTO approvals (request_id, approver, decided_at) VALUES ($1, $2, $3) \
          ON CONFLICT (request_id, approver) DO NOTHING",
     )
     .bind(id.0)
     .bind(approver)
     .bind(format_time(at))
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(done == 1)
 }
 
 /// Approvers so far, in the order they approved.
-pub async fn approvals(conn: &mut SqliteConnection, id: RequestId) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT approver FROM approvals WHERE request_id = ? ORDER BY decided_at, rowid",
+pub async fn approvals(conn: &mut Conn, id: RequestId) -> sqlx::Result<Vec<String>> {
+    on!(conn, |c| sqlx::query_scalar(
+        "SELECT approver FROM approvals WHERE request_id = $1 ORDER BY decided_at, approver",
     )
     .bind(id.0)
-    .fetch_all(&mut *conn)
-    .await
+    .fetch_all(&mut *c)
+    .await)
 }
 
 /// Outcome of a fenced update.
@@ -318,7 +368,7 @@ fn fenced(rows: u64) -> Fenced {
 
 /// A decision on a pending request: approved, denied, cancelled or timed out.
 pub async fn decide(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     to: State,
     decided_by: &str,
@@ -326,9 +376,9 @@ pub async fn decide(
     at: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
     let ended = to.is_final().then(|| format_time(at));
-    let done = sqlx::query(
-        "UPDATE requests SET state = ?, decided_by = ?, decision_note = ?, decided_at = ?, \
-         ended_at = COALESCE(?, ended_at) WHERE id = ? AND state = 'pending'",
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET state = $1, decided_by = $2, decision_note = $3, decided_at = $4, \
+         ended_at = COALESCE($5, ended_at) WHERE id = $6 AND state = 'pending'",
     )
     .bind(to.as_str())
     .bind(decided_by)
@@ -336,91 +386,105 @@ pub async fn decide(
     .bind(format_time(at))
     .bind(ended)
     .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(fenced(done.rows_affected()))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
 }
 
 /// Approved → active, once the provider has issued access.
 pub async fn activate(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     granted_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     grant_handle: &str,
     access_key: &str,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query(
-        "UPDATE requests SET state = 'active', granted_at = ?, expires_at = ?, grant_handle = ?, \
-         access_key = ? WHERE id = ? AND state = 'approved'",
+    let done = on!(conn, |c| {
+        sqlx::query(
+        "UPDATE requests SET state = 'active', granted_at = $1, expires_at = $2, grant_handle = $3, \
+         access_key = $4 WHERE id = $5 AND state = 'approved'",
     )
     .bind(format_time(granted_at))
     .bind(format_time(expires_at))
     .bind(grant_handle)
     .bind(access_key)
     .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(fenced(done.rows_affected()))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(fenced(done))
 }
 
 /// Records the handle of access that was issued (or may have been) but could not be activated
 /// (the request moved on meanwhile, or issuing failed in doubt), so the teardown knows what to
 /// revoke. `false`: a handle was already recorded, and stays.
 pub async fn record_handle(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     grant_handle: &str,
     access_key: &str,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE requests SET grant_handle = ?, access_key = ? WHERE id = ? AND grant_handle IS NULL",
+    let done = on!(conn, |c| {
+        sqlx::query(
+        "UPDATE requests SET grant_handle = $1, access_key = $2 WHERE id = $3 AND grant_handle IS NULL",
     )
     .bind(grant_handle)
     .bind(access_key)
     .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(done == 1)
 }
 
 /// Records something a grant issued (see [`crate::providers::Issuance`]). Issuing the same
 /// handle again keeps the later expiry.
 pub async fn record_issuance(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     handle: &str,
     issued_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<()> {
     // RFC 3339 text in one fixed format compares in time order.
-    sqlx::query(
-        "INSERT INTO issued (request_id, handle, issued_at, expires_at) VALUES (?, ?, ?, ?) \
+    on!(conn, |c| {
+        sqlx::query(
+        "INSERT INTO issued (request_id, handle, issued_at, expires_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (request_id, handle) DO UPDATE SET \
            expires_at = CASE WHEN issued.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL \
-                             ELSE MAX(issued.expires_at, excluded.expires_at) END",
+                             WHEN excluded.expires_at > issued.expires_at THEN excluded.expires_at \
+                             ELSE issued.expires_at END",
     )
     .bind(id.0)
     .bind(handle)
     .bind(format_time(issued_at))
     .bind(expires_at.map(format_time))
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// Everything request `id` issued, oldest first.
 pub async fn issuances(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
 ) -> anyhow::Result<Vec<crate::providers::Issuance>> {
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT handle, expires_at FROM issued WHERE request_id = ? ORDER BY issued_at, rowid",
+    let rows: Vec<(String, Option<String>)> =
+        on!(conn, |c| {
+            sqlx::query_as(
+        "SELECT handle, expires_at FROM issued WHERE request_id = $1 ORDER BY issued_at, handle",
     )
     .bind(id.0)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *c)
     .await
-    .context("cannot load what a grant issued")?;
+        })
+        .context("cannot load what a grant issued")?;
     rows.into_iter()
         .map(|(handle, expires_at)| {
             Ok(crate::providers::Issuance {
@@ -432,171 +496,186 @@ pub async fn issuances(
 }
 
 /// The handle of the latest issue of an active grant (an extension that re-issued access).
-pub async fn set_handle(
-    conn: &mut SqliteConnection,
-    id: RequestId,
-    grant_handle: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE requests SET grant_handle = ? WHERE id = ?")
-        .bind(grant_handle)
-        .bind(id.0)
-        .execute(&mut *conn)
-        .await?;
+pub async fn set_handle(conn: &mut Conn, id: RequestId, grant_handle: &str) -> sqlx::Result<()> {
+    on!(conn, |c| sqlx::query(
+        "UPDATE requests SET grant_handle = $1 WHERE id = $2"
+    )
+    .bind(grant_handle)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
 /// Moves a request from `from` to a final state `to` (expire, release, revoke, fail, apply).
 pub async fn end(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     from: State,
     to: State,
     at: DateTime<Utc>,
     note: Option<&str>,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query(
-        "UPDATE requests SET state = ?, ended_at = ?, failure = COALESCE(?, failure) \
-         WHERE id = ? AND state = ?",
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET state = $1, ended_at = $2, failure = COALESCE($3, failure) \
+         WHERE id = $4 AND state = $5",
     )
     .bind(to.as_str())
     .bind(format_time(at))
     .bind(note)
     .bind(id.0)
     .bind(from.as_str())
-    .execute(&mut *conn)
-    .await?;
-    Ok(fenced(done.rows_affected()))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
 }
 
 /// Moves the expiry of an active grant.
 pub async fn set_expiry(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     expires_at: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query("UPDATE requests SET expires_at = ? WHERE id = ? AND state = 'active'")
-        .bind(format_time(expires_at))
-        .bind(id.0)
-        .execute(&mut *conn)
-        .await?;
-    Ok(fenced(done.rows_affected()))
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET expires_at = $1 WHERE id = $2 AND state = 'active'"
+    )
+    .bind(format_time(expires_at))
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
 }
 
 /// Marks the teardown as confirmed. Fenced so it happens once.
 pub async fn mark_revoked(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     at: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done =
-        sqlx::query("UPDATE requests SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(format_time(at))
-            .bind(id.0)
-            .execute(&mut *conn)
-            .await?;
-    Ok(fenced(done.rows_affected()))
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+    )
+    .bind(format_time(at))
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
 }
 
 /// Other grants that hold the same access and are not torn down yet (reference counting).
 pub async fn other_holders(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     access_key: &str,
 ) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "SELECT id FROM requests WHERE access_key = ? AND id <> ? AND revoked_at IS NULL ORDER BY id",
+    on!(conn, |c| {
+        sqlx::query_scalar(
+        "SELECT id FROM requests WHERE access_key = $1 AND id <> $2 AND revoked_at IS NULL ORDER BY id",
     )
     .bind(access_key)
     .bind(id.0)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *c)
     .await
+    })
 }
 
 /// Remembers the approvers' message, once.
 pub async fn set_approval_message(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     channel: &SlackChannelId,
     ts: &str,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query(
-        "UPDATE requests SET approval_channel = ?, approval_ts = ? WHERE id = ? AND approval_ts IS NULL",
+    let done = on!(conn, |c| {
+        sqlx::query(
+        "UPDATE requests SET approval_channel = $1, approval_ts = $2 WHERE id = $3 AND approval_ts IS NULL",
     )
     .bind(channel.as_str())
     .bind(ts)
     .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(fenced(done.rows_affected()))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(fenced(done))
 }
 
 /// Remembers why the approvers' message could never be posted, once. `Applied` the first time.
 pub async fn set_delivery_failure(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     code: &str,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query(
-        "UPDATE requests SET delivery_failure = ? WHERE id = ? AND delivery_failure IS NULL AND approval_ts IS NULL",
+    let done = on!(conn, |c| {
+        sqlx::query(
+        "UPDATE requests SET delivery_failure = $1 WHERE id = $2 AND delivery_failure IS NULL AND approval_ts IS NULL",
     )
     .bind(code)
     .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(fenced(done.rows_affected()))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(fenced(done))
 }
 
 /// Remembers the audit thread's root message, once.
-pub async fn set_audit_root(
-    conn: &mut SqliteConnection,
-    id: RequestId,
-    ts: &str,
-) -> sqlx::Result<Fenced> {
-    let done = sqlx::query("UPDATE requests SET audit_ts = ? WHERE id = ? AND audit_ts IS NULL")
-        .bind(ts)
-        .bind(id.0)
-        .execute(&mut *conn)
-        .await?;
-    Ok(fenced(done.rows_affected()))
+pub async fn set_audit_root(conn: &mut Conn, id: RequestId, ts: &str) -> sqlx::Result<Fenced> {
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET audit_ts = $1 WHERE id = $2 AND audit_ts IS NULL"
+    )
+    .bind(ts)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
 }
 
 /// An admin's review of a break-glass grant, once.
 pub async fn mark_reviewed(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: RequestId,
     by: &str,
     at: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done = sqlx::query(
-        "UPDATE requests SET reviewed_by = ?, reviewed_at = ? \
-         WHERE id = ? AND kind = 'breakglass' AND reviewed_at IS NULL",
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET reviewed_by = $1, reviewed_at = $2 \
+         WHERE id = $3 AND kind = 'breakglass' AND reviewed_at IS NULL",
     )
     .bind(by)
     .bind(format_time(at))
     .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(fenced(done.rows_affected()))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
 }
 
 /// How many requests (extensions included) each of `requesters` (keys, see
 /// [`Requester::key`]) has waiting for approval. Requesters with none are left out.
 pub async fn pending_counts(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     requesters: &[String],
 ) -> sqlx::Result<std::collections::HashMap<String, u32>> {
     if requesters.is_empty() {
         return Ok(Default::default());
     }
-    let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "SELECT requester, COUNT(*) FROM requests WHERE state = 'pending' AND requester IN (",
-    );
-    let mut list = query.separated(", ");
-    for requester in requesters {
-        list.push_bind(requester.as_str());
-    }
-    query.push(") GROUP BY requester");
-    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut *conn).await?;
+    let rows: Vec<(String, i64)> = on!(conn, |c, Db| {
+        let mut query = sqlx::QueryBuilder::<Db>::new(
+            "SELECT requester, COUNT(*) FROM requests WHERE state = 'pending' AND requester IN (",
+        );
+        let mut list = query.separated(", ");
+        for requester in requesters {
+            list.push_bind(requester.as_str());
+        }
+        query.push(") GROUP BY requester");
+        query.build_query_as().fetch_all(&mut *c).await
+    })?;
     Ok(rows
         .into_iter()
         .map(|(requester, n)| (requester, n.max(0) as u32))
@@ -604,29 +683,25 @@ pub async fn pending_counts(
 }
 
 /// The time extensions of `parent` that are waiting or approved (not yet applied) would add.
-pub async fn open_extension_secs(
-    conn: &mut SqliteConnection,
-    parent: RequestId,
-) -> sqlx::Result<u64> {
-    let secs: i64 = sqlx::query_scalar(
+pub async fn open_extension_secs(conn: &mut Conn, parent: RequestId) -> sqlx::Result<u64> {
+    let secs: i64 = on!(conn, |c| sqlx::query_scalar(
         "SELECT COALESCE(SUM(duration_secs), 0) FROM requests \
-         WHERE parent_id = ? AND kind = 'extension' AND state IN ('pending', 'approved')",
+         WHERE parent_id = $1 AND kind = 'extension' AND state IN ('pending', 'approved')",
     )
     .bind(parent.0)
-    .fetch_one(&mut *conn)
-    .await?;
+    .fetch_one(&mut *c)
+    .await)?;
     Ok(secs.max(0) as u64)
 }
 
 /// Pending extensions of a grant (cancelled when the grant ends).
-pub async fn pending_extensions(
-    conn: &mut SqliteConnection,
-    parent: RequestId,
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "SELECT id FROM requests WHERE parent_id = ? AND kind = 'extension' AND state IN ('pending', 'approved')",
+pub async fn pending_extensions(conn: &mut Conn, parent: RequestId) -> sqlx::Result<Vec<i64>> {
+    on!(conn, |c| {
+        sqlx::query_scalar(
+        "SELECT id FROM requests WHERE parent_id = $1 AND kind = 'extension' AND state IN ('pending', 'approved')",
     )
     .bind(parent.0)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *c)
     .await
+    })
 }

@@ -427,14 +427,17 @@ async fn tokens_are_stored_only_as_hashes_and_never_logged() {
     .await;
     call(&h, "GET", "/requests", Some(&token), None).await;
     let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query("PRAGMA wal_checkpoint(FULL)")
-        .execute(&mut *conn)
+    jit::store::on!(&mut conn, |c| sqlx::query("PRAGMA wal_checkpoint(FULL)")
+        .execute(&mut *c)
         .await
-        .unwrap();
-    let stored: String = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+        .map(|r| r.rows_affected()))
+    .unwrap();
+    let stored: String = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT token_hash FROM api_tokens"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(stored, jit::handlers::identity::hash(&token));
     drop(conn);
     for suffix in ["", "-wal"] {

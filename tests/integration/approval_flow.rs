@@ -404,10 +404,12 @@ async fn ten_concurrent_clicks_make_one_decision() {
     );
     assert_eq!(h.provider_actions(id), ["grant"]);
     let mut conn = h.app.store.read().await.unwrap();
-    let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = 'grant'")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+    let grants: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE kind = 'grant'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(grants, 1);
 }
 
@@ -513,10 +515,13 @@ async fn a_429_from_slack_is_retried_after_retry_after() {
         1,
     );
     let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query("UPDATE jobs SET run_at = run_at + 1 WHERE kind = 'slack.audit'")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    jit::store::on!(&mut conn, |c| sqlx::query(
+        "UPDATE jobs SET run_at = run_at + 1 WHERE kind = 'slack.audit'"
+    )
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     drop(conn);
     h.run_jobs().await;
     assert!(
@@ -546,11 +551,12 @@ async fn a_429_from_slack_is_retried_after_retry_after() {
         format!("Access request {id}: U0DEV asks for db (waiting for approval)")
     );
     let mut conn = h.app.store.read().await.unwrap();
-    let attempts: i64 =
-        sqlx::query_scalar("SELECT attempts FROM jobs WHERE kind = 'slack.approval'")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+    let attempts: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT attempts FROM jobs WHERE kind = 'slack.approval'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(
         attempts, 1,
         "a rate limit does not count as a failed attempt"
@@ -591,11 +597,12 @@ async fn concurrent_submissions_are_stored_together_and_completely() {
         ),
         "{verdict:?}"
     );
-    let per_kind: Vec<(String, i64)> =
-        sqlx::query_as("SELECT kind, COUNT(*) FROM jobs GROUP BY kind ORDER BY kind")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+    let per_kind: Vec<(String, i64)> = jit::store::on!(&mut conn, |c| sqlx::query_as(
+        "SELECT kind, COUNT(*) FROM jobs GROUP BY kind ORDER BY kind"
+    )
+    .fetch_all(&mut *c)
+    .await)
+    .unwrap();
     let per_kind: Vec<(&str, i64)> = per_kind.iter().map(|(k, n)| (k.as_str(), *n)).collect();
     assert_eq!(
         per_kind,
@@ -607,11 +614,11 @@ async fn concurrent_submissions_are_stored_together_and_completely() {
         ]
     );
     // Each Slack channel's messages form one chain: one head, the rest waiting behind it.
-    let chains: Vec<(String, String, i64)> = sqlx::query_as(
+    let chains: Vec<(String, String, i64)> = jit::store::on!(&mut conn, |c| sqlx::query_as(
         "SELECT lane, state, COUNT(*) FROM jobs WHERE lane IS NOT NULL GROUP BY lane, state ORDER BY lane, state",
     )
-    .fetch_all(&mut *conn)
-    .await
+    .fetch_all(&mut *c)
+    .await)
     .unwrap();
     assert_eq!(
         chains,

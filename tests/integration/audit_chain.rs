@@ -26,14 +26,11 @@ async fn busy_log(h: &Harness) {
 /// A consistent copy of the harness database (WAL and all), for one tamper each.
 async fn copy_of(h: &Harness, name: &str) -> SqlitePool {
     let path = h.db_path.with_file_name(format!("{name}.db"));
-    let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "VACUUM INTO '{}'",
-        path.display()
-    )))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    h.app
+        .store
+        .execute_script(&format!("VACUUM INTO '{}'", path.display()))
+        .await
+        .unwrap();
     let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
@@ -53,7 +50,7 @@ async fn copy_of(h: &Harness, name: &str) -> SqlitePool {
 }
 
 async fn verify(pool: &SqlitePool, key: &AuditKey) -> Verification {
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = jit::store::Conn::from(pool.acquire().await.unwrap());
     audit_store::verify(&mut conn, key).await.unwrap()
 }
 
@@ -218,7 +215,7 @@ async fn every_tamper_is_detected_and_the_first_bad_row_named() {
         verify(&pool, &key).await,
         Verification::Intact { rows, .. } if rows == (n - 2) as u64
     ));
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = jit::store::Conn::from(pool.acquire().await.unwrap());
     let head = &all.last().unwrap().hash;
     let gone = audit_store::check_anchor(&mut conn, n, &head[..32])
         .await
@@ -226,7 +223,7 @@ async fn every_tamper_is_detected_and_the_first_bad_row_named() {
         .unwrap_err();
     assert!(gone.contains(&format!("row {n} was recorded earlier but is gone")));
     // A 12-digit prefix is too short to check anything.
-    let mut intact = clean.acquire().await.unwrap();
+    let mut intact = jit::store::Conn::from(clean.acquire().await.unwrap());
     assert!(
         audit_store::check_anchor(&mut intact, n, &head[..12])
             .await
@@ -396,9 +393,10 @@ async fn old_database(dir: &std::path::Path, rows: i64, edit: Option<i64>) -> St
         } else {
             "U0DEV"
         };
-        sqlx::query(
+        let mut conn = store.read().await.unwrap();
+        jit::store::on!(&mut conn, |c| sqlx::query(
             "INSERT INTO audit_log (seq, at, request_id, actor, event, detail, prev_hash, hash) \
-             VALUES (?, ?, ?, ?, 'revoked', ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, 'revoked', $5, $6, $7)",
         )
         .bind(seq)
         .bind(&at)
@@ -407,8 +405,9 @@ async fn old_database(dir: &std::path::Path, rows: i64, edit: Option<i64>) -> St
         .bind(&detail)
         .bind(&prev)
         .bind(&hash)
-        .execute(store.pool())
+        .execute(&mut *c)
         .await
+        .map(|_| ()))
         .unwrap();
         prev = hash;
     }
@@ -430,10 +429,11 @@ async fn an_old_unkeyed_log_upgrades_and_tampering_is_caught_on_both_sides() {
         "{refused}"
     );
     drop(tx);
-    let old_head: String = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = 5")
-        .fetch_one(store.pool())
+    let old_head = audit_store::get(&mut store.read().await.unwrap(), 5)
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .hash;
 
     assert_eq!(
         store.open_audit_chain(key.clone(), t0()).await.unwrap(),
@@ -486,13 +486,10 @@ async fn an_old_unkeyed_log_upgrades_and_tampering_is_caught_on_both_sides() {
         let dir = dir.path().to_owned();
         async move {
             let path = dir.join(format!("{name}.db"));
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "VACUUM INTO '{}'",
-                path.display()
-            )))
-            .execute(store.pool())
-            .await
-            .unwrap();
+            store
+                .execute_script(&format!("VACUUM INTO '{}'", path.display()))
+                .await
+                .unwrap();
             let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
                 .await
                 .unwrap();
@@ -717,7 +714,7 @@ async fn anchors_are_posted_on_the_interval_and_at_shutdown() {
 async fn slack_check(h: &Harness, pool: Option<&SqlitePool>) -> SlackCheck {
     match pool {
         Some(pool) => {
-            let mut conn = pool.acquire().await.unwrap();
+            let mut conn = jit::store::Conn::from(pool.acquire().await.unwrap());
             anchor::verify_slack(&mut conn, &h.app.slack, AUDIT)
                 .await
                 .unwrap()

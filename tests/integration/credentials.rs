@@ -134,10 +134,11 @@ async fn credentials_are_revealed_to_the_holder_only_and_stored_nowhere_else() {
             .unwrap()
             .is_some()
     );
-    sqlx::query("PRAGMA wal_checkpoint(FULL)")
-        .execute(&mut *conn)
+    jit::store::on!(&mut conn, |c| sqlx::query("PRAGMA wal_checkpoint(FULL)")
+        .execute(&mut *c)
         .await
-        .unwrap();
+        .map(|r| r.rows_affected()))
+    .unwrap();
     drop(conn);
     assert_nowhere(&h, &logs, &[secret, secret2]);
     // The audit export carries no secret either (it is in the database files checked above,
@@ -335,11 +336,14 @@ async fn postgres_end_to_end_through_slack() {
     })
     .await;
     let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('requests', ?)")
-        .bind(n as i64)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    jit::store::on!(&mut conn, |c| sqlx::query(
+        "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('requests', $1)"
+    )
+    .bind(n as i64)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     drop(conn);
     let id = h.request_access(DEV, "pg 1h check the numbers").await;
     assert_eq!(id, RequestId(n as i64 + 1));

@@ -251,26 +251,38 @@ async fn the_hash_chain_detects_an_edited_row() {
         "{verdict:?}"
     );
     // The triggers refuse edits and deletions.
-    let edit = sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
-        .execute(&mut *conn)
-        .await
-        .unwrap_err();
+    let edit = jit::store::on!(&mut conn, |c| sqlx::query(
+        "UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2"
+    )
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap_err();
     assert!(edit.to_string().contains("append-only"), "{edit}");
     assert!(
-        sqlx::query("DELETE FROM audit_log WHERE seq = 2")
-            .execute(&mut *conn)
-            .await
-            .is_err()
+        jit::store::on!(&mut conn, |c| sqlx::query(
+            "DELETE FROM audit_log WHERE seq = 2"
+        )
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .is_err()
     );
     // Someone with file access drops the trigger and edits a row: verify names it.
-    sqlx::query("DROP TRIGGER audit_log_no_update")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    jit::store::on!(&mut conn, |c| sqlx::query(
+        "DROP TRIGGER audit_log_no_update"
+    )
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    jit::store::on!(&mut conn, |c| sqlx::query(
+        "UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2"
+    )
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     match jit::store::audit::verify(&mut conn, &crate::harness::audit_key())
         .await
         .unwrap()

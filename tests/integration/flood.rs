@@ -362,11 +362,11 @@ async fn a_backed_up_audit_channel_coalesces_events_and_keeps_alerts_alone() {
 
     let mut conn = h.app.store.read().await.unwrap();
     let events = jit::store::audit::page(&mut conn, 0, 10_000).await.unwrap();
-    let stuck: i64 = sqlx::query_scalar(
+    let stuck: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
         "SELECT COUNT(*) FROM jobs WHERE kind LIKE 'slack.%' AND state <> 'done'",
     )
-    .fetch_one(&mut *conn)
-    .await
+    .fetch_one(&mut *c)
+    .await)
     .unwrap();
     drop(conn);
     assert_eq!(stuck, 0, "every message job done");

@@ -15,7 +15,6 @@ use jit::domain::request::{Request, State};
 use jit::providers::Providers;
 use jit::slack::simulator::{FakeSlack, Message};
 use jit::store::requests::StoredRequest;
-use jit::store::{Durability, Store};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -182,7 +181,10 @@ pub struct Harness {
     pub driver: jit::slack::driver::SlackDriver,
     pub provider_log: PathBuf,
     pub _dir: tempfile::TempDir,
+    /// The SQLite file (empty on PostgreSQL; see [`Harness::db`]).
     pub db_path: PathBuf,
+    /// The test's database, on the driver the test runs on.
+    pub db: crate::db::TestDb,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -277,14 +279,12 @@ impl Harness {
         slack.set_group_members("S0ONCALL", &[ONCALL]);
         slack.set_group_members("S0SECURITY", &[]);
 
-        let db_path = dir.path().join("jit.db");
-        let store = Store::connect(
-            &format!("sqlite://{}", db_path.display()),
-            Durability::Normal,
-        )
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
+        let db = crate::db::TestDb::current().await;
+        let db_path = db
+            .sqlite_path()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        let store = db.store().await;
         store
             .open_audit_chain(audit_key(), options.start)
             .await
@@ -367,6 +367,7 @@ impl Harness {
             provider_log,
             _dir: dir,
             db_path,
+            db,
             server,
         }
     }

@@ -144,10 +144,12 @@ async fn extend_within_and_beyond_the_maximum() {
     assert_eq!(h.state(id).await, State::Expired);
     assert_eq!(h.provider_actions(id), ["grant", "extend", "revoke"]);
     let mut conn = h.app.store.read().await.unwrap();
-    let revokes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = 'revoke'")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+    let revokes: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE kind = 'revoke'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(revokes, 1, "rescheduled, not duplicated");
     let reminders: Vec<String> = h
         .dm_texts(DEV)
@@ -568,10 +570,11 @@ async fn downtime_longer_than_a_grant_tears_down_at_restart() {
     // A job was running when the process died.
     let now = h.clock_now();
     let mut tx = h.app.store.begin_write().await.unwrap();
-    sqlx::query("UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ? WHERE kind = 'remind'")
+    jit::store::on!(&mut tx, |c| sqlx::query("UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 WHERE kind = 'remind'")
         .bind((now + Duration::hours(10)).timestamp_millis())
-        .execute(&mut **tx)
+        .execute(&mut *c)
         .await
+        .map(|_| ()))
         .unwrap();
     tx.commit().await.unwrap();
     // Three hours of downtime, then a restart.

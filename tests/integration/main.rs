@@ -1,6 +1,9 @@
 //! Integration tests: the real router and worker, driven by signed Slack requests, against the
 //! fake Slack Web API over HTTP and real provider processes.
 
+#[macro_use]
+#[path = "../support/db.rs"]
+mod db;
 mod harness;
 
 mod api;

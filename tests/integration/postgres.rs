@@ -71,11 +71,14 @@ async fn a_postgres_teardown_that_cannot_drop_objects_locks_the_role_and_alerts(
     .await;
     // Request ids restart at 1 in every harness; keep this run's role names apart from others.
     let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('requests', ?)")
-        .bind(n as i64)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    jit::store::on!(&mut conn, |c| sqlx::query(
+        "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('requests', $1)"
+    )
+    .bind(n as i64)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
     drop(conn);
     let id = h.request_access(DEV, "pg 1h migrate the numbers").await;
     h.run_jobs().await;

@@ -69,10 +69,12 @@ async fn duplicate_and_concurrent_deliveries_make_one_decision_and_one_grant() {
         assert_eq!(grants, 1, "{id}");
     }
     let mut conn = h.app.store.read().await.unwrap();
-    let grant_jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = 'grant'")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+    let grant_jobs: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE kind = 'grant'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(grant_jobs, 100);
 }
 
@@ -311,10 +313,12 @@ async fn slack_and_provider_faults_lose_nothing_and_duplicate_nothing() {
     }
     let mut conn = h.app.store.read().await.unwrap();
     let stuck: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT kind, state, last_error FROM jobs WHERE state <> 'done'")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+        jit::store::on!(&mut conn, |c| sqlx::query_as(
+            "SELECT kind, state, last_error FROM jobs WHERE state <> 'done'"
+        )
+        .fetch_all(&mut *c)
+        .await)
+        .unwrap();
     assert!(stuck.is_empty(), "every job finished: {stuck:?}");
     drop(conn);
     for id in &ids {
@@ -467,12 +471,12 @@ async fn handlers_worker_and_cli_writing_at_once() {
     let mut settled = false;
     for _ in 0..1200 {
         let mut conn = h.app.store.read().await.unwrap();
-        let due: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued','running') AND run_at <= ?",
+        let due: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued','running') AND run_at <= $1",
         )
         .bind(h.clock_now().timestamp_millis())
-        .fetch_one(&mut *conn)
-        .await
+        .fetch_one(&mut *c)
+        .await)
         .unwrap();
         if due == 0 {
             settled = true;
@@ -505,9 +509,9 @@ async fn handlers_worker_and_cli_writing_at_once() {
         "no surfaced SQLITE_BUSY"
     );
     let mut conn = h.app.store.read().await.unwrap();
-    let stale: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND attempts > 1 AND kind IN ('grant', 'revoke')")
-        .fetch_one(&mut *conn)
-        .await
+    let stale: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND attempts > 1 AND kind IN ('grant', 'revoke')")
+        .fetch_one(&mut *c)
+        .await)
         .unwrap();
     assert_eq!(stale, 0, "no grant or revoke ran twice");
 }
@@ -518,9 +522,9 @@ async fn a_failed_audit_write_blocks_the_action() {
     let id = h.request_access(DEV, "db 1h audited").await;
     h.run_jobs().await;
     let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(&mut *conn)
-        .await
+    jit::store::on!(&mut conn, |c| sqlx::query("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(&mut *c)
+        .await.map(|r| r.rows_affected()))
         .unwrap();
     drop(conn);
     h.click(ALICE, "jit.approve", id).await;
@@ -539,10 +543,11 @@ async fn a_failed_audit_write_blocks_the_action() {
         "{told:?}"
     );
     let mut conn = h.app.store.read().await.unwrap();
-    sqlx::query("DROP TRIGGER audit_full")
-        .execute(&mut *conn)
+    jit::store::on!(&mut conn, |c| sqlx::query("DROP TRIGGER audit_full")
+        .execute(&mut *c)
         .await
-        .unwrap();
+        .map(|r| r.rows_affected()))
+    .unwrap();
     drop(conn);
     h.click(ALICE, "jit.approve", id).await;
     h.run_jobs().await;

@@ -493,10 +493,12 @@ async fn odd_successful_answers_are_successes_and_nothing_is_posted_twice() {
     assert!(h.slack.faults_left() < 1_000);
     // No job failed on an answer it could not read.
     let mut conn = h.app.store.read().await.unwrap();
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'dead'")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+    let dead: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE state = 'dead'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(dead, 0);
 }
 
@@ -614,10 +616,12 @@ async fn ssl_check_is_answered_before_verification_and_does_nothing() {
     h.run_jobs().await;
     assert_eq!(h.slack.calls().len(), before);
     let mut conn = h.app.store.read().await.unwrap();
-    let requests: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+    let requests: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
     assert_eq!(requests, 0);
 }
 
