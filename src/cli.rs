@@ -212,7 +212,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let base = BaseConfig::from_env(&env)?;
             let store = Store::connect(&base.database_url, base.durability).await?;
             store.migrate().await?;
-            println!("migrations applied to {}", base.database_url);
+            println!(
+                "migrations applied to {}",
+                crate::store::redact_url(&base.database_url)
+            );
             let key_given = ["JIT_AUDIT_KEY", "JIT_ENCRYPTION_KEY"]
                 .iter()
                 .any(|name| env(name).is_some() || env(&format!("{name}_FILE")).is_some());

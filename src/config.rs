@@ -63,20 +63,37 @@ pub enum LogFormat {
 }
 
 /// Settings every command needs: where the database and the policy are.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BaseConfig {
+    /// May hold a password (PostgreSQL): shown only through [`crate::store::redact_url`].
     pub database_url: String,
     pub durability: Durability,
     pub policy_path: PathBuf,
 }
 
+impl std::fmt::Debug for BaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseConfig")
+            .field(
+                "database_url",
+                &crate::store::redact_url(&self.database_url),
+            )
+            .field("durability", &self.durability)
+            .field("policy_path", &self.policy_path)
+            .finish()
+    }
+}
+
 impl BaseConfig {
     pub fn from_env(env: EnvFn<'_>) -> Result<Self, ConfigError> {
-        let database_url = env("JIT_DATABASE_URL").unwrap_or_else(|| "sqlite://jit.db".into());
-        if !database_url.starts_with("sqlite:") {
+        // A PostgreSQL URL may carry a password, so it may also come from a file.
+        let database_url = secret(env, "JIT_DATABASE_URL")?
+            .map(|url| secrecy::ExposeSecret::expose_secret(&url).trim().to_owned())
+            .unwrap_or_else(|| "sqlite://jit.db".into());
+        if crate::store::Driver::of_url(&database_url).is_none() {
             return Err(ConfigError(format!(
-                "JIT_DATABASE_URL must be a sqlite: URL such as sqlite://jit.db, not `{}`",
-                database_url.split('@').next_back().unwrap_or_default()
+                "JIT_DATABASE_URL must be a sqlite: URL such as sqlite://jit.db, or a postgres:// URL such as postgres://jit@db.internal/jit, not `{}`",
+                crate::store::redact_url(&database_url)
             )));
         }
         let durability = match env("JIT_SQLITE_SYNCHRONOUS") {
@@ -520,8 +537,8 @@ mod tests {
                 "JIT_LISTEN must be an address",
             ),
             (
-                [GOOD, &[("JIT_DATABASE_URL", "postgres://u:p@h/db")]].concat(),
-                "JIT_DATABASE_URL must be a sqlite: URL",
+                [GOOD, &[("JIT_DATABASE_URL", "mysql://u:p@h/db")]].concat(),
+                "JIT_DATABASE_URL must be a sqlite: URL such as sqlite://jit.db, or a postgres:// URL such as postgres://jit@db.internal/jit, not `mysql://u:***@h/db`",
             ),
             (
                 [GOOD, &[("JIT_WORKERS", "0")]].concat(),

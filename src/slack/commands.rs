@@ -76,10 +76,13 @@ pub async fn answer(
         app,
         delivery,
         super::deliveries::still_handling(true),
-        error_reply(HandlerError::Internal(anyhow::anyhow!(
-            "cannot record the Slack delivery"
-        )))
-        .body(),
+        // Built only when it is needed: building it logs the internal error under a reference.
+        || {
+            error_reply(HandlerError::Internal(anyhow::anyhow!(
+                "cannot record the Slack delivery"
+            )))
+            .body()
+        },
         || async { handle(app, cmd, None).await.body() },
     )
     .await

@@ -89,7 +89,7 @@ pub async fn once<F, Fut>(
     app: &App,
     delivery: Option<&Delivery>,
     pending: Option<Value>,
-    failed: Option<Value>,
+    failed: impl FnOnce() -> Option<Value>,
     handle: F,
 ) -> Option<Value>
 where
@@ -123,7 +123,7 @@ where
                 error = format!("{err:#}"),
                 "cannot record a Slack delivery, so it is not acted on"
             );
-            failed
+            failed()
         }
     }
 }

@@ -28,9 +28,13 @@ pub async fn answer(
         } => Some(super::deliveries::Delivery::event(id, app.clock.now())),
         _ => None,
     };
-    super::deliveries::once(app, by_event.as_ref().or(delivery), None, None, || {
-        handle(app, body)
-    })
+    super::deliveries::once(
+        app,
+        by_event.as_ref().or(delivery),
+        None,
+        || None,
+        || handle(app, body),
+    )
     .await
 }
 

@@ -46,12 +46,18 @@ pub async fn answer(
         super::commands::not_served(app, &refused, "an interaction");
         return None;
     }
-    super::deliveries::once(app, delivery, None, None, || async {
-        match handle(app, interaction).await {
-            InteractionReply::Empty => None,
-            InteractionReply::Json(body) => Some(body),
-        }
-    })
+    super::deliveries::once(
+        app,
+        delivery,
+        None,
+        || None,
+        || async {
+            match handle(app, interaction).await {
+                InteractionReply::Empty => None,
+                InteractionReply::Json(body) => Some(body),
+            }
+        },
+    )
     .await
 }
 

@@ -232,11 +232,13 @@ async fn chain_probe(conn: &mut Conn, jobs: &[NewJob]) -> sqlx::Result<ChainProb
     // Rows without a key name a busy lane (and whether its head is waiting and not urgent);
     // rows with one carry that key's next turn.
     let rows: Vec<(String, Option<String>, Option<i64>)> = on!(conn, |c, Db| {
-        let mut query = sqlx::QueryBuilder::<Db>::new("SELECT l.lane, NULL, CASE WHEN EXISTS (");
+        // (Typed as BIGINT, so both branches of the union decode alike on PostgreSQL.)
+        let mut query =
+            sqlx::QueryBuilder::<Db>::new("SELECT l.lane, NULL, CAST(CASE WHEN EXISTS (");
         query
         .push("SELECT 1 FROM jobs h WHERE h.lane = l.lane AND h.state = 'queued' AND h.chain_class <> ")
         .push_bind(i64::from(CHAIN_URGENT))
-        .push(") THEN 1 ELSE 0 END FROM (");
+        .push(") THEN 1 ELSE 0 END AS BIGINT) FROM (");
         for (i, lane) in lanes.iter().enumerate() {
             if i > 0 {
                 query.push(" UNION ALL ");
@@ -369,9 +371,8 @@ pub async fn complete(
     attempt: i64,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done =
-        on!(conn, |c| {
-            sqlx::query(
+    let done = on!(conn, |c| {
+        sqlx::query(
         "UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $1 \
          WHERE id = $2 AND attempts = $3 AND state = 'running'",
     )
@@ -381,7 +382,7 @@ pub async fn complete(
     .execute(&mut *c)
     .await
     .map(|r| r.rows_affected())
-        })?;
+    })?;
     if done == 1 {
         promote_next(conn, id).await?;
     }
@@ -616,9 +617,8 @@ pub async fn renew(
     attempt: i64,
     lease_until: DateTime<Utc>,
 ) -> sqlx::Result<Fenced> {
-    let done =
-        on!(conn, |c| {
-            sqlx::query(
+    let done = on!(conn, |c| {
+        sqlx::query(
         "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND attempts = $3 AND state = 'running'",
     )
     .bind(millis(lease_until))
@@ -627,7 +627,7 @@ pub async fn renew(
     .execute(&mut *c)
     .await
     .map(|r| r.rows_affected())
-        })?;
+    })?;
     Ok(fenced(done))
 }
 
@@ -638,9 +638,8 @@ pub async fn reschedule(
     run_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    let done =
-        on!(conn, |c| {
-            sqlx::query(
+    let done = on!(conn, |c| {
+        sqlx::query(
         "UPDATE jobs SET run_at = $1, updated_at = $2 WHERE unique_key = $3 AND state = 'queued'",
     )
     .bind(millis(run_at))
@@ -649,7 +648,7 @@ pub async fn reschedule(
     .execute(&mut *c)
     .await
     .map(|r| r.rows_affected())
-        })?;
+    })?;
     Ok(done > 0)
 }
 

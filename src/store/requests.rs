@@ -142,9 +142,8 @@ pub struct NewRequest<'a> {
 }
 
 pub async fn insert(conn: &mut Conn, new: &NewRequest<'_>) -> sqlx::Result<RequestId> {
-    let id: i64 =
-        on!(conn, |c| {
-            sqlx::query_scalar(
+    let id: i64 = on!(conn, |c| {
+        sqlx::query_scalar(
         "INSERT INTO requests (kind, parent_id, requester, resource, duration_secs, justification, \
          ticket, state, approvals_required, created_at, pending_until, origin_channel) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11) RETURNING id",
@@ -162,7 +161,7 @@ pub async fn insert(conn: &mut Conn, new: &NewRequest<'_>) -> sqlx::Result<Reque
     .bind(new.origin_channel.map(|c| c.as_str()))
     .fetch_one(&mut *c)
     .await
-        })?;
+    })?;
     Ok(RequestId(id))
 }
 
@@ -475,16 +474,15 @@ pub async fn issuances(
     conn: &mut Conn,
     id: RequestId,
 ) -> anyhow::Result<Vec<crate::providers::Issuance>> {
-    let rows: Vec<(String, Option<String>)> =
-        on!(conn, |c| {
-            sqlx::query_as(
+    let rows: Vec<(String, Option<String>)> = on!(conn, |c| {
+        sqlx::query_as(
         "SELECT handle, expires_at FROM issued WHERE request_id = $1 ORDER BY issued_at, handle",
     )
     .bind(id.0)
     .fetch_all(&mut *c)
     .await
-        })
-        .context("cannot load what a grant issued")?;
+    })
+    .context("cannot load what a grant issued")?;
     rows.into_iter()
         .map(|(handle, expires_at)| {
             Ok(crate::providers::Issuance {
@@ -685,7 +683,7 @@ pub async fn pending_counts(
 /// The time extensions of `parent` that are waiting or approved (not yet applied) would add.
 pub async fn open_extension_secs(conn: &mut Conn, parent: RequestId) -> sqlx::Result<u64> {
     let secs: i64 = on!(conn, |c| sqlx::query_scalar(
-        "SELECT COALESCE(SUM(duration_secs), 0) FROM requests \
+        "SELECT CAST(COALESCE(SUM(duration_secs), 0) AS BIGINT) FROM requests \
          WHERE parent_id = $1 AND kind = 'extension' AND state IN ('pending', 'approved')",
     )
     .bind(parent.0)

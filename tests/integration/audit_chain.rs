@@ -132,6 +132,9 @@ async fn forge_boundary(pool: &SqlitePool, key: &AuditKey, seq: i64, head: &str)
     .unwrap();
 }
 
+// SQLite only: tampers with copies of the database file (`copy_of`). The same checks run on
+// PostgreSQL in tests/store_suite.rs (`the_audit_log_is_append_only_and_verifies`) and
+// `edge::the_hash_chain_detects_an_edited_row`.
 #[tokio::test]
 async fn every_tamper_is_detected_and_the_first_bad_row_named() {
     let h = Harness::start().await;
@@ -293,6 +296,9 @@ async fn every_tamper_is_detected_and_the_first_bad_row_named() {
     assert!(reason.contains("no keyed boundary record"), "{reason}");
 }
 
+// SQLite only: tampers with copies of the database file (`copy_of`). The same checks run on
+// PostgreSQL in tests/store_suite.rs (`the_audit_log_is_append_only_and_verifies`) and
+// `edge::the_hash_chain_detects_an_edited_row`.
 #[tokio::test]
 async fn time_never_goes_backwards_along_the_chain() {
     let h = Harness::start().await;
@@ -414,186 +420,188 @@ async fn old_database(dir: &std::path::Path, rows: i64, edit: Option<i64>) -> St
     store
 }
 
-#[tokio::test]
-async fn an_old_unkeyed_log_upgrades_and_tampering_is_caught_on_both_sides() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = old_database(dir.path(), 5, None).await;
-    let key = AuditKey::from_bytes([0x21; 32]);
-    // Without the chain opened, nothing can be appended: actions fail closed.
-    let mut tx = store.begin_write().await.unwrap();
-    let refused = audit_store::append(&mut tx, t0(), None, "jit", "x", &json!({}))
-        .await
-        .unwrap_err();
-    assert!(
-        refused.to_string().contains("audit chain is not open"),
-        "{refused}"
-    );
-    drop(tx);
-    let old_head = audit_store::get(&mut store.read().await.unwrap(), 5)
-        .await
-        .unwrap()
-        .unwrap()
-        .hash;
+driver_tests! {
+    async fn an_old_unkeyed_log_upgrades_and_tampering_is_caught_on_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = old_database(dir.path(), 5, None).await;
+        let key = AuditKey::from_bytes([0x21; 32]);
+        // Without the chain opened, nothing can be appended: actions fail closed.
+        let mut tx = store.begin_write().await.unwrap();
+        let refused = audit_store::append(&mut tx, t0(), None, "jit", "x", &json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("audit chain is not open"),
+            "{refused}"
+        );
+        drop(tx);
+        let old_head = audit_store::get(&mut store.read().await.unwrap(), 5)
+            .await
+            .unwrap()
+            .unwrap()
+            .hash;
 
-    assert_eq!(
-        store.open_audit_chain(key.clone(), t0()).await.unwrap(),
-        ChainOpened::Recorded { unkeyed: 5 }
-    );
-    let mut conn = store.read().await.unwrap();
-    let b = audit_store::boundary(&mut conn).await.unwrap().unwrap();
-    assert_eq!((b.seq, b.head.as_str()), (5, old_head.as_str()));
-    drop(conn);
-    // Opening again checks the key; a wrong key is refused with a clear line.
-    assert_eq!(
-        store.open_audit_chain(key.clone(), t0()).await.unwrap(),
-        ChainOpened::Keyed { boundary: 5 }
-    );
-    let wrong = store
-        .open_audit_chain(AuditKey::from_bytes([0x22; 32]), t0())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(wrong.starts_with("the audit key does not match"), "{wrong}");
+        assert_eq!(
+            store.open_audit_chain(key.clone(), t0()).await.unwrap(),
+            ChainOpened::Recorded { unkeyed: 5 }
+        );
+        let mut conn = store.read().await.unwrap();
+        let b = audit_store::boundary(&mut conn).await.unwrap().unwrap();
+        assert_eq!((b.seq, b.head.as_str()), (5, old_head.as_str()));
+        drop(conn);
+        // Opening again checks the key; a wrong key is refused with a clear line.
+        assert_eq!(
+            store.open_audit_chain(key.clone(), t0()).await.unwrap(),
+            ChainOpened::Keyed { boundary: 5 }
+        );
+        let wrong = store
+            .open_audit_chain(AuditKey::from_bytes([0x22; 32]), t0())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(wrong.starts_with("the audit key does not match"), "{wrong}");
 
-    let mut tx = store.begin_write().await.unwrap();
-    for i in 0..3 {
-        audit_store::append(
-            &mut tx,
-            t0() + Duration::hours(1),
-            None,
-            "jit",
-            "new",
-            &json!({ "i": i }),
-        )
-        .await
-        .unwrap();
-    }
-    tx.commit().await.unwrap();
-    let mut conn = store.read().await.unwrap();
-    let first_keyed = audit_store::get(&mut conn, 6).await.unwrap().unwrap();
-    assert_eq!(
-        first_keyed.prev_hash, old_head,
-        "the keyed chain links to the old head"
-    );
-    assert!(matches!(
-        audit_store::verify(&mut conn, &key).await.unwrap(),
-        Verification::Intact { rows: 8, .. }
-    ));
-    drop(conn);
+        let mut tx = store.begin_write().await.unwrap();
+        for i in 0..3 {
+            audit_store::append(
+                &mut tx,
+                t0() + Duration::hours(1),
+                None,
+                "jit",
+                "new",
+                &json!({ "i": i }),
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let mut conn = store.read().await.unwrap();
+        let first_keyed = audit_store::get(&mut conn, 6).await.unwrap().unwrap();
+        assert_eq!(
+            first_keyed.prev_hash, old_head,
+            "the keyed chain links to the old head"
+        );
+        assert!(matches!(
+            audit_store::verify(&mut conn, &key).await.unwrap(),
+            Verification::Intact { rows: 8, .. }
+        ));
+        drop(conn);
 
-    let copy = |name: &'static str| {
-        let store = store.clone();
-        let dir = dir.path().to_owned();
-        async move {
-            let path = dir.join(format!("{name}.db"));
-            store
-                .execute_script(&format!("VACUUM INTO '{}'", path.display()))
-                .await
-                .unwrap();
-            let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
-            for t in ["audit_log_no_update", "audit_log_no_delete"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}")))
-                    .execute(&pool)
+        let copy = |name: &'static str| {
+            let store = store.clone();
+            let dir = dir.path().to_owned();
+            async move {
+                let path = dir.join(format!("{name}.db"));
+                store
+                    .execute_script(&format!("VACUUM INTO '{}'", path.display()))
                     .await
                     .unwrap();
+                let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                for t in ["audit_log_no_update", "audit_log_no_delete"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}")))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                pool
             }
-            pool
-        }
-    };
-    // Before the boundary: an edited unkeyed row.
-    let pool = copy("old-edit").await;
-    sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_eq!(broken(verify(&pool, &key).await).0, 2);
-    // ... and with the unkeyed hashes recomputed: they no longer end in the recorded head.
-    let pool = copy("old-recompute").await;
-    sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let all = rows(&pool).await;
-    let mut prev = audit_store::GENESIS.to_owned();
-    for row in all.iter().take(5) {
-        let hash = audit_store::legacy_hash(
-            &prev,
-            &audit_store::canonical(
-                row.seq,
-                &row.at,
-                row.request_id,
-                &row.actor,
-                &row.event,
-                &row.detail,
-            ),
-        );
-        sqlx::query("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?")
-            .bind(&prev)
-            .bind(&hash)
-            .bind(row.seq)
+        };
+        // Before the boundary: an edited unkeyed row.
+        let pool = copy("old-edit").await;
+        sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
             .execute(&pool)
             .await
             .unwrap();
-        prev = hash;
+        assert_eq!(broken(verify(&pool, &key).await).0, 2);
+        // ... and with the unkeyed hashes recomputed: they no longer end in the recorded head.
+        let pool = copy("old-recompute").await;
+        sqlx::query("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 2")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let all = rows(&pool).await;
+        let mut prev = audit_store::GENESIS.to_owned();
+        for row in all.iter().take(5) {
+            let hash = audit_store::legacy_hash(
+                &prev,
+                &audit_store::canonical(
+                    row.seq,
+                    &row.at,
+                    row.request_id,
+                    &row.actor,
+                    &row.event,
+                    &row.detail,
+                ),
+            );
+            sqlx::query("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?")
+                .bind(&prev)
+                .bind(&hash)
+                .bind(row.seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+            prev = hash;
+        }
+        let (seq, reason) = broken(verify(&pool, &key).await);
+        assert_eq!(seq, 5);
+        assert!(
+            reason.contains("head recorded when the chain was keyed"),
+            "{reason}"
+        );
+        // ... or cut off before the boundary.
+        let pool = copy("old-truncate").await;
+        sqlx::query("DELETE FROM audit_log WHERE seq >= 4")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (seq, reason) = broken(verify(&pool, &key).await);
+        assert_eq!(seq, 4);
+        assert!(reason.contains("recorded as ending at row 5"), "{reason}");
+        // After the boundary: an edited keyed row, and a deleted one.
+        let pool = copy("new-edit").await;
+        sqlx::query("UPDATE audit_log SET detail = '{\"i\":9}' WHERE seq = 7")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(broken(verify(&pool, &key).await).0, 7);
+        let pool = copy("new-delete").await;
+        sqlx::query("DELETE FROM audit_log WHERE seq = 6")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (seq, reason) = broken(verify(&pool, &key).await);
+        assert_eq!(seq, 7);
+        assert!(reason.contains("row 6 is missing"), "{reason}");
     }
-    let (seq, reason) = broken(verify(&pool, &key).await);
-    assert_eq!(seq, 5);
-    assert!(
-        reason.contains("head recorded when the chain was keyed"),
-        "{reason}"
-    );
-    // ... or cut off before the boundary.
-    let pool = copy("old-truncate").await;
-    sqlx::query("DELETE FROM audit_log WHERE seq >= 4")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let (seq, reason) = broken(verify(&pool, &key).await);
-    assert_eq!(seq, 4);
-    assert!(reason.contains("recorded as ending at row 5"), "{reason}");
-    // After the boundary: an edited keyed row, and a deleted one.
-    let pool = copy("new-edit").await;
-    sqlx::query("UPDATE audit_log SET detail = '{\"i\":9}' WHERE seq = 7")
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_eq!(broken(verify(&pool, &key).await).0, 7);
-    let pool = copy("new-delete").await;
-    sqlx::query("DELETE FROM audit_log WHERE seq = 6")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let (seq, reason) = broken(verify(&pool, &key).await);
-    assert_eq!(seq, 7);
-    assert!(reason.contains("row 6 is missing"), "{reason}");
 }
 
-#[tokio::test]
-async fn a_tampered_old_log_is_not_keyed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = old_database(dir.path(), 6, Some(3)).await;
-    let err = store
-        .open_audit_chain(AuditKey::from_bytes([0x21; 32]), t0())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("the audit log written before the keyed chain does not verify (row 3: "),
-        "{err}"
-    );
-    assert!(err.contains("refuses to key a tampered chain"), "{err}");
-    let mut conn = store.read().await.unwrap();
-    assert_eq!(audit_store::boundary(&mut conn).await.unwrap(), None);
-    // Nothing can be recorded until someone looks: the action fails closed.
-    drop(conn);
-    let mut tx = store.begin_write().await.unwrap();
-    assert!(
-        audit_store::append(&mut tx, t0(), None, "jit", "x", &json!({}))
+driver_tests! {
+    async fn a_tampered_old_log_is_not_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = old_database(dir.path(), 6, Some(3)).await;
+        let err = store
+            .open_audit_chain(AuditKey::from_bytes([0x21; 32]), t0())
             .await
-            .is_err()
-    );
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the audit log written before the keyed chain does not verify (row 3: "),
+            "{err}"
+        );
+        assert!(err.contains("refuses to key a tampered chain"), "{err}");
+        let mut conn = store.read().await.unwrap();
+        assert_eq!(audit_store::boundary(&mut conn).await.unwrap(), None);
+        // Nothing can be recorded until someone looks: the action fails closed.
+        drop(conn);
+        let mut tx = store.begin_write().await.unwrap();
+        assert!(
+            audit_store::append(&mut tx, t0(), None, "jit", "x", &json!({}))
+                .await
+                .is_err()
+        );
+    }
 }
 
 /// Anchor messages in the audit channel, as (seq, hash).
@@ -619,96 +627,97 @@ async fn append_row(h: &Harness, event: &str) {
     tx.commit().await.unwrap();
 }
 
-#[tokio::test]
-async fn anchors_are_posted_on_the_interval_and_at_shutdown() {
-    let h = Harness::start().await;
-    anchor::schedule(&h.app).await.unwrap();
-    h.run_jobs().await;
-    assert!(anchors_posted(&h).is_empty(), "an empty log has no head");
+driver_tests! {
+    async fn anchors_are_posted_on_the_interval_and_at_shutdown() {
+        let h = Harness::start().await;
+        anchor::schedule(&h.app).await.unwrap();
+        h.run_jobs().await;
+        assert!(anchors_posted(&h).is_empty(), "an empty log has no head");
 
-    append_row(&h, "one").await;
-    append_row(&h, "two").await;
-    h.run_jobs().await;
-    assert!(anchors_posted(&h).is_empty(), "not before the interval");
-    h.advance_and_run(Duration::minutes(59)).await;
-    assert!(anchors_posted(&h).is_empty(), "not before the interval");
-    h.advance_and_run(Duration::minutes(1)).await;
-    let first = head(&h).await;
-    assert_eq!(first.0, 2);
-    assert_eq!(anchors_posted(&h), std::slice::from_ref(&first));
-    assert_eq!(first.1.len(), 64, "the full hash");
-    let message = h
-        .slack
-        .messages(AUDIT)
-        .into_iter()
-        .find(|m| m.text.starts_with("audit head"))
-        .unwrap();
-    assert!(
-        message
-            .rendered()
-            .contains("`jit audit verify --slack` checks the log"),
-        "{}",
-        message.rendered()
-    );
-    let mut conn = h.app.store.read().await.unwrap();
-    let recorded = audit_store::anchors(&mut conn).await.unwrap();
-    drop(conn);
-    assert_eq!(recorded.len(), 1);
-    assert_eq!((recorded[0].seq, &recorded[0].hash), (first.0, &first.1));
-    assert_eq!(recorded[0].ts.as_deref(), Some(message.ts.as_str()));
-    assert_eq!(recorded[0].channel, AUDIT);
-
-    // Nothing new: nothing posted at the next interval.
-    h.advance_and_run(Duration::hours(1)).await;
-    assert_eq!(anchors_posted(&h).len(), 1);
-
-    // New rows, and Slack fails for a while: the schedule survives (the job is never buried).
-    append_row(&h, "three").await;
-    h.slack.inject(
-        &format!("chat.postMessage@{AUDIT}"),
-        jit::slack::simulator::Fault::ServerError(503),
-        3,
-    );
-    h.advance_and_run(Duration::hours(1)).await;
-    assert_eq!(anchors_posted(&h).len(), 1, "Slack is down");
-    for _ in 0..5 {
+        append_row(&h, "one").await;
+        append_row(&h, "two").await;
+        h.run_jobs().await;
+        assert!(anchors_posted(&h).is_empty(), "not before the interval");
+        h.advance_and_run(Duration::minutes(59)).await;
+        assert!(anchors_posted(&h).is_empty(), "not before the interval");
         h.advance_and_run(Duration::minutes(1)).await;
-    }
-    assert_eq!(h.slack.faults_left(), 0);
-    let second = head(&h).await;
-    assert_eq!(second.0, 3);
-    assert_eq!(anchors_posted(&h), [first.clone(), second.clone()]);
+        let first = head(&h).await;
+        assert_eq!(first.0, 2);
+        assert_eq!(anchors_posted(&h), std::slice::from_ref(&first));
+        assert_eq!(first.1.len(), 64, "the full hash");
+        let message = h
+            .slack
+            .messages(AUDIT)
+            .into_iter()
+            .find(|m| m.text.starts_with("audit head"))
+            .unwrap();
+        assert!(
+            message
+                .rendered()
+                .contains("`jit audit verify --slack` checks the log"),
+            "{}",
+            message.rendered()
+        );
+        let mut conn = h.app.store.read().await.unwrap();
+        let recorded = audit_store::anchors(&mut conn).await.unwrap();
+        drop(conn);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!((recorded[0].seq, &recorded[0].hash), (first.0, &first.1));
+        assert_eq!(recorded[0].ts.as_deref(), Some(message.ts.as_str()));
+        assert_eq!(recorded[0].channel, AUDIT);
 
-    // Shutdown: the head is anchored at once, without waiting for the interval.
-    append_row(&h, "four").await;
-    let at_stop = anchor::request_now(&h.app).await.unwrap().unwrap();
-    assert_eq!(at_stop, head(&h).await);
-    assert!(!anchor::wait_posted(&h.app.store, at_stop.0, std::time::Duration::ZERO).await);
-    h.run_jobs().await;
-    assert_eq!(anchors_posted(&h), [first, second, at_stop.clone()]);
-    assert!(anchor::wait_posted(&h.app.store, at_stop.0, std::time::Duration::ZERO).await);
-    // Nothing to anchor at a second stop.
-    assert_eq!(anchor::request_now(&h.app).await.unwrap(), None);
-    // The schedule goes on after the shutdown anchor.
-    let mut conn = h.app.store.read().await.unwrap();
-    assert!(
-        jit::store::jobs::is_live(&mut conn, anchor::JOB_KEY)
-            .await
-            .unwrap()
-    );
-    drop(conn);
-    // A crash skipped the shutdown anchor: at the next start the moved head is posted at once,
-    // and the interval goes on from there.
-    append_row(&h, "five").await;
-    anchor::schedule(&h.app).await.unwrap();
-    h.run_jobs().await;
-    assert_eq!(anchors_posted(&h).len(), 4);
-    append_row(&h, "six").await;
-    h.advance_and_run(Duration::minutes(59)).await;
-    assert_eq!(anchors_posted(&h).len(), 4);
-    h.advance_and_run(Duration::minutes(1)).await;
-    assert_eq!(anchors_posted(&h).last(), Some(&head(&h).await));
-    assert_eq!(anchors_posted(&h).len(), 5);
+        // Nothing new: nothing posted at the next interval.
+        h.advance_and_run(Duration::hours(1)).await;
+        assert_eq!(anchors_posted(&h).len(), 1);
+
+        // New rows, and Slack fails for a while: the schedule survives (the job is never buried).
+        append_row(&h, "three").await;
+        h.slack.inject(
+            &format!("chat.postMessage@{AUDIT}"),
+            jit::slack::simulator::Fault::ServerError(503),
+            3,
+        );
+        h.advance_and_run(Duration::hours(1)).await;
+        assert_eq!(anchors_posted(&h).len(), 1, "Slack is down");
+        for _ in 0..5 {
+            h.advance_and_run(Duration::minutes(1)).await;
+        }
+        assert_eq!(h.slack.faults_left(), 0);
+        let second = head(&h).await;
+        assert_eq!(second.0, 3);
+        assert_eq!(anchors_posted(&h), [first.clone(), second.clone()]);
+
+        // Shutdown: the head is anchored at once, without waiting for the interval.
+        append_row(&h, "four").await;
+        let at_stop = anchor::request_now(&h.app).await.unwrap().unwrap();
+        assert_eq!(at_stop, head(&h).await);
+        assert!(!anchor::wait_posted(&h.app.store, at_stop.0, std::time::Duration::ZERO).await);
+        h.run_jobs().await;
+        assert_eq!(anchors_posted(&h), [first, second, at_stop.clone()]);
+        assert!(anchor::wait_posted(&h.app.store, at_stop.0, std::time::Duration::ZERO).await);
+        // Nothing to anchor at a second stop.
+        assert_eq!(anchor::request_now(&h.app).await.unwrap(), None);
+        // The schedule goes on after the shutdown anchor.
+        let mut conn = h.app.store.read().await.unwrap();
+        assert!(
+            jit::store::jobs::is_live(&mut conn, anchor::JOB_KEY)
+                .await
+                .unwrap()
+        );
+        drop(conn);
+        // A crash skipped the shutdown anchor: at the next start the moved head is posted at once,
+        // and the interval goes on from there.
+        append_row(&h, "five").await;
+        anchor::schedule(&h.app).await.unwrap();
+        h.run_jobs().await;
+        assert_eq!(anchors_posted(&h).len(), 4);
+        append_row(&h, "six").await;
+        h.advance_and_run(Duration::minutes(59)).await;
+        assert_eq!(anchors_posted(&h).len(), 4);
+        h.advance_and_run(Duration::minutes(1)).await;
+        assert_eq!(anchors_posted(&h).last(), Some(&head(&h).await));
+        assert_eq!(anchors_posted(&h).len(), 5);
+    }
 }
 
 async fn slack_check(h: &Harness, pool: Option<&SqlitePool>) -> SlackCheck {
@@ -728,6 +737,9 @@ async fn slack_check(h: &Harness, pool: Option<&SqlitePool>) -> SlackCheck {
     }
 }
 
+// SQLite only: tampers with copies of the database file (`copy_of`). The same checks run on
+// PostgreSQL in tests/store_suite.rs (`the_audit_log_is_append_only_and_verifies`) and
+// `edge::the_hash_chain_detects_an_edited_row`.
 #[tokio::test]
 async fn verify_slack_catches_what_the_chain_alone_cannot() {
     let h = Harness::start().await;

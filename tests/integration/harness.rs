@@ -191,6 +191,18 @@ pub struct Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.server.abort();
+        // A failing test shows what jit logged as an error or a warning (the log is shared by
+        // the tests of this binary, so lines of other tests may appear too).
+        if std::thread::panicking() {
+            let text = logs().text();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains(" WARN "))
+                .collect();
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                eprintln!("jit log: {line}");
+            }
+        }
     }
 }
 
@@ -252,6 +264,10 @@ impl Harness {
     }
 
     pub async fn with_options(options: Options) -> Harness {
+        // JIT_TEST_LOGS=1: capture jit's log from the start, so a failing test shows its errors.
+        if std::env::var_os("JIT_TEST_LOGS").is_some() {
+            logs();
+        }
         let template = options.policy.as_str();
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -369,6 +385,124 @@ impl Harness {
             db_path,
             db,
             server,
+        }
+    }
+
+    /// The driver this test runs on.
+    pub fn driver(&self) -> jit::store::Driver {
+        self.app.store.driver()
+    }
+
+    /// Runs SQL statements (no parameters) on the test's database, as someone with access to
+    /// it would.
+    pub async fn sql(&self, statements: &str) {
+        self.app
+            .store
+            .execute_script(statements)
+            .await
+            .unwrap_or_else(|e| panic!("{statements}: {e}"));
+    }
+
+    /// Everything the database holds, as text: the files on SQLite (after a checkpoint, so
+    /// nothing hides in the WAL), every row of every table on PostgreSQL. For checks that a
+    /// secret is stored nowhere.
+    pub async fn stored_text(&self) -> String {
+        match self.driver() {
+            jit::store::Driver::Sqlite => {
+                self.sql("PRAGMA wal_checkpoint(FULL)").await;
+                let mut all = String::new();
+                for suffix in ["", "-wal", "-shm"] {
+                    if let Ok(bytes) = std::fs::read(format!("{}{suffix}", self.db_path.display()))
+                    {
+                        all.push_str(&String::from_utf8_lossy(&bytes));
+                    }
+                }
+                assert!(!all.is_empty(), "the database file could not be read");
+                all
+            }
+            jit::store::Driver::Postgres => {
+                let mut conn = self.app.store.read().await.unwrap();
+                let tables: Vec<String> = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.tables \
+                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+                )
+                .fetch_all(&mut *c)
+                .await)
+                .unwrap();
+                assert!(tables.iter().any(|t| t == "requests"), "{tables:?}");
+                let mut all = String::new();
+                for table in tables {
+                    let sql =
+                        format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') FROM {table} t");
+                    let text: String = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
+                        sqlx::AssertSqlSafe(sql)
+                    )
+                    .fetch_one(&mut *c)
+                    .await)
+                    .unwrap();
+                    all.push_str(&text);
+                    all.push('\n');
+                }
+                all
+            }
+        }
+    }
+
+    /// What an attacker with write access to the database does first: lifts the triggers that
+    /// keep the audit log append-only.
+    pub async fn drop_audit_triggers(&self) {
+        match self.driver() {
+            jit::store::Driver::Sqlite => {
+                self.sql(
+                    "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete; \
+                     DROP TRIGGER audit_chain_boundary_no_update; DROP TRIGGER audit_chain_boundary_no_delete",
+                )
+                .await
+            }
+            jit::store::Driver::Postgres => {
+                self.sql(
+                    "ALTER TABLE audit_log DISABLE TRIGGER USER; \
+                     ALTER TABLE audit_chain_boundary DISABLE TRIGGER USER",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Makes every audit append fail (a full disk, say).
+    pub async fn break_audit_writes(&self) {
+        match self.driver() {
+            jit::store::Driver::Sqlite => {
+                self.sql("CREATE TRIGGER audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+                    .await
+            }
+            jit::store::Driver::Postgres => {
+                self.sql(
+                    "CREATE FUNCTION audit_full() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'disk full'; END $$; \
+                     CREATE TRIGGER audit_full BEFORE INSERT ON audit_log \
+                     FOR EACH ROW EXECUTE FUNCTION audit_full()",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Makes the next request's id `n + 1`.
+    pub async fn set_last_request_id(&self, n: i64) {
+        match self.driver() {
+            jit::store::Driver::Sqlite => {
+                self.sql(&format!(
+                    "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('requests', {n})"
+                ))
+                .await
+            }
+            jit::store::Driver::Postgres => {
+                self.sql(&format!(
+                    "SELECT setval(pg_get_serial_sequence('requests', 'id'), {n})"
+                ))
+                .await
+            }
         }
     }
 

@@ -32,162 +32,154 @@ async fn exec(pool: &sqlx::PgPool, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-#[tokio::test]
-async fn a_postgres_teardown_that_cannot_drop_objects_locks_the_role_and_alerts() {
-    let Ok(url) = std::env::var("JIT_TEST_POSTGRES_URL") else {
-        eprintln!("JIT_TEST_POSTGRES_URL is unset: skipping the PostgreSQL teardown flow");
-        return;
-    };
-    let su = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| {
-        panic!("JIT_TEST_POSTGRES_URL is set but PostgreSQL cannot be reached: {e}")
-    });
-    let n = rand::random::<u32>() >> 1;
-    let (role, schema, admin) = (
-        format!("jit_flow_rw_{n}"),
-        format!("jit_flow_schema_{n}"),
-        format!("jit_flow_admin_{n}"),
-    );
-    let password = jit::providers::postgres::random_password();
-    let password = secrecy::ExposeSecret::expose_secret(&password).to_owned();
-    for sql in [
-        format!("CREATE ROLE {role} NOLOGIN"),
-        format!("CREATE SCHEMA {schema}"),
-        format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"),
-        format!("CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{password}'"),
-        format!("GRANT pg_signal_backend TO {admin}"),
-    ] {
-        exec(&su, &sql).await;
-    }
-    let mut admin_url = url::Url::parse(&url).unwrap();
-    admin_url.set_username(&admin).unwrap();
-    admin_url.set_password(Some(&password)).unwrap();
-
-    let h = Harness::with_options(Options {
-        policy: POLICY.replace("{role}", &role),
-        start: chrono::Utc::now(),
-        postgres_url: Some(admin_url.to_string()),
-        ..Options::default()
-    })
-    .await;
-    // Request ids restart at 1 in every harness; keep this run's role names apart from others.
-    let mut conn = h.app.store.read().await.unwrap();
-    jit::store::on!(&mut conn, |c| sqlx::query(
-        "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('requests', $1)"
-    )
-    .bind(n as i64)
-    .execute(&mut *c)
-    .await
-    .map(|r| r.rows_affected()))
-    .unwrap();
-    drop(conn);
-    let id = h.request_access(DEV, "pg 1h migrate the numbers").await;
-    h.run_jobs().await;
-    h.click(ALICE, "jit.approve", id).await;
-    h.run_jobs().await;
-    assert_eq!(
-        h.state(id).await,
-        State::Active,
-        "{:?}",
-        h.audit_events(id).await
-    );
-    let login = format!("jit_{}", id.0);
-    h.click(DEV, "jit.reveal", id).await;
-    let text = h
-        .slack
-        .opened_views()
-        .into_iter()
-        .rfind(|v| v.view["callback_id"] == "jit.reveal_modal")
-        .expect("the reveal modal")
-        .view
-        .to_string();
-    let start = text.find("export DATABASE_URL='").unwrap() + "export DATABASE_URL='".len();
-    let database_url = text[start..].split('\'').next().unwrap().to_owned();
-
-    // The holder creates a table; someone else's view comes to depend on it.
-    let mut holder = sqlx::PgConnection::connect(&database_url).await.unwrap();
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE TABLE {schema}.made (x int)")))
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    exec(
-        &su,
-        &format!("CREATE VIEW {schema}.depends AS SELECT x FROM {schema}.made"),
-    )
-    .await;
-
-    h.click(DEV, "jit.release", id).await;
-    h.run_jobs().await;
-    for _ in 0..10 {
-        if h.audit_events(id)
-            .await
-            .iter()
-            .any(|e| e == "teardown_alert")
-        {
-            break;
+driver_tests! {
+    async fn a_postgres_teardown_that_cannot_drop_objects_locks_the_role_and_alerts() {
+        let Ok(url) = std::env::var("JIT_TEST_POSTGRES_URL") else {
+            eprintln!("JIT_TEST_POSTGRES_URL is unset: skipping the PostgreSQL teardown flow");
+            return;
+        };
+        let su = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| {
+            panic!("JIT_TEST_POSTGRES_URL is set but PostgreSQL cannot be reached: {e}")
+        });
+        let n = rand::random::<u32>() >> 1;
+        let (role, schema, admin) = (
+            format!("jit_flow_rw_{n}"),
+            format!("jit_flow_schema_{n}"),
+            format!("jit_flow_admin_{n}"),
+        );
+        let password = jit::providers::postgres::random_password();
+        let password = secrecy::ExposeSecret::expose_secret(&password).to_owned();
+        for sql in [
+            format!("CREATE ROLE {role} NOLOGIN"),
+            format!("CREATE SCHEMA {schema}"),
+            format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"),
+            format!("CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{password}'"),
+            format!("GRANT pg_signal_backend TO {admin}"),
+        ] {
+            exec(&su, &sql).await;
         }
-        h.advance_and_run(Duration::minutes(5)).await;
-    }
-    let events = h.audit_events(id).await;
-    assert!(
-        events.iter().any(|e| e == "teardown_alert"),
-        "no alert: {events:?}"
-    );
-    assert!(
-        h.request(id).await.revoked_at.is_none(),
-        "not torn down yet"
-    );
-    let alert = h
-        .audit_thread(id)
-        .into_iter()
-        .find(|m| m.contains("Teardown is failing"))
-        .expect("the alert in the audit thread");
-    assert!(
-        alert.contains(&format!("{login} can no longer log in"))
-            && alert.contains("depends")
-            && alert.starts_with(":rotating_light: <@U0SECLEAD>"),
-        "{alert}"
-    );
-    // Locked: no login, no membership, no session.
-    let (can_login, memberships, sessions): (bool, i64, i64) = sqlx::query_as(
-        "SELECT r.rolcanlogin, \
-                (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid), \
-                (SELECT count(*) FROM pg_stat_activity WHERE usename = r.rolname) \
-         FROM pg_roles r WHERE r.rolname = $1",
-    )
-    .bind(&login)
-    .fetch_one(&su)
-    .await
-    .unwrap();
-    assert_eq!((can_login, memberships, sessions), (false, 0, 0));
-    assert!(sqlx::query("SELECT 1").execute(&mut holder).await.is_err());
-    assert!(sqlx::PgConnection::connect(&database_url).await.is_err());
+        let mut admin_url = url::Url::parse(&url).unwrap();
+        admin_url.set_username(&admin).unwrap();
+        admin_url.set_password(Some(&password)).unwrap();
 
-    // The obstacle goes; the next retry finishes the teardown.
-    exec(&su, &format!("DROP VIEW {schema}.depends")).await;
-    for _ in 0..10 {
-        if h.request(id).await.revoked_at.is_some() {
-            break;
-        }
-        h.advance_and_run(Duration::minutes(10)).await;
-    }
-    assert!(
-        h.request(id).await.revoked_at.is_some(),
-        "{:?}",
-        h.audit_events(id).await
-    );
-    assert!(h.audit_events(id).await.contains(&"torn_down".to_owned()));
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(&login)
-            .fetch_one(&su)
+        let h = Harness::with_options(Options {
+            policy: POLICY.replace("{role}", &role),
+            start: chrono::Utc::now(),
+            postgres_url: Some(admin_url.to_string()),
+            ..Options::default()
+        })
+        .await;
+        // Request ids restart at 1 in every harness; keep this run's role names apart from others.
+        h.set_last_request_id(n as i64).await;
+        let id = h.request_access(DEV, "pg 1h migrate the numbers").await;
+        h.run_jobs().await;
+        h.click(ALICE, "jit.approve", id).await;
+        h.run_jobs().await;
+        assert_eq!(
+            h.state(id).await,
+            State::Active,
+            "{:?}",
+            h.audit_events(id).await
+        );
+        let login = format!("jit_{}", id.0);
+        h.click(DEV, "jit.reveal", id).await;
+        let text = h
+            .slack
+            .opened_views()
+            .into_iter()
+            .rfind(|v| v.view["callback_id"] == "jit.reveal_modal")
+            .expect("the reveal modal")
+            .view
+            .to_string();
+        let start = text.find("export DATABASE_URL='").unwrap() + "export DATABASE_URL='".len();
+        let database_url = text[start..].split('\'').next().unwrap().to_owned();
+
+        // The holder creates a table; someone else's view comes to depend on it.
+        let mut holder = sqlx::PgConnection::connect(&database_url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE TABLE {schema}.made (x int)")))
+            .execute(&mut holder)
             .await
             .unwrap();
-    assert!(!exists);
-    for sql in [
-        format!("DROP SCHEMA {schema} CASCADE"),
-        format!("DROP ROLE {role}"),
-        format!("DROP ROLE {admin}"),
-    ] {
-        exec(&su, &sql).await;
+        exec(
+            &su,
+            &format!("CREATE VIEW {schema}.depends AS SELECT x FROM {schema}.made"),
+        )
+        .await;
+
+        h.click(DEV, "jit.release", id).await;
+        h.run_jobs().await;
+        for _ in 0..10 {
+            if h.audit_events(id)
+                .await
+                .iter()
+                .any(|e| e == "teardown_alert")
+            {
+                break;
+            }
+            h.advance_and_run(Duration::minutes(5)).await;
+        }
+        let events = h.audit_events(id).await;
+        assert!(
+            events.iter().any(|e| e == "teardown_alert"),
+            "no alert: {events:?}"
+        );
+        assert!(
+            h.request(id).await.revoked_at.is_none(),
+            "not torn down yet"
+        );
+        let alert = h
+            .audit_thread(id)
+            .into_iter()
+            .find(|m| m.contains("Teardown is failing"))
+            .expect("the alert in the audit thread");
+        assert!(
+            alert.contains(&format!("{login} can no longer log in"))
+                && alert.contains("depends")
+                && alert.starts_with(":rotating_light: <@U0SECLEAD>"),
+            "{alert}"
+        );
+        // Locked: no login, no membership, no session.
+        let (can_login, memberships, sessions): (bool, i64, i64) = sqlx::query_as(
+            "SELECT r.rolcanlogin, \
+                    (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid), \
+                    (SELECT count(*) FROM pg_stat_activity WHERE usename = r.rolname) \
+             FROM pg_roles r WHERE r.rolname = $1",
+        )
+        .bind(&login)
+        .fetch_one(&su)
+        .await
+        .unwrap();
+        assert_eq!((can_login, memberships, sessions), (false, 0, 0));
+        assert!(sqlx::query("SELECT 1").execute(&mut holder).await.is_err());
+        assert!(sqlx::PgConnection::connect(&database_url).await.is_err());
+
+        // The obstacle goes; the next retry finishes the teardown.
+        exec(&su, &format!("DROP VIEW {schema}.depends")).await;
+        for _ in 0..10 {
+            if h.request(id).await.revoked_at.is_some() {
+                break;
+            }
+            h.advance_and_run(Duration::minutes(10)).await;
+        }
+        assert!(
+            h.request(id).await.revoked_at.is_some(),
+            "{:?}",
+            h.audit_events(id).await
+        );
+        assert!(h.audit_events(id).await.contains(&"torn_down".to_owned()));
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(&login)
+                .fetch_one(&su)
+                .await
+                .unwrap();
+        assert!(!exists);
+        for sql in [
+            format!("DROP SCHEMA {schema} CASCADE"),
+            format!("DROP ROLE {role}"),
+            format!("DROP ROLE {admin}"),
+        ] {
+            exec(&su, &sql).await;
+        }
     }
 }

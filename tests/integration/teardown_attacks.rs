@@ -76,310 +76,318 @@ fn calls_for(h: &Harness, id: RequestId) -> Vec<Value> {
         .collect()
 }
 
-/// Review point 5: an exec grant that did its side effect and then exceeded its timeout, on
-/// every attempt. Before, six grant side effects were logged, the request ended `failed`, and
-/// no revoke ever ran; the timeout killed only the direct child.
-#[tokio::test]
-async fn a_grant_that_acts_then_times_out_is_revoked_and_leaves_no_process() {
-    let h = harness().await;
-    std::fs::write(format!("{}.hang", h.provider_log.display()), "").unwrap();
-    let id = h.request_access(DEV, "slow 30m hanging grant").await;
-    for _ in 0..jit::handlers::grant::GRANT_ATTEMPTS {
+driver_tests! {
+    /// Review point 5: an exec grant that did its side effect and then exceeded its timeout, on
+    /// every attempt. Before, six grant side effects were logged, the request ended `failed`, and
+    /// no revoke ever ran; the timeout killed only the direct child.
+    async fn a_grant_that_acts_then_times_out_is_revoked_and_leaves_no_process() {
+        let h = harness().await;
+        std::fs::write(format!("{}.hang", h.provider_log.display()), "").unwrap();
+        let id = h.request_access(DEV, "slow 30m hanging grant").await;
+        for _ in 0..jit::handlers::grant::GRANT_ATTEMPTS {
+            h.run_jobs().await;
+            h.advance(Duration::minutes(3));
+        }
+        std::fs::remove_file(format!("{}.hang", h.provider_log.display())).unwrap();
         h.run_jobs().await;
-        h.advance(Duration::minutes(3));
-    }
-    std::fs::remove_file(format!("{}.hang", h.provider_log.display())).unwrap();
-    h.run_jobs().await;
 
-    let request = h.request(id).await;
-    assert_eq!(request.state, State::Failed);
-    let calls = calls_for(&h, id);
-    let grants = calls.iter().filter(|c| c["action"] == "grant").count();
-    assert_eq!(
-        grants,
-        jit::handlers::grant::GRANT_ATTEMPTS as usize,
-        "every attempt acted"
-    );
-    let revokes: Vec<&Value> = calls.iter().filter(|c| c["action"] == "revoke").collect();
-    assert_eq!(revokes.len(), 1, "one compensating revoke: {calls:?}");
-    assert_eq!(revokes[0]["reason"], "failed_grant");
-    assert_eq!(
-        revokes[0]["handle"], "exec:slow:U0DEV",
-        "the presumed handle"
-    );
-    assert!(request.revoked_at.is_some(), "the teardown is recorded");
-    let events = h.audit_events(id).await;
-    assert!(events.contains(&"grant_uncertain".to_owned()), "{events:?}");
-    assert_eq!(events.last().map(String::as_str), Some("torn_down"));
+        let request = h.request(id).await;
+        assert_eq!(request.state, State::Failed);
+        let calls = calls_for(&h, id);
+        let grants = calls.iter().filter(|c| c["action"] == "grant").count();
+        assert_eq!(
+            grants,
+            jit::handlers::grant::GRANT_ATTEMPTS as usize,
+            "every attempt acted"
+        );
+        let revokes: Vec<&Value> = calls.iter().filter(|c| c["action"] == "revoke").collect();
+        assert_eq!(revokes.len(), 1, "one compensating revoke: {calls:?}");
+        assert_eq!(revokes[0]["reason"], "failed_grant");
+        assert_eq!(
+            revokes[0]["handle"], "exec:slow:U0DEV",
+            "the presumed handle"
+        );
+        assert!(request.revoked_at.is_some(), "the teardown is recorded");
+        let events = h.audit_events(id).await;
+        assert!(events.contains(&"grant_uncertain".to_owned()), "{events:?}");
+        assert_eq!(events.last().map(String::as_str), Some("torn_down"));
 
-    // No process the command started survives it: neither the command nor its grandchild.
-    let pids: Vec<u32> = std::fs::read_to_string(format!("{}.pids", h.provider_log.display()))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2 * grants);
-    for pid in pids {
-        assert!(!running(pid), "process {pid} outlived the timeout");
+        // No process the command started survives it: neither the command nor its grandchild.
+        let pids: Vec<u32> = std::fs::read_to_string(format!("{}.pids", h.provider_log.display()))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2 * grants);
+        for pid in pids {
+            assert!(!running(pid), "process {pid} outlived the timeout");
+        }
     }
 }
 
-/// A grant in doubt (its call timed out) whose request is released before the retry: the retry
-/// must not issue access again to learn what to revoke; it revokes what the first call may have
-/// done.
-#[tokio::test]
-async fn a_grant_in_doubt_that_was_released_is_revoked_not_issued_again() {
-    let h = harness().await;
-    std::fs::write(format!("{}.hang", h.provider_log.display()), "").unwrap();
-    let id = h.request_access(DEV, "slow 30m hanging grant").await;
-    h.run_jobs().await;
-    std::fs::remove_file(format!("{}.hang", h.provider_log.display())).unwrap();
-    assert_eq!(
-        h.state(id).await,
-        State::Approved,
-        "the first attempt is in doubt"
-    );
-    let reply = h.slash(DEV, &format!("release {}", id.0)).await;
-    assert!(reply.text().contains("Releasing"), "{}", reply.text());
-    h.advance_and_run(Duration::minutes(5)).await;
-
-    let actions: Vec<String> = calls_for(&h, id)
-        .iter()
-        .map(|c| c["action"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(actions, ["grant", "revoke"], "never issued again");
-    let request = h.request(id).await;
-    assert_eq!(request.state, State::Released);
-    assert!(request.revoked_at.is_some());
-}
-
-/// Review point 6: overlapping grants were counted by resource and handle only, so two people
-/// whose grants share a handle (a command naming one team) shared one teardown: the first to
-/// end kept their access while the other's grant lasted.
-#[tokio::test]
-async fn two_people_sharing_a_handle_each_get_their_own_teardown() {
-    let h = harness().await;
-    let dev = h.request_access(DEV, "team 1h short job").await;
-    let bob = h.request_access(BOB, "team 3h long job").await;
-    h.run_jobs().await;
-    assert_eq!(h.state(dev).await, State::Active);
-    assert_eq!(h.state(bob).await, State::Active);
-    let handles: Vec<Value> = h
-        .provider_calls()
-        .iter()
-        .map(|c| c["handle"].clone())
-        .collect();
-    assert_eq!(handles, [json!("team:team"), json!("team:team")]);
-
-    h.advance_and_run(Duration::hours(1)).await;
-    let revoke = calls_for(&h, dev)
-        .into_iter()
-        .find(|c| c["action"] == "revoke")
-        .expect("DEV's access is removed when DEV's grant ends, while BOB's lasts");
-    assert_eq!(revoke["requester"], DEV);
-    assert_eq!(h.state(bob).await, State::Active);
-    assert!(calls_for(&h, bob).iter().all(|c| c["action"] != "revoke"));
-
-    h.advance_and_run(Duration::hours(2)).await;
-    assert!(calls_for(&h, bob).iter().any(|c| c["action"] == "revoke"));
-}
-
-/// Review point 6: a request past its pending time could still be approved while the timeout
-/// job was late.
-#[tokio::test]
-async fn a_late_approval_is_refused() {
-    let h = harness().await;
-    let id = h.request_access(DEV, "db 1h needs a person").await;
-    h.run_jobs().await;
-    // The timeout job is due but does not run (the worker is busy, say).
-    h.advance(Duration::minutes(31));
-    h.click(ALICE, "jit.approve", id).await;
-    assert_eq!(h.state(id).await, State::Pending, "nothing was approved");
-    h.run_jobs().await;
-    assert_eq!(h.state(id).await, State::TimedOut);
-    assert!(
-        h.provider_calls().is_empty(),
-        "nothing was issued: {:?}",
-        h.provider_calls()
-    );
-    let told = h.ephemeral_texts(ALICE);
-    assert!(
-        told.iter()
-            .any(|t| t.contains("expired") && t.contains("can no longer be approved")),
-        "{told:?}"
-    );
-}
-
-/// Review point 3: one request plus nine `/jit extend 1h` on an auto-approved resource (max 1h)
-/// gave a 10-hour grant that nobody approved. Now extensions are auto-approved only while the
-/// whole grant stays within the rule's own maximum, and nothing passes `max_lifetime` (3 × 1h
-/// by default), waiting extensions included.
-#[tokio::test]
-async fn nine_extensions_end_at_the_lifetime_cap() {
-    let h = harness().await;
-    let id = h.request_access(DEV, "short 1h deploy").await;
-    h.run_jobs().await;
-    let granted = h.request(id).await;
-    assert_eq!(granted.state, State::Active);
-    let granted_at = granted.granted_at.unwrap();
-
-    let mut replies = Vec::new();
-    for _ in 0..9 {
-        replies.push(h.slash(DEV, &format!("extend {} 1h", id.0)).await.text());
-    }
-    assert!(
-        replies[0].contains("is waiting for approval"),
-        "past the auto-approval rule's own 1h, an extension needs a person: {}",
-        replies[0]
-    );
-    assert!(
-        replies[1].contains("is waiting for approval"),
-        "{}",
-        replies[1]
-    );
-    for refused in &replies[2..] {
-        assert_eq!(refused, &replies[2]);
-    }
-    insta::assert_snapshot!(replies[2], @":warning: With 1h more, this grant of `short` would last 4 hours in all since it was issued; `short` grants last at most 3h (3 hours), extensions included. Please ask for a new grant instead.");
-
-    // The two that wait are approved; the grant then lasts exactly its cap.
-    for ext in [RequestId(id.0 + 1), RequestId(id.0 + 2)] {
-        h.click(ALICE, "jit.approve", ext).await;
+driver_tests! {
+    /// A grant in doubt (its call timed out) whose request is released before the retry: the retry
+    /// must not issue access again to learn what to revoke; it revokes what the first call may have
+    /// done.
+    async fn a_grant_in_doubt_that_was_released_is_revoked_not_issued_again() {
+        let h = harness().await;
+        std::fs::write(format!("{}.hang", h.provider_log.display()), "").unwrap();
+        let id = h.request_access(DEV, "slow 30m hanging grant").await;
         h.run_jobs().await;
+        std::fs::remove_file(format!("{}.hang", h.provider_log.display())).unwrap();
+        assert_eq!(
+            h.state(id).await,
+            State::Approved,
+            "the first attempt is in doubt"
+        );
+        let reply = h.slash(DEV, &format!("release {}", id.0)).await;
+        assert!(reply.text().contains("Releasing"), "{}", reply.text());
+        h.advance_and_run(Duration::minutes(5)).await;
+
+        let actions: Vec<String> = calls_for(&h, id)
+            .iter()
+            .map(|c| c["action"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(actions, ["grant", "revoke"], "never issued again");
+        let request = h.request(id).await;
+        assert_eq!(request.state, State::Released);
+        assert!(request.revoked_at.is_some());
     }
-    let grant = h.request(id).await;
-    assert_eq!(grant.expires_at, Some(granted_at + Duration::hours(3)));
-    let more = h.slash(DEV, &format!("extend {} 30m", id.0)).await.text();
-    assert!(more.contains("grants last at most 3h"), "{more}");
-    h.advance_and_run(Duration::hours(3)).await;
-    assert_eq!(h.state(id).await, State::Expired);
 }
 
-/// Review point 6: revoking a non-human identity's token (usually a leaked one) left its
-/// grants running.
-#[tokio::test]
-async fn revoking_a_token_ends_the_identitys_access() {
-    use secrecy::ExposeSecret;
-    let h = harness().await;
-    let (token_id, token) = jit::handlers::identity::create_token(
-        &h.app.store,
-        &h.app.policy,
-        "ci",
-        "cli:test",
-        h.clock_now(),
-    )
-    .await
-    .unwrap();
-    let ask = |justification: &'static str| {
-        h.http
-            .post(format!("{}/api/v1/requests", h.url))
-            .bearer_auth(token.expose_secret())
-            .json(&json!({"resource": "ci-db", "duration": "1h", "justification": justification}))
-            .send()
-    };
-    let first: Value = ask("deploy build 1").await.unwrap().json().await.unwrap();
-    let active = RequestId(first["id"].as_i64().unwrap());
-    h.run_jobs().await;
-    h.click(ALICE, "jit.approve", active).await;
-    h.run_jobs().await;
-    assert_eq!(h.state(active).await, State::Active);
-    let second: Value = ask("deploy build 2").await.unwrap().json().await.unwrap();
-    let pending = RequestId(second["id"].as_i64().unwrap());
+driver_tests! {
+    /// Review point 6: overlapping grants were counted by resource and handle only, so two people
+    /// whose grants share a handle (a command naming one team) shared one teardown: the first to
+    /// end kept their access while the other's grant lasted.
+    async fn two_people_sharing_a_handle_each_get_their_own_teardown() {
+        let h = harness().await;
+        let dev = h.request_access(DEV, "team 1h short job").await;
+        let bob = h.request_access(BOB, "team 3h long job").await;
+        h.run_jobs().await;
+        assert_eq!(h.state(dev).await, State::Active);
+        assert_eq!(h.state(bob).await, State::Active);
+        let handles: Vec<Value> = h
+            .provider_calls()
+            .iter()
+            .map(|c| c["handle"].clone())
+            .collect();
+        assert_eq!(handles, [json!("team:team"), json!("team:team")]);
 
-    let identity =
-        jit::handlers::identity::revoke_token(&h.app.store, token_id, "cli:test", h.clock_now())
+        h.advance_and_run(Duration::hours(1)).await;
+        let revoke = calls_for(&h, dev)
+            .into_iter()
+            .find(|c| c["action"] == "revoke")
+            .expect("DEV's access is removed when DEV's grant ends, while BOB's lasts");
+        assert_eq!(revoke["requester"], DEV);
+        assert_eq!(h.state(bob).await, State::Active);
+        assert!(calls_for(&h, bob).iter().all(|c| c["action"] != "revoke"));
+
+        h.advance_and_run(Duration::hours(2)).await;
+        assert!(calls_for(&h, bob).iter().any(|c| c["action"] == "revoke"));
+    }
+}
+
+driver_tests! {
+    /// Review point 6: a request past its pending time could still be approved while the timeout
+    /// job was late.
+    async fn a_late_approval_is_refused() {
+        let h = harness().await;
+        let id = h.request_access(DEV, "db 1h needs a person").await;
+        h.run_jobs().await;
+        // The timeout job is due but does not run (the worker is busy, say).
+        h.advance(Duration::minutes(31));
+        h.click(ALICE, "jit.approve", id).await;
+        assert_eq!(h.state(id).await, State::Pending, "nothing was approved");
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::TimedOut);
+        assert!(
+            h.provider_calls().is_empty(),
+            "nothing was issued: {:?}",
+            h.provider_calls()
+        );
+        let told = h.ephemeral_texts(ALICE);
+        assert!(
+            told.iter()
+                .any(|t| t.contains("expired") && t.contains("can no longer be approved")),
+            "{told:?}"
+        );
+    }
+}
+
+driver_tests! {
+    /// Review point 3: one request plus nine `/jit extend 1h` on an auto-approved resource (max 1h)
+    /// gave a 10-hour grant that nobody approved. Now extensions are auto-approved only while the
+    /// whole grant stays within the rule's own maximum, and nothing passes `max_lifetime` (3 × 1h
+    /// by default), waiting extensions included.
+    async fn nine_extensions_end_at_the_lifetime_cap() {
+        let h = harness().await;
+        let id = h.request_access(DEV, "short 1h deploy").await;
+        h.run_jobs().await;
+        let granted = h.request(id).await;
+        assert_eq!(granted.state, State::Active);
+        let granted_at = granted.granted_at.unwrap();
+
+        let mut replies = Vec::new();
+        for _ in 0..9 {
+            replies.push(h.slash(DEV, &format!("extend {} 1h", id.0)).await.text());
+        }
+        assert!(
+            replies[0].contains("is waiting for approval"),
+            "past the auto-approval rule's own 1h, an extension needs a person: {}",
+            replies[0]
+        );
+        assert!(
+            replies[1].contains("is waiting for approval"),
+            "{}",
+            replies[1]
+        );
+        for refused in &replies[2..] {
+            assert_eq!(refused, &replies[2]);
+        }
+        insta::assert_snapshot!(replies[2], @":warning: With 1h more, this grant of `short` would last 4 hours in all since it was issued; `short` grants last at most 3h (3 hours), extensions included. Please ask for a new grant instead.");
+
+        // The two that wait are approved; the grant then lasts exactly its cap.
+        for ext in [RequestId(id.0 + 1), RequestId(id.0 + 2)] {
+            h.click(ALICE, "jit.approve", ext).await;
+            h.run_jobs().await;
+        }
+        let grant = h.request(id).await;
+        assert_eq!(grant.expires_at, Some(granted_at + Duration::hours(3)));
+        let more = h.slash(DEV, &format!("extend {} 30m", id.0)).await.text();
+        assert!(more.contains("grants last at most 3h"), "{more}");
+        h.advance_and_run(Duration::hours(3)).await;
+        assert_eq!(h.state(id).await, State::Expired);
+    }
+}
+
+driver_tests! {
+    /// Review point 6: revoking a non-human identity's token (usually a leaked one) left its
+    /// grants running.
+    async fn revoking_a_token_ends_the_identitys_access() {
+        use secrecy::ExposeSecret;
+        let h = harness().await;
+        let (token_id, token) = jit::handlers::identity::create_token(
+            &h.app.store,
+            &h.app.policy,
+            "ci",
+            "cli:test",
+            h.clock_now(),
+        )
+        .await
+        .unwrap();
+        let ask = |justification: &'static str| {
+            h.http
+                .post(format!("{}/api/v1/requests", h.url))
+                .bearer_auth(token.expose_secret())
+                .json(&json!({"resource": "ci-db", "duration": "1h", "justification": justification}))
+                .send()
+        };
+        let first: Value = ask("deploy build 1").await.unwrap().json().await.unwrap();
+        let active = RequestId(first["id"].as_i64().unwrap());
+        h.run_jobs().await;
+        h.click(ALICE, "jit.approve", active).await;
+        h.run_jobs().await;
+        assert_eq!(h.state(active).await, State::Active);
+        let second: Value = ask("deploy build 2").await.unwrap().json().await.unwrap();
+        let pending = RequestId(second["id"].as_i64().unwrap());
+
+        let identity =
+            jit::handlers::identity::revoke_token(&h.app.store, token_id, "cli:test", h.clock_now())
+                .await
+                .unwrap();
+        let ended = jit::handlers::identity::end_access_of(&h.app, &identity, token_id, "tester")
             .await
             .unwrap();
-    let ended = jit::handlers::identity::end_access_of(&h.app, &identity, token_id, "tester")
-        .await
-        .unwrap();
-    assert_eq!(ended.revoked, [active]);
-    assert_eq!(ended.cancelled, [pending]);
-    h.run_jobs().await;
-    assert_eq!(h.state(active).await, State::Revoked);
-    assert_eq!(h.state(pending).await, State::Cancelled);
-    assert_eq!(h.provider_actions(active), ["grant", "revoke"]);
-    let mut conn = h.app.store.read().await.unwrap();
-    let revoked = jit::store::audit::for_request(&mut conn, active)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.event == "revoked")
-        .unwrap();
-    assert_eq!(revoked.actor, "cli:tester");
-    assert!(revoked.detail.contains(&format!("API token {token_id}")));
+        assert_eq!(ended.revoked, [active]);
+        assert_eq!(ended.cancelled, [pending]);
+        h.run_jobs().await;
+        assert_eq!(h.state(active).await, State::Revoked);
+        assert_eq!(h.state(pending).await, State::Cancelled);
+        assert_eq!(h.provider_actions(active), ["grant", "revoke"]);
+        let mut conn = h.app.store.read().await.unwrap();
+        let revoked = jit::store::audit::for_request(&mut conn, active)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.event == "revoked")
+            .unwrap();
+        assert_eq!(revoked.actor, "cli:tester");
+        assert!(revoked.detail.contains(&format!("API token {token_id}")));
+    }
 }
 
-/// Review point 6: the never-backwards clock was rebuilt from the wall clock at start, so a wall
-/// clock set back across a restart delayed every teardown. The clock is floored at the latest
-/// time recorded in the database.
-#[tokio::test]
-async fn a_wall_clock_set_back_across_a_restart_delays_no_teardown() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("jit.db").display());
-    let store = jit::store::Store::connect(&url, jit::store::Durability::Normal)
+driver_tests! {
+    /// Review point 6: the never-backwards clock was rebuilt from the wall clock at start, so a wall
+    /// clock set back across a restart delayed every teardown. The clock is floored at the latest
+    /// time recorded in the database.
+    async fn a_wall_clock_set_back_across_a_restart_delays_no_teardown() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jit.db").display());
+        let store = jit::store::Store::connect(&url, jit::store::Durability::Normal)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+            .open_audit_chain(jit::crypto::AuditKey::from_bytes([1; 32]), Utc::now())
+            .await
+            .unwrap();
+        // Before the restart jit's clock read two hours from now, and a teardown was due at
+        // 1h30m from now: overdue by then. The wall clock has since been set back (to "now").
+        // (Times are recorded to the millisecond.)
+        let before_restart =
+            jit::store::from_millis(jit::store::millis(Utc::now() + Duration::hours(2)));
+        let due = Utc::now() + Duration::minutes(90);
+        let mut tx = store.begin_write().await.unwrap();
+        jit::queue::enqueue(
+            &mut tx,
+            &jit::queue::Job::Revoke {
+                request: RequestId(1),
+            },
+            jit::queue::Placement::none(),
+            due,
+            before_restart,
+        )
         .await
         .unwrap();
-    store.migrate().await.unwrap();
-    store
-        .open_audit_chain(jit::crypto::AuditKey::from_bytes([1; 32]), Utc::now())
-        .await
-        .unwrap();
-    // Before the restart jit's clock read two hours from now, and a teardown was due at
-    // 1h30m from now: overdue by then. The wall clock has since been set back (to "now").
-    // (Times are recorded to the millisecond.)
-    let before_restart =
-        jit::store::from_millis(jit::store::millis(Utc::now() + Duration::hours(2)));
-    let due = Utc::now() + Duration::minutes(90);
-    let mut tx = store.begin_write().await.unwrap();
-    jit::queue::enqueue(
-        &mut tx,
-        &jit::queue::Job::Revoke {
-            request: RequestId(1),
-        },
-        jit::queue::Placement::none(),
-        due,
-        before_restart,
-    )
-    .await
-    .unwrap();
-    jit::store::audit::append(&mut tx, before_restart, None, "jit", "noop", &json!({}))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+        jit::store::audit::append(&mut tx, before_restart, None, "jit", "noop", &json!({}))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
 
-    let clock = jit::bootstrap::floored_clock(&store).await.unwrap();
-    let now = jit::clock::Clock::now(&clock);
-    assert!(now >= before_restart, "{now} is before {before_restart}");
-    assert!(now >= due, "the teardown is due at once");
-    let wall = jit::clock::Clock::wall(&clock);
-    assert!(
-        (wall - Utc::now()).num_seconds().abs() < 5,
-        "wall time stays wall time"
-    );
+        let clock = jit::bootstrap::floored_clock(&store).await.unwrap();
+        let now = jit::clock::Clock::now(&clock);
+        assert!(now >= before_restart, "{now} is before {before_restart}");
+        assert!(now >= due, "the teardown is due at once");
+        let wall = jit::clock::Clock::wall(&clock);
+        assert!(
+            (wall - Utc::now()).num_seconds().abs() < 5,
+            "wall time stays wall time"
+        );
+    }
 }
 
-/// Review point 6, the opposite case: a forward jump of the wall clock that was later
-/// corrected must not lock out every Slack request until a restart (the signature window is on
-/// wall time; grant times stay on the never-backwards clock).
-#[tokio::test]
-async fn a_corrected_forward_clock_jump_does_not_lock_out_slack() {
-    let h = harness().await;
-    let wall = h.clock_now();
-    h.clock.set_wall(wall + Duration::hours(1));
-    let _ = h.clock_now();
-    h.clock.set_wall(wall);
-    assert_eq!(h.clock_now(), wall + Duration::hours(1), "never backwards");
-    let reply = h.slash(DEV, "request staging 1h check").await;
-    assert_eq!(reply.status, 200, "signed at the real time, accepted");
-    let id = Harness::id_in(&reply.text());
-    h.run_jobs().await;
-    let grant = h.request(id).await;
-    assert_eq!(
-        grant.granted_at,
-        Some(wall + Duration::hours(1)),
-        "grant times stay on the never-backwards clock"
-    );
+driver_tests! {
+    /// Review point 6, the opposite case: a forward jump of the wall clock that was later
+    /// corrected must not lock out every Slack request until a restart (the signature window is on
+    /// wall time; grant times stay on the never-backwards clock).
+    async fn a_corrected_forward_clock_jump_does_not_lock_out_slack() {
+        let h = harness().await;
+        let wall = h.clock_now();
+        h.clock.set_wall(wall + Duration::hours(1));
+        let _ = h.clock_now();
+        h.clock.set_wall(wall);
+        assert_eq!(h.clock_now(), wall + Duration::hours(1), "never backwards");
+        let reply = h.slash(DEV, "request staging 1h check").await;
+        assert_eq!(reply.status, 200, "signed at the real time, accepted");
+        let id = Harness::id_in(&reply.text());
+        h.run_jobs().await;
+        let grant = h.request(id).await;
+        assert_eq!(
+            grant.granted_at,
+            Some(wall + Duration::hours(1)),
+            "grant times stay on the never-backwards clock"
+        );
+    }
 }
 
 /// The `aws:userid` of every STS session request `id` issued, as recorded.
@@ -398,156 +406,157 @@ async fn session_userids(h: &Harness, id: RequestId) -> Vec<String> {
         .collect()
 }
 
-/// Review point 2, end to end against moto: a 15-minute AWS grant extended by an hour and
-/// revoked by an admin at minute 16, after the first credentials expired. Before, the handle
-/// kept the first credentials' expiry, the revoke said "already expired", and the extended
-/// credentials kept working. Also: five minutes granted get STS's 900-second floor, and the
-/// rest is denied at the grant's end.
-#[tokio::test]
-async fn aws_credentials_of_an_extension_and_of_a_short_grant_are_denied() {
-    let Ok(endpoint) = std::env::var("JIT_TEST_AWS_ENDPOINT") else {
-        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: skipping the AWS teardown attack against moto");
-        return;
-    };
-    let sdk = moto_sdk(&endpoint).await;
-    let iam = aws_sdk_iam::Client::new(&sdk);
-    let role = format!("jit-attack-{:08x}", rand::random::<u32>());
-    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-        "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]});
-    iam.create_role()
-        .role_name(&role)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("JIT_TEST_AWS_ENDPOINT is set but moto cannot be used: {e:?}"));
-    let policy = policy_with(&format!(
-        r#"
-[[resource]]
-id = "aws"
-provider = "aws_sts"
-role_arn = "arn:aws:iam::123456789012:role/{role}"
-role_max_session = "1h"
-max_duration = "1h"
-approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
-auto_approve = {{ max_duration = "15m" }}
-"#
-    ));
-    // moto issues credentials against the real clock, so the harness starts at real time.
-    let h = Harness::with_options(Options {
-        policy,
-        start: Utc::now(),
-        aws_endpoint: Some(endpoint.clone()),
-        ..Options::default()
-    })
-    .await;
-    let deny_pattern = || {
-        let iam = iam.clone();
-        let role = role.clone();
-        async move {
-            let doc = iam
-                .get_role_policy()
-                .role_name(&role)
-                .policy_name(jit::providers::aws_sts::REVOCATION_POLICY_NAME)
-                .send()
-                .await
-                .ok()?;
-            let text =
-                jit::providers::aws_sts::decode_policy_document(doc.policy_document()).unwrap();
-            let doc: Value = serde_json::from_str(&text).unwrap();
-            Some(
-                doc["Statement"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| {
-                        s["Condition"]["StringLike"]["aws:userid"]
-                            .as_str()
-                            .unwrap()
-                            .to_owned()
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        }
-    };
-
-    let grant = h.request_access(DEV, "aws 15m look at the logs").await;
-    let other = h.request_access(BOB, "aws 15m unrelated holder").await;
-    // (moto's credentials run on the real clock, which the test cannot move: the short grant
-    // starts with the others so that its teardown, at minute 5, happens while its credentials
-    // still work.)
-    let short = h.request_access(CAROL, "aws 5m quick look").await;
-    h.run_jobs().await;
-    for id in [grant, other, short] {
-        assert_eq!(h.state(id).await, State::Active);
-    }
-
-    h.advance(Duration::minutes(10));
-    let reply = h.slash(DEV, &format!("extend {} 1h", grant.0)).await.text();
-    assert!(reply.contains("waiting for approval"), "{reply}");
-    h.run_jobs().await;
-    let extension = Harness::id_in(&reply);
-    h.click(ALICE, "jit.approve", extension).await;
-    h.run_jobs().await;
-    let extended = h.request(grant).await;
-    assert!(extended.expires_at.unwrap() > h.clock_now() + Duration::minutes(60));
-    assert_eq!(
-        session_userids(&h, grant).await.len(),
-        2,
-        "both issues are recorded"
-    );
-
-    // Minute 16: the first credentials have expired; the extended ones have not.
-    h.advance(Duration::minutes(6));
-    let reply = h
-        .slash(SECLEAD, &format!("revoke {} suspicious", grant.0))
+driver_tests! {
+    /// Review point 2, end to end against moto: a 15-minute AWS grant extended by an hour and
+    /// revoked by an admin at minute 16, after the first credentials expired. Before, the handle
+    /// kept the first credentials' expiry, the revoke said "already expired", and the extended
+    /// credentials kept working. Also: five minutes granted get STS's 900-second floor, and the
+    /// rest is denied at the grant's end.
+    async fn aws_credentials_of_an_extension_and_of_a_short_grant_are_denied() {
+        let Ok(endpoint) = std::env::var("JIT_TEST_AWS_ENDPOINT") else {
+            eprintln!("JIT_TEST_AWS_ENDPOINT is unset: skipping the AWS teardown attack against moto");
+            return;
+        };
+        let sdk = moto_sdk(&endpoint).await;
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        let role = format!("jit-attack-{:08x}", rand::random::<u32>());
+        let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]});
+        iam.create_role()
+            .role_name(&role)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("JIT_TEST_AWS_ENDPOINT is set but moto cannot be used: {e:?}"));
+        let policy = policy_with(&format!(
+            r#"
+    [[resource]]
+    id = "aws"
+    provider = "aws_sts"
+    role_arn = "arn:aws:iam::123456789012:role/{role}"
+    role_max_session = "1h"
+    max_duration = "1h"
+    approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+    auto_approve = {{ max_duration = "15m" }}
+    "#
+        ));
+        // moto issues credentials against the real clock, so the harness starts at real time.
+        let h = Harness::with_options(Options {
+            policy,
+            start: Utc::now(),
+            aws_endpoint: Some(endpoint.clone()),
+            ..Options::default()
+        })
         .await;
-    assert!(reply.text().contains("is revoked"), "{}", reply.text());
-    h.run_jobs().await;
-    let thread = h.audit_thread(grant).join("\n");
-    assert!(!thread.contains("already expired"), "{thread}");
-    assert!(thread.contains("deny statement"), "{thread}");
-    let patterns = deny_pattern().await.expect("deny statements on the role");
-    let prefix = format!(":jit-{}-*", grant.0);
-    let pattern = patterns
-        .iter()
-        .find(|p| p.ends_with(&prefix))
-        .unwrap_or_else(|| panic!("no statement for the grant in {patterns:?}"))
-        .strip_suffix('*')
-        .unwrap()
-        .to_owned();
-    for userid in session_userids(&h, grant).await {
-        assert!(
-            userid.starts_with(&pattern),
-            "{userid} is not denied by {pattern}*"
-        );
-    }
-    for userid in session_userids(&h, other).await {
-        assert!(
-            !userid.starts_with(&pattern),
-            "the unrelated holder {userid} is denied"
-        );
-    }
-    // The cleanup that lifts the statement comes only after the extended credentials expire.
-    let mut conn = h.app.store.read().await.unwrap();
-    let cleanup = jit::store::jobs::by_state(&mut conn, "queued", 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|j| j.unique_key.as_deref() == Some(&format!("cleanup:{}", grant.0)))
-        .expect("a cleanup job");
-    drop(conn);
-    assert!(
-        jit::store::from_millis(cleanup.run_at) > h.clock_now() + Duration::minutes(50),
-        "cleanup waits for the extended credentials' own expiry"
-    );
+        let deny_pattern = || {
+            let iam = iam.clone();
+            let role = role.clone();
+            async move {
+                let doc = iam
+                    .get_role_policy()
+                    .role_name(&role)
+                    .policy_name(jit::providers::aws_sts::REVOCATION_POLICY_NAME)
+                    .send()
+                    .await
+                    .ok()?;
+                let text =
+                    jit::providers::aws_sts::decode_policy_document(doc.policy_document()).unwrap();
+                let doc: Value = serde_json::from_str(&text).unwrap();
+                Some(
+                    doc["Statement"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| {
+                            s["Condition"]["StringLike"]["aws:userid"]
+                                .as_str()
+                                .unwrap()
+                                .to_owned()
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
 
-    // Five minutes granted: STS issued 900 seconds, and the rest was denied at the grant's end.
-    assert_eq!(h.state(short).await, State::Expired);
-    let short_userid = &session_userids(&h, short).await[0];
-    assert!(
-        patterns
+        let grant = h.request_access(DEV, "aws 15m look at the logs").await;
+        let other = h.request_access(BOB, "aws 15m unrelated holder").await;
+        // (moto's credentials run on the real clock, which the test cannot move: the short grant
+        // starts with the others so that its teardown, at minute 5, happens while its credentials
+        // still work.)
+        let short = h.request_access(CAROL, "aws 5m quick look").await;
+        h.run_jobs().await;
+        for id in [grant, other, short] {
+            assert_eq!(h.state(id).await, State::Active);
+        }
+
+        h.advance(Duration::minutes(10));
+        let reply = h.slash(DEV, &format!("extend {} 1h", grant.0)).await.text();
+        assert!(reply.contains("waiting for approval"), "{reply}");
+        h.run_jobs().await;
+        let extension = Harness::id_in(&reply);
+        h.click(ALICE, "jit.approve", extension).await;
+        h.run_jobs().await;
+        let extended = h.request(grant).await;
+        assert!(extended.expires_at.unwrap() > h.clock_now() + Duration::minutes(60));
+        assert_eq!(
+            session_userids(&h, grant).await.len(),
+            2,
+            "both issues are recorded"
+        );
+
+        // Minute 16: the first credentials have expired; the extended ones have not.
+        h.advance(Duration::minutes(6));
+        let reply = h
+            .slash(SECLEAD, &format!("revoke {} suspicious", grant.0))
+            .await;
+        assert!(reply.text().contains("is revoked"), "{}", reply.text());
+        h.run_jobs().await;
+        let thread = h.audit_thread(grant).join("\n");
+        assert!(!thread.contains("already expired"), "{thread}");
+        assert!(thread.contains("deny statement"), "{thread}");
+        let patterns = deny_pattern().await.expect("deny statements on the role");
+        let prefix = format!(":jit-{}-*", grant.0);
+        let pattern = patterns
             .iter()
-            .any(|p| short_userid.starts_with(p.strip_suffix('*').unwrap())),
-        "{short_userid} not denied by {patterns:?}"
-    );
+            .find(|p| p.ends_with(&prefix))
+            .unwrap_or_else(|| panic!("no statement for the grant in {patterns:?}"))
+            .strip_suffix('*')
+            .unwrap()
+            .to_owned();
+        for userid in session_userids(&h, grant).await {
+            assert!(
+                userid.starts_with(&pattern),
+                "{userid} is not denied by {pattern}*"
+            );
+        }
+        for userid in session_userids(&h, other).await {
+            assert!(
+                !userid.starts_with(&pattern),
+                "the unrelated holder {userid} is denied"
+            );
+        }
+        // The cleanup that lifts the statement comes only after the extended credentials expire.
+        let mut conn = h.app.store.read().await.unwrap();
+        let cleanup = jit::store::jobs::by_state(&mut conn, "queued", 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|j| j.unique_key.as_deref() == Some(&format!("cleanup:{}", grant.0)))
+            .expect("a cleanup job");
+        drop(conn);
+        assert!(
+            jit::store::from_millis(cleanup.run_at) > h.clock_now() + Duration::minutes(50),
+            "cleanup waits for the extended credentials' own expiry"
+        );
+
+        // Five minutes granted: STS issued 900 seconds, and the rest was denied at the grant's end.
+        assert_eq!(h.state(short).await, State::Expired);
+        let short_userid = &session_userids(&h, short).await[0];
+        assert!(
+            patterns
+                .iter()
+                .any(|p| short_userid.starts_with(p.strip_suffix('*').unwrap())),
+            "{short_userid} not denied by {patterns:?}"
+        );
+    }
 }

@@ -143,17 +143,17 @@ macro_rules! driver_tests {
                 #[allow(unused_imports)]
                 use super::*;
 
-                async fn body() $body
-
+                // The body is expanded in each test (not shared as one function), so insta
+                // names each variant's snapshots after it and sees no duplicate assertion.
                 #[tokio::test $($($args)*)?]
                 async fn sqlite() {
-                    $crate::db::DRIVER.scope(jit::store::Driver::Sqlite, body()).await
+                    $crate::db::DRIVER.scope(jit::store::Driver::Sqlite, async $body).await
                 }
 
                 #[tokio::test $($($args)*)?]
                 #[cfg_attr(not(jit_postgres_tests), ignore = "needs JIT_TEST_POSTGRES_URL at build time")]
                 async fn postgres() {
-                    $crate::db::DRIVER.scope(jit::store::Driver::Postgres, body()).await
+                    $crate::db::DRIVER.scope(jit::store::Driver::Postgres, async $body).await
                 }
             }
         )*
