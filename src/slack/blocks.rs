@@ -769,6 +769,10 @@ fn describe(event: &AuditEvent, who: &str) -> String {
             "*Teardown is failing* after {attempts} attempts. jit keeps retrying; check the provider. Last error: {}",
             text::escape_truncated(error, 1000)
         ),
+        TeardownAttention { detail } => format!(
+            "*Teardown needs attention*: the access is gone, but {}",
+            text::escape_truncated(detail, 2500)
+        ),
         Breakglass { reason } => format!(
             "*BREAK-GLASS*: {who} took emergency access without approval: {}\nAn admin must review it (`/jit list` shows unreviewed grants).",
             text::escape_truncated(reason, MAX_USER_TEXT)
