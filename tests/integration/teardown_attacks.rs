@@ -551,3 +551,153 @@ auto_approve = {{ max_duration = "15m" }}
         "{short_userid} not denied by {patterns:?}"
     );
 }
+
+/// A resource whose grant command is a copy of the test provider in `dir` (so a test can delete
+/// it: the next call is then refused, as nothing could be started), and whose revoke command is
+/// the real one.
+fn flaky_policy(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let grant = dir.join("grant-provider.py");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py"),
+        &grant,
+    )
+    .unwrap();
+    std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o755)).unwrap();
+    policy_with(&format!(
+        r#"
+[[resource]]
+id = "flaky"
+description = "A grant command that hangs after acting, and then is gone"
+provider = "exec"
+grant_command = ["{}"]
+revoke_command = ["{{script}}"]
+timeout = "1s"
+parameters = {{ log = "{{log}}" }}
+max_duration = "1h"
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+auto_approve = {{ max_duration = "1h" }}
+"#,
+        grant.display()
+    ))
+}
+
+/// Runs the due jobs a minute apart until `id` is in `state` (at most `rounds` times).
+async fn run_until(h: &Harness, id: RequestId, state: State, rounds: usize) {
+    for _ in 0..rounds {
+        if h.state(id).await == state {
+            return;
+        }
+        h.advance_and_run(Duration::minutes(1)).await;
+    }
+    assert_eq!(h.state(id).await, state, "{:?}", h.audit_events(id).await);
+}
+
+/// Gap G2 of issue 11: attempt 1 of a grant acts and then times out (an exec side effect, or an
+/// STS session, may exist); attempt 2 is refused before acting. Only the last error used to
+/// decide, so the request ended `failed` and nothing revoked what attempt 1 did. Now the job's
+/// earlier attempt counts: the compensating revoke runs.
+#[tokio::test]
+async fn a_grant_that_timed_out_and_then_was_refused_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with_options(Options {
+        policy: flaky_policy(dir.path()),
+        ..Options::default()
+    })
+    .await;
+    std::fs::write(format!("{}.hang", h.provider_log.display()), "").unwrap();
+    let id = h.request_access(DEV, "flaky 30m acts then hangs").await;
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Approved, "attempt 1 is in doubt");
+    std::fs::remove_file(format!("{}.hang", h.provider_log.display())).unwrap();
+    std::fs::remove_file(dir.path().join("grant-provider.py")).unwrap();
+    run_until(&h, id, State::Failed, 10).await;
+    h.run_jobs().await;
+
+    let request = h.request(id).await;
+    assert!(
+        request
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("cannot start")),
+        "the last attempt was refused: {:?}",
+        request.failure
+    );
+    let calls = calls_for(&h, id);
+    assert_eq!(
+        calls.iter().filter(|c| c["action"] == "grant").count(),
+        1,
+        "only attempt 1 acted: {calls:?}"
+    );
+    let revokes: Vec<&Value> = calls.iter().filter(|c| c["action"] == "revoke").collect();
+    assert_eq!(revokes.len(), 1, "one compensating revoke: {calls:?}");
+    assert_eq!(revokes[0]["reason"], "failed_grant");
+    assert_eq!(revokes[0]["handle"], "exec:flaky:U0DEV");
+    assert!(request.revoked_at.is_some());
+    let events = h.audit_events(id).await;
+    assert!(events.contains(&"grant_uncertain".to_owned()), "{events:?}");
+}
+
+/// Gap G3 of issue 11: an extension in doubt. Its call acts and then times out, and the next
+/// attempt is refused: the extension fails, and what it may have issued (the presumed handle)
+/// is recorded on the grant, so the grant's teardown revokes it as well as the first issue.
+#[tokio::test]
+async fn an_extension_in_doubt_is_revoked_with_the_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with_options(Options {
+        policy: flaky_policy(dir.path()),
+        ..Options::default()
+    })
+    .await;
+    let id = h.request_access(DEV, "flaky 20m first grant").await;
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Active);
+    std::fs::write(format!("{}.hang_extend", h.provider_log.display()), "").unwrap();
+    let reply = h.slash(DEV, &format!("extend {} 20m", id.0)).await.text();
+    let ext = Harness::id_in(&reply);
+    h.run_jobs().await;
+    assert_eq!(h.state(ext).await, State::Approved, "the extend call hung");
+    std::fs::remove_file(format!("{}.hang_extend", h.provider_log.display())).unwrap();
+    std::fs::remove_file(dir.path().join("grant-provider.py")).unwrap();
+    run_until(&h, ext, State::Failed, 8).await;
+    let grant = h.request(id).await;
+    assert_eq!(grant.state, State::Active, "the grant itself lives on");
+    let mut conn = h.app.store.read().await.unwrap();
+    let issued: Vec<String> = jit::store::requests::issuances(&mut conn, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.handle)
+        .collect();
+    drop(conn);
+    assert_eq!(
+        issued,
+        [
+            format!("login:flaky:{}", id.0),
+            "exec:flaky:U0DEV".to_owned()
+        ],
+        "the presumed handle of the extension is recorded on the grant"
+    );
+    assert!(
+        h.audit_events(id)
+            .await
+            .contains(&"grant_uncertain".to_owned())
+    );
+
+    // At the grant's end, both are revoked.
+    h.advance_and_run(Duration::minutes(20)).await;
+    assert_eq!(h.state(id).await, State::Expired);
+    let mut revoked: Vec<String> = calls_for(&h, id)
+        .iter()
+        .filter(|c| c["action"] == "revoke")
+        .map(|c| c["handle"].as_str().unwrap().to_owned())
+        .collect();
+    revoked.sort();
+    assert_eq!(
+        revoked,
+        [
+            "exec:flaky:U0DEV".to_owned(),
+            format!("login:flaky:{}", id.0)
+        ]
+    );
+}
