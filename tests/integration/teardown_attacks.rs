@@ -701,3 +701,209 @@ async fn an_extension_in_doubt_is_revoked_with_the_grant() {
         ]
     );
 }
+
+/// What an STS response that jit never saw said: the session's `aws:userid` and expiry.
+#[derive(Debug, Clone)]
+struct LostSession {
+    userid: String,
+    expires_at: chrono::DateTime<Utc>,
+}
+
+/// A proxy in front of moto that passes every call through, except that while `lose` is set it
+/// lets `AssumeRole` reach moto (which issues the session) and then answers 503: the response
+/// is lost on the way back, as a timed-out or failed call in doubt would be.
+struct LossyProxy {
+    url: String,
+    lose: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lost: std::sync::Arc<std::sync::Mutex<Vec<LostSession>>>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: &str) -> LossyProxy {
+        use axum::body::{Body, Bytes};
+        use axum::http::{HeaderMap, Method, Response, Uri};
+        use std::sync::atomic::Ordering;
+        let lose = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = reqwest::Client::new();
+        let upstream = upstream.trim_end_matches('/').to_owned();
+        let (lose_in, lost_in) = (lose.clone(), lost.clone());
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (client, upstream, lose, lost) = (
+                client.clone(),
+                upstream.clone(),
+                lose_in.clone(),
+                lost_in.clone(),
+            );
+            async move {
+                let target = format!(
+                    "{upstream}{}",
+                    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+                );
+                let mut call = client.request(method, target).body(body.clone());
+                for (name, value) in &headers {
+                    if name != "host" && name != "content-length" {
+                        call = call.header(name, value);
+                    }
+                }
+                let answer = call.send().await.unwrap();
+                let status = answer.status();
+                let answer_headers = answer.headers().clone();
+                let text = answer.text().await.unwrap();
+                let assume = String::from_utf8_lossy(&body).contains("Action=AssumeRole");
+                if assume && lose.load(Ordering::SeqCst) {
+                    let field = |name: &str| {
+                        let start = text.find(&format!("<{name}>")).unwrap() + name.len() + 2;
+                        text[start..text[start..].find('<').unwrap() + start].to_owned()
+                    };
+                    lost.lock().unwrap().push(LostSession {
+                        userid: field("AssumedRoleId"),
+                        expires_at: field("Expiration").parse().unwrap(),
+                    });
+                    return Response::builder()
+                        .status(503)
+                        .body(Body::from(
+                            "<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>\
+                             <Message>the response was lost</Message></Error></ErrorResponse>",
+                        ))
+                        .unwrap();
+                }
+                let mut response = Response::builder().status(status.as_u16());
+                for (name, value) in &answer_headers {
+                    if name != "content-length" && name != "transfer-encoding" {
+                        response = response.header(name, value);
+                    }
+                }
+                response.body(Body::from(text)).unwrap()
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        LossyProxy { url, lose, lost }
+    }
+}
+
+/// Gap G3 of issue 11, end to end against moto: an AWS extension whose `AssumeRole` reached STS
+/// (a new session exists, valid well past the grant's end) but whose answer never came back,
+/// on every attempt. The extension fails; the grant keeps its first end. Before the presumed
+/// session was recorded, the teardown at that end saw only the first session, which ends with
+/// the grant, and wrote nothing: the extended session kept working. Now the teardown denies
+/// the request's sessions, and the statement stays until the lost session's own expiry.
+#[tokio::test]
+async fn aws_an_extension_in_doubt_is_denied_at_the_grants_end() {
+    let Ok(endpoint) = std::env::var("JIT_TEST_AWS_ENDPOINT") else {
+        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: skipping the AWS teardown attack against moto");
+        return;
+    };
+    let sdk = moto_sdk(&endpoint).await;
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let role = format!("jit-doubt-{:08x}", rand::random::<u32>());
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]});
+    iam.create_role()
+        .role_name(&role)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("JIT_TEST_AWS_ENDPOINT is set but moto cannot be used: {e:?}"));
+    let proxy = LossyProxy::start(&endpoint).await;
+    let policy = policy_with(&format!(
+        r#"
+[[resource]]
+id = "aws"
+provider = "aws_sts"
+role_arn = "arn:aws:iam::123456789012:role/{role}"
+role_max_session = "1h"
+max_duration = "1h"
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+auto_approve = {{ max_duration = "15m" }}
+"#
+    ));
+    // moto issues credentials against the real clock, so the harness starts at real time.
+    let h = Harness::with_options(Options {
+        policy,
+        start: Utc::now(),
+        aws_endpoint: Some(proxy.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let grant = h.request_access(DEV, "aws 15m look at the logs").await;
+    h.run_jobs().await;
+    assert_eq!(h.state(grant).await, State::Active);
+    let first_end = h.request(grant).await.expires_at.unwrap();
+
+    h.advance(Duration::minutes(2));
+    let reply = h
+        .slash(DEV, &format!("extend {} 45m", grant.0))
+        .await
+        .text();
+    assert!(reply.contains("waiting for approval"), "{reply}");
+    h.run_jobs().await;
+    let extension = Harness::id_in(&reply);
+    proxy.lose.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.click(ALICE, "jit.approve", extension).await;
+    run_until(&h, extension, State::Failed, 10).await;
+    proxy.lose.store(false, std::sync::atomic::Ordering::SeqCst);
+    let lost = proxy.lost.lock().unwrap().clone();
+    assert!(!lost.is_empty(), "STS issued sessions jit never heard of");
+    assert_eq!(
+        h.request(grant).await.expires_at,
+        Some(first_end),
+        "the grant was not extended"
+    );
+    for session in &lost {
+        assert!(
+            session.expires_at > first_end + Duration::minutes(10),
+            "the lost session outlives the grant: {session:?}"
+        );
+    }
+
+    // The grant ends at its first end; the teardown denies every session of the request.
+    let now = h.clock_now();
+    h.advance_and_run(first_end - now).await;
+    assert_eq!(h.state(grant).await, State::Expired);
+    let thread = h.audit_thread(grant).join("\n");
+    assert!(thread.contains("deny statement"), "{thread}");
+    let doc = iam
+        .get_role_policy()
+        .role_name(&role)
+        .policy_name(jit::providers::aws_sts::REVOCATION_POLICY_NAME)
+        .send()
+        .await
+        .expect("a deny statement on the role");
+    let doc: Value = serde_json::from_str(
+        &jit::providers::aws_sts::decode_policy_document(doc.policy_document()).unwrap(),
+    )
+    .unwrap();
+    let statement = &doc["Statement"][0];
+    assert_eq!(statement["Effect"], "Deny");
+    let pattern = statement["Condition"]["StringLike"]["aws:userid"]
+        .as_str()
+        .unwrap()
+        .strip_suffix('*')
+        .unwrap()
+        .to_owned();
+    for session in &lost {
+        assert!(
+            session.userid.starts_with(&pattern),
+            "{} is not denied by {pattern}*",
+            session.userid
+        );
+    }
+    // The statement is lifted only after the lost sessions' own expiry.
+    let mut conn = h.app.store.read().await.unwrap();
+    let cleanup = jit::store::jobs::by_state(&mut conn, "queued", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.unique_key.as_deref() == Some(&format!("cleanup:{}", grant.0)))
+        .expect("a cleanup job");
+    let latest = lost.iter().map(|s| s.expires_at).max().unwrap();
+    assert!(
+        jit::store::from_millis(cleanup.run_at) > latest,
+        "cleanup at {} comes before the lost session's expiry {latest}",
+        jit::store::from_millis(cleanup.run_at)
+    );
+}
