@@ -135,6 +135,7 @@ pub enum TokenCommand {
     Create { name: String },
     /// Revoke token ID (see `list`). The identity's pending requests are cancelled and its
     /// grants revoked too, unless --keep-grants is given: a revoked token is usually a leaked one.
+    /// Running it again for a revoked token ends whatever the identity still has open.
     Revoke {
         id: i64,
         /// Leave the identity's requests and grants as they are.
@@ -704,20 +705,35 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
             }
         }
         TokenCommand::Revoke { id, keep_grants } => {
-            let identity = match crate::handlers::identity::revoke_token(&store, id, &by, now).await
+            let revoked = match crate::handlers::identity::revoke_token(&store, id, &by, now).await
             {
-                Ok(identity) => identity,
+                Ok(revoked) => revoked,
                 Err(err) => {
                     eprintln!("jit: {}", err.user_message());
                     return Ok(1);
                 }
             };
-            println!("token {id} of identity {identity} is revoked");
+            let identity = revoked.identity;
+            if revoked.already {
+                println!("token {id} of identity {identity} was already revoked");
+            } else {
+                println!("token {id} of identity {identity} is revoked");
+            }
             if keep_grants {
                 println!("its requests and grants are left as they are (--keep-grants)");
                 return Ok(0);
             }
-            let app = admin_app().await?;
+            let failed = |error: String| {
+                eprintln!(
+                    "jit: the token is revoked, but ending the identity's access failed: {error}. \
+                     Run the same command again to end it"
+                );
+                Ok(1)
+            };
+            let app = match admin_app().await {
+                Ok(app) => app,
+                Err(err) => return failed(format!("{err:#}")),
+            };
             match crate::handlers::identity::end_access_of(&app, &identity, id, &os_user()).await {
                 Ok(ended) => {
                     let list = |ids: &[RequestId]| {
@@ -737,13 +753,7 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
                     );
                     Ok(0)
                 }
-                Err(err) => {
-                    eprintln!(
-                        "jit: the token is revoked, but ending the identity's access failed: {}",
-                        err.user_message()
-                    );
-                    Ok(1)
-                }
+                Err(err) => failed(err.user_message()),
             }
         }
         TokenCommand::List { name } => {

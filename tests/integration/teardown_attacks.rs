@@ -289,7 +289,8 @@ async fn revoking_a_token_ends_the_identitys_access() {
     let identity =
         jit::handlers::identity::revoke_token(&h.app.store, token_id, "cli:test", h.clock_now())
             .await
-            .unwrap();
+            .unwrap()
+            .identity;
     let ended = jit::handlers::identity::end_access_of(&h.app, &identity, token_id, "tester")
         .await
         .unwrap();
@@ -906,4 +907,141 @@ auto_approve = {{ max_duration = "15m" }}
         "cleanup at {} comes before the lost session's expiry {latest}",
         jit::store::from_millis(cleanup.run_at)
     );
+}
+
+/// `jit identity token revoke` as operators run it (the real binary, beside a server's
+/// database). Gap G4 of issue 11: `--keep-grants` leaves the identity's grant alone; without it
+/// the grant ends; and when ending the access fails after the token was revoked (here: the
+/// policy file is broken at that moment), running the same command again ends it, where it used
+/// to say only "already revoked" and leave the grant running.
+#[tokio::test]
+async fn token_revoke_from_the_command_line_ends_access_even_on_a_second_run() {
+    use secrecy::ExposeSecret;
+    // The command line keeps time by the wall clock (floored by the database): so does the server.
+    let h = Harness::with_options(Options {
+        policy: policy_with(SLOW),
+        start: Utc::now(),
+        ..Options::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py");
+    let good = dir.path().join("jit.toml");
+    std::fs::write(
+        &good,
+        policy_with(SLOW)
+            .replace("{log}", h.provider_log.to_str().unwrap())
+            .replace("{script}", script.to_str().unwrap()),
+    )
+    .unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[[resource]\nnot toml").unwrap();
+
+    // An active grant of identity `ci`, asked for with its first token; a second token.
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        tokens.push(
+            jit::handlers::identity::create_token(
+                &h.app.store,
+                &h.app.policy,
+                "ci",
+                "cli:test",
+                h.clock_now(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let asked: Value = h
+        .http
+        .post(format!("{}/api/v1/requests", h.url))
+        .bearer_auth(tokens[0].1.expose_secret())
+        .json(&json!({"resource": "ci-db", "duration": "1h", "justification": "nightly"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grant = RequestId(asked["id"].as_i64().unwrap_or_else(|| panic!("{asked}")));
+    h.run_jobs().await;
+    h.click(ALICE, "jit.approve", grant).await;
+    h.run_jobs().await;
+    assert_eq!(h.state(grant).await, State::Active);
+    let (first, second) = (tokens[0].0, tokens[1].0);
+    let cli = |args: Vec<String>, policy: &std::path::Path| {
+        let (db, policy) = (h.db_path.clone(), policy.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_jit"))
+                .args(["identity", "token", "revoke"])
+                .args(args)
+                .env_clear()
+                .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
+                .env("JIT_SQLITE_SYNCHRONOUS", "normal")
+                .env("JIT_POLICY", &policy)
+                .env("JIT_AUDIT_KEY", AUDIT_KEY_HEX)
+                .env("USER", "secops")
+                .output()
+                .unwrap()
+        })
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // --keep-grants: the token goes, the grant stays.
+    let out = cli(vec![first.to_string(), "--keep-grants".into()], &good)
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("token {first} of identity ci is revoked"))
+            && text(&out).contains("left as they are (--keep-grants)"),
+        "{}",
+        text(&out)
+    );
+    h.run_jobs().await;
+    assert_eq!(h.state(grant).await, State::Active);
+    assert_eq!(h.provider_actions(grant), ["grant"]);
+
+    // Ending the access fails after the token was revoked: the command says so, and how to
+    // finish; the grant is still active.
+    let out = cli(vec![second.to_string()], &broken).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("token {second} of identity ci is revoked"))
+            && text(&out).contains("the token is revoked, but ending the identity's access failed")
+            && text(&out).contains("Run the same command again"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(h.state(grant).await, State::Active);
+
+    // The same command again ends it.
+    let out = cli(vec![second.to_string()], &good).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "token {second} of identity ci was already revoked"
+        )) && text(&out).contains(&format!("grants revoked: {grant}")),
+        "{}",
+        text(&out)
+    );
+    h.advance(Duration::minutes(1));
+    h.run_jobs().await;
+    assert_eq!(h.state(grant).await, State::Revoked);
+    assert_eq!(h.provider_actions(grant), ["grant", "revoke"]);
+    let mut conn = h.app.store.read().await.unwrap();
+    let revoked = jit::store::audit::for_request(&mut conn, grant)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.event == "revoked")
+        .unwrap();
+    assert_eq!(revoked.actor, "cli:secops");
+    assert!(revoked.detail.contains(&format!("API token {second}")));
 }
