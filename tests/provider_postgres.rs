@@ -1978,3 +1978,44 @@ async fn leftovers_the_admin_cannot_reach_fail_the_teardown_and_say_what_remains
     exec(&f.pool, &format!("DROP DATABASE {} WITH (FORCE)", q(&db))).await;
     f.drop().await;
 }
+
+/// A grant issued before jit recorded baselines (none is handed to the revoke): the window
+/// starts when jit's memberships of the login role began, so what was made through the granted
+/// role is neutralised all the same.
+#[tokio::test]
+async fn without_a_recorded_baseline_the_window_starts_with_the_memberships() {
+    let Some(url) = admin_url() else { return };
+    let f = Fixture::new(&url).await;
+    let (s, sec, r) = (q(&f.schema), q(&f.secret), q(&f.reader));
+    let p = f.provider(Admin::CreateRole, ephemeral(vec![f.reader.clone()]));
+    let id = unique() as i64;
+    let spec = grant_spec(id, tester(), 600);
+    let issued = p.grant(&spec).await.expect("grant");
+    let mut holder = PgConnection::connect(&creds(&issued)["DATABASE_URL"])
+        .await
+        .unwrap();
+    for sql in [
+        format!("SET ROLE {r}"),
+        format!(
+            "CREATE FUNCTION {s}.old_grant_leak() RETURNS SETOF text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT v FROM {s}.{sec}'"
+        ),
+    ] {
+        exec_on(&mut holder, &sql).await;
+    }
+    let revoked = p
+        .revoke(&revoke_spec(&spec, &issued.handle, RevokeReason::Expired))
+        .await
+        .expect("revoke");
+    assert!(
+        revoked
+            .attention
+            .as_deref()
+            .is_some_and(|a| a.contains("old_grant_leak()")),
+        "{:?}",
+        revoked.attention
+    );
+    assert!(!is_definer(&f, "old_grant_leak").await);
+    exec(&f.pool, &format!("DROP FUNCTION {s}.old_grant_leak()")).await;
+    f.drop().await;
+}

@@ -850,9 +850,12 @@ impl PostgresProvider {
                 attention: None,
             });
         }
-        // When the grant began: read before the lock revokes the memberships it shows.
-        let since =
-            leftovers::earliest(&spec.baselines, self.membership_baseline(role, None).await?);
+        // When the grant began: read before the lock revokes the memberships it shows. Best
+        // effort: nothing may delay the lock (the recorded baselines usually say it anyway).
+        let since = leftovers::earliest(
+            &spec.baselines,
+            self.membership_baseline(role, None).await.ok().flatten(),
+        );
         let (memberships, sessions) = self.lock_role(role).await?;
         let locked = format!(
             "login disabled, {}, {}",
@@ -1067,10 +1070,14 @@ impl PostgresProvider {
             .filter(|r| !standing.contains(r))
             .cloned()
             .collect();
-        // When the elevation began: read before the REVOKE removes the rows that show it.
+        // When the elevation began: read before the REVOKE removes the rows that show it (best
+        // effort, like the ephemeral lock).
         let since = leftovers::earliest(
             &spec.baselines,
-            self.membership_baseline(user, Some(&ours)).await?,
+            self.membership_baseline(user, Some(&ours))
+                .await
+                .ok()
+                .flatten(),
         );
         let mut revoked = Vec::new();
         let mut failures = Vec::new();
