@@ -2965,14 +2965,14 @@ mod tests {
         assert_eq!(
             answer,
             json!({"ok": false, "error": "invalid_blocks",
-                "errors": [
-                    "must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
-                    "must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
-                ],
-                "response_metadata": {"messages": [
-                    "[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
-                    "[ERROR] must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
-                ]}})
+            "errors": [
+                "must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
+                "must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
+            ],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
+                "[ERROR] must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
+            ]}})
         );
         let answer = raw(
             &fake,
@@ -3028,7 +3028,11 @@ mod tests {
         )
         .await;
         let ts = posted["ts"].as_str().unwrap().to_owned();
-        let dividers = |n: usize| (0..n).map(|_| json!({"type": "divider"})).collect::<Vec<_>>();
+        let dividers = |n: usize| {
+            (0..n)
+                .map(|_| json!({"type": "divider"}))
+                .collect::<Vec<_>>()
+        };
 
         let answer = raw(
             &fake,
@@ -3039,10 +3043,10 @@ mod tests {
         assert_eq!(
             answer,
             json!({"ok": false, "error": "invalid_blocks",
-                "errors": ["must be less than 51 items [json-pointer:/blocks]"],
-                "response_metadata": {"messages": [
-                    "[ERROR] must be less than 51 items [json-pointer:/blocks]",
-                ]}})
+            "errors": ["must be less than 51 items [json-pointer:/blocks]"],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 51 items [json-pointer:/blocks]",
+            ]}})
         );
         let kept = &fake.messages(CHANNEL)[0];
         assert_eq!((kept.text.as_str(), kept.edits), ("before", 0));
@@ -3060,10 +3064,10 @@ mod tests {
         assert_eq!(
             answer,
             json!({"ok": false, "error": "invalid_blocks",
-                "errors": ["must be less than 3001 characters [json-pointer:/blocks/1/text/text]"],
-                "response_metadata": {"messages": [
-                    "[ERROR] must be less than 3001 characters [json-pointer:/blocks/1/text/text]",
-                ]}})
+            "errors": ["must be less than 3001 characters [json-pointer:/blocks/1/text/text]"],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 3001 characters [json-pointer:/blocks/1/text/text]",
+            ]}})
         );
         assert!(fake.ephemerals(ALICE).is_empty());
 
@@ -3127,10 +3131,10 @@ mod tests {
         assert_eq!(
             answer,
             json!({"ok": false, "error": "invalid_blocks",
-                "errors": ["must be less than 101 items [json-pointer:/blocks/0/elements/0/options]"],
-                "response_metadata": {"messages": [
-                    "[ERROR] must be less than 101 items [json-pointer:/blocks/0/elements/0/options]",
-                ]}})
+            "errors": ["must be less than 101 items [json-pointer:/blocks/0/elements/0/options]"],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 101 items [json-pointer:/blocks/0/elements/0/options]",
+            ]}})
         );
         let modal = |n: usize| {
             json!({"type": "modal", "title": {"type": "plain_text", "text": "Request access"},
