@@ -533,6 +533,75 @@ async fn every_verified_event_is_answered_200_whatever_its_shape() {
     assert_eq!(r.status(), 401);
 }
 
+/// `team_join` and `user_change` from jit's own workspace, with `event.user` an object as
+/// Slack sends it: past the workspace check, through `events::handle`, answered 200 with an
+/// empty body, recorded as a delivery, and nothing else happens or is logged as a problem.
+#[tokio::test]
+async fn user_object_events_from_our_own_workspace_are_answered_200_and_do_nothing() {
+    let h = Harness::start().await;
+    // This test's own log lines (the runtime is single-threaded: the server runs here too).
+    let logged = LogBuffer::default();
+    let _scope = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(logged.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let team = jit::slack::simulator::TEAM_ID;
+    let count = |sql: &'static str| {
+        let h = &h;
+        async move {
+            let mut conn = h.app.store.read().await.unwrap();
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+        }
+    };
+    let calls = h.slack.calls().len();
+    let jobs = count("SELECT COUNT(*) FROM jobs").await;
+    for (fixture, event_id) in [
+        (
+            include_str!("../fixtures/slack/event-team-join.json"),
+            "Ev0OWNJOIN",
+        ),
+        (
+            include_str!("../fixtures/slack/event-user-change.json"),
+            "Ev0OWNCHANGE",
+        ),
+    ] {
+        let mut body: Value = serde_json::from_str(fixture).unwrap();
+        body["team_id"] = json!(team);
+        body["event_id"] = json!(event_id);
+        body["event"]["user"]["team_id"] = json!(team);
+        body["authorizations"][0]["team_id"] = json!(team);
+        assert!(body["event"]["user"].is_object(), "the user is an object");
+        let answer = h.driver.event(&body).await.unwrap();
+        assert_eq!(answer.status, 200, "{event_id}");
+        assert_eq!(answer.body, Value::Null, "{event_id}");
+    }
+    h.run_jobs().await;
+    // Handled once each (the workspace check let them through)...
+    assert_eq!(
+        count("SELECT COUNT(*) FROM slack_deliveries WHERE key IN ('event:Ev0OWNJOIN', 'event:Ev0OWNCHANGE')").await,
+        2
+    );
+    // ...and nothing came of them.
+    assert_eq!(h.slack.calls().len(), calls);
+    assert_eq!(count("SELECT COUNT(*) FROM jobs").await, jobs);
+    assert_eq!(count("SELECT COUNT(*) FROM requests").await, 0);
+    let text = logged.text();
+    for problem in [" ERROR ", " WARN ", "cannot read", "could not be parsed"] {
+        assert!(!text.contains(problem), "`{problem}` logged:\n{text}");
+    }
+    // The same event from another workspace is refused with a warning: this capture sees it.
+    let foreign: Value =
+        serde_json::from_str(include_str!("../fixtures/slack/event-team-join.json")).unwrap();
+    assert_eq!(h.driver.event(&foreign).await.unwrap().status, 200);
+    assert!(logged.text().contains(" WARN "), "{}", logged.text());
+}
+
 #[tokio::test]
 async fn actions_jit_did_not_create_are_answered_200_and_ignored() {
     let logs = logs();
