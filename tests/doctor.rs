@@ -839,6 +839,63 @@ async fn a_superuser_postgres_admin_fails() {
 }
 
 #[tokio::test]
+async fn a_postgres_admin_without_createrole_fails() {
+    let setup = Setup::new().await;
+    let Some(pg) = &setup.postgres else {
+        eprintln!(
+            "JIT_TEST_POSTGRES_URL is unset: the admin-without-CREATEROLE failure is not exercised"
+        );
+        return;
+    };
+    // A throwaway login role with everything the admin needs but CREATEROLE.
+    let weak = format!("jit_doctor_weak_{}", unique());
+    let password = format!("weak-{}", unique());
+    let pool = sqlx::PgPool::connect(&pg.superuser_url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {weak} LOGIN NOCREATEROLE NOSUPERUSER PASSWORD '{password}'"),
+        format!("GRANT pg_signal_backend TO {weak}"),
+        format!("GRANT {} TO {weak} WITH ADMIN OPTION", pg.role),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let mut url = url::Url::parse(&pg.superuser_url).unwrap();
+    url.set_username(&weak).unwrap();
+    url.set_password(Some(&password)).unwrap();
+    let out = setup.doctor_with(&[("DOCTOR_PG_URL", url.as_str())]).await;
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {weak}")))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+
+    out.fails_only(&["resource pg"]);
+    let line = out.line("resource pg");
+    assert!(
+        line.starts_with("FAIL  resource pg: postgres (PostgreSQL "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "the admin `{weak}` lacks CREATEROLE: it cannot create, grant or drop roles"
+        )),
+        "{line}"
+    );
+    // Only that is wrong with it.
+    assert!(
+        !line.contains("pg_signal_backend") && !line.contains("SUPERUSER"),
+        "{line}"
+    );
+    assert!(
+        line.contains("Fix: fix the admin role as said (README: Providers, postgres)"),
+        "{line}"
+    );
+    assert!(!out.stdout.contains(&password) && !out.stderr.contains(&password));
+    setup.finish().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_postgres_server_fails() {
     let setup = Setup::new().await;
     // Needs no PostgreSQL: nothing listens on port 1.
