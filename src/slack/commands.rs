@@ -273,7 +273,7 @@ async fn open_form(
 }
 
 /// At most this many of one's own requests in `/jit list`, and of unreviewed break-glass grants.
-const LIST_MINE: usize = 100;
+pub const LIST_MINE: usize = 100;
 const LIST_BREAKGLASS: usize = 50;
 
 /// `/jit list`: one's own open requests, and for admins the break-glass grants to review. Long

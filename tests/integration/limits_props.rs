@@ -477,10 +477,13 @@ fn app_home_and_list_stay_within_limits_with_many_grants() {
                 .filter(|r| rendered.contains(&format!("*{}* `", r.id)))
                 .count();
             if shown < mine.len() {
-                let more = format!(
-                    "… and {} more (`/jit list` shows them all)",
-                    mine.len() - shown
-                );
+                // A promise `/jit list` keeps: it shows at most 100.
+                let list = if mine.len() <= 100 {
+                    "`/jit list` shows them all".to_owned()
+                } else {
+                    "`/jit list` shows 100 of them".to_owned()
+                };
+                let more = format!("… and {} more ({list})", mine.len() - shown);
                 prop_assert!(
                     rendered.contains(&more),
                     "{} of {} shown, no {more}",
@@ -839,4 +842,40 @@ fn the_request_form_with_150_resources_offers_100_and_says_so() {
     let view = views::request_modal(&refs[..100], None, "C0GENERAL");
     assert_view("request modal", &view);
     assert!(!view.to_string().contains("Showing the first"));
+}
+
+/// 130 requests of one's own: Home shows what fits and points to `/jit list` for 100 of them
+/// (no more: it would not be true), and `/jit list` shows 100 and counts the other 30.
+#[test]
+fn home_promises_only_what_jit_list_shows() {
+    let mut tree_runner = runner(1);
+    let mine: Vec<Request> = (0..130)
+        .map(|n| {
+            let mut r = request().new_tree(&mut tree_runner).unwrap().current();
+            r.id = RequestId(n + 1);
+            r
+        })
+        .collect();
+    let view = home::view(&mine, &[], false);
+    assert_view("App Home", &view);
+    let rendered = view.to_string();
+    let shown = mine
+        .iter()
+        .filter(|r| rendered.contains(&format!("*{}* `", r.id)))
+        .count();
+    assert!(shown < 100, "{shown}");
+    assert!(
+        rendered.contains(&format!(
+            "… and {} more (`/jit list` shows 100 of them)",
+            130 - shown
+        )),
+        "{rendered:.500}"
+    );
+    assert!(!rendered.contains("shows them all"));
+    let list = commands::list_reply(&mine, None);
+    assert_message("/jit list", &list);
+    let blocks = list.blocks.to_string();
+    assert!(blocks.contains("… and 30 more"), "{blocks:.300}");
+    assert!(blocks.contains(&format!("*{}* `", RequestId(100))));
+    assert!(!blocks.contains(&format!("*{}* `", RequestId(101))));
 }
