@@ -1121,9 +1121,12 @@ struct Rules {
 struct AwsProxy {
     url: String,
     rules: std::sync::Arc<std::sync::Mutex<Rules>>,
-    /// (action, form parameters) of every call, in order.
-    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>,
+    /// Every call, in order.
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, Form)>>>,
 }
+
+/// An AWS query call's form parameters.
+type Form = Vec<(String, String)>;
 
 impl AwsProxy {
     async fn start(moto: &str, rules: Rules) -> AwsProxy {
@@ -1252,7 +1255,7 @@ impl AwsProxy {
     }
 
     /// The form parameters of every `SimulatePrincipalPolicy` call.
-    fn simulations(&self) -> Vec<Vec<(String, String)>> {
+    fn simulations(&self) -> Vec<Form> {
         self.calls
             .lock()
             .unwrap()
