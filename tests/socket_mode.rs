@@ -255,8 +255,20 @@ async fn next_frame(ws: &mut Ws) -> Option<Value> {
     .expect("a frame or a close within the wait")
 }
 
+/// The next acknowledgement. Its `payload` is what Slack shows the person (a slash command's
+/// reply, a submission's `response_action`): it must be within Slack's limits, checked with the
+/// validator the simulator and the HTTP driver use.
 async fn ack(ws: &mut Ws) -> Value {
-    next_frame(ws).await.expect("an acknowledgement")
+    let frame = next_frame(ws).await.expect("an acknowledgement");
+    if let Some(payload) = frame.get("payload") {
+        let found = jit::slack::limits::check_reply(payload);
+        assert!(
+            found.is_empty(),
+            "Slack would refuse this acknowledgement's payload: {:?}",
+            found.iter().map(ToString::to_string).collect::<Vec<_>>()
+        );
+    }
+    frame
 }
 
 fn id_in(text: &str) -> RequestId {
