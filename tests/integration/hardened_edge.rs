@@ -142,11 +142,16 @@ impl Captured {
 
     /// Sends it `times` times; returns each answer (status and body text).
     async fn replay(&self, h: &Harness, times: usize) -> Vec<(u16, String)> {
+        self.replay_to(h, &h.url, times).await
+    }
+
+    /// Sends it `times` times to the server at `url`.
+    async fn replay_to(&self, h: &Harness, url: &str, times: usize) -> Vec<(u16, String)> {
         let mut answers = Vec::new();
         for _ in 0..times {
             let response = h
                 .http
-                .post(format!("{}{}", h.url, self.path))
+                .post(format!("{url}{}", self.path))
                 .header("content-type", self.content_type)
                 .header("x-slack-request-timestamp", &self.ts)
                 .header("x-slack-signature", &self.sig)
@@ -248,6 +253,107 @@ async fn replays_of_every_state_changing_kind_have_one_effect() {
     let breakglass = Captured::slash(&h, DEV, "breakglass db the site is down");
     assert_same(&breakglass.replay(&h, 3).await);
     assert_eq!(request_count(&h).await, before + 1);
+}
+
+/// jit started again on the same database: a new app, with nothing in memory from the first
+/// one, serving on a new address. Returns the app, its URL and its server task.
+async fn restarted(
+    h: &Harness,
+) -> (
+    std::sync::Arc<jit::app::App>,
+    String,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::Arc;
+    let store = jit::store::Store::connect(
+        &format!("sqlite://{}", h.db_path.display()),
+        jit::store::Durability::Normal,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+        .open_audit_chain(audit_key(), h.clock_now())
+        .await
+        .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py");
+    let text = POLICY
+        .replace("{log}", h.provider_log.to_str().unwrap())
+        .replace("{script}", script.to_str().unwrap());
+    let policy =
+        jit::domain::policy::Policy::parse(&text, &|p: &str| std::fs::read_to_string(p)).unwrap();
+    let (providers, _) = jit::providers::Providers::with_local(policy.resources(), None);
+    let app = jit::bootstrap::build(jit::bootstrap::Parts {
+        policy,
+        store,
+        clock: Arc::new(jit::clock::ManualClock::new(h.clock_now())),
+        slack_api_url: h.slack.api_url(),
+        bot_token: secrecy::SecretString::from(BOT_TOKEN),
+        signing_secrets: vec![secrecy::SecretString::from(SIGNING_SECRET)],
+        cipher: jit::crypto::Cipher::from_bytes(&[7u8; 32]),
+        providers,
+        settings: jit::app::Settings::default(),
+        posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+    })
+    .unwrap();
+    app.directory
+        .refresh_all(&jit::slack::directory::groups_in(&app.policy))
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = jit::server::router(app.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (app, url, server)
+}
+
+/// Replays are refused across restarts: the record of what was delivered is in the database,
+/// so a new instance on the same database answers a captured request (and a captured click) as
+/// the first one did, with no second effect.
+#[tokio::test]
+async fn a_replay_after_a_restart_has_no_second_effect() {
+    let h = Harness::start().await;
+    let request = Captured::slash(&h, DEV, "request db 1h captured before the restart");
+    let first = request.replay(&h, 1).await;
+    assert!(first[0].1.contains("was sent to"), "{first:?}");
+    let id = Harness::id_in(&first[0].1);
+    h.run_jobs().await;
+    let approve = Captured::interaction(
+        &h,
+        &Harness::click_payload(ALICE, "jit.approve", &id.0.to_string(), APPROVALS),
+    );
+    let approved = approve.replay(&h, 1).await;
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Active);
+
+    // The restart: a new app on the same database, inside the signatures' five minutes.
+    let (app, url, server) = restarted(&h).await;
+    let again = request.replay_to(&h, &url, 2).await;
+    assert_eq!(
+        again,
+        [first[0].clone(), first[0].clone()],
+        "the first answer"
+    );
+    assert_eq!(request_count(&h).await, 1, "no second request");
+    let again = approve.replay_to(&h, &url, 2).await;
+    assert_eq!(again, [approved[0].clone(), approved[0].clone()]);
+    let mut conn = app.store.read().await.unwrap();
+    let approvals = jit::store::audit::for_request(&mut conn, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "approved")
+        .count();
+    drop(conn);
+    assert_eq!(approvals, 1, "no second approval");
+    assert_eq!(h.provider_actions(id), ["grant"], "no second grant");
+    // A fresh request, signed now, is still served by the restarted instance.
+    let fresh = Captured::slash(&h, DEV, "request staging 1h after the restart");
+    let answer = fresh.replay_to(&h, &url, 1).await;
+    assert!(answer[0].1.contains("approved by policy"), "{answer:?}");
+    assert_eq!(request_count(&h).await, 2);
+    server.abort();
 }
 
 /// Slack's own retries of an event carry `X-Slack-Retry-Num` and a fresh signature; they keep
