@@ -89,6 +89,177 @@ async fn stale_group_membership_grants_no_rights() {
     assert_eq!(h.state(id).await, State::Approved);
 }
 
+/// Slack unreachable for longer than the staleness maximum: every group's cached membership is
+/// then stale.
+async fn make_groups_stale(h: &Harness) {
+    use jit::slack::simulator::Fault;
+    h.slack
+        .inject("usergroups.users.list", Fault::ServerError(503), 1000);
+    h.advance(chrono::Duration::seconds(
+        jit::slack::directory::MAX_STALENESS.as_secs() as i64 + 60,
+    ));
+    h.app
+        .directory
+        .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
+        .await;
+}
+
+/// Stale admin rights: an admin only through a group (S0SECURITY) whose membership jit could
+/// not read for longer than the maximum can neither review nor revoke, and is told why; once
+/// Slack answers again, they can.
+#[tokio::test]
+async fn stale_group_membership_grants_no_admin_rights() {
+    let h = Harness::start().await;
+    h.slack.set_group_members("S0SECURITY", &[CAROL]);
+    h.app
+        .directory
+        .refresh(&jit::domain::ids::SlackGroupId::parse("S0SECURITY").unwrap())
+        .await;
+    let reply = h.slash(SECLEAD, "breakglass db the site is down").await;
+    let id = Harness::id_in(&reply.text());
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Active);
+
+    make_groups_stale(&h).await;
+    // Review (and review-and-revoke) by the stale group's member: refused.
+    for action in ["jit.review", "jit.review_revoke"] {
+        h.interaction(Harness::click_payload(
+            CAROL,
+            action,
+            &id.0.to_string(),
+            AUDIT,
+        ))
+        .await;
+        h.run_jobs().await;
+        let request = h.request(id).await;
+        assert_eq!(request.reviewed_by, None, "{action}: no review");
+        assert_eq!(request.state, State::Active, "{action}: not revoked");
+    }
+    let stale_line = "Only jit admins can do that, and jit has not been able to read who is in";
+    assert!(
+        h.ephemeral_texts(CAROL)
+            .iter()
+            .any(|t| t.contains(stale_line) && t.contains("S0SECURITY")),
+        "{:?}",
+        h.ephemeral_texts(CAROL)
+    );
+    // `/jit revoke` by the same admin: refused, with the same reason.
+    let reply = h.slash(CAROL, &format!("revoke {} suspicious", id.0)).await;
+    assert!(reply.text().contains(stale_line), "{}", reply.text());
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Active);
+    assert_eq!(h.provider_actions(id), ["grant"], "nothing torn down");
+
+    // Slack answers again: the group is read afresh on the next click and the admin may review.
+    h.slack.clear_faults();
+    h.advance(chrono::Duration::minutes(1));
+    h.interaction(Harness::click_payload(
+        CAROL,
+        "jit.review",
+        &id.0.to_string(),
+        AUDIT,
+    ))
+    .await;
+    assert_eq!(h.request(id).await.reviewed_by.as_deref(), Some(CAROL));
+}
+
+/// Auto-approval through a stale group: `db` auto-approves members of S0ONCALL; with their
+/// membership stale, a member's request waits for an approver like anyone's. Fresh again, it
+/// is approved by policy.
+#[tokio::test]
+async fn a_stale_group_auto_approves_nothing() {
+    let h = Harness::start().await;
+    make_groups_stale(&h).await;
+    let reply = h.slash(ONCALL, "request db 30m paged at night").await;
+    assert!(reply.text().contains("was sent to"), "{}", reply.text());
+    let id = Harness::id_in(&reply.text());
+    h.run_jobs().await;
+    assert_eq!(h.state(id).await, State::Pending, "not auto-approved");
+    assert!(h.provider_actions(id).is_empty(), "nothing granted");
+
+    // The control: once membership is fresh, the same request is approved by policy.
+    h.slack.clear_faults();
+    h.app
+        .directory
+        .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
+        .await;
+    let reply = h.slash(ONCALL, "request db 30m paged again").await;
+    assert!(
+        reply.text().contains("approved by policy"),
+        "{}",
+        reply.text()
+    );
+    let fresh = Harness::id_in(&reply.text());
+    h.run_jobs().await;
+    assert_eq!(h.state(fresh).await, State::Active);
+}
+
+/// An Enterprise Grid organisation, installed org-wide (`JIT_SLACK_TEAM_ID=E…`): deliveries
+/// from any workspace of the organisation are served; from another organisation, or with no
+/// organisation at all, they are refused.
+#[tokio::test]
+async fn an_org_wide_install_serves_its_organisation_only() {
+    let h = Harness::start().await;
+    h.app
+        .directory
+        .set_workspace(jit::slack::api::WorkspaceInfo {
+            team_id: "E0ORG".into(),
+            enterprise_id: Some("E0ORG".into()),
+            enterprise_install: true,
+        });
+    let slash = |team: &str, enterprise: &str, text: &str| {
+        serde_urlencoded::to_string([
+            ("team_id", team),
+            ("enterprise_id", enterprise),
+            ("is_enterprise_install", "true"),
+            ("channel_id", ORIGIN),
+            ("user_id", DEV),
+            ("command", "/jit"),
+            ("text", text),
+            ("trigger_id", &format!("{team}.{enterprise}.trigger")),
+        ])
+        .unwrap()
+    };
+    let send = |body: String| async {
+        let reply = h
+            .post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+            .await;
+        assert_eq!(reply.status(), 200);
+        reply.text().await.unwrap()
+    };
+    // A workspace of the organisation other than the one jit's token was made in: served.
+    let text = send(slash(
+        "T0SISTER",
+        "E0ORG",
+        "request db 1h from a sister workspace",
+    ))
+    .await;
+    assert!(text.contains("was sent to"), "{text}");
+    let id = Harness::id_in(&text);
+    assert_eq!(request_count(&h).await, 1);
+    // Another organisation, or none: refused, nothing stored.
+    for (team, enterprise) in [("T0FOREIGN", "E0FOREIGN"), ("T0JITSIM", "")] {
+        let text = send(slash(team, enterprise, "request db 1h from outside")).await;
+        assert!(
+            text.contains("serves only the workspace it is installed in"),
+            "{team}/{enterprise:?}: {text}"
+        );
+    }
+    assert_eq!(request_count(&h).await, 1);
+
+    // A click from another organisation decides nothing; one from the organisation does.
+    h.run_jobs().await;
+    let mut click = Harness::click_payload(ALICE, "jit.approve", &id.0.to_string(), APPROVALS);
+    click["enterprise"] = serde_json::json!({"id": "E0FOREIGN", "name": "Elsewhere Inc"});
+    click["team"] = serde_json::Value::Null;
+    h.interaction(click.clone()).await;
+    assert_eq!(h.state(id).await, State::Pending, "nothing decided");
+    click["enterprise"] = serde_json::json!({"id": "E0ORG", "name": "Our Org"});
+    click["trigger_id"] = serde_json::json!("org.click.trigger");
+    h.interaction(click).await;
+    assert_eq!(h.state(id).await, State::Approved);
+}
+
 /// One signed request, captured: the same body with the same headers, sent again and again.
 struct Captured {
     path: &'static str,
