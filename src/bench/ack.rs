@@ -155,13 +155,25 @@ pub async fn spawn_jit_with(
     let policy = dir.join("jit.toml");
     std::fs::write(&policy, policy_text)?;
     let db = dir.join("jit.db");
+    // One encryption key per database, as in a deployment: the audit chain is keyed with a key
+    // derived from it, and jit refuses to start on that database with another one (`footprint`
+    // starts jit several times on the same database).
+    let key_file = dir.join("encryption.key");
+    let key = match std::fs::read_to_string(&key_file) {
+        Ok(key) => key,
+        Err(_) => {
+            let key = crate::crypto::generate_key();
+            std::fs::write(&key_file, &key)?;
+            key
+        }
+    };
     let addr = free_addr()?;
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("serve")
         .env("SLACK_SIGNING_SECRET", SECRET)
         .env("SLACK_BOT_TOKEN", TOKEN)
-        .env("JIT_ENCRYPTION_KEY", crate::crypto::generate_key())
+        .env("JIT_ENCRYPTION_KEY", key)
         .env("JIT_SLACK_API_URL", slack.api_url())
         .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("JIT_SQLITE_SYNCHRONOUS", durability.as_str())

@@ -1,7 +1,11 @@
-//! `jit bench flood` runs end to end, so it cannot silently break again (it once sent its slash
-//! commands from a workspace jit does not serve, for people jit did not know, and every request
-//! was refused). A small flood through the real binary, both layouts; this asserts outcomes only
-//! (every request accepted, the new request's approval message posted), never a timing.
+//! `jit bench` modes that broke silently once run end to end here, so they cannot again. They
+//! assert outcomes only, never a timing.
+//!
+//! - `flood` sent its slash commands from a workspace jit does not serve, for people jit did not
+//!   know, so every request was refused: a small flood through the real binary, both layouts;
+//!   every request is accepted and the new request's approval message is posted.
+//! - `footprint` restarted jit on its database with a new encryption key each time, which jit
+//!   (rightly) refuses, since the audit chain is keyed from it: two starts on one database.
 
 use std::process::Command;
 
@@ -59,4 +63,34 @@ fn the_flood_benchmark_gets_its_new_request_accepted_and_its_approval_message_po
             "the new request's approval message was posted: {line}"
         );
     }
+}
+
+#[test]
+fn the_footprint_benchmark_restarts_jit_on_its_database() {
+    let out = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .args([
+            "bench",
+            "--durability",
+            "normal",
+            "footprint",
+            "--starts",
+            "2",
+            "--idle",
+            "1",
+        ])
+        .env_remove("SLACK_APP_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "jit bench footprint failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("start to ready          median"),
+        "{stdout}"
+    );
 }
