@@ -65,6 +65,22 @@ pub struct Store {
     /// The audit chain's key, once [`Store::open_audit_chain`] checked it against the database.
     /// Write transactions carry it, so audit appends can key their rows.
     audit_key: Arc<std::sync::OnceLock<crate::crypto::AuditKey>>,
+    /// The application's clock ([`Store::use_clock`]), which write transactions read once they
+    /// hold the write lock ([`WriteTx::now_under_lock`]).
+    clock: Arc<StoreClock>,
+}
+
+#[derive(Default)]
+struct StoreClock(std::sync::OnceLock<crate::clock::SharedClock>);
+
+impl std::fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "StoreClock(set)"
+        } else {
+            "StoreClock(wall clock)"
+        })
+    }
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) holding the process's writer turn until it ends.
@@ -73,9 +89,20 @@ pub struct WriteTx {
     tx: Transaction<'static, Sqlite>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
     audit_key: Option<crate::crypto::AuditKey>,
+    clock: Option<crate::clock::SharedClock>,
 }
 
 impl WriteTx {
+    /// The time now, read while this transaction holds the database's write lock (it began
+    /// with `BEGIN IMMEDIATE`): the application's clock ([`Store::use_clock`]), or the wall
+    /// clock when none was given (the admin CLI). No other writer, in this process or another,
+    /// can commit between this reading and this transaction's commit.
+    pub fn now_under_lock(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock
+            .as_ref()
+            .map_or_else(chrono::Utc::now, |clock| clock.now())
+    }
+
     /// The audit chain's key (`None` until [`Store::open_audit_chain`] ran).
     pub fn audit_key(&self) -> Option<&crate::crypto::AuditKey> {
         self.audit_key.as_ref()
@@ -136,6 +163,7 @@ impl Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             audit_key: Arc::default(),
+            clock: Arc::default(),
         })
     }
 
@@ -156,6 +184,7 @@ impl Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             audit_key: Arc::default(),
+            clock: Arc::default(),
         })
     }
 
@@ -183,6 +212,12 @@ impl Store {
         Ok(opened)
     }
 
+    /// The clock write transactions read under the write lock (the app's: injected in tests).
+    /// Set once, when the app is assembled; later calls change nothing.
+    pub fn use_clock(&self, clock: crate::clock::SharedClock) {
+        let _ = self.clock.0.set(clock);
+    }
+
     /// Starts a write transaction that holds the write lock from the start.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
         let turn = self.writer.clone().lock_owned().await;
@@ -191,6 +226,7 @@ impl Store {
             tx,
             _turn: turn,
             audit_key: self.audit_key.get().cloned(),
+            clock: self.clock.0.get().cloned(),
         })
     }
 
