@@ -84,6 +84,8 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
     )
     .context("cannot set up the Slack client")?
     .with_timeout(parts.settings.slack_timeout);
+    // Audit rows take their time from the app's clock, read under the write lock.
+    parts.store.use_clock(parts.clock.clone());
     let per_minute = parts.policy.limits.requests_per_user_per_minute;
     let (submissions, inbox) = crate::handlers::committer::channel();
     let app = Arc::new(App {

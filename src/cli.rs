@@ -135,6 +135,7 @@ pub enum TokenCommand {
     Create { name: String },
     /// Revoke token ID (see `list`). The identity's pending requests are cancelled and its
     /// grants revoked too, unless --keep-grants is given: a revoked token is usually a leaked one.
+    /// Running it again for a revoked token ends whatever the identity still has open.
     Revoke {
         id: i64,
         /// Leave the identity's requests and grants as they are.
@@ -381,7 +382,7 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             ProviderConfig::None => "none".into(),
         };
         out.push_str(&format!(
-            "  {}: {provider}\n    max {} (default {}, at most {} in all with extensions); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry\n",
+            "  {}: {provider}\n    max {} (default {}; max_lifetime {}: the most in all, extensions included); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry\n",
             r.id,
             r.max_duration,
             r.default_duration,
@@ -459,7 +460,9 @@ fn postgres_summary(c: &crate::domain::policy::PostgresConfig) -> String {
         ),
     };
     format!(
-        "postgres {} (admin URL from ${}, superuser admin {}): {mode}",
+        "postgres {} (admin URL from ${}, superuser admin {}): {mode}; what holders make through the granted \
+         roles during a grant loses its definer rights at teardown (jit doctor and jit serve name the granted \
+         roles that may CREATE)",
         c.roles.join(", "),
         c.database_url_env,
         if c.allow_superuser_admin {
@@ -705,20 +708,35 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
             }
         }
         TokenCommand::Revoke { id, keep_grants } => {
-            let identity = match crate::handlers::identity::revoke_token(&store, id, &by, now).await
+            let revoked = match crate::handlers::identity::revoke_token(&store, id, &by, now).await
             {
-                Ok(identity) => identity,
+                Ok(revoked) => revoked,
                 Err(err) => {
                     eprintln!("jit: {}", err.user_message());
                     return Ok(1);
                 }
             };
-            println!("token {id} of identity {identity} is revoked");
+            let identity = revoked.identity;
+            if revoked.already {
+                println!("token {id} of identity {identity} was already revoked");
+            } else {
+                println!("token {id} of identity {identity} is revoked");
+            }
             if keep_grants {
                 println!("its requests and grants are left as they are (--keep-grants)");
                 return Ok(0);
             }
-            let app = admin_app().await?;
+            let failed = |error: String| {
+                eprintln!(
+                    "jit: the token is revoked, but ending the identity's access failed: {error}. \
+                     Run the same command again to end it"
+                );
+                Ok(1)
+            };
+            let app = match admin_app().await {
+                Ok(app) => app,
+                Err(err) => return failed(format!("{err:#}")),
+            };
             match crate::handlers::identity::end_access_of(&app, &identity, id, &os_user()).await {
                 Ok(ended) => {
                     let list = |ids: &[RequestId]| {
@@ -738,13 +756,7 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<i32> {
                     );
                     Ok(0)
                 }
-                Err(err) => {
-                    eprintln!(
-                        "jit: the token is revoked, but ending the identity's access failed: {}",
-                        err.user_message()
-                    );
-                    Ok(1)
-                }
+                Err(err) => failed(err.user_message()),
             }
         }
         TokenCommand::List { name } => {
@@ -866,15 +878,53 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
         let out = summary(std::path::Path::new("jit.toml"), &policy);
         for expected in [
             "  pg-eph: postgres app_rw (admin URL from $PG_URL, superuser admin refused): \
-             ephemeral login roles (5 connections); holders' objects go to jit_leftovers at teardown\n",
+             ephemeral login roles (5 connections); holders' objects go to jit_leftovers at teardown; \
+             what holders make through the granted roles during a grant loses its definer rights at \
+             teardown (jit doctor and jit serve name the granted roles that may CREATE)\n",
             "  pg-elev: postgres db_admin (admin URL from $PG_URL, superuser admin allowed): \
-             elevation of 1 mapped user(s); their sessions are kept at teardown\n",
+             elevation of 1 mapped user(s); their sessions are kept at teardown; what holders",
             "warning: pg-elev: terminate_sessions = false: sessions the user has open keep the granted roles",
             "warning: pg-elev: allow_superuser_admin = true",
         ] {
             assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
         }
         assert_eq!(out.matches("warning:").count(), 2, "{out}");
+    }
+
+    /// Issue 11, point 3: the total cap of a grant, extensions included, is shown per resource,
+    /// by its key: the default (3 × max_duration) and a value set in the policy.
+    #[test]
+    fn policy_check_shows_max_lifetime() {
+        let policy = Policy::parse(POSTGRES, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("max_lifetime")).collect();
+        assert_eq!(lines.len(), policy.resources().len(), "{out}");
+        for (line, resource) in lines.iter().zip(policy.resources()) {
+            assert_eq!(
+                resource.max_lifetime.as_secs(),
+                3 * resource.max_duration.as_secs()
+            );
+            assert!(
+                line.contains(&format!(
+                    "max {} (default {}; max_lifetime {}: the most in all, extensions included)",
+                    resource.max_duration, resource.default_duration, resource.max_lifetime
+                )),
+                "{line}"
+            );
+        }
+        let set = POSTGRES.replacen(
+            "mode = \"elevation\"",
+            "mode = \"elevation\"\nmax_duration = \"2h\"\nmax_lifetime = \"5h\"",
+            1,
+        );
+        let policy = Policy::parse(&set, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        assert!(
+            out.contains(
+                "max 2h (default 1h; max_lifetime 5h: the most in all, extensions included)"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

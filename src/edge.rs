@@ -27,7 +27,25 @@
 //!   [`DRAIN`], the server stops waiting for them.
 //!
 //! Only HTTP/1.1 is served (Slack and the API clients speak it); this also avoids the protocol
-//! detection of hyper-util's `auto` builder, which has no timer while it waits for a first byte.
+//! detection of hyper-util's `auto` builder, which has no timer while it waits for a first byte
+//! (hyperium/hyper#3962).
+//!
+//! **What comes from hyper, hyper-util and tower, and what is ours (and why).**
+//! - From hyper's HTTP/1 builder: the keep-alive idle timeout (`header_read_timeout`, with
+//!   hyper-util's `TokioTimer`), `keep_alive(false)` when it is zero, and the 16 KiB head limit
+//!   (`max_buf_size`, answered `431`). From hyper-util: `TokioIo` and the graceful drain
+//!   (`GracefulShutdown`). From tower: `oneshot` into the axum router.
+//! - The accept loop with its cap is ours: neither hyper-util (which serves one connection) nor
+//!   `axum::serve` caps connections, and tower's `ConcurrencyLimit` counts requests in flight on
+//!   connections already accepted, so it neither bounds sockets (descriptors) nor makes room by
+//!   closing a silent one.
+//! - The first-head deadline is ours: hyper has one `header_read_timeout` for both the first head
+//!   and the wait between requests, so it cannot give the two different values, and before the
+//!   first byte no hyper connection exists yet (idle sockets stay cheap, and evictable).
+//! - The body deadline is ours ([`DeadlineBody`], a fixed deadline for the whole body):
+//!   tower-http's `RequestBodyTimeoutLayer` restarts its timer with every frame, so a body
+//!   trickled a byte at a time never ends; its `TimeoutLayer` bounds the whole request, handler
+//!   included, which would cut off the API's long polls and slow commits as well.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -4,6 +4,11 @@
 //! nothing; each failure the issue names is made to happen once, and must turn its own line (and
 //! no other) to FAIL and the exit status to 1.
 //!
+//! moto has no policy simulator and accepts any credentials, so the AWS failures it cannot
+//! produce (a simulator that denies `sts:AssumeRole` or `iam:PutRolePolicy`, a refused
+//! `iam:GetRolePolicy`, credentials AWS rejects) go through [`AwsProxy`], a stand-in in front of
+//! moto that answers those calls as AWS does and passes the rest on.
+//!
 //! Without `JIT_TEST_POSTGRES_URL` or `JIT_TEST_AWS_ENDPOINT` the checks that need them say so
 //! and are left out; set but unreachable, the tests fail.
 
@@ -839,6 +844,63 @@ async fn a_superuser_postgres_admin_fails() {
 }
 
 #[tokio::test]
+async fn a_postgres_admin_without_createrole_fails() {
+    let setup = Setup::new().await;
+    let Some(pg) = &setup.postgres else {
+        eprintln!(
+            "JIT_TEST_POSTGRES_URL is unset: the admin-without-CREATEROLE failure is not exercised"
+        );
+        return;
+    };
+    // A throwaway login role with everything the admin needs but CREATEROLE.
+    let weak = format!("jit_doctor_weak_{}", unique());
+    let password = format!("weak-{}", unique());
+    let pool = sqlx::PgPool::connect(&pg.superuser_url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {weak} LOGIN NOCREATEROLE NOSUPERUSER PASSWORD '{password}'"),
+        format!("GRANT pg_signal_backend TO {weak}"),
+        format!("GRANT {} TO {weak} WITH ADMIN OPTION", pg.role),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let mut url = url::Url::parse(&pg.superuser_url).unwrap();
+    url.set_username(&weak).unwrap();
+    url.set_password(Some(&password)).unwrap();
+    let out = setup.doctor_with(&[("DOCTOR_PG_URL", url.as_str())]).await;
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {weak}")))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+
+    out.fails_only(&["resource pg"]);
+    let line = out.line("resource pg");
+    assert!(
+        line.starts_with("FAIL  resource pg: postgres (PostgreSQL "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "the admin `{weak}` lacks CREATEROLE: it cannot create, grant or drop roles"
+        )),
+        "{line}"
+    );
+    // Only that is wrong with it.
+    assert!(
+        !line.contains("pg_signal_backend") && !line.contains("SUPERUSER"),
+        "{line}"
+    );
+    assert!(
+        line.contains("Fix: fix the admin role as said (README: Providers, postgres)"),
+        "{line}"
+    );
+    assert!(!out.stdout.contains(&password) && !out.stderr.contains(&password));
+    setup.finish().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_postgres_server_fails() {
     let setup = Setup::new().await;
     // Needs no PostgreSQL: nothing listens on port 1.
@@ -1038,5 +1100,379 @@ async fn an_aws_role_grants_or_teardown_cannot_use_fails() {
     let out = setup.doctor().await;
     out.fails_only(&["resource aws-prod"]);
     assert!(out.line("resource aws-prod").contains(&format!("role arn:aws:iam::999999999999:role/elsewhere is in account 999999999999, jit's credentials in {ACCOUNT}")), "{}", out.stdout);
+    setup.finish().await;
+}
+
+/// What the stand-in for AWS does instead of passing a call to moto.
+#[derive(Default)]
+struct Rules {
+    /// `iam:SimulatePrincipalPolicy` is answered (moto has no policy simulator): every action
+    /// asked about is `allowed`, except these (`implicitDeny`).
+    simulator_denies: Vec<String>,
+    /// Calls refused with AWS's error: action → (code, message).
+    refused: Vec<(&'static str, &'static str, String)>,
+}
+
+/// A stand-in for AWS in front of moto: it answers `iam:SimulatePrincipalPolicy` as AWS's
+/// policy simulator would (with the decisions `Rules` gives), refuses the calls `Rules` names
+/// with AWS's error shape, and passes everything else to moto. It records every action called,
+/// so a test can see that doctor asked the simulator and wrote nothing.
+#[derive(Clone)]
+struct AwsProxy {
+    url: String,
+    rules: std::sync::Arc<std::sync::Mutex<Rules>>,
+    /// Every call, in order.
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, Form)>>>,
+}
+
+/// An AWS query call's form parameters.
+type Form = Vec<(String, String)>;
+
+impl AwsProxy {
+    async fn start(moto: &str, rules: Rules) -> AwsProxy {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::IntoResponse;
+
+        let proxy = AwsProxy {
+            url: String::new(),
+            rules: std::sync::Arc::new(std::sync::Mutex::new(rules)),
+            calls: Default::default(),
+        };
+        let moto = moto.trim_end_matches('/').to_owned();
+        let state = proxy.clone();
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            let moto = moto.clone();
+            async move {
+                let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                let action = form
+                    .iter()
+                    .find(|(k, _)| k == "Action")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                state
+                    .calls
+                    .lock()
+                    .unwrap()
+                    .push((action.clone(), form.clone()));
+                let xml = |status: u16, body: String| {
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        [("content-type", "text/xml")],
+                        body,
+                    )
+                        .into_response()
+                };
+                let refusal = state
+                    .rules
+                    .lock()
+                    .unwrap()
+                    .refused
+                    .iter()
+                    .find(|(a, _, _)| *a == action)
+                    .map(|(_, code, message)| (*code, message.clone()));
+                if let Some((code, message)) = refusal {
+                    return xml(
+                        403,
+                        format!(
+                            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>proxy-1</RequestId></ErrorResponse>"
+                        ),
+                    );
+                }
+                if action == "SimulatePrincipalPolicy" {
+                    let denies = state.rules.lock().unwrap().simulator_denies.clone();
+                    let resource = form
+                        .iter()
+                        .find(|(k, _)| k == "ResourceArns.member.1")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    let results: String = form
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("ActionNames.member."))
+                        .map(|(_, name)| {
+                            let decision = if denies.contains(name) {
+                                "implicitDeny"
+                            } else {
+                                "allowed"
+                            };
+                            format!(
+                                "<member><EvalActionName>{name}</EvalActionName><EvalResourceName>{resource}</EvalResourceName><EvalDecision>{decision}</EvalDecision><MatchedStatements/><MissingContextValues/></member>"
+                            )
+                        })
+                        .collect();
+                    return xml(
+                        200,
+                        format!(
+                            "<SimulatePrincipalPolicyResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{results}</EvaluationResults></SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>proxy-2</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>"
+                        ),
+                    );
+                }
+                // Everything else: moto, as sent.
+                let target = format!(
+                    "{moto}{}",
+                    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+                );
+                let mut forward = reqwest::Client::new().request(method, target).body(body);
+                for (name, value) in &headers {
+                    if name != "host" && name != "content-length" {
+                        forward = forward.header(name, value);
+                    }
+                }
+                let answer = forward.send().await.expect("moto answers");
+                let status = answer.status().as_u16();
+                let content_type = answer
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("text/xml")
+                    .to_owned();
+                let bytes = answer.bytes().await.unwrap();
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    [("content-type", content_type)],
+                    bytes,
+                )
+                    .into_response()
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        AwsProxy { url, ..proxy }
+    }
+
+    fn actions(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// The form parameters of every `SimulatePrincipalPolicy` call.
+    fn simulations(&self) -> Vec<Form> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, _)| a == "SimulatePrincipalPolicy")
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+/// What doctor must never do, whatever AWS answers: issue credentials or write to a role.
+fn assert_read_only(proxy: &AwsProxy) {
+    for action in proxy.actions() {
+        assert!(
+            ![
+                "AssumeRole",
+                "PutRolePolicy",
+                "DeleteRolePolicy",
+                "UpdateAssumeRolePolicy"
+            ]
+            .contains(&action.as_str()),
+            "doctor called {action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_policy_simulator_decides_the_rights_line() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: the policy-simulator checks are not exercised");
+        return;
+    };
+    let proxy = AwsProxy::start(&aws.endpoint, Rules::default()).await;
+    let through = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
+
+    // Everything allowed: the rights are verified, not merely "not verified".
+    let out = setup.doctor_with(&through).await;
+    out.passes();
+    let lines = out.lines("resource aws-prod");
+    let rights = lines
+        .iter()
+        .find(|l| l.contains("policy simulator"))
+        .unwrap_or_else(|| panic!("a simulator line in\n{}", out.stdout));
+    assert!(
+        rights.starts_with("ok    resource aws-prod: aws_sts: IAM's policy simulator allows arn:aws:iam::123456789012:user/jit-doctor-"),
+        "{rights}"
+    );
+    // It asked about jit's own user, on the role, for what grants and teardown do, with the
+    // trust policy for the sts: actions.
+    let simulations = proxy.simulations();
+    assert_eq!(simulations.len(), 2, "{simulations:?}");
+    let param = |form: &[(String, String)], key: &str| {
+        form.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    for form in &simulations {
+        assert!(
+            param(form, "PolicySourceArn").contains(":user/jit-doctor-"),
+            "{form:?}"
+        );
+        assert_eq!(param(form, "ResourceArns.member.1"), aws.role_arn);
+    }
+    assert_eq!(
+        param(&simulations[0], "ActionNames.member.1"),
+        "sts:AssumeRole"
+    );
+    assert!(param(&simulations[0], "ResourcePolicy").contains("sts:TagSession"));
+    let teardown: Vec<String> = simulations[1]
+        .iter()
+        .filter(|(k, _)| k.starts_with("ActionNames.member."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(
+        teardown,
+        [
+            "iam:GetRolePolicy",
+            "iam:PutRolePolicy",
+            "iam:DeleteRolePolicy"
+        ]
+    );
+
+    // AssumeRole and PutRolePolicy denied: grants and early revocation would fail.
+    proxy.rules.lock().unwrap().simulator_denies =
+        vec!["sts:AssumeRole".into(), "iam:PutRolePolicy".into()];
+    let out = setup.doctor_with(&through).await;
+    out.fails_only(&["resource aws-prod"]);
+    let failed: Vec<&str> = out
+        .lines("resource aws-prod")
+        .into_iter()
+        .filter(|l| l.starts_with("FAIL "))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", out.stdout);
+    assert!(
+        failed[0]
+            .contains("IAM's policy simulator denies arn:aws:iam::123456789012:user/jit-doctor-"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[0].contains("sts:AssumeRole (implicitDeny), iam:PutRolePolicy (implicitDeny): early revocation would fail"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[0].contains("Fix: allow them to jit's principal on the role"),
+        "{}",
+        failed[0]
+    );
+    // Only AssumeRole: grants would fail.
+    proxy.rules.lock().unwrap().simulator_denies = vec!["sts:TagSession".into()];
+    let out = setup.doctor_with(&through).await;
+    out.fails_only(&["resource aws-prod"]);
+    assert!(
+        out.stdout
+            .contains("sts:TagSession (implicitDeny): grants would fail"),
+        "{}",
+        out.stdout
+    );
+    assert_read_only(&proxy);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_refused_get_role_policy_fails() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        eprintln!(
+            "JIT_TEST_AWS_ENDPOINT is unset: the refused-GetRolePolicy failure is not exercised"
+        );
+        return;
+    };
+    let proxy = AwsProxy::start(
+        &aws.endpoint,
+        Rules {
+            refused: vec![(
+                "GetRolePolicy",
+                "AccessDenied",
+                format!(
+                    "User: arn:aws:iam::{ACCOUNT}:user/jit is not authorized to perform: iam:GetRolePolicy on resource: role {}",
+                    aws.role
+                ),
+            )],
+            ..Rules::default()
+        },
+    )
+    .await;
+    let out = setup
+        .doctor_with(&[("AWS_ENDPOINT_URL", proxy.url.as_str())])
+        .await;
+    out.fails_only(&["resource aws-prod"]);
+    let failed: Vec<&str> = out
+        .lines("resource aws-prod")
+        .into_iter()
+        .filter(|l| l.starts_with("FAIL "))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", out.stdout);
+    assert!(
+        failed[0].starts_with(&format!(
+            "FAIL  resource aws-prod: aws_sts: iam:GetRolePolicy on {} failed (AccessDenied: User: arn:aws:iam::{ACCOUNT}:user/jit is not authorized",
+            aws.role
+        )),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[0].contains("early revocation reads it first, so it would fail. Fix: allow jit's principal iam:GetRolePolicy, iam:PutRolePolicy and iam:DeleteRolePolicy on the role"),
+        "{}",
+        failed[0]
+    );
+    assert!(proxy.actions().contains(&"GetRolePolicy".to_owned()));
+    assert_read_only(&proxy);
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn aws_credentials_that_do_not_work_fail() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: the bad-credentials failure is not exercised");
+        return;
+    };
+    let proxy = AwsProxy::start(
+        &aws.endpoint,
+        Rules {
+            refused: vec![(
+                "GetCallerIdentity",
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.".into(),
+            )],
+            ..Rules::default()
+        },
+    )
+    .await;
+    let out = setup
+        .doctor_with(&[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "AKIAREVOKEDKEY000000"),
+            ("AWS_SECRET_ACCESS_KEY", "revoked-doctor-secret-key"),
+        ])
+        .await;
+    out.fails_only(&["aws identity"]);
+    assert_eq!(
+        out.line("aws identity"),
+        "FAIL  aws identity: jit's AWS credentials do not work (sts:GetCallerIdentity: InvalidClientTokenId: The security token included in the request is invalid.). Fix: give jit AWS credentials as for jit serve (AWS_* variables, a profile, or an instance or task role); AWS_ENDPOINT_URL must point at AWS"
+    );
+    assert_eq!(
+        out.line("resource aws-prod"),
+        "skip  resource aws-prod: aws_sts: not checked: jit's AWS credentials do not work"
+    );
+    // Nothing more was asked of AWS, and the secret key is nowhere in the output.
+    assert_eq!(proxy.actions(), ["GetCallerIdentity"]);
+    assert!(
+        !out.stdout.contains("revoked-doctor-secret-key")
+            && !out.stderr.contains("revoked-doctor-secret-key")
+    );
     setup.finish().await;
 }

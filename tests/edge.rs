@@ -1,15 +1,17 @@
 //! The HTTP edge under attack, against the real `jit serve` binary (a child process):
 //!
 //! - a flood of idle connections (2,000 by default; the review's 20,000 with `JIT_TEST_LONG=1`,
-//!   which `.ci/run` sets) is held while signed requests are still answered and a teardown due in
-//!   the meantime still runs, with no "Too many open files";
+//!   which `.ci/run` sets), with slowloris heads and bodies going on at the same time, is held
+//!   while signed requests are still acked within 1 s (the issue's bar) and a teardown due in the
+//!   meantime runs within 2 s of its expiry, with no "Too many open files";
 //! - slowloris heads and bodies, and idle keep-alive connections, are closed by the server after
 //!   the configured timeouts (set small here);
 //! - at the connection cap the server stops accepting, the rest wait in the listen backlog, and
 //!   they are served as slots free up, while the separate metrics listener keeps answering.
 //!
-//! Nothing here fails on a timing: the tests assert outcomes (acked, closed by the server, revoked
-//! and recorded) and print the latencies they measured.
+//! Apart from those two generous bounds, which the issue asks for, nothing here fails on a
+//! timing: the tests assert outcomes (acked, closed by the server, revoked and recorded) and print
+//! the latencies they measured.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -253,8 +255,12 @@ impl Server {
 struct Flooders(Vec<Child>);
 
 const FLOODER: &str = r#"
-import socket, sys
+import resource, socket, sys
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# Each helper raises its own soft descriptor limit to the hard one: it holds `n` sockets.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft != hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 held = []
 for _ in range(n):
     for attempt in range(100):
@@ -372,14 +378,105 @@ fn provider_calls(log: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Slowloris connections of each kind kept going during the idle flood.
+const SLOWLORIS: usize = 10;
+
+/// A request head that is never finished.
+const SLOW_HEAD: &[u8] = b"POST /slack/commands HTTP/1.1\r\nHost: jit\r\nX-Slow: a";
+
+/// A complete head announcing 1000 bytes of body, then the start of it.
+const SLOW_BODY: &[u8] = b"POST /slack/commands HTTP/1.1\r\nHost: jit\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ntext=";
+
+/// What one slowloris worker saw.
+struct Slowloris {
+    /// What the server sent before closing, and when it closed (from the connect), for each
+    /// connection the server closed.
+    closed: Vec<(String, Duration)>,
+    /// 1 if a connection was still open when the worker was told to stop.
+    open_at_stop: usize,
+}
+
+/// Writes `head`, then one more byte every 300 ms; when the server closes the connection, opens
+/// another and starts again; until `stop`.
+async fn slowloris(
+    addr: String,
+    head: &'static [u8],
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Slowloris {
+    let mut closed = Vec::new();
+    loop {
+        if *stop.borrow() {
+            return Slowloris {
+                closed,
+                open_at_stop: 0,
+            };
+        }
+        let Ok(mut stream) = TcpStream::connect(&addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let since = Instant::now();
+        if stream.write_all(head).await.is_err() {
+            continue;
+        }
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        tick.tick().await;
+        let still_open = loop {
+            tokio::select! {
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => break true,
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break false,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                },
+                _ = tick.tick(), if seen.is_empty() => {
+                    if stream.write_all(b"a").await.is_err() {
+                        // Closed by the server; read what it said.
+                        while let Ok(Ok(n)) = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            stream.read(&mut buf),
+                        )
+                        .await
+                        {
+                            if n == 0 {
+                                break;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        break false;
+                    }
+                }
+            }
+        };
+        if still_open {
+            return Slowloris {
+                closed,
+                open_at_stop: 1,
+            };
+        }
+        closed.push((String::from_utf8_lossy(&seen).into_owned(), since.elapsed()));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_flood_is_held_while_signed_requests_and_teardowns_go_on() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // This process opens the slowloris connections and the helpers the flood; neither depends
+    // on another test having raised the descriptor limit.
+    let limit = jit::edge::raise_fd_limit();
+    println!("this test's descriptor limit: {}", limit.soft);
     let long = std::env::var("JIT_TEST_LONG").as_deref() == Ok("1");
     let flood = if long { 20_000 } else { 2_000 };
     // The default run gives the server fewer slots than the flood, as the review's descriptor
-    // limit was; the long run leaves the cap at what the descriptor limit allows.
-    let mut env = vec![("JIT_HTTP_HEADER_TIMEOUT", "5m")];
+    // limit was; the long run leaves the cap at what the descriptor limit allows. A long header
+    // timeout, so only the cap, not the clock, closes flood connections; a short body timeout,
+    // so the slowloris bodies are answered `408` while the flood is held.
+    let body_timeout = Duration::from_secs(2);
+    let mut env = vec![
+        ("JIT_HTTP_HEADER_TIMEOUT", "5m"),
+        ("JIT_HTTP_BODY_TIMEOUT", "2s"),
+    ];
     if !long {
         env.push(("JIT_HTTP_MAX_CONNECTIONS", "1500"));
     }
@@ -393,7 +490,6 @@ async fn an_idle_flood_is_held_while_signed_requests_and_teardowns_go_on() {
     );
     let slack = FakeSlack::start(TOKEN).await.unwrap();
     slack.set_user("U0DEV", "dev", Some("dev@example.com"));
-    // A long header timeout, so only the cap, not the clock, closes flood connections.
     let mut server = Server::start(&slack, &env);
     server.wait_ready().await;
     let driver = server.driver();
@@ -434,21 +530,42 @@ async fn an_idle_flood_is_held_while_signed_requests_and_teardowns_go_on() {
         assert!(evicted >= 1.0, "past the cap, silent connections make room");
     }
 
-    // A grant whose teardown falls due while the flood is held.
+    // Slowloris heads and bodies on top of the flood, for as long as the rest of the test runs.
+    let (stop_slowloris, stopped) = tokio::sync::watch::channel(false);
+    let slow_heads: Vec<_> = (0..SLOWLORIS)
+        .map(|_| tokio::spawn(slowloris(server.addr.clone(), SLOW_HEAD, stopped.clone())))
+        .collect();
+    let slow_bodies: Vec<_> = (0..SLOWLORIS)
+        .map(|_| tokio::spawn(slowloris(server.addr.clone(), SLOW_BODY, stopped.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A grant whose teardown falls due while the flood and the slowloris connections are held.
+    // Slack gives up on an ack after 3 s; the issue's bar is 1 s.
     let started = Instant::now();
     let reply = driver
         .slash("U0DEV", "C0GENERAL", "request svc 3s edge flood drill")
         .await
         .unwrap();
-    println!("signed /jit request acked in {:?}", started.elapsed());
+    let acked = started.elapsed();
+    println!("signed /jit request acked in {acked:?}");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.text().contains("Request #1"), "{}", reply.text());
+    assert!(
+        acked <= Duration::from_secs(1),
+        "a signed request is acked within 1 s under the flood, not {acked:?}"
+    );
 
     let started = Instant::now();
     let list = driver.slash("U0DEV", "C0GENERAL", "list").await.unwrap();
-    println!("signed /jit list acked in {:?}", started.elapsed());
+    let acked = started.elapsed();
+    println!("signed /jit list acked in {acked:?}");
     assert_eq!(list.status, 200);
     assert!(list.text().contains("svc"), "{}", list.text());
+    assert!(
+        acked <= Duration::from_secs(1),
+        "a signed request is acked within 1 s under the flood, not {acked:?}"
+    );
 
     // The teardown: the exec provider's revoke ran (a child process with pipes, so descriptors),
     // and the database records it.
@@ -499,6 +616,12 @@ async fn an_idle_flood_is_held_while_signed_requests_and_teardowns_go_on() {
         "teardown ran {:.3} s after the grant's expiry",
         revoked - expires
     );
+    assert!(
+        revoked - expires <= 2.0,
+        "the teardown runs on time under the flood (within 2 s of expiry), not {:.3} s late",
+        revoked - expires
+    );
+
     let held = server.metric("jit_http_connections", "http").await;
     assert!(
         held >= expected as f64,
@@ -515,6 +638,37 @@ async fn an_idle_flood_is_held_while_signed_requests_and_teardowns_go_on() {
         .unwrap();
     assert_eq!(main_metrics.status(), 404);
 
+    // The slowloris connections went on all along: bodies were cut off with `408` after the
+    // body timeout, and no head ever got an answer other than a `408`.
+    stop_slowloris.send(true).unwrap();
+    for (what, tasks) in [("head", slow_heads), ("body", slow_bodies)] {
+        let plural = if what == "head" { "heads" } else { "bodies" };
+        let (mut closed, mut open) = (0, 0);
+        for task in tasks {
+            let outcome = task.await.unwrap();
+            open += outcome.open_at_stop;
+            for (sent, after) in outcome.closed {
+                closed += 1;
+                assert!(
+                    sent.is_empty() || sent.starts_with("HTTP/1.1 408"),
+                    "a slowloris {what} got {sent:?}"
+                );
+                if what == "body" {
+                    assert!(sent.starts_with("HTTP/1.1 408"), "{sent:?}");
+                    assert!(not_before(after, body_timeout), "{after:?}");
+                }
+            }
+        }
+        println!(
+            "slowloris {plural}: {closed} closed by the server meanwhile, {open} still held at the end"
+        );
+        if what == "body" {
+            assert!(
+                closed >= SLOWLORIS,
+                "each slowloris body was cut off at least once ({closed})"
+            );
+        }
+    }
     // SIGTERM with the flood still open: a clean, prompt exit.
     let stopping = Instant::now();
     let status = server.terminate().await;

@@ -2,6 +2,14 @@
 //! real binary. A grant command dumps its environment and tries `/proc/$PPID/environ` and
 //! `/proc/$PPID/mem` (its parent is jit). It must find no secret and no AWS credential.
 //!
+//! The memory probe reads a range that is really mapped: the start of the target's `[stack]`,
+//! found through `/proc/<pid>/maps`. (Offset 0 is never mapped, so reading there fails even
+//! against a process that is wide open, and proves nothing.) jit's own `maps` is refused to its
+//! command too; when the suite runs as root, the test reads it for the probe (root may) and
+//! leaves the address in a file. Against jit, opening `mem` must fail with "Permission denied".
+//! The control runs the same probe, as the same user, against a dumpable process: there it reads
+//! the environment and the stack page, so the probe can tell the two apart.
+//!
 //! Root reads every process's `/proc` files whatever jit does, so when the suite runs as root
 //! (as CI does) jit and its command run as `nobody` through `setpriv`, as a deployment would run
 //! them: the same user for jit and its commands, which is the case non-dumpability protects.
@@ -23,20 +31,78 @@ const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYISOLATION";
 const AWS_KEY_ID: &str = "AKIAISOLATIONTEST123";
 const ADMIN_URL: &str = "postgres://admin:pg-admin-password-55e1@127.0.0.1:1/db";
 
+/// The probe. Its target is its parent (jit, when jit runs it), or with the argument `child` a
+/// process it starts itself (the control: a descendant, so that Yama's `ptrace_scope=1`, where
+/// enabled, does not refuse it for another reason than dumpability).
 const SCRIPT: &str = r#"#!/bin/sh
 # Reads the request, then looks for jit's secrets everywhere a same-user process could.
 cat > /dev/null
-out="$(dirname "$0")/loot"
+here="$(dirname "$0")"
+if [ "$1" = child ]; then
+  sleep 60 & target=$!
+  # Until the child has become `sleep`, its environ can read empty (it is mid-exec).
+  for _ in $(seq 1 100); do
+    case "$(tr '\0' ' ' < /proc/$target/cmdline 2>/dev/null)" in sleep*) break ;; esac
+    sleep 0.05
+  done
+else
+  target=$PPID
+fi
+out="$here/loot"
 {
   echo "== env"; env
-  echo "== parent environ"; tr '\0' '\n' < /proc/$PPID/environ 2>&1
-  echo "== parent mem"; head -c 4096 /proc/$PPID/mem 2>&1 | head -c 200
-  echo "== parent cmdline"; tr '\0' ' ' < /proc/$PPID/cmdline 2>&1
+  echo "== target environ"; tr '\0' '\n' < /proc/$target/environ 2>&1
+  echo "== target mem"
+  echo "owner $(stat -c %u /proc/$target/mem) me $(id -u)"
+  if maps="$(cat /proc/$target/maps 2>&1)"; then
+    stack="$(printf '%s\n' "$maps" | awk '$NF == "[stack]" { split($1, r, "-"); print r[1]; exit }')"
+    echo "maps: read; [stack] at 0x$stack"
+  else
+    echo "maps: $maps"
+    stack="$(cat "$here/stack-hint" 2>/dev/null)"
+    [ -n "$stack" ] && echo "[stack] at 0x$stack, read from maps by the test"
+  fi
+  # (dd and od refuse to seek past the 0 bytes that stat reports for mem.)
+  echo "mem: $(python3 -c '
+import sys
+try:
+    mem = open(sys.argv[1], "rb")
+except OSError as e:
+    sys.exit(print("open failed:", e.strerror))
+mem.seek(int(sys.argv[2], 16))
+try:
+    print("read", len(mem.read(4096)), "bytes")
+except OSError as e:
+    print("read failed:", e.strerror)
+' /proc/$target/mem "${stack:-0}" 2>&1)"
+  echo "== target cmdline"; tr '\0' ' ' < /proc/$target/cmdline 2>&1
   echo "== done"
 } > "$out.tmp" 2>&1
 mv "$out.tmp" "$out"
+[ "$1" = child ] && kill $target
 echo '{}'
 "#;
+
+/// The user jit and the probes run as: `nobody` under root, else this user.
+fn as_test_user(program: &Path) -> Command {
+    if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A section of the probe's output.
+fn section<'a>(loot: &'a str, name: &str) -> &'a str {
+    let start = loot
+        .find(&format!("== {name}\n"))
+        .unwrap_or_else(|| panic!("no {name} section in {loot}"));
+    let rest = &loot[start + name.len() + 4..];
+    &rest[..rest.find("\n== ").unwrap_or(rest.len())]
+}
 
 fn policy(script: &Path) -> String {
     format!(
@@ -88,16 +154,12 @@ async fn an_exec_command_finds_none_of_jits_secrets() {
     std::fs::write(&policy_path, policy(&script)).unwrap();
     let port = free_port();
     let key = jit::crypto::generate_key();
-    let mut command = if rustix::process::geteuid().is_root() {
+    if rustix::process::geteuid().is_root() {
         println!("running as root: jit and its command run as nobody (setpriv)");
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&binary);
-        c
     } else {
         println!("running as an unprivileged user: jit and its command run as this user");
-        Command::new(&binary)
-    };
+    }
+    let mut command = as_test_user(&binary);
     let log = dir.path().join("serve.log");
     let mut child = command
         .arg("serve")
@@ -143,6 +205,17 @@ async fn an_exec_command_finds_none_of_jits_secrets() {
             "jit serve did not become ready:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+
+    // As root, the test may read jit's maps (its command may not): where jit's stack is.
+    if rustix::process::geteuid().is_root() {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+        let stack = maps
+            .lines()
+            .find(|l| l.ends_with("[stack]"))
+            .and_then(|l| l.split('-').next())
+            .expect("jit has a [stack] mapping");
+        std::fs::write(dir.path().join("stack-hint"), stack).unwrap();
     }
 
     let driver = SlackDriver::new(
@@ -192,21 +265,78 @@ async fn an_exec_command_finds_none_of_jits_secrets() {
         );
     }
     for name in ["SLACK_", "JIT_", "AWS_", "PROD_DB_ADMIN_URL"] {
-        let env_part = loot.split("== parent environ").next().unwrap();
         assert!(
-            !env_part.lines().any(|l| l.starts_with(name)),
+            !section(&loot, "env").lines().any(|l| l.starts_with(name)),
             "{name}… is in the command's environment"
         );
     }
-    let environ = loot
-        .split("== parent environ")
-        .nth(1)
-        .unwrap()
-        .split("== parent mem")
-        .next()
-        .unwrap();
+    let environ = section(&loot, "target environ");
     assert!(
         environ.contains("Permission denied"),
         "reading jit's environ is refused: {environ}"
+    );
+    let mem = section(&loot, "target mem");
+    let (owner, me) = owner_and_me(mem);
+    assert_eq!(
+        owner, 0,
+        "a non-dumpable process's /proc files belong to root, not to its user ({me}): {mem}"
+    );
+    assert!(
+        mem.lines()
+            .any(|l| l.starts_with("maps: ") && l.contains("Permission denied")),
+        "jit's maps are refused: {mem}"
+    );
+    if rustix::process::geteuid().is_root() {
+        assert!(
+            mem.contains("read from maps by the test"),
+            "the probe aims at jit's real stack: {mem}"
+        );
+    }
+    let read = mem.lines().find(|l| l.starts_with("mem: ")).unwrap();
+    assert!(
+        read == "mem: open failed: Permission denied",
+        "opening jit's memory is refused: {read}"
+    );
+}
+
+fn owner_and_me(mem: &str) -> (u32, u32) {
+    let line = mem.lines().find(|l| l.starts_with("owner ")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().unwrap(), words[3].parse().unwrap())
+}
+
+/// The control: the same probe, as the same user, against a dumpable process reads its
+/// environment and a page of its stack. Without it, the test above could pass with a probe that
+/// can never succeed.
+#[test]
+fn the_same_probe_reads_a_dumpable_process_of_the_same_user() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = dir.path().join("looter.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_test_user(&script)
+        .arg("child")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CONTROL_MARKER", "visible-to-the-same-user")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let loot = std::fs::read_to_string(dir.path().join("loot")).unwrap();
+    println!("{loot}");
+    assert!(
+        section(&loot, "target environ").contains("CONTROL_MARKER=visible-to-the-same-user"),
+        "{loot}"
+    );
+    let mem = section(&loot, "target mem");
+    let (owner, me) = owner_and_me(mem);
+    assert_eq!(owner, me, "{mem}");
+    assert!(mem.contains("maps: read; [stack] at 0x"), "{mem}");
+    let read = mem.lines().find(|l| l.starts_with("mem: ")).unwrap();
+    assert!(
+        read == "mem: read 4096 bytes",
+        "the stack page of a dumpable process is read: {read}"
     );
 }

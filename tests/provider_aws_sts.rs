@@ -182,6 +182,7 @@ fn revoke_all(
         natural_expiry: grant.expires_at,
         reason,
         now,
+        baselines: Vec::new(),
     }
 }
 
@@ -653,6 +654,7 @@ async fn a_presumed_session_is_denied() {
             natural_expiry: spec.now,
             reason: RevokeReason::FailedGrant,
             now,
+            baselines: Vec::new(),
         })
         .await
         .unwrap();
@@ -715,6 +717,7 @@ async fn an_unreachable_endpoint_is_retryable_and_errors_hold_no_secrets() {
         natural_expiry: now,
         reason: RevokeReason::Early,
         now,
+        baselines: Vec::new(),
     };
     assert!(!p.revoke(&bad).await.unwrap_err().is_retryable());
 }

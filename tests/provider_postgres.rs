@@ -254,6 +254,7 @@ fn revoke_spec(grant: &GrantSpec, handle: &str, reason: RevokeReason) -> RevokeS
         natural_expiry: grant.expires_at,
         reason,
         now: Utc::now(),
+        baselines: Vec::new(),
     }
 }
 
@@ -1254,14 +1255,29 @@ async fn a_superuser_admin_is_refused_for_grants_but_never_for_revokes() {
         .expect("revokes are never refused");
     assert!(!role_exists(&f.pool, &issued.handle).await);
 
-    // The recommended admin: nothing to report.
-    let p = f.provider(Admin::CreateRole, config);
+    // The recommended admin, and a granted role that may create nothing: nothing to report.
+    let p = f.provider(Admin::CreateRole, ephemeral(vec![f.odd.clone()]));
     let report = p.check_admin().await.unwrap();
     assert!(!report.superuser && report.createrole && report.can_signal_backends);
     assert_eq!(report.findings(), Vec::<String>::new(), "{report:?}");
     p.check_at_startup(std::time::Duration::from_secs(30))
         .await
         .unwrap();
+    // A granted role that may CREATE in a schema (or a database) is reported: what a holder
+    // makes as it outlives the grant.
+    let p = f.provider(Admin::CreateRole, config);
+    let report = p.check_admin().await.unwrap();
+    assert_eq!(
+        report.create_privileges,
+        vec![format!(
+            "granted role `{}` holds CREATE on schema {}: a holder can make objects owned by it \
+             (SET ROLE, or ALTER … OWNER TO) that outlive the grant; teardown strips definer rights \
+             from those made during the grant and says so in the audit thread (README: provider postgres)",
+            f.reader, f.schema
+        )],
+        "{report:?}"
+    );
+    assert_eq!(report.findings(), report.create_privileges);
 
     // A missing role, a role that is too strong, an admin that cannot signal, a LOGIN owner.
     let strong = format!("jit_test_strong_{}", f.n);
@@ -1386,6 +1402,25 @@ fn jit_serve_refuses_a_superuser_admin_unless_the_policy_allows_it() {
     use std::time::{Duration, Instant};
 
     let Some(url) = admin_url() else { return };
+    // A granted role that may create objects in the database: startup warns about it.
+    let creator = format!("jit_test_creator_{}", unique());
+    let database = url::Url::parse(&url).unwrap().path()[1..].to_owned();
+    let psql = |sql: String| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = admin_pool(&url).await;
+            exec(&pool, &sql).await;
+            pool.close().await;
+        });
+    };
+    psql(format!(
+        "CREATE ROLE {c} NOLOGIN; GRANT CREATE ON DATABASE {d} TO {c}",
+        c = q(&creator),
+        d = q(&database)
+    ));
     let policy = |extra: &str| {
         format!(
             r#"
@@ -1397,7 +1432,7 @@ admins = {{ users = ["U0SECLEAD"] }}
 id = "pg-prod"
 provider = "postgres"
 database_url_env = "PG_PROD_ADMIN_URL"
-roles = ["pg_read_all_data"]
+roles = ["pg_read_all_data", "{creator}"]
 approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
 {extra}
 "#
@@ -1489,5 +1524,498 @@ approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
         warning.contains("\"level\":\"WARN\"") && warning.contains("pg-prod"),
         "{warning}"
     );
+    let create = text
+        .lines()
+        .find(|l| l.contains("holds CREATE"))
+        .unwrap_or_else(|| panic!("no warning about CREATE privileges in: {text}"));
+    assert!(
+        create.contains("\"level\":\"WARN\"")
+            && create.contains(&format!(
+                "granted role `{creator}` holds CREATE on database"
+            ))
+            && create.contains("outlive the grant"),
+        "{create}"
+    );
     assert_no_secret(&text, &url);
+    psql(format!(
+        "REVOKE CREATE ON DATABASE {} FROM {c}; DROP ROLE {c}",
+        q(&database),
+        c = q(&creator)
+    ));
+}
+
+/// The audit's attack on issue 11, point 1, through the *granted* role: a holder whose granted
+/// role may create in a schema leaves definer-rights objects owned by that role (not by its own
+/// login role, which teardown drops), granted to PUBLIC, by both paths the review named:
+/// creating as itself and then `ALTER … OWNER TO` the granted role, and `SET ROLE` to the
+/// granted role before creating. Also a rule (its actions run as the table's owner), a
+/// trigger, and a definer function the granted role owned before the grant, replaced during it.
+/// Returns the names planted, as `(functions, view, rule table, trigger table)`.
+async fn plant_through_the_granted_role(
+    f: &Fixture,
+    holder: &mut PgConnection,
+    tag: &str,
+) -> Vec<String> {
+    let (s, sec, r) = (q(&f.schema), q(&f.secret), q(&f.reader));
+    for sql in [
+        // Path 1: made as the holder, then handed to the granted role.
+        format!(
+            "CREATE FUNCTION {s}.leak_owner_{tag}() RETURNS SETOF text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT v FROM {s}.{sec}'"
+        ),
+        format!("ALTER FUNCTION {s}.leak_owner_{tag}() OWNER TO {r}"),
+        format!("GRANT EXECUTE ON FUNCTION {s}.leak_owner_{tag}() TO PUBLIC"),
+        // Path 2: SET ROLE first.
+        format!("SET ROLE {r}"),
+        format!(
+            "CREATE FUNCTION {s}.leak_set_{tag}() RETURNS SETOF text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT v FROM {s}.{sec}'"
+        ),
+        format!("GRANT EXECUTE ON FUNCTION {s}.leak_set_{tag}() TO PUBLIC"),
+        format!("CREATE VIEW {s}.peek_{tag} AS SELECT v FROM {s}.{sec}"),
+        format!("GRANT SELECT ON {s}.peek_{tag} TO PUBLIC"),
+        format!("CREATE TABLE {s}.inbox_{tag} (v text)"),
+        format!("GRANT INSERT ON {s}.inbox_{tag} TO PUBLIC"),
+        format!(
+            "CREATE RULE copy AS ON INSERT TO {s}.inbox_{tag} DO ALSO INSERT INTO {s}.{sec} VALUES (NEW.v)"
+        ),
+        format!("CREATE TABLE {s}.log_{tag} (v text)"),
+        format!("GRANT INSERT ON {s}.log_{tag} TO PUBLIC"),
+        format!(
+            "CREATE FUNCTION {s}.trap_{tag}() RETURNS trigger SECURITY DEFINER LANGUAGE plpgsql \
+             AS $$ BEGIN INSERT INTO {s}.{sec} VALUES (NEW.v); RETURN NEW; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER trap BEFORE INSERT ON {s}.log_{tag} FOR EACH ROW EXECUTE FUNCTION {s}.trap_{tag}()"
+        ),
+        // The granted role's own function, replaced with a new body.
+        format!(
+            "CREATE OR REPLACE FUNCTION {s}.replaced() RETURNS SETOF text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT v FROM {s}.{sec}'"
+        ),
+        "RESET ROLE".to_owned(),
+    ] {
+        exec_on(holder, &sql).await;
+    }
+    vec![
+        format!("leak_owner_{tag}"),
+        format!("leak_set_{tag}"),
+        format!("peek_{tag}"),
+        format!("inbox_{tag}"),
+        format!("log_{tag}"),
+        format!("trap_{tag}"),
+        "replaced".to_owned(),
+    ]
+}
+
+/// What the read-only role gets through the leftovers of [`plant_through_the_granted_role`]:
+/// `true` when it reaches the secret (reads it, or writes into it).
+async fn readonly_escalates(f: &Fixture, tag: &str) -> Vec<(String, bool)> {
+    let (s, sec) = (q(&f.schema), q(&f.secret));
+    let mut ro = f.readonly_conn().await;
+    let mut out = Vec::new();
+    for sql in [
+        format!("SELECT {s}.leak_owner_{tag}()"),
+        format!("SELECT {s}.leak_set_{tag}()"),
+        format!("SELECT v FROM {s}.peek_{tag}"),
+        format!("SELECT {s}.replaced()"),
+    ] {
+        let read = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.clone()))
+            .fetch_all(&mut ro)
+            .await;
+        out.push((
+            sql,
+            read.is_ok_and(|v| v.contains(&"top secret".to_owned())),
+        ));
+    }
+    for (table, marker) in [("inbox", "via-rule"), ("log", "via-trigger")] {
+        let sql = format!("INSERT INTO {s}.{table}_{tag} VALUES ('{marker}-{tag}')");
+        let _ = sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+            .execute(&mut ro)
+            .await;
+        let written: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {s}.{sec} WHERE v = '{marker}-{tag}'"
+        )))
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+        out.push((sql, written > 0));
+        exec(
+            &f.pool,
+            &format!("DELETE FROM {s}.{sec} WHERE v = '{marker}-{tag}'"),
+        )
+        .await;
+    }
+    ro.close().await.unwrap();
+    out
+}
+
+async fn drop_planted(f: &Fixture, tag: &str) {
+    let s = q(&f.schema);
+    for sql in [
+        format!("DROP FUNCTION IF EXISTS {s}.leak_owner_{tag}(), {s}.leak_set_{tag}()"),
+        format!("DROP VIEW IF EXISTS {s}.peek_{tag}"),
+        format!("DROP TABLE IF EXISTS {s}.inbox_{tag}, {s}.log_{tag}"),
+        format!("DROP FUNCTION IF EXISTS {s}.trap_{tag}()"),
+    ] {
+        exec(&f.pool, &sql).await;
+    }
+}
+
+/// Makes `{schema}.replaced()` (and `{schema}.legit()`) the granted role's own definer
+/// functions, as they were before any grant: harmless bodies.
+async fn reset_granted_roles_functions(f: &Fixture) {
+    let (s, r) = (q(&f.schema), q(&f.reader));
+    for sql in [
+        format!(
+            "CREATE OR REPLACE FUNCTION {s}.replaced() RETURNS SETOF text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT ''harmless''::text'"
+        ),
+        format!("ALTER FUNCTION {s}.replaced() OWNER TO {r}"),
+        format!(
+            "CREATE OR REPLACE FUNCTION {s}.legit() RETURNS text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT current_user::text'"
+        ),
+        format!("ALTER FUNCTION {s}.legit() OWNER TO {r}"),
+        format!(
+            "GRANT EXECUTE ON FUNCTION {s}.legit() TO {}",
+            q(&f.readonly)
+        ),
+    ] {
+        exec(&f.pool, &sql).await;
+    }
+}
+
+/// Whether `{schema}.{name}` (a function) still runs with its owner's rights.
+async fn is_definer(f: &Fixture, name: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT p.prosecdef FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 AND p.proname = $2",
+    )
+    .bind(&f.schema)
+    .bind(name)
+    .fetch_one(&f.pool)
+    .await
+    .unwrap()
+}
+
+fn assert_neutralised_all(attention: &str, planted: &[String], f: &Fixture, tag: &str) {
+    for name in planted {
+        assert!(
+            attention.contains(name.as_str()),
+            "{name} missing from the attention text: {attention}"
+        );
+    }
+    let s = &f.schema;
+    let db = url::Url::parse(&f.url).unwrap().path()[1..].to_owned();
+    for expected in [
+        format!(
+            "function {s}.leak_set_{tag}() (owner {}, database `{db}`) is SECURITY INVOKER now \
+             (undo: ALTER ROUTINE {s}.leak_set_{tag}() SECURITY DEFINER)",
+            f.reader
+        ),
+        format!(
+            "view {s}.peek_{tag} (owner {}, database `{db}`) has security_invoker now \
+             (undo: ALTER VIEW {s}.peek_{tag} RESET (security_invoker))",
+            f.reader
+        ),
+        format!(
+            "rule copy on {s}.inbox_{tag} (owner {}, database `{db}`) dropped (it was: CREATE RULE copy AS",
+            f.reader
+        ),
+        format!(
+            "trigger trap on {s}.log_{tag} (owner {}, database `{db}`) disabled \
+             (undo: ALTER TABLE {s}.log_{tag} ENABLE TRIGGER trap)",
+            f.reader
+        ),
+        format!(
+            "function {s}.replaced() (owner {}, database `{db}`) is SECURITY INVOKER now",
+            f.reader
+        ),
+        "If one of them was legitimate, restore it".to_owned(),
+    ] {
+        assert!(
+            attention.contains(&expected),
+            "{expected:?} missing from the attention text: {attention}"
+        );
+    }
+    assert!(
+        !attention.contains(".legit()"),
+        "an untouched function was neutralised: {attention}"
+    );
+}
+
+/// Ephemeral grants, both admin kinds, both attack paths: while the grant lasts the read-only
+/// role reaches the granted role's secret through every leftover; after teardown through none,
+/// and the audit's attention text lists each neutralised object with the command that undoes
+/// it. The granted role's own definer function, untouched during the grant, keeps its rights.
+#[tokio::test]
+async fn leftovers_owned_by_the_granted_role_lose_their_rights_at_teardown() {
+    let Some(url) = admin_url() else { return };
+    let f = Fixture::new(&url).await;
+    reset_granted_roles_functions(&f).await;
+    for admin in BOTH {
+        let tag = format!("{admin:?}").to_lowercase();
+        let p = f.provider(admin, ephemeral(vec![f.reader.clone()]));
+        let id = unique() as i64;
+        let spec = grant_spec(id, tester(), 600);
+        let baseline = p
+            .baseline(&spec)
+            .await
+            .expect("a baseline")
+            .expect("postgres takes one");
+        assert!(
+            jit::providers::postgres::parse_baseline(&baseline).is_some(),
+            "{baseline}"
+        );
+        let issued = p.grant(&spec).await.expect("grant");
+        let role = issued.handle.clone();
+        let mut holder = PgConnection::connect(&creds(&issued)["DATABASE_URL"])
+            .await
+            .unwrap();
+        let planted = plant_through_the_granted_role(&f, &mut holder, &tag).await;
+        // The attack works while the grant lasts.
+        for (sql, escalates) in readonly_escalates(&f, &tag).await {
+            assert!(escalates, "during the grant: {sql}");
+        }
+
+        let mut revoke = revoke_spec(&spec, &role, RevokeReason::Expired);
+        revoke.baselines = vec![baseline];
+        let revoked = p
+            .revoke(&revoke)
+            .await
+            .unwrap_or_else(|e| panic!("revoke with the {admin:?} admin: {e}"));
+        assert!(!role_exists(&f.pool, &role).await);
+        let detail = revoked.detail.unwrap();
+        assert!(
+            detail.contains("7 objects made through the granted roles neutralised"),
+            "{detail}"
+        );
+        let attention = revoked.attention.expect("a loud attention text");
+        assert_neutralised_all(&attention, &planted, &f, &tag);
+
+        // The read-only role escalates through nothing the holder left.
+        for (sql, escalates) in readonly_escalates(&f, &tag).await {
+            assert!(
+                !escalates,
+                "after teardown, with the {admin:?} admin: {sql}"
+            );
+        }
+        assert!(!is_superuser(&f.pool, &f.readonly).await);
+        for name in &planted[..2] {
+            assert!(!is_definer(&f, name).await, "{name}");
+        }
+        assert!(!is_definer(&f, "replaced").await);
+        assert!(!is_definer(&f, &format!("trap_{tag}")).await);
+        assert!(is_definer(&f, "legit").await, "untouched, so left alone");
+        let mut ro = f.readonly_conn().await;
+        assert_eq!(
+            text_on(&mut ro, &format!("SELECT {}.legit()", q(&f.schema))).await,
+            f.reader
+        );
+        ro.close().await.unwrap();
+        // A CREATEROLE admin took the granted role's rights for the change, and gave them up.
+        assert!(!is_member(&f.pool, &f.admin, &f.reader).await);
+
+        // Again: nothing left to neutralise, nothing to say.
+        drop_planted(&f, &tag).await;
+        reset_granted_roles_functions(&f).await;
+    }
+    f.drop().await;
+}
+
+/// Elevation: the user's granted role is revoked, and what the user made as that role during
+/// the grant (SET ROLE, or ALTER … OWNER TO) loses its rights too.
+#[tokio::test]
+async fn leftovers_of_an_elevation_through_the_granted_role_lose_their_rights() {
+    let Some(url) = admin_url() else { return };
+    let f = Fixture::new(&url).await;
+    reset_granted_roles_functions(&f).await;
+    for admin in BOTH {
+        let tag = format!("elev_{admin:?}").to_lowercase();
+        let user = format!("jit_test_user_{}", unique());
+        let user_url = login_role(&f, &user).await;
+        let p = f.provider(admin, elevation(vec![f.reader.clone()], &user, true));
+        let id = unique() as i64;
+        let spec = grant_spec(id, tester(), 600);
+        let baseline = p.baseline(&spec).await.unwrap().unwrap();
+        let issued = p.grant(&spec).await.expect("grant");
+        let mut holder = PgConnection::connect(&user_url).await.unwrap();
+        let planted = plant_through_the_granted_role(&f, &mut holder, &tag).await;
+        for (sql, escalates) in readonly_escalates(&f, &tag).await {
+            assert!(escalates, "during the grant: {sql}");
+        }
+        let mut revoke = revoke_spec(&spec, &issued.handle, RevokeReason::Early);
+        revoke.baselines = vec![baseline];
+        let revoked = p
+            .revoke(&revoke)
+            .await
+            .unwrap_or_else(|e| panic!("revoke with the {admin:?} admin: {e}"));
+        assert!(!is_member(&f.pool, &user, &f.reader).await);
+        assert_neutralised_all(&revoked.attention.expect("attention"), &planted, &f, &tag);
+        for (sql, escalates) in readonly_escalates(&f, &tag).await {
+            assert!(
+                !escalates,
+                "after teardown, with the {admin:?} admin: {sql}"
+            );
+        }
+        assert!(is_definer(&f, "legit").await);
+        drop_planted(&f, &tag).await;
+        reset_granted_roles_functions(&f).await;
+        exec(
+            &f.pool,
+            &format!("DROP OWNED BY {0}; DROP ROLE {0}", q(&user)),
+        )
+        .await;
+    }
+    f.drop().await;
+}
+
+/// A CREATEROLE admin that cannot reach what was made through the granted role (here: a
+/// database it may not connect to) cannot neutralise it. The teardown then fails, names the
+/// database and what is there, and leaves the holder locked out; the retry finishes once the
+/// admin can connect.
+#[tokio::test]
+async fn leftovers_the_admin_cannot_reach_fail_the_teardown_and_say_what_remains() {
+    let Some(url) = admin_url() else { return };
+    let f = Fixture::new(&url).await;
+    let db = format!("jit_test_far_{}", f.n);
+    exec(
+        &f.pool,
+        &format!("CREATE DATABASE {} TEMPLATE template0", q(&db)),
+    )
+    .await;
+    {
+        let other = admin_pool(&url_in(&url, &db)).await;
+        exec(
+            &other,
+            &format!("GRANT CREATE ON SCHEMA public TO {}", q(&f.reader)),
+        )
+        .await;
+        other.close().await;
+    }
+    let p = f.provider(Admin::CreateRole, ephemeral(vec![f.reader.clone()]));
+    let id = unique() as i64;
+    let spec = grant_spec(id, tester(), 600);
+    let baseline = p.baseline(&spec).await.unwrap().unwrap();
+    let issued = p.grant(&spec).await.expect("grant");
+    let role = issued.handle.clone();
+    let mut holder = PgConnection::connect(&url_in(&creds(&issued)["DATABASE_URL"], &db))
+        .await
+        .unwrap();
+    exec_on(&mut holder, &format!("SET ROLE {}", q(&f.reader))).await;
+    exec_on(
+        &mut holder,
+        "CREATE FUNCTION public.far_leak() RETURNS text SECURITY DEFINER LANGUAGE sql AS 'SELECT current_user::text'",
+    )
+    .await;
+    holder.close().await.unwrap();
+    exec(
+        &f.pool,
+        &format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", q(&db)),
+    )
+    .await;
+    exec(
+        &f.pool,
+        &format!("GRANT CONNECT ON DATABASE {} TO {}", q(&db), q(&f.reader)),
+    )
+    .await;
+
+    let mut revoke = revoke_spec(&spec, &role, RevokeReason::Expired);
+    revoke.baselines = vec![baseline];
+    let err = p
+        .revoke(&revoke)
+        .await
+        .expect_err("the admin cannot reach the leftover");
+    let text = err.to_string();
+    for expected in [
+        format!("{role} can no longer log in"),
+        format!(
+            "objects made through {} during the grant still run with their owner's rights",
+            f.reader
+        ),
+        format!("database `{db}`: 1 object(s) owned by {}", f.reader),
+        "jit cannot connect there".to_owned(),
+        "jit retries".to_owned(),
+    ] {
+        assert!(
+            text.contains(&expected),
+            "{expected:?} missing from: {text}"
+        );
+    }
+    assert!(role_exists(&f.pool, &role).await, "not dropped yet");
+    assert!(!can_login(&f.pool, &role).await);
+    assert_eq!(memberships(&f, &role).await, Vec::new());
+
+    exec(
+        &f.pool,
+        &format!("GRANT CONNECT ON DATABASE {} TO PUBLIC", q(&db)),
+    )
+    .await;
+    let revoked = p.revoke(&revoke).await.expect("the retry succeeds");
+    assert!(!role_exists(&f.pool, &role).await);
+    let attention = revoked.attention.unwrap();
+    assert!(
+        attention.contains("public.far_leak()") && attention.contains(&format!("database `{db}`")),
+        "{attention}"
+    );
+    let other = admin_pool(&url_in(&url, &db)).await;
+    let definer: bool =
+        sqlx::query_scalar("SELECT prosecdef FROM pg_proc WHERE proname = 'far_leak'")
+            .fetch_one(&other)
+            .await
+            .unwrap();
+    assert!(!definer);
+    exec(
+        &other,
+        &format!(
+            "DROP FUNCTION public.far_leak(); REVOKE ALL ON SCHEMA public FROM {}",
+            q(&f.reader)
+        ),
+    )
+    .await;
+    other.close().await;
+    exec(&f.pool, &format!("DROP DATABASE {} WITH (FORCE)", q(&db))).await;
+    f.drop().await;
+}
+
+/// A grant issued before jit recorded baselines (none is handed to the revoke): the window
+/// starts when jit's memberships of the login role began, so what was made through the granted
+/// role is neutralised all the same.
+#[tokio::test]
+async fn without_a_recorded_baseline_the_window_starts_with_the_memberships() {
+    let Some(url) = admin_url() else { return };
+    let f = Fixture::new(&url).await;
+    let (s, sec, r) = (q(&f.schema), q(&f.secret), q(&f.reader));
+    let p = f.provider(Admin::CreateRole, ephemeral(vec![f.reader.clone()]));
+    let id = unique() as i64;
+    let spec = grant_spec(id, tester(), 600);
+    let issued = p.grant(&spec).await.expect("grant");
+    let mut holder = PgConnection::connect(&creds(&issued)["DATABASE_URL"])
+        .await
+        .unwrap();
+    for sql in [
+        format!("SET ROLE {r}"),
+        format!(
+            "CREATE FUNCTION {s}.old_grant_leak() RETURNS SETOF text SECURITY DEFINER LANGUAGE sql \
+             AS 'SELECT v FROM {s}.{sec}'"
+        ),
+    ] {
+        exec_on(&mut holder, &sql).await;
+    }
+    let revoked = p
+        .revoke(&revoke_spec(&spec, &issued.handle, RevokeReason::Expired))
+        .await
+        .expect("revoke");
+    assert!(
+        revoked
+            .attention
+            .as_deref()
+            .is_some_and(|a| a.contains("old_grant_leak()")),
+        "{:?}",
+        revoked.attention
+    );
+    assert!(!is_definer(&f, "old_grant_leak").await);
+    exec(&f.pool, &format!("DROP FUNCTION {s}.old_grant_leak()")).await;
+    f.drop().await;
 }

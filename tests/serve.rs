@@ -721,3 +721,91 @@ async fn jit_migrate_keys_an_old_unkeyed_audit_log() {
         );
     }
 }
+
+/// Issue 11, point 6 (clock across restarts): before a restart jit recorded a time two hours
+/// ahead of what the host's wall clock says now (the clock was set back). `jit serve` keeps time
+/// from that record, so no teardown is delayed, and says so loudly at start: one ERROR line
+/// naming both times and how far behind the wall clock is.
+#[tokio::test]
+async fn a_wall_clock_behind_the_database_is_logged_loudly_at_start() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = FakeSlack::start(TOKEN).await.unwrap();
+    let mut server = Server::start(&slack);
+    let http = reqwest::Client::new();
+    let ready_url = format!("{}/readyz", server.url);
+    let ready = async || {
+        http.get(&ready_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    };
+    wait_for("/readyz", ready).await;
+    assert!(
+        !server.logs().contains("wall clock is behind"),
+        "{}",
+        server.logs()
+    );
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+
+    // What the last run recorded: a job written two hours from now.
+    let ahead = chrono::Utc::now() + chrono::Duration::hours(2);
+    let store = jit::store::Store::connect(
+        &format!("sqlite://{}", db_path(&server).display()),
+        jit::store::Durability::Normal,
+    )
+    .await
+    .unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    jit::queue::enqueue(
+        &mut tx,
+        &jit::queue::Job::Remind {
+            request: jit::domain::ids::RequestId(1),
+        },
+        jit::queue::Placement::none(),
+        ahead,
+        ahead,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+
+    // The restart.
+    let log = server.log.with_file_name("restart.log");
+    server.child = Command::new(env!("CARGO_BIN_EXE_jit"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(server.env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    server.log = log;
+    wait_for("/readyz after the restart", ready).await;
+    let logs = server.logs();
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|l: &serde_json::Value| {
+            l["message"].as_str().is_some_and(|m| {
+                m.contains("the wall clock is behind the latest time jit recorded")
+            })
+        })
+        .unwrap_or_else(|| panic!("no clock error at start in: {logs}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let behind = line["behind_secs"].as_i64().unwrap();
+    assert!((7000..=7200).contains(&behind), "{line}");
+    assert_eq!(
+        line["latest_recorded"],
+        jit::store::format_time(jit::store::from_millis(jit::store::millis(ahead)))
+    );
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("no teardown is delayed"),
+        "{line}"
+    );
+}

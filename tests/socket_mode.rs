@@ -255,8 +255,20 @@ async fn next_frame(ws: &mut Ws) -> Option<Value> {
     .expect("a frame or a close within the wait")
 }
 
+/// The next acknowledgement. Its `payload` is what Slack shows the person (a slash command's
+/// reply, a submission's `response_action`): it must be within Slack's limits, checked with the
+/// validator the simulator and the HTTP driver use.
 async fn ack(ws: &mut Ws) -> Value {
-    next_frame(ws).await.expect("an acknowledgement")
+    let frame = next_frame(ws).await.expect("an acknowledgement");
+    if let Some(payload) = frame.get("payload") {
+        let found = jit::slack::limits::check_reply(payload);
+        assert!(
+            found.is_empty(),
+            "Slack would refuse this acknowledgement's payload: {:?}",
+            found.iter().map(ToString::to_string).collect::<Vec<_>>()
+        );
+    }
+    frame
 }
 
 fn id_in(text: &str) -> RequestId {
@@ -399,6 +411,68 @@ async fn envelopes_are_answered_through_the_handlers_across_reconnects() {
         .expect("the client stops on shutdown")
         .unwrap();
     assert_eq!(rig.opener.bad_tokens.load(Ordering::SeqCst), 0);
+}
+
+async fn request_count(app: &Arc<App>) -> usize {
+    let mut conn = app.store.read().await.unwrap();
+    jit::store::requests::list(&mut conn, false, 1000)
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Slack redelivers an envelope it saw no acknowledgement for, with the same `envelope_id`
+/// (on the same connection or a new one). A redelivery has no second effect and gets the first
+/// acknowledgement's payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_envelope_has_one_effect() {
+    let mut rig = Rig::start(0).await;
+    let mut ws = rig.next_socket().await;
+    hello(&mut ws).await;
+    let delivery = envelope(
+        "slash_commands",
+        "env-redelivered",
+        slash("request sandbox 1h delivered twice"),
+    );
+    send(&mut ws, delivery.clone()).await;
+    let first = ack(&mut ws).await;
+    assert_eq!(first["envelope_id"], "env-redelivered");
+    let text = first["payload"]["text"].as_str().unwrap().to_owned();
+    assert!(text.contains("sandbox"), "{text}");
+    assert_eq!(request_count(&rig.app).await, 1);
+
+    // The same envelope again, as Slack's retry: on the same connection, ...
+    let mut retry = delivery.clone();
+    retry["retry_attempt"] = json!(1);
+    retry["retry_reason"] = json!("timeout");
+    send(&mut ws, retry.clone()).await;
+    assert_eq!(ack(&mut ws).await, first, "the first acknowledgement");
+    // ... and on a new connection after the old one dropped.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut next = rig.next_socket().await;
+    hello(&mut next).await;
+    retry["retry_attempt"] = json!(2);
+    send(&mut next, retry).await;
+    assert_eq!(ack(&mut next).await, first);
+    assert_eq!(request_count(&rig.app).await, 1, "one request, not three");
+
+    // Another envelope with the same command text is a new delivery, and a new request.
+    send(
+        &mut next,
+        envelope(
+            "slash_commands",
+            "env-other",
+            slash("request sandbox 1h delivered twice"),
+        ),
+    )
+    .await;
+    let other = ack(&mut next).await;
+    assert_ne!(
+        id_in(other["payload"]["text"].as_str().unwrap()),
+        id_in(&text)
+    );
+    assert_eq!(request_count(&rig.app).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,12 @@ pub enum AuditEvent {
         attempts: u32,
         error: String,
     },
+    /// Loud: the access is gone, but the provider changed or could not check something people
+    /// must look at (postgres: objects made through the granted roles during the grant, whose
+    /// definer rights it stripped).
+    TeardownAttention {
+        detail: String,
+    },
     Breakglass {
         reason: String,
     },
@@ -190,6 +196,7 @@ impl AuditEvent {
         matches!(
             self,
             AuditEvent::TeardownAlert { .. }
+                | AuditEvent::TeardownAttention { .. }
                 | AuditEvent::JobDead { .. }
                 | AuditEvent::Breakglass { .. }
         )

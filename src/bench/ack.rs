@@ -18,7 +18,7 @@ use secrecy::SecretString;
 
 use super::{Percentiles, percentiles, print_bar};
 use crate::clock::SystemClock;
-use crate::slack::simulator::FakeSlack;
+use crate::slack::simulator::{FakeSlack, TEAM_ID};
 use crate::slack::verify::{Verifier, sign};
 use crate::store::Durability;
 
@@ -155,13 +155,25 @@ pub async fn spawn_jit_with(
     let policy = dir.join("jit.toml");
     std::fs::write(&policy, policy_text)?;
     let db = dir.join("jit.db");
+    // One encryption key per database, as in a deployment: the audit chain is keyed with a key
+    // derived from it, and jit refuses to start on that database with another one (`footprint`
+    // starts jit several times on the same database).
+    let key_file = dir.join("encryption.key");
+    let key = match std::fs::read_to_string(&key_file) {
+        Ok(key) => key,
+        Err(_) => {
+            let key = crate::crypto::generate_key();
+            std::fs::write(&key_file, &key)?;
+            key
+        }
+    };
     let addr = free_addr()?;
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("serve")
         .env("SLACK_SIGNING_SECRET", SECRET)
         .env("SLACK_BOT_TOKEN", TOKEN)
-        .env("JIT_ENCRYPTION_KEY", crate::crypto::generate_key())
+        .env("JIT_ENCRYPTION_KEY", key)
         .env("JIT_SLACK_API_URL", slack.api_url())
         .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("JIT_SQLITE_SYNCHRONOUS", durability.as_str())
@@ -181,7 +193,9 @@ pub async fn spawn_jit_with(
     Ok((child, format!("http://{addr}"), db))
 }
 
-/// A signed `/jit request` from `user`, as Slack sends it.
+/// A signed slash command (`/jit {text}`) from `user` of the simulator's workspace (the one jit
+/// serves: deliveries from any other are refused), as Slack sends it. `user` must be known to
+/// the simulator ([`FakeSlack::set_user`]) before jit starts, or jit treats them as a stranger.
 pub async fn slash(
     client: &reqwest::Client,
     url: &str,
@@ -189,7 +203,7 @@ pub async fn slash(
     text: &str,
 ) -> anyhow::Result<String> {
     let body = format!(
-        "token=unused&team_id=T0BENCH&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text={}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={user}.{}",
+        "token=unused&team_id={TEAM_ID}&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text={}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={user}.{}",
         url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>(),
         rand::random::<u32>()
     );
@@ -210,7 +224,7 @@ pub async fn slash(
 fn body(connection: usize, n: u64) -> String {
     let user = format!("U0BENCH{:04}", (connection * 7919 + n as usize) % 1000);
     format!(
-        "token=unused&team_id=T0JITSIM&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text=request+bench+1h+load+test+INC-{n}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={connection}.{n}.{}",
+        "token=unused&team_id={TEAM_ID}&channel_id=C0GENERAL&user_id={user}&command=%2Fjit&text=request+bench+1h+load+test+INC-{n}&response_url=https%3A%2F%2Fhooks.slack.invalid%2F1&trigger_id={connection}.{n}.{}",
         rand::random::<u32>()
     )
 }

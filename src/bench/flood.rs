@@ -57,6 +57,10 @@ const APPROVALS: &str = "C0APPROVALS";
 const AUDIT: &str = "C0AUDIT";
 const LEGIT: &str = "U0LEGIT";
 
+fn flooder(n: usize) -> String {
+    format!("U0FLOOD{n}")
+}
+
 fn policy(args: &FloodArgs, approvers_channel: &str) -> String {
     let mut limits = format!("requests_per_user_per_minute = {}\n", args.requests.max(10));
     if let Some(max) = args.max_pending {
@@ -102,6 +106,12 @@ async fn scenario(
         .tempdir()?;
     let slack = FakeSlack::start("xoxb-bench").await?;
     slack.set_post_pace(Some((args.slack_rate, args.slack_burst)));
+    // Members of the workspace, known before jit reads the directory: jit refuses people it
+    // does not know yet wherever the policy does not name them.
+    for u in 0..args.users {
+        slack.set_user(&flooder(u), &format!("flood{u}"), None);
+    }
+    slack.set_user(LEGIT, "legit", None);
     let rate = args.slack_rate.to_string();
     let (mut child, url, _) = spawn_jit_with(
         dir.path(),
@@ -121,7 +131,7 @@ async fn scenario(
                 let mut answers = Vec::new();
                 for i in 0..n {
                     let text = format!("request flood 1h flood {u}-{i}");
-                    answers.push(slash(&client, &url, &format!("U0FLOOD{u}"), &text).await?);
+                    answers.push(slash(&client, &url, &flooder(u), &text).await?);
                 }
                 anyhow::Ok(answers)
             }));

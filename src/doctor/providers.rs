@@ -210,6 +210,7 @@ async fn postgres_check(name: &str, resource: &Resource) -> Check {
     let mut warnings = Vec::new();
     for (i, finding) in report.findings().into_iter().enumerate() {
         let warning = report.powerful_roles.contains(&finding)
+            || report.create_privileges.contains(&finding)
             || (i == 0 && report.superuser && report.superuser_allowed);
         if warning {
             warnings.push(finding);

@@ -9,7 +9,13 @@
 //! extension that fails in a way that may still have acted (a timeout, an ambiguous error, a
 //! request that ended while its issue was in doubt) is treated as issued: the provider's
 //! presumed handle is recorded and the same durable, retried and alerted revoke removes it.
-//! Only a provider's [`ProviderError::Refused`] (nothing was done) skips that.
+//! Only a provider's [`ProviderError::Refused`] (nothing was done) skips that, and only on the
+//! first attempt: a job on a later attempt had an earlier one fail retryably, crash mid-call or
+//! lose what the provider returned, any of which may have acted, so its failure compensates
+//! whatever the last error says. (The job's attempt count is durable.)
+//!
+//! Before the first grant call, the provider's baseline ([`Provider::baseline`]) is recorded,
+//! so the revoke can tell what changed while the access was held.
 
 use super::request::reload;
 use super::{HandlerError, HandlerResult, load};
@@ -18,7 +24,9 @@ use crate::audit::{self, AuditEvent, actor};
 use crate::domain::ids::{RequestId, SlackUserId};
 use crate::domain::policy::Requester;
 use crate::domain::request::{Kind, Request, State};
-use crate::providers::{GrantSpec, Issued, Provider, ProviderError, RevokeReason, RevokeSpec};
+use crate::providers::{
+    GrantSpec, Issued, Provider, ProviderError, RevokeReason, RevokeSpec, Revoked,
+};
 use crate::queue::worker::{JobCtx, Outcome};
 use crate::queue::{self, Job, Placement, keys};
 use crate::slack::blocks;
@@ -78,6 +86,10 @@ async fn revoke_spec(
             expires_at: None,
         });
     }
+    let baselines = {
+        let mut conn = app.store.read().await?;
+        requests::access_baselines(&mut conn, request.id, stored.access_key.as_deref()).await?
+    };
     Ok(RevokeSpec {
         request_id: request.id,
         requester: request.requester.clone(),
@@ -87,6 +99,7 @@ async fn revoke_spec(
         natural_expiry: request.expires_at.unwrap_or(now),
         reason,
         now,
+        baselines,
     })
 }
 
@@ -202,7 +215,11 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
     };
     let now = app.clock.now();
     let spec = grant_spec(app, request, now).await;
-    match provider.grant(&spec).await {
+    let result = match record_baseline(app, &stored, provider.as_ref(), &spec).await? {
+        Ok(()) => provider.grant(&spec).await,
+        Err(err) => Err(err),
+    };
+    match result {
         Ok(issued) => {
             record_issued(app, &stored, issued, now, spec.expires_at).await?;
             Ok(Outcome::Done)
@@ -225,11 +242,50 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
             Ok(Outcome::Retry(error))
         }
         Err(err) => {
-            let uncertain = err.may_have_acted().then_some((provider.as_ref(), &spec));
+            let uncertain = may_have_acted(&err, ctx).then_some((provider.as_ref(), &spec));
             fail_grant(app, request, &err.to_string(), ctx, uncertain).await?;
             Ok(Outcome::Done)
         }
     }
+}
+
+/// Whether a grant (or extension) job that ends with `err` may have left access behind: the
+/// error says so, or an earlier attempt of the job failed retryably, crashed mid-call or could not
+/// record what the provider returned (the job's attempt count is durable).
+fn may_have_acted(err: &ProviderError, ctx: JobCtx) -> bool {
+    err.may_have_acted() || ctx.attempt > 1
+}
+
+/// Takes and records the provider's baseline before the first grant call (a retry keeps the
+/// first one). The inner error means no grant was attempted: a failure to take the baseline
+/// never acted, so it is passed on as retryable or refused.
+async fn record_baseline(
+    app: &App,
+    stored: &StoredRequest,
+    provider: &dyn Provider,
+    spec: &GrantSpec,
+) -> anyhow::Result<Result<(), ProviderError>> {
+    if stored.grant_baseline.is_some() {
+        return Ok(Ok(()));
+    }
+    let baseline = match provider.baseline(spec).await {
+        Ok(Some(baseline)) => baseline,
+        Ok(None) => return Ok(Ok(())),
+        Err(ProviderError::Retryable(text)) => {
+            return Ok(Err(ProviderError::Retryable(format!(
+                "before granting: {text}"
+            ))));
+        }
+        Err(err) => {
+            return Ok(Err(ProviderError::Refused(format!(
+                "before granting: {err}"
+            ))));
+        }
+    };
+    let mut tx = app.store.begin_write().await?;
+    requests::record_baseline(&mut tx, stored.request.id, &baseline).await?;
+    tx.commit().await?;
+    Ok(Ok(()))
 }
 
 /// Treats a grant whose outcome is in doubt as issued under the provider's presumed handle, and
@@ -479,8 +535,10 @@ pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result
             app,
             &request,
             Vec::new(),
-            Some("nothing had been issued".into()),
-            None,
+            Revoked {
+                detail: Some("nothing had been issued".into()),
+                ..Revoked::default()
+            },
         )
         .await?;
         return Ok(Outcome::Done);
@@ -494,7 +552,7 @@ pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result
         requests::other_holders(&mut conn, id, &key).await?
     };
     if !holders.is_empty() {
-        finish_teardown(app, &request, holders, None, None).await?;
+        finish_teardown(app, &request, holders, Revoked::default()).await?;
         return Ok(Outcome::Done);
     }
     let Some(provider) = app.providers.get(&request.resource) else {
@@ -513,14 +571,7 @@ pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result
     let spec = revoke_spec(app, &stored, handle, reason, now).await?;
     match provider.revoke(&spec).await {
         Ok(revoked) => {
-            finish_teardown(
-                app,
-                &request,
-                Vec::new(),
-                revoked.detail,
-                revoked.cleanup_at,
-            )
-            .await?;
+            finish_teardown(app, &request, Vec::new(), revoked).await?;
             Ok(Outcome::Done)
         }
         Err(err) => {
@@ -568,9 +619,13 @@ async fn finish_teardown(
     app: &App,
     request: &Request,
     still_held_by: Vec<i64>,
-    detail: Option<String>,
-    cleanup_at: Option<DateTime<Utc>>,
+    revoked: Revoked,
 ) -> anyhow::Result<()> {
+    let Revoked {
+        cleanup_at,
+        detail,
+        attention,
+    } = revoked;
     let now = app.clock.now();
     let id = request.id;
     let mut tx = app.store.begin_write().await?;
@@ -598,6 +653,17 @@ async fn finish_teardown(
         },
     )
     .await?;
+    if let Some(detail) = attention {
+        tracing::warn!(request_id = id.0, %detail, "teardown needs attention");
+        audit::record(
+            &mut tx,
+            now,
+            Some(id),
+            actor::SYSTEM,
+            &AuditEvent::TeardownAttention { detail },
+        )
+        .await?;
+    }
     for extension in requests::pending_extensions(&mut tx, id).await? {
         let extension = RequestId(extension);
         if requests::decide(
@@ -746,10 +812,9 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
             return Ok(Outcome::Retry(error));
         }
         Err(err) => {
-            // New credentials may exist anyway: the grant's teardown must reach them.
-            let presumed = err
-                .may_have_acted()
-                .then(|| provider.presumed_handle(&spec));
+            // New credentials may exist anyway (from this attempt or an earlier one): the
+            // grant's teardown must reach them.
+            let presumed = may_have_acted(&err, ctx).then(|| provider.presumed_handle(&spec));
             fail_extension(app, &ext, parent_id, &err.to_string(), presumed).await?;
             return Ok(Outcome::Done);
         }

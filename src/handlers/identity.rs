@@ -69,12 +69,23 @@ pub async fn create_token(
     Ok((id, token))
 }
 
+/// What revoking a token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRevoked {
+    /// The identity the token belongs to.
+    pub identity: String,
+    /// The token had been revoked before (nothing changed now).
+    pub already: bool,
+}
+
+/// Revokes a token. Revoking it again is not an error: the caller still ends the identity's
+/// access ([`end_access_of`]), so a run whose second step failed can simply be repeated.
 pub async fn revoke_token(
     store: &crate::store::Store,
     token_id: i64,
     revoked_by: &str,
     now: DateTime<Utc>,
-) -> HandlerResult<String> {
+) -> HandlerResult<TokenRevoked> {
     let mut tx = store.begin_write().await?;
     let identity = tokens::list(&mut tx, None)
         .await?
@@ -83,9 +94,10 @@ pub async fn revoke_token(
         .map(|t| t.identity)
         .ok_or_else(|| HandlerError::user(format!("There is no token {token_id}.")))?;
     if !tokens::revoke(&mut tx, token_id, now).await? {
-        return Err(HandlerError::user(format!(
-            "Token {token_id} is already revoked."
-        )));
+        return Ok(TokenRevoked {
+            identity,
+            already: true,
+        });
     }
     audit::record_quietly(
         &mut tx,
@@ -99,7 +111,10 @@ pub async fn revoke_token(
     )
     .await?;
     tx.commit().await?;
-    Ok(identity)
+    Ok(TokenRevoked {
+        identity,
+        already: false,
+    })
 }
 
 /// What ending an identity's access did.

@@ -443,6 +443,7 @@ impl Provider for AwsStsProvider {
                     session_list(&sessions),
                     rfc3339(creds_end)
                 )),
+                attention: None,
             });
         }
         if spec.reason == RevokeReason::Expired
@@ -482,6 +483,7 @@ impl Provider for AwsStsProvider {
         Ok(Revoked {
             cleanup_at: latest_bound,
             detail: Some(details.join("; ")),
+            attention: None,
         })
     }
 

@@ -13,6 +13,13 @@
 //! A revoke is told about every credential the grant issued ([`RevokeSpec::issued`]): the first
 //! one, every extension and every re-issue, each with its own expiry, so that none outlives the
 //! teardown.
+//!
+//! A provider may also take a *baseline* before a grant acts ([`Provider::baseline`]): a
+//! non-secret marker of the target's state that the revoke gets back ([`RevokeSpec::baselines`])
+//! to tell what changed while the access was held (`postgres`: the server's transaction counter,
+//! so teardown finds objects made through the granted roles). A revoke that succeeded but found
+//! something people must look at says so in [`Revoked::attention`], which jit records as a loud
+//! audit event.
 
 pub mod aws_sts;
 pub mod exec;
@@ -80,6 +87,11 @@ pub struct RevokeSpec {
     pub natural_expiry: DateTime<Utc>,
     pub reason: RevokeReason,
     pub now: DateTime<Utc>,
+    /// What [`Provider::baseline`] returned before this grant acted, and before every grant that
+    /// held the same access without a break up to now (overlapping grants of one access are
+    /// torn down once, by the last). Empty for providers that take none, and for grants issued
+    /// before jit recorded baselines.
+    pub baselines: Vec<String>,
 }
 
 /// Secret values handed to the holder, such as AWS keys or a connection string. `Debug` never
@@ -171,6 +183,10 @@ pub struct Revoked {
     pub cleanup_at: Option<DateTime<Utc>>,
     /// Non-secret detail for the audit.
     pub detail: Option<String>,
+    /// The access is gone, but people must look at something (what the provider changed on its
+    /// own authority, what it could not check). Recorded as a loud `teardown_attention` event
+    /// that mentions the admins. Non-secret.
+    pub attention: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,6 +230,15 @@ pub trait Provider: Send + Sync {
     async fn extend(&self, spec: &GrantSpec, handle: &str) -> Result<Issued, ProviderError> {
         let _ = handle;
         self.grant(spec).await
+    }
+
+    /// A non-secret marker of the target's state, taken before a grant acts and handed back to
+    /// every revoke of the access ([`RevokeSpec::baselines`]), so the revoke can tell what changed
+    /// while the access was held. jit records it durably before calling [`Provider::grant`]; an
+    /// error means nothing was granted. The default takes none.
+    async fn baseline(&self, spec: &GrantSpec) -> Result<Option<String>, ProviderError> {
+        let _ = spec;
+        Ok(None)
     }
 
     /// Deferred work requested by [`Revoked::cleanup_at`]. Idempotent.

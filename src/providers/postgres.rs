@@ -32,6 +32,14 @@
 //! retries and alerts, and its text says the role is already locked. jit only ever drops roles
 //! named `jit_<digits>`.
 //!
+//! **Made through the granted roles.** Between the lock and the drop, what a holder made owned by
+//! a *granted* role (`SET ROLE`, or `ALTER … OWNER TO`) during the grant loses its definer rights:
+//! the grant records the server's transaction counter first ([`Provider::baseline`]), and
+//! teardown neutralises the definer functions, views, rules and triggers of the granted roles
+//! (and the roles they are in) written since, in every database (see [`leftovers`]). The same
+//! runs after an elevation's `REVOKE`. What it changed goes into a loud audit event; what it
+//! cannot reach fails the teardown, which is retried and alerted.
+//!
 //! **Elevation.** The requester's key (Slack user ID or `identity:<name>`) is mapped through
 //! `db_users` to an existing database user, and `GRANT <roles> TO <user>` runs in one statement.
 //! A role the user already holds directly through someone else's grant is standing access: jit
@@ -63,7 +71,10 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
 use super::{Credentials, GrantSpec, Issued, Provider, ProviderError, RevokeSpec, Revoked};
 use crate::domain::ids::{RequestId, ResourceId};
+
+pub mod leftovers;
 use crate::domain::policy::{PostgresConfig, PostgresMode};
+pub use leftovers::{BASELINE_PREFIX, encode_baseline, parse_baseline};
 
 /// Length of generated passwords (letters and digits: about 238 bits).
 pub const PASSWORD_LEN: usize = 40;
@@ -142,6 +153,10 @@ pub struct AdminReport {
     /// Granted roles a holder could `SET ROLE` to and gain attributes from (SUPERUSER,
     /// CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION).
     pub powerful_roles: Vec<String>,
+    /// Granted roles that may create objects (CREATE on a schema of the admin's database, or on
+    /// a database): what a holder makes as them outlives the grant, and teardown has to
+    /// neutralise it. One line per role.
+    pub create_privileges: Vec<String>,
     /// `objects_owner`, when the resource names one.
     pub objects_owner: Option<OwnerReport>,
 }
@@ -196,6 +211,7 @@ impl AdminReport {
         }
         out.extend(self.ungrantable_roles.iter().cloned());
         out.extend(self.powerful_roles.iter().cloned());
+        out.extend(self.create_privileges.iter().cloned());
         if let Some(owner) = &self.objects_owner {
             for problem in &owner.problems {
                 out.push(format!("objects_owner `{}` {problem}", owner.name));
@@ -362,6 +378,7 @@ impl PostgresProvider {
                 ));
             }
         }
+        let create_privileges = create_privileges(&mut conn, &self.config.roles).await?;
         let objects_owner = match self.objects_owner() {
             Some(owner) => Some(OwnerReport {
                 name: owner.to_owned(),
@@ -378,6 +395,7 @@ impl PostgresProvider {
             can_signal_backends: can_signal,
             ungrantable_roles,
             powerful_roles,
+            create_privileges,
             objects_owner,
         })
     }
@@ -572,8 +590,9 @@ impl PostgresProvider {
     }
 
     /// Revokes every membership of `role` in other roles, and of other roles in it (except the
-    /// admin's own, which teardown needs), then checks that none is left.
-    async fn revoke_memberships(&self, role: &str) -> Result<usize, ProviderError> {
+    /// admin's own, which teardown needs), then checks that none is left. Returns the
+    /// memberships revoked, as (role, member).
+    async fn revoke_memberships(&self, role: &str) -> Result<Vec<(String, String)>, ProviderError> {
         const MEMBERSHIPS: &str = "SELECT g.rolname::text, m.rolname::text \
              FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member \
              WHERE m.rolname = $1 OR (g.rolname = $1 AND m.rolname <> current_user) ORDER BY 1, 2";
@@ -607,12 +626,13 @@ impl PostgresProvider {
                 names.join(", ")
             )));
         }
-        Ok(before.len())
+        Ok(before)
     }
 
     /// Step 1 of teardown: no login, no memberships, no sessions. Every step runs even if one
-    /// before it failed; the error names each failure.
-    async fn lock_role(&self, role: &str) -> Result<(usize, u64), ProviderError> {
+    /// before it failed; the error names each failure. Returns the memberships revoked and the
+    /// number of sessions ended.
+    async fn lock_role(&self, role: &str) -> Result<(Vec<(String, String)>, u64), ProviderError> {
         let role_q = quote_ident(role)?;
         let mut failures = Vec::new();
         if let Err(e) = self
@@ -630,7 +650,7 @@ impl PostgresProvider {
             .revoke_memberships(role)
             .await
             .map_err(|e| failures.push(e))
-            .unwrap_or(0);
+            .unwrap_or_default();
         let sessions = self
             .terminate_sessions(role)
             .await
@@ -816,33 +836,113 @@ impl PostgresProvider {
         })
     }
 
-    async fn revoke_ephemeral(&self, role: &str) -> Result<Revoked, ProviderError> {
+    async fn revoke_ephemeral(
+        &self,
+        role: &str,
+        spec: &RevokeSpec,
+    ) -> Result<Revoked, ProviderError> {
         if !self.role_exists(role).await? {
+            // Dropped by an earlier run (which checked the granted roles' objects first), or
+            // never created (a grant in doubt that had not acted): the holder never had the role.
             return Ok(Revoked {
                 cleanup_at: None,
                 detail: Some(format!("role {role} was already gone")),
+                attention: None,
             });
         }
+        // When the grant began: read before the lock revokes the memberships it shows. Best
+        // effort: nothing may delay the lock (the recorded baselines usually say it anyway).
+        let since = leftovers::earliest(
+            &spec.baselines,
+            self.membership_baseline(role, None).await.ok().flatten(),
+        );
         let (memberships, sessions) = self.lock_role(role).await?;
         let locked = format!(
             "login disabled, {}, {}",
-            plural(memberships, "membership", "revoked"),
+            plural(memberships.len(), "membership", "revoked"),
             plural(sessions as usize, "session", "terminated")
         );
+        let locked_text = |e: String| {
+            format!(
+                "postgres: {role} can no longer log in, holds no role memberships and has no open \
+                 sessions ({locked}), but it is not dropped yet: {}. jit retries until it succeeds",
+                e.trim_start_matches("postgres: ")
+            )
+        };
+        let mut granted = self.config.roles.clone();
+        granted.extend(
+            memberships
+                .iter()
+                .filter(|(_, member)| member == role)
+                .map(|(group, _)| group.clone()),
+        );
+        let (through_roles, attention) = match self.leftovers(&granted, None, since).await {
+            Ok(found) => found,
+            Err(e) => {
+                let text = truncate(&locked_text(e.to_string()));
+                return Err(with_text(&e, text));
+            }
+        };
         match self.remove_objects(role).await {
             Ok(objects) => Ok(Revoked {
                 cleanup_at: None,
-                detail: Some(format!("role {role} dropped ({locked}; {objects})")),
+                detail: Some(format!(
+                    "role {role} dropped ({locked}; {objects}; {through_roles})"
+                )),
+                attention,
             }),
             Err(e) => {
-                let text = truncate(&format!(
-                    "postgres: {role} can no longer log in, holds no role memberships and has no open \
-                     sessions ({locked}), but it is not dropped yet: {}. jit retries until it succeeds",
-                    e.to_string().trim_start_matches("postgres: ")
-                ));
+                let text = truncate(&locked_text(e.to_string()));
                 Err(with_text(&e, text))
             }
         }
+    }
+
+    /// Neutralises what was made through `granted` (and the roles they are in) since `since`,
+    /// once the holder is locked out ([`leftovers`]). Returns the line for the teardown's
+    /// detail and the text of the loud attention event; an error (what still runs with an
+    /// owner's rights, and why) fails the teardown so that it is retried and alerted.
+    async fn leftovers(
+        &self,
+        granted: &[String],
+        still_reaches: Option<&str>,
+        since: Option<i64>,
+    ) -> Result<(String, Option<String>), ProviderError> {
+        let owners = self.owner_roles(granted, still_reaches).await?;
+        let Some(since) = since else {
+            let attention = (!owners.is_empty()).then(|| {
+                format!(
+                    "jit has no record of when this grant began (it was issued before jit recorded \
+                     baselines), so objects made through {} during it were not checked; review their \
+                     SECURITY DEFINER functions, views, rules and triggers",
+                    owners.join(", ")
+                )
+            });
+            return Ok((
+                "objects made through the granted roles not checked (no baseline)".to_owned(),
+                attention,
+            ));
+        };
+        let outcome = self.neutralise(&owners, since).await?;
+        if !outcome.unresolved.is_empty() {
+            let mut text = format!(
+                "objects made through {} during the grant still run with their owner's rights: {}",
+                owners.join(", "),
+                outcome.unresolved.join("; ")
+            );
+            if !outcome.fixed.is_empty() {
+                text.push_str(&format!(
+                    " (neutralised meanwhile: {})",
+                    outcome.fixed.join("; ")
+                ));
+            }
+            return Err(if outcome.retryable {
+                ProviderError::Retryable(truncate(&text))
+            } else {
+                ProviderError::Fatal(truncate(&text))
+            });
+        }
+        Ok((outcome.summary(), outcome.attention(&owners)))
     }
 
     // --- elevation --------------------------------------------------------------------------
@@ -950,6 +1050,7 @@ impl PostgresProvider {
         user: &str,
         roles: &[String],
         terminate: bool,
+        spec: &RevokeSpec,
     ) -> Result<Revoked, ProviderError> {
         if roles.is_empty() {
             return Ok(Revoked {
@@ -957,15 +1058,30 @@ impl PostgresProvider {
                 detail: Some(format!(
                     "nothing to revoke: {user} held every role before the grant"
                 )),
+                attention: None,
             });
         }
         let user_q = quote_ident(user)?;
         // Checked again at revoke time: a handle presumed after a failed grant lists every
         // configured role, and standing access must survive that too.
         let standing = self.standing_roles(user).await?;
+        let ours: Vec<String> = roles
+            .iter()
+            .filter(|r| !standing.contains(r))
+            .cloned()
+            .collect();
+        // When the elevation began: read before the REVOKE removes the rows that show it (best
+        // effort, like the ephemeral lock).
+        let since = leftovers::earliest(
+            &spec.baselines,
+            self.membership_baseline(user, Some(&ours))
+                .await
+                .ok()
+                .flatten(),
+        );
         let mut revoked = Vec::new();
         let mut failures = Vec::new();
-        for role in roles.iter().filter(|r| !standing.contains(r)) {
+        for role in &ours {
             // One statement per role: a role dropped meanwhile does not block the others.
             let sql = format!("REVOKE {} FROM {user_q}", quote_ident(role)?);
             match self.execute("revoke the role", sql, &[]).await {
@@ -996,9 +1112,28 @@ impl PostgresProvider {
                 .join("; ");
             return Err(with_text(first, truncate(&text)));
         }
+        // Only now, with the roles gone (and the sessions, unless kept), what was made through
+        // them during the grant.
+        let (through_roles, attention) = self.leftovers(&ours, Some(user), since).await.map_err(
+            |e| {
+                let text = format!(
+                    "postgres: {user} no longer holds {}{}, but {}. jit retries until it succeeds",
+                    ours.join(", "),
+                    if terminate {
+                        " and has no open session"
+                    } else {
+                        ""
+                    },
+                    e.to_string().trim_start_matches("postgres: ")
+                );
+                with_text(&e, truncate(&text))
+            },
+        )?;
+        detail.push_str(&format!("; {through_roles}"));
         Ok(Revoked {
             cleanup_at: None,
             detail: Some(detail),
+            attention,
         })
     }
 
@@ -1006,6 +1141,60 @@ impl PostgresProvider {
         let quoted: Result<Vec<String>, ProviderError> =
             self.config.roles.iter().map(|r| quote_ident(r)).collect();
         Ok(quoted?.join(", "))
+    }
+}
+
+/// One line per granted role that may create objects: CREATE on a schema of this database
+/// (directly, through a role it is in, or through PUBLIC, as on `public` before PostgreSQL 15),
+/// or on a database of the server.
+async fn create_privileges(
+    conn: &mut PgConnection,
+    roles: &[String],
+) -> Result<Vec<String>, ProviderError> {
+    let rows: Vec<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT g.rolname::text, \
+                ARRAY(SELECT quote_ident(n.nspname) FROM pg_namespace n \
+                      WHERE has_schema_privilege(g.oid, n.oid, 'CREATE') \
+                        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' ORDER BY 1), \
+                ARRAY(SELECT quote_ident(d.datname) FROM pg_database d \
+                      WHERE d.datallowconn AND has_database_privilege(g.oid, d.oid, 'CREATE') ORDER BY 1) \
+         FROM pg_roles g WHERE g.rolname = ANY($1) AND NOT g.rolsuper ORDER BY 1",
+    )
+    .bind(roles)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify("check what the granted roles may create", &e, &[]))?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, schemas, databases)| !schemas.is_empty() || !databases.is_empty())
+        .map(|(role, schemas, databases)| {
+            let mut places = Vec::new();
+            if !schemas.is_empty() {
+                places.push(format!("schema {}", listing(&schemas)));
+            }
+            if !databases.is_empty() {
+                places.push(format!("database {}", listing(&databases)));
+            }
+            format!(
+                "granted role `{role}` holds CREATE on {}: a holder can make objects owned by it (SET ROLE, \
+                 or ALTER … OWNER TO) that outlive the grant; teardown strips definer rights from those \
+                 made during the grant and says so in the audit thread (README: provider postgres)",
+                places.join(" and ")
+            )
+        })
+        .collect())
+}
+
+fn listing(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            names[..SHOWN].join(", "),
+            names.len() - SHOWN
+        )
     }
 }
 
@@ -1122,10 +1311,16 @@ impl Provider for PostgresProvider {
                     ..
                 }
             );
-            return self.revoke_elevation(&user, &roles, terminate).await;
+            return self.revoke_elevation(&user, &roles, terminate, spec).await;
         }
         let role = parse_ephemeral_handle(&spec.handle)?;
-        self.revoke_ephemeral(role).await
+        self.revoke_ephemeral(role, spec).await
+    }
+
+    /// The server's next transaction ID: teardown neutralises what was made through the
+    /// granted roles from then on ([`leftovers`]).
+    async fn baseline(&self, _spec: &GrantSpec) -> Result<Option<String>, ProviderError> {
+        Ok(Some(encode_baseline(self.next_xid().await?)))
     }
 
     /// The login role of the request, or the elevation of its mapped user with every configured

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{limits, text};
 use crate::audit::AuditEvent;
 use crate::domain::ids::{RequestId, SlackChannelId};
-use crate::domain::policy::{Policy, Principals, Resource};
+use crate::domain::policy::{Policy, Principals, Requester, Resource};
 use crate::domain::request::{Kind, Request, State};
 use crate::store::audit::AuditRow;
 
@@ -318,14 +318,27 @@ pub fn undeliverable(code: &str, channel: &SlackChannelId) -> (String, String) {
     (why, what)
 }
 
-/// A DM to the requester whose request could not be posted to its approvers.
+/// A DM to the requester whose request could not be posted to its approvers; for a non-human
+/// identity, to its owners (who cannot cancel it: it expires undecided).
 pub fn undeliverable_dm(request: &Request, channel: &SlackChannelId, code: &str) -> Msg {
     let (why, todo) = undeliverable(code, channel);
+    let (whose, withdraw) = match &request.requester {
+        Requester::User(_) => (
+            format!("Your request {}", request.id),
+            format!(" `/jit cancel {}` withdraws this one.", request.id.0),
+        ),
+        identity @ Requester::Identity(_) => (
+            format!(
+                ":robot_face: The request {} of {}, which you own,",
+                request.id,
+                text::requester(identity)
+            ),
+            " It expires undecided; the identity gets no access from it.".to_owned(),
+        ),
+    };
     simple(format!(
-        ":warning: Your request {} for {} could not be sent to the approvers: {why}. They were not notified (approvers still see it in jit's App Home). {todo} `/jit cancel {}` withdraws this one.",
-        request.id,
+        ":warning: {whose} for {} could not be sent to the approvers: {why}. They were not notified (approvers still see it in jit's App Home). {todo}{withdraw}",
         what(request),
-        request.id.0
     ))
 }
 
@@ -768,6 +781,10 @@ fn describe(event: &AuditEvent, who: &str) -> String {
         TeardownAlert { attempts, error } => format!(
             "*Teardown is failing* after {attempts} attempts. jit keeps retrying; check the provider. Last error: {}",
             text::escape_truncated(error, 1000)
+        ),
+        TeardownAttention { detail } => format!(
+            "*Teardown needs attention*: the access is gone, but {}",
+            text::escape_truncated(detail, 2500)
         ),
         Breakglass { reason } => format!(
             "*BREAK-GLASS*: {who} took emergency access without approval: {}\nAn admin must review it (`/jit list` shows unreviewed grants).",

@@ -10,7 +10,7 @@ use crate::app::App;
 use crate::domain::command::{self, Command};
 use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{SlackChannelId, SlackUserId};
-use crate::domain::policy::{Requester, Route};
+use crate::domain::policy::{Membership, Policy, Requester, Route};
 use crate::domain::request::{Request, State};
 use crate::handlers::grant::{self, Revoker};
 use crate::handlers::request::{self, Submission, Via};
@@ -163,9 +163,13 @@ pub async fn handle(
             Ok(_) => CommandReply::text(format!(":no_entry_sign: Request {id} is cancelled.")),
             Err(err) => error_reply(err),
         },
-        Command::Why { resource, duration } => {
-            CommandReply::Ephemeral(why_reply(app, &user, &resource, duration))
-        }
+        Command::Why { resource, duration } => CommandReply::Ephemeral(why_reply(
+            &app.policy,
+            &app.directory,
+            &user,
+            &resource,
+            duration,
+        )),
         Command::Release { id } => match grant::release(app, &who, id).await {
             Ok(_) => CommandReply::text(format!(
                 ":lock: Releasing request {id}: the access is being removed now. You will get a DM when it is gone."
@@ -272,7 +276,7 @@ async fn open_form(
 }
 
 /// At most this many of one's own requests in `/jit list`, and of unreviewed break-glass grants.
-const LIST_MINE: usize = 100;
+pub const LIST_MINE: usize = 100;
 const LIST_BREAKGLASS: usize = 50;
 
 /// `/jit list`: one's own open requests, and for admins the break-glass grants to review. Long
@@ -333,18 +337,22 @@ pub fn list_reply(mine: &[Request], breakglass: Option<&[Request]>) -> Msg {
     blocks::simple(lines.join("\n"))
 }
 
+/// The most of a resource's description `/jit why` shows.
+const WHY_DESCRIPTION: usize = 1_500;
+
 /// `/jit why`: which rule applies, who approves, the maximum, and whether auto-approval applies.
+/// Pure: `membership` answers group membership and workspace standing (jit's directory).
 pub fn why_reply(
-    app: &App,
+    policy: &Policy,
+    membership: &dyn Membership,
     user: &SlackUserId,
     resource_id: &str,
     duration: Option<GrantDuration>,
 ) -> Msg {
-    let policy = &app.policy;
     let who = Requester::User(user.clone());
     let Some(resource) = policy.resource(resource_id) else {
         let refusal = policy
-            .evaluate(resource_id, &who, duration, &app.directory)
+            .evaluate(resource_id, &who, duration, membership)
             .err()
             .map(|r| r.to_string())
             .unwrap_or_default();
@@ -356,7 +364,11 @@ pub fn why_reply(
         if resource.description.is_empty() {
             String::new()
         } else {
-            format!(": {}", text::escape(&resource.description))
+            // Cut, so a policy's essay cannot push the rules below out of the message.
+            format!(
+                ": {}",
+                text::escape_truncated(&resource.description, WHY_DESCRIPTION)
+            )
         },
         resource.provider.kind()
     )];
@@ -364,7 +376,7 @@ pub fn why_reply(
         None => "anyone in the workspace".to_owned(),
         Some(p) => text::principals(p),
     };
-    let evaluation = policy.evaluate(resource_id, &who, duration, &app.directory);
+    let evaluation = policy.evaluate(resource_id, &who, duration, membership);
     let allowed = !matches!(
         evaluation,
         Err(crate::domain::policy::Refusal::NotAllowed { .. }

@@ -2,6 +2,11 @@
 //! Slack sends them, signs them with the signing secret, and posts them to jit's HTTP routes.
 //! Used by `jit demo`, the benchmarks and the test harness, so all three speak to the real
 //! server exactly as Slack would.
+//!
+//! Like Slack, it refuses what it cannot show: a successful answer to a slash command or an
+//! interaction is checked with [`super::limits::check_reply`], the validator the simulator
+//! holds Web API calls to, and one that breaks a limit is an error naming the json-pointers.
+//! So a builder regression in a synchronous reply fails the tests as a refused API call does.
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -105,6 +110,23 @@ pub fn submission_payload(
     })
 }
 
+/// `answer`, if Slack would show it: a 2xx body that breaks one of Slack's limits is an error,
+/// as Slack would refuse to show it (the person would see nothing, or "failed with the error").
+fn within_limits(answer: Answer, what: &str) -> anyhow::Result<Answer> {
+    if !(200..300).contains(&answer.status) {
+        return Ok(answer);
+    }
+    let found = super::limits::check_reply(&answer.body);
+    if found.is_empty() {
+        return Ok(answer);
+    }
+    let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+    anyhow::bail!(
+        "Slack would refuse jit's answer to a {what}: {}",
+        lines.join("; ")
+    )
+}
+
 impl SlackDriver {
     /// `base_url` is jit's HTTP address; requests are signed with `secret` at `clock`'s time.
     pub fn new(base_url: &str, secret: SecretString, clock: SharedClock) -> Self {
@@ -156,19 +178,23 @@ impl SlackDriver {
             ("response_url", "https://hooks.slack.invalid/commands/1"),
             ("trigger_id", &trigger_id(user, "command")),
         ])?;
-        self.post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
-            .await
+        let answer = self
+            .post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+            .await?;
+        within_limits(answer, "slash command")
     }
 
     /// An interaction payload (a click or a submission).
     pub async fn interaction(&self, payload: &Value) -> anyhow::Result<Answer> {
         let body = serde_urlencoded::to_string([("payload", payload.to_string())])?;
-        self.post_signed(
-            "/slack/interactions",
-            "application/x-www-form-urlencoded",
-            body,
-        )
-        .await
+        let answer = self
+            .post_signed(
+                "/slack/interactions",
+                "application/x-www-form-urlencoded",
+                body,
+            )
+            .await?;
+        within_limits(answer, "interaction")
     }
 
     /// An Events API body.
@@ -181,5 +207,83 @@ impl SlackDriver {
         }
         self.post_signed("/slack/events", "application/json", body.to_string())
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::Json;
+    use axum::routing::post;
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    /// A stand-in for jit that answers with whatever it is given.
+    async fn answering(command: Value, interaction: Value) -> SlackDriver {
+        let router = axum::Router::new()
+            .route(
+                "/slack/commands",
+                post(move || async move { Json(command) }),
+            )
+            .route(
+                "/slack/interactions",
+                post(move || async move { Json(interaction) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let clock =
+            crate::clock::ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 14, 0, 0).unwrap());
+        SlackDriver::new(&url, SecretString::from("secret"), Arc::new(clock))
+    }
+
+    #[tokio::test]
+    async fn a_reply_slack_would_refuse_is_an_error() {
+        let divider = json!({"type": "divider"});
+        let driver = answering(
+            json!({"response_type": "ephemeral", "text": "x", "blocks": vec![divider.clone(); 51]}),
+            json!({"response_action": "update", "view": {"type": "modal",
+                "title": {"type": "plain_text", "text": "Request access"},
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "a".repeat(3001)}}]}}),
+        )
+        .await;
+        let err = driver
+            .slash("U0DEV", "C0GENERAL", "list")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Slack would refuse jit's answer to a slash command: [ERROR] must be less than 51 items [json-pointer:/blocks]"
+        );
+        let err = driver
+            .interaction(&click_payload("U0DEV", "jit.approve", "1", "C0APPROVALS"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "must be less than 3001 characters [json-pointer:/view/blocks/0/text/text]"
+            ),
+            "{err}"
+        );
+
+        let fine = answering(
+            json!({"response_type": "ephemeral", "text": "x", "blocks": vec![divider; 50]}),
+            json!({"response_action": "clear"}),
+        )
+        .await;
+        assert_eq!(
+            fine.slash("U0DEV", "C0GENERAL", "list")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        let answer = fine
+            .interaction(&click_payload("U0DEV", "jit.approve", "1", "C0APPROVALS"))
+            .await
+            .unwrap();
+        assert_eq!(answer.body, json!({"response_action": "clear"}));
     }
 }

@@ -135,9 +135,15 @@ pub fn view(mine: &[Request], waiting: &[Request], approver: bool) -> Value {
     }
     blocks.extend(mine_items.into_iter().take(shown_mine).flatten());
     if shown_mine < mine.len() {
+        // `/jit list` has its own cap: promise only what it shows.
+        let list = if mine.len() <= super::commands::LIST_MINE {
+            "`/jit list` shows them all".to_owned()
+        } else {
+            format!("`/jit list` shows {} of them", super::commands::LIST_MINE)
+        };
         blocks.push(limits::context(&limits::more_line(
             mine.len() - shown_mine,
-            "`/jit list` shows them all",
+            &list,
         )));
     }
     if approver {

@@ -548,6 +548,64 @@ pub fn check_view(view: &Value) -> Vec<Violation> {
     checker.found
 }
 
+/// What Slack would refuse in a synchronous reply: the HTTP response body jit gives a slash
+/// command or an interaction, or the `payload` of a Socket Mode acknowledgement. A message
+/// (`text`, `blocks`, `response_type`) is held to [`check_message`]; a view submission's
+/// `response_action` to its own rules (`update` and `push` carry a view, [`check_view`]).
+/// `Null` is the empty body, which Slack takes as a plain acknowledgement.
+pub fn check_reply(body: &Value) -> Vec<Violation> {
+    let mut checker = Checker::new();
+    let object = match body {
+        Value::Null => return checker.found,
+        // A plain-text body is shown as the message's text.
+        Value::String(text) => return check_message(Some(text), None),
+        Value::Object(object) => object,
+        _ => {
+            checker.fail("", "must be an object");
+            return checker.found;
+        }
+    };
+    if let Some(action) = object.get("response_action") {
+        match action.as_str() {
+            Some("clear") => {}
+            Some("update" | "push") => match object.get("view") {
+                Some(view) => return check_view(view),
+                None => checker.fail("/view", "missing required field"),
+            },
+            Some("errors") => match object.get("errors").and_then(Value::as_object) {
+                Some(errors) if !errors.is_empty() => {
+                    for (block, message) in errors {
+                        let pointer = format!("/errors/{block}");
+                        checker.string(Some(message), &pointer, usize::MAX, true);
+                    }
+                }
+                _ => checker.fail("/errors", "must be an object naming at least one block"),
+            },
+            _ => checker.fail(
+                "/response_action",
+                "must be one of errors, update, push, clear",
+            ),
+        }
+        return checker.found;
+    }
+    if let Some(kind) = object.get("response_type")
+        && !matches!(kind.as_str(), Some("ephemeral" | "in_channel"))
+    {
+        checker.fail("/response_type", "must be one of ephemeral, in_channel");
+    }
+    let text = object.get("text");
+    let blocks = object.get("blocks").filter(|b| !b.is_null());
+    if text.is_none() && blocks.is_none() {
+        checker.fail("", "must provide text or blocks");
+    }
+    if text.is_some_and(|t| !t.is_string()) {
+        checker.fail("/text", "must be a string");
+    }
+    let mut found = checker.found;
+    found.extend(check_message(text.and_then(Value::as_str), blocks));
+    found
+}
+
 // ---------------------------------------------------------------------------------------------
 // Building within the limits
 // ---------------------------------------------------------------------------------------------
@@ -947,6 +1005,65 @@ pub fn more_line(left_out: usize, hint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pointers(found: &[Violation]) -> Vec<&str> {
+        found.iter().map(|v| v.pointer.as_str()).collect()
+    }
+
+    #[test]
+    fn synchronous_replies_are_held_to_slacks_limits() {
+        let divider = json!({"type": "divider"});
+        let fine = json!({"response_type": "ephemeral", "text": "x", "blocks": [divider]});
+        assert!(check_reply(&fine).is_empty());
+        assert!(check_reply(&Value::Null).is_empty());
+        assert!(check_reply(&json!({"response_action": "clear"})).is_empty());
+        assert!(
+            check_reply(&json!({"response_action": "errors", "errors": {"b": "bad"}})).is_empty()
+        );
+
+        let many = json!({"response_type": "ephemeral", "text": "x",
+            "blocks": vec![divider.clone(); MESSAGE_BLOCKS + 1]});
+        assert_eq!(pointers(&check_reply(&many)), ["/blocks"]);
+        let long = json!({"text": "x".repeat(MESSAGE_TEXT + 1)});
+        assert_eq!(pointers(&check_reply(&long)), ["/text"]);
+        assert_eq!(
+            pointers(&check_reply(&json!("x".repeat(MESSAGE_TEXT + 1)))),
+            ["/text"]
+        );
+        assert_eq!(
+            pointers(&check_reply(&json!({"response_type": "loud", "text": "x"}))),
+            ["/response_type"]
+        );
+        assert_eq!(
+            pointers(&check_reply(&json!({"response_type": "ephemeral"}))),
+            [""]
+        );
+        let view = json!({"response_action": "update", "view": {
+            "type": "modal", "title": {"type": "plain_text", "text": "t"},
+            "blocks": vec![divider; VIEW_BLOCKS + 1]}});
+        assert_eq!(pointers(&check_reply(&view)), ["/view/blocks"]);
+        assert_eq!(
+            pointers(&check_reply(&json!({"response_action": "push"}))),
+            ["/view"]
+        );
+        assert_eq!(
+            pointers(&check_reply(
+                &json!({"response_action": "errors", "errors": {}})
+            )),
+            ["/errors"]
+        );
+        assert_eq!(
+            pointers(&check_reply(
+                &json!({"response_action": "errors", "errors": {"b": ""}})
+            )),
+            ["/errors/b"]
+        );
+        assert_eq!(
+            pointers(&check_reply(&json!({"response_action": "close"}))),
+            ["/response_action"]
+        );
+        assert_eq!(pointers(&check_reply(&json!([1]))), [""]);
+    }
 
     fn joined_code(pieces: &[String]) -> String {
         pieces

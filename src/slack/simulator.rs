@@ -45,7 +45,10 @@
 //!   violation is answered as Slack does: `{"ok":false,"error":"invalid_blocks"}` (or
 //!   `msg_too_long` for the text) for `chat.*`, `"invalid_arguments"` for `views.*`, with one line
 //!   per violation in `response_metadata.messages`, such as
-//!   `[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]`;
+//!   `[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]`, and for
+//!   `invalid_blocks` the same lines without `[ERROR] ` in a top-level `errors` array, as real
+//!   Slack sends them. `chat.postMessage`, `chat.update`, `chat.postEphemeral`, `views.open`,
+//!   `views.update` and `views.publish` are all checked;
 //! - channels that refuse posts ([`FakeSlack::set_channel_state`]): `not_in_channel` (or
 //!   `channel_not_found` for a private channel), `is_archived` or `channel_not_found` for
 //!   `chat.postMessage`, `chat.update` and `chat.postEphemeral`;
@@ -722,12 +725,22 @@ impl Failure {
         }
     }
 
-    /// Slack's answer to a broken limit: one `[ERROR] … [json-pointer:…]` line per violation.
+    /// Slack's answer to a broken limit: one `[ERROR] … [json-pointer:…]` line per violation
+    /// in `response_metadata.messages`. For `invalid_blocks` (the `chat.*` methods) Slack also
+    /// repeats each line, without its `[ERROR] ` prefix, in a top-level `errors` array.
     fn violations(code: &'static str, found: Vec<limits::Violation>) -> Failure {
+        let mut fields = Map::new();
+        if code == "invalid_blocks" {
+            let errors: Vec<String> = found
+                .iter()
+                .map(|v| format!("{} [json-pointer:{}]", v.message, v.pointer))
+                .collect();
+            fields.insert("errors".into(), json!(errors));
+        }
         Failure {
             code,
             messages: found.iter().map(ToString::to_string).collect(),
-            fields: Map::new(),
+            fields,
         }
     }
 }
@@ -2951,7 +2964,12 @@ mod tests {
         .await;
         assert_eq!(
             answer,
-            json!({"ok": false, "error": "invalid_blocks", "response_metadata": {"messages": [
+            json!({"ok": false, "error": "invalid_blocks",
+            "errors": [
+                "must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
+                "must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
+            ],
+            "response_metadata": {"messages": [
                 "[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]",
                 "[ERROR] must be more than 0 characters [json-pointer:/blocks/1/elements/0/text]",
             ]}})
@@ -2995,6 +3013,156 @@ mod tests {
         );
         assert!(fake.messages(CHANNEL).is_empty());
         assert!(fake.opened_views().is_empty());
+    }
+
+    /// `chat.update`, `chat.postEphemeral` and `views.update` are held to the same limits as
+    /// the calls that create messages and views, with Slack's answer shapes, and a refused
+    /// call changes nothing.
+    #[tokio::test]
+    async fn updates_and_ephemerals_are_refused_over_the_limits_as_slack_does() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        let posted = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": CHANNEL, "text": "before"}),
+        )
+        .await;
+        let ts = posted["ts"].as_str().unwrap().to_owned();
+        let dividers = |n: usize| {
+            (0..n)
+                .map(|_| json!({"type": "divider"}))
+                .collect::<Vec<_>>()
+        };
+
+        let answer = raw(
+            &fake,
+            "chat.update",
+            json!({"channel": CHANNEL, "ts": ts, "text": "after", "blocks": dividers(51)}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_blocks",
+            "errors": ["must be less than 51 items [json-pointer:/blocks]"],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 51 items [json-pointer:/blocks]",
+            ]}})
+        );
+        let kept = &fake.messages(CHANNEL)[0];
+        assert_eq!((kept.text.as_str(), kept.edits), ("before", 0));
+
+        let long_section = json!([
+            {"type": "section", "text": {"type": "mrkdwn", "text": "ok"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "é".repeat(3001)}},
+        ]);
+        let answer = raw(
+            &fake,
+            "chat.postEphemeral",
+            json!({"channel": CHANNEL, "user": ALICE, "text": "x", "blocks": long_section}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_blocks",
+            "errors": ["must be less than 3001 characters [json-pointer:/blocks/1/text/text]"],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 3001 characters [json-pointer:/blocks/1/text/text]",
+            ]}})
+        );
+        assert!(fake.ephemerals(ALICE).is_empty());
+
+        let modal = |blocks: Vec<Value>| {
+            json!({"type": "modal", "title": {"type": "plain_text", "text": "Credentials"},
+                "blocks": blocks})
+        };
+        let opened = raw(
+            &fake,
+            "views.open",
+            json!({"trigger_id": "1.2.3", "view": modal(dividers(1))}),
+        )
+        .await;
+        let view_id = opened["view"]["id"].as_str().unwrap().to_owned();
+        let answer = raw(
+            &fake,
+            "views.update",
+            json!({"view_id": view_id, "view": modal(dividers(101))}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_arguments", "response_metadata": {"messages": [
+                "[ERROR] must be less than 101 items [json-pointer:/view/blocks]",
+            ]}})
+        );
+        assert!(fake.opened_views()[0].updates.is_empty());
+        // Within the limits, the same calls go through.
+        let answer = raw(
+            &fake,
+            "views.update",
+            json!({"view_id": view_id, "view": modal(dividers(100))}),
+        )
+        .await;
+        assert_eq!(answer["ok"], true, "{answer}");
+        let answer = raw(
+            &fake,
+            "chat.update",
+            json!({"channel": CHANNEL, "ts": ts, "text": "after", "blocks": dividers(50)}),
+        )
+        .await;
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+
+    /// A static select holds at most 100 options, in a message and in a modal.
+    #[tokio::test]
+    async fn a_static_select_with_101_options_is_refused() {
+        let fake = FakeSlack::start(TOKEN).await.unwrap();
+        let select = |n: usize| {
+            json!({"type": "static_select", "action_id": "pick",
+                "placeholder": {"type": "plain_text", "text": "Pick"},
+                "options": (0..n).map(|i| option(&format!("resource-{i}"))).collect::<Vec<_>>()})
+        };
+        let answer = raw(
+            &fake,
+            "chat.postMessage",
+            json!({"channel": CHANNEL, "text": "x",
+                "blocks": [{"type": "actions", "elements": [select(101)]}]}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_blocks",
+            "errors": ["must be less than 101 items [json-pointer:/blocks/0/elements/0/options]"],
+            "response_metadata": {"messages": [
+                "[ERROR] must be less than 101 items [json-pointer:/blocks/0/elements/0/options]",
+            ]}})
+        );
+        let modal = |n: usize| {
+            json!({"type": "modal", "title": {"type": "plain_text", "text": "Request access"},
+                "submit": {"type": "plain_text", "text": "Request"},
+                "blocks": [{"type": "input", "block_id": "resource",
+                    "label": {"type": "plain_text", "text": "Resource"}, "element": select(n)}]})
+        };
+        let answer = raw(
+            &fake,
+            "views.open",
+            json!({"trigger_id": "1.2.3", "view": modal(101)}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "invalid_arguments", "response_metadata": {"messages": [
+                "[ERROR] must be less than 101 items [json-pointer:/view/blocks/0/element/options]",
+            ]}})
+        );
+        assert!(fake.messages(CHANNEL).is_empty());
+        assert!(fake.opened_views().is_empty());
+        let answer = raw(
+            &fake,
+            "views.open",
+            json!({"trigger_id": "1.2.4", "view": modal(100)}),
+        )
+        .await;
+        assert_eq!(answer["ok"], true, "{answer}");
     }
 
     #[tokio::test]

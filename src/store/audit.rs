@@ -12,9 +12,11 @@
 //!   (`head`), with a MAC under `K`. The first keyed row links to `head`. A database created
 //!   keyed has its boundary at seq 0. [`verify`] checks the unkeyed rows as before, that they end
 //!   in the recorded `head`, the boundary's MAC, and the keyed rows.
-//! - **Time.** Rows are appended inside the caller's write transaction (the write lock is held),
-//!   and a row's `at` is never before its predecessor's: a caller's `now`, read before it got the
-//!   lock, is raised to the last row's time. So `at` never decreases with `seq`.
+//! - **Time.** Rows are appended inside the caller's write transaction, which holds the
+//!   database's write lock (`BEGIN IMMEDIATE`). A row's `at` is the clock read there, under the
+//!   lock ([`WriteTx::now_under_lock`]), and never before its predecessor's (a clock stepped
+//!   back) nor before the caller's own `now` (which tests may set ahead). No writer can commit a
+//!   row between that reading and this row, so `at` never decreases with `seq`.
 //! - **Anchors.** Heads posted to the audit channel are recorded in `audit_anchors`
 //!   ([`record_anchor`]), so `jit audit verify --slack` knows which messages to compare with.
 //!
@@ -121,16 +123,20 @@ async fn last_row(conn: &mut Conn) -> sqlx::Result<Option<(i64, String, String)>
     .await)
 }
 
-/// Where the next row goes: its seq, its `prev_hash`, and the earliest time it may carry.
+/// Where the next row goes: its seq, its `prev_hash`, and its time: the clock read now, under
+/// the write lock, never before the caller's `at` or the last row's time.
 async fn next_slot(
-    conn: &mut Conn,
+    tx: &mut WriteTx,
     at: DateTime<Utc>,
 ) -> sqlx::Result<(i64, String, DateTime<Utc>)> {
-    Ok(match last_row(conn).await? {
+    let last = last_row(tx).await?;
+    // The caller read `at` before it held the lock; another writer may have committed
+    // meanwhile. So the time is read again here, where no one else can write.
+    let at = at.max(tx.now_under_lock());
+    Ok(match last {
         None => (1, GENESIS.to_owned(), at),
         Some((seq, hash, last_at)) => {
-            // The caller read `at` before it held the write lock; another writer may have
-            // committed a later time meanwhile. Time never goes backwards along the chain.
+            // A clock stepped back: time still never goes backwards along the chain.
             let floor = parse_time(&last_at).ok().unwrap_or(at);
             (seq + 1, hash, at.max(floor))
         }

@@ -21,6 +21,7 @@
 //!   head, a chain's next head, the per-requester pending cap) is then as safe on PostgreSQL as on
 //!   SQLite, with no isolation level to reason about; the lock is released by the commit, the
 //!   rollback, or the death of the connection (a replica killed mid-transaction).
+//!
 //! No write transaction is held across a network call: callers claim, commit, call, and record.
 //!
 //! SQLite runs in WAL mode with `busy_timeout` and foreign keys, all set on the connect options so
@@ -129,6 +130,22 @@ pub struct Store {
     /// The audit chain's key, once [`Store::open_audit_chain`] checked it against the database.
     /// Write transactions carry it, so audit appends can key their rows.
     audit_key: Arc<std::sync::OnceLock<crate::crypto::AuditKey>>,
+    /// The application's clock ([`Store::use_clock`]), which write transactions read once they
+    /// hold the write lock ([`WriteTx::now_under_lock`]).
+    clock: Arc<StoreClock>,
+}
+
+#[derive(Default)]
+struct StoreClock(std::sync::OnceLock<crate::clock::SharedClock>);
+
+impl std::fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "StoreClock(set)"
+        } else {
+            "StoreClock(wall clock)"
+        })
+    }
 }
 
 /// A connection of either driver, for the functions of this module: a pooled connection (reads,
@@ -239,9 +256,20 @@ pub struct WriteTx {
     conn: Conn,
     _turn: tokio::sync::OwnedMutexGuard<()>,
     audit_key: Option<crate::crypto::AuditKey>,
+    clock: Option<crate::clock::SharedClock>,
 }
 
 impl WriteTx {
+    /// The time now, read while this transaction holds the database's write lock (it began
+    /// with `BEGIN IMMEDIATE`): the application's clock ([`Store::use_clock`]), or the wall
+    /// clock when none was given (the admin CLI). No other writer, in this process or another,
+    /// can commit between this reading and this transaction's commit.
+    pub fn now_under_lock(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock
+            .as_ref()
+            .map_or_else(chrono::Utc::now, |clock| clock.now())
+    }
+
     /// The audit chain's key (`None` until [`Store::open_audit_chain`] ran).
     pub fn audit_key(&self) -> Option<&crate::crypto::AuditKey> {
         self.audit_key.as_ref()
@@ -351,6 +379,7 @@ impl Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             audit_key: Arc::default(),
+            clock: Arc::default(),
         }
     }
 
@@ -435,6 +464,12 @@ impl Store {
         Ok(opened)
     }
 
+    /// The clock write transactions read under the write lock (the app's: injected in tests).
+    /// Set once, when the app is assembled; later calls change nothing.
+    pub fn use_clock(&self, clock: crate::clock::SharedClock) {
+        let _ = self.clock.0.set(clock);
+    }
+
     /// Starts a write transaction that holds the write lock from the start.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
         let turn = self.writer.clone().lock_owned().await;
@@ -455,6 +490,7 @@ impl Store {
             conn,
             _turn: turn,
             audit_key: self.audit_key.get().cloned(),
+            clock: self.clock.0.get().cloned(),
         })
     }
 

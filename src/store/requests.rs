@@ -21,7 +21,7 @@ macro_rules! select_requests {
              state, approvals_required, created_at, pending_until, decided_at, decided_by, \
              decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
              approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
-             access_key, origin_channel, delivery_failure FROM requests ",
+             access_key, origin_channel, delivery_failure, grant_baseline FROM requests ",
             $($tail),*
         )
     };
@@ -58,6 +58,7 @@ struct RequestRow {
     access_key: Option<String>,
     origin_channel: Option<String>,
     delivery_failure: Option<String>,
+    grant_baseline: Option<String>,
 }
 
 /// A request plus the storage-only columns the workers need.
@@ -69,6 +70,8 @@ pub struct StoredRequest {
     pub origin_channel: Option<SlackChannelId>,
     /// Slack's error code when the approvers' message could never be posted.
     pub delivery_failure: Option<String>,
+    /// What the provider recorded before the grant acted ([`crate::providers::Provider::baseline`]).
+    pub grant_baseline: Option<String>,
 }
 
 fn time(value: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
@@ -121,6 +124,7 @@ impl TryFrom<RequestRow> for StoredRequest {
                 .as_deref()
                 .and_then(|c| SlackChannelId::parse(c).ok()),
             delivery_failure: row.delivery_failure,
+            grant_baseline: row.grant_baseline,
         })
     }
 }
@@ -493,6 +497,71 @@ pub async fn issuances(
         .collect()
 }
 
+/// Records the provider's baseline, once: a retried grant keeps the first (the earliest).
+pub async fn record_baseline(conn: &mut Conn, id: RequestId, baseline: &str) -> sqlx::Result<()> {
+    on!(conn, |c| sqlx::query(
+        "UPDATE requests SET grant_baseline = $1 WHERE id = $2 AND grant_baseline IS NULL"
+    )
+    .bind(baseline)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// The baselines a revoke of request `id` needs: its own, and those of every grant that held the
+/// same access (`access_key`) without a break up to this one's end. Overlapping grants of one
+/// access are torn down once, by the last to end, so what was made under the first must count.
+pub async fn access_baselines(
+    conn: &mut Conn,
+    id: RequestId,
+    access_key: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    // (id, start, end, baseline); a grant still held has no end.
+    let rows: Vec<(i64, String, Option<String>, Option<String>)> = on!(conn, |c| sqlx::query_as(
+        "SELECT id, COALESCE(granted_at, decided_at, created_at), revoked_at, grant_baseline \
+         FROM requests WHERE id = $1 OR ($2 IS NOT NULL AND access_key = $3)",
+    )
+    .bind(id.0)
+    .bind(access_key)
+    .bind(access_key)
+    .fetch_all(&mut *c)
+    .await)
+    .context("cannot load the baselines of an access")?;
+    let mut grants = Vec::new();
+    for (row_id, start, end, baseline) in rows {
+        grants.push((row_id, parse_time(&start)?, time(end)?, baseline));
+    }
+    let Some((mut since, until)) = grants.iter().find(|g| g.0 == id.0).map(|g| (g.1, g.2)) else {
+        return Ok(Vec::new());
+    };
+    let mut chained = vec![id.0];
+    // Grow the unbroken stretch backwards until no other grant reaches into it.
+    loop {
+        let before = chained.len();
+        for (row_id, start, end, _) in &grants {
+            let overlaps =
+                end.is_none_or(|end| end >= since) && until.is_none_or(|until| *start <= until);
+            if !chained.contains(row_id) && overlaps {
+                chained.push(*row_id);
+                since = since.min(*start);
+            }
+        }
+        if chained.len() == before {
+            break;
+        }
+    }
+    let mut out: Vec<String> = grants
+        .into_iter()
+        .filter(|g| chained.contains(&g.0))
+        .filter_map(|g| g.3)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// The handle of the latest issue of an active grant (an extension that re-issued access).
 pub async fn set_handle(conn: &mut Conn, id: RequestId, grant_handle: &str) -> sqlx::Result<()> {
     on!(conn, |c| sqlx::query(
@@ -702,4 +771,103 @@ pub async fn pending_extensions(conn: &mut Conn, parent: RequestId) -> sqlx::Res
     .fetch_all(&mut *c)
     .await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+
+    use super::*;
+    use crate::store::{Durability, Store};
+
+    /// Grants of one access: A (10:00-11:30) and B (11:00-12:30) overlap, C (12:00-…) overlaps
+    /// B only, D (08:00-09:00) ended long before, E is another access. C's teardown needs the
+    /// baselines of the whole unbroken stretch A-B-C, and nothing of D or E.
+    #[tokio::test]
+    async fn the_baselines_of_an_unbroken_stretch_of_one_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        store.migrate().await.unwrap();
+        let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0).unwrap();
+        let requester = Requester::from_key("U0DEV").unwrap();
+        let resource = ResourceId::parse("pg").unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        let mut ids = Vec::new();
+        for (start, end, key, baseline) in [
+            (at(10, 0), Some(at(11, 30)), "k", Some("pg-xid:100")),
+            (at(11, 0), Some(at(12, 30)), "k", Some("pg-xid:200")),
+            (at(12, 0), None, "k", Some("pg-xid:300")),
+            (at(8, 0), Some(at(9, 0)), "k", Some("pg-xid:50")),
+            (at(11, 0), None, "other", Some("pg-xid:10")),
+            (at(11, 45), Some(at(11, 50)), "k", None),
+        ] {
+            let id = insert(
+                &mut tx,
+                &NewRequest {
+                    kind: Kind::Access,
+                    parent: None,
+                    requester: &requester,
+                    resource: &resource,
+                    duration: GrantDuration::from_secs(3600),
+                    justification: "test",
+                    ticket: None,
+                    approvals_required: 1,
+                    created_at: start - Duration::minutes(1),
+                    pending_until: None,
+                    origin_channel: None,
+                },
+            )
+            .await
+            .unwrap();
+            on!(&mut tx, |c| sqlx::query(
+                "UPDATE requests SET granted_at = $1, revoked_at = $2, access_key = $3, grant_baseline = $4 WHERE id = $5",
+            )
+            .bind(format_time(start))
+            .bind(end.map(format_time))
+            .bind(key)
+            .bind(baseline)
+            .bind(id.0)
+            .execute(&mut *c)
+            .await
+            .map(|_| ()))
+            .unwrap();
+            ids.push(id);
+        }
+        assert_eq!(
+            access_baselines(&mut tx, ids[2], Some("k")).await.unwrap(),
+            ["pg-xid:100", "pg-xid:200", "pg-xid:300"]
+        );
+        assert_eq!(
+            access_baselines(&mut tx, ids[3], Some("k")).await.unwrap(),
+            ["pg-xid:50"],
+            "D's stretch is D alone"
+        );
+        assert_eq!(
+            access_baselines(&mut tx, ids[4], Some("other"))
+                .await
+                .unwrap(),
+            ["pg-xid:10"]
+        );
+        assert_eq!(
+            access_baselines(&mut tx, ids[0], None).await.unwrap(),
+            ["pg-xid:100"]
+        );
+        record_baseline(&mut tx, ids[5], "pg-xid:400")
+            .await
+            .unwrap();
+        record_baseline(&mut tx, ids[5], "pg-xid:999")
+            .await
+            .unwrap();
+        assert_eq!(
+            get(&mut tx, ids[5])
+                .await
+                .unwrap()
+                .unwrap()
+                .grant_baseline
+                .as_deref(),
+            Some("pg-xid:400"),
+            "the first baseline stays"
+        );
+    }
 }

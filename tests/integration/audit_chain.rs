@@ -382,6 +382,64 @@ async fn time_never_goes_backwards_along_the_chain() {
     assert!(reason.contains("time is before"), "{reason}");
 }
 
+driver_tests! {
+    /// The review saw seq 172 stamped 1 ms before seq 171: `now` was read before the write lock.
+    /// A row's time is read under the lock: a caller that read its clock, then waited for the lock
+    /// while time went on, gets the time it got the lock, not its earlier reading.
+    async fn a_rows_time_is_read_under_the_write_lock() {
+        let h = Harness::start().await;
+        let read_before_the_lock = h.clock_now();
+        let mut first = h.app.store.begin_write().await.unwrap();
+        // Another writer holds the lock; the caller waits for it, and time goes on meanwhile.
+        let waiting = {
+            let store = h.app.store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin_write().await.unwrap();
+                let seq = audit_store::append(
+                    &mut tx,
+                    read_before_the_lock,
+                    None,
+                    "jit",
+                    "waited",
+                    &json!({}),
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                seq
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        h.advance(Duration::seconds(7));
+        audit_store::append(
+            &mut first,
+            h.clock_now(),
+            None,
+            "jit",
+            "held the lock",
+            &json!({}),
+        )
+        .await
+        .unwrap();
+        h.advance(Duration::seconds(3));
+        first.commit().await.unwrap();
+        let seq = waiting.await.unwrap();
+        let mut conn = h.app.store.read().await.unwrap();
+        let row = audit_store::get(&mut conn, seq).await.unwrap().unwrap();
+        let before = audit_store::get(&mut conn, seq - 1).await.unwrap().unwrap();
+        assert_eq!(before.event, "held the lock");
+        assert_eq!(
+            before.at,
+            jit::store::format_time(read_before_the_lock + Duration::seconds(7))
+        );
+        assert_eq!(
+            row.at,
+            jit::store::format_time(read_before_the_lock + Duration::seconds(10)),
+            "the time the lock was taken, not the caller's earlier reading"
+        );
+    }
+}
+
 /// An old database: rows written by the unkeyed code (SHA-256 chain), no boundary yet.
 async fn old_database(dir: &std::path::Path, rows: i64, edit: Option<i64>) -> Store {
     let url = format!("sqlite://{}/jit.db", dir.display());

@@ -91,6 +91,180 @@ driver_tests! {
     }
 }
 
+/// Slack unreachable for longer than the staleness maximum: every group's cached membership is
+/// then stale.
+async fn make_groups_stale(h: &Harness) {
+    use jit::slack::simulator::Fault;
+    h.slack
+        .inject("usergroups.users.list", Fault::ServerError(503), 1000);
+    h.advance(chrono::Duration::seconds(
+        jit::slack::directory::MAX_STALENESS.as_secs() as i64 + 60,
+    ));
+    h.app
+        .directory
+        .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
+        .await;
+}
+
+driver_tests! {
+    /// Stale admin rights: an admin only through a group (S0SECURITY) whose membership jit could
+    /// not read for longer than the maximum can neither review nor revoke, and is told why; once
+    /// Slack answers again, they can.
+    async fn stale_group_membership_grants_no_admin_rights() {
+        let h = Harness::start().await;
+        h.slack.set_group_members("S0SECURITY", &[CAROL]);
+        h.app
+            .directory
+            .refresh(&jit::domain::ids::SlackGroupId::parse("S0SECURITY").unwrap())
+            .await;
+        let reply = h.slash(SECLEAD, "breakglass db the site is down").await;
+        let id = Harness::id_in(&reply.text());
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::Active);
+
+        make_groups_stale(&h).await;
+        // Review (and review-and-revoke) by the stale group's member: refused.
+        for action in ["jit.review", "jit.review_revoke"] {
+            h.interaction(Harness::click_payload(
+                CAROL,
+                action,
+                &id.0.to_string(),
+                AUDIT,
+            ))
+            .await;
+            h.run_jobs().await;
+            let request = h.request(id).await;
+            assert_eq!(request.reviewed_by, None, "{action}: no review");
+            assert_eq!(request.state, State::Active, "{action}: not revoked");
+        }
+        let stale_line = "Only jit admins can do that, and jit has not been able to read who is in";
+        assert!(
+            h.ephemeral_texts(CAROL)
+                .iter()
+                .any(|t| t.contains(stale_line) && t.contains("S0SECURITY")),
+            "{:?}",
+            h.ephemeral_texts(CAROL)
+        );
+        // `/jit revoke` by the same admin: refused, with the same reason.
+        let reply = h.slash(CAROL, &format!("revoke {} suspicious", id.0)).await;
+        assert!(reply.text().contains(stale_line), "{}", reply.text());
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::Active);
+        assert_eq!(h.provider_actions(id), ["grant"], "nothing torn down");
+
+        // Slack answers again: the group is read afresh on the next click and the admin may review.
+        h.slack.clear_faults();
+        h.advance(chrono::Duration::minutes(1));
+        h.interaction(Harness::click_payload(
+            CAROL,
+            "jit.review",
+            &id.0.to_string(),
+            AUDIT,
+        ))
+        .await;
+        assert_eq!(h.request(id).await.reviewed_by.as_deref(), Some(CAROL));
+    }
+}
+
+driver_tests! {
+    /// Auto-approval through a stale group: `db` auto-approves members of S0ONCALL; with their
+    /// membership stale, a member's request waits for an approver like anyone's. Fresh again, it
+    /// is approved by policy.
+    async fn a_stale_group_auto_approves_nothing() {
+        let h = Harness::start().await;
+        make_groups_stale(&h).await;
+        let reply = h.slash(ONCALL, "request db 30m paged at night").await;
+        assert!(reply.text().contains("was sent to"), "{}", reply.text());
+        let id = Harness::id_in(&reply.text());
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::Pending, "not auto-approved");
+        assert!(h.provider_actions(id).is_empty(), "nothing granted");
+
+        // The control: once membership is fresh, the same request is approved by policy.
+        h.slack.clear_faults();
+        h.app
+            .directory
+            .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
+            .await;
+        let reply = h.slash(ONCALL, "request db 30m paged again").await;
+        assert!(
+            reply.text().contains("approved by policy"),
+            "{}",
+            reply.text()
+        );
+        let fresh = Harness::id_in(&reply.text());
+        h.run_jobs().await;
+        assert_eq!(h.state(fresh).await, State::Active);
+    }
+}
+
+driver_tests! {
+    /// An Enterprise Grid organisation, installed org-wide (`JIT_SLACK_TEAM_ID=E…`): deliveries
+    /// from any workspace of the organisation are served; from another organisation, or with no
+    /// organisation at all, they are refused.
+    async fn an_org_wide_install_serves_its_organisation_only() {
+        let h = Harness::start().await;
+        h.app
+            .directory
+            .set_workspace(jit::slack::api::WorkspaceInfo {
+                team_id: "E0ORG".into(),
+                enterprise_id: Some("E0ORG".into()),
+                enterprise_install: true,
+            });
+        let slash = |team: &str, enterprise: &str, text: &str| {
+            serde_urlencoded::to_string([
+                ("team_id", team),
+                ("enterprise_id", enterprise),
+                ("is_enterprise_install", "true"),
+                ("channel_id", ORIGIN),
+                ("user_id", DEV),
+                ("command", "/jit"),
+                ("text", text),
+                ("trigger_id", &format!("{team}.{enterprise}.trigger")),
+            ])
+            .unwrap()
+        };
+        let send = |body: String| async {
+            let reply = h
+                .post_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+                .await;
+            assert_eq!(reply.status(), 200);
+            reply.text().await.unwrap()
+        };
+        // A workspace of the organisation other than the one jit's token was made in: served.
+        let text = send(slash(
+            "T0SISTER",
+            "E0ORG",
+            "request db 1h from a sister workspace",
+        ))
+        .await;
+        assert!(text.contains("was sent to"), "{text}");
+        let id = Harness::id_in(&text);
+        assert_eq!(request_count(&h).await, 1);
+        // Another organisation, or none: refused, nothing stored.
+        for (team, enterprise) in [("T0FOREIGN", "E0FOREIGN"), ("T0JITSIM", "")] {
+            let text = send(slash(team, enterprise, "request db 1h from outside")).await;
+            assert!(
+                text.contains("serves only the workspace it is installed in"),
+                "{team}/{enterprise:?}: {text}"
+            );
+        }
+        assert_eq!(request_count(&h).await, 1);
+
+        // A click from another organisation decides nothing; one from the organisation does.
+        h.run_jobs().await;
+        let mut click = Harness::click_payload(ALICE, "jit.approve", &id.0.to_string(), APPROVALS);
+        click["enterprise"] = serde_json::json!({"id": "E0FOREIGN", "name": "Elsewhere Inc"});
+        click["team"] = serde_json::Value::Null;
+        h.interaction(click.clone()).await;
+        assert_eq!(h.state(id).await, State::Pending, "nothing decided");
+        click["enterprise"] = serde_json::json!({"id": "E0ORG", "name": "Our Org"});
+        click["trigger_id"] = serde_json::json!("org.click.trigger");
+        h.interaction(click).await;
+        assert_eq!(h.state(id).await, State::Approved);
+    }
+}
+
 /// One signed request, captured: the same body with the same headers, sent again and again.
 struct Captured {
     path: &'static str,
@@ -144,11 +318,16 @@ impl Captured {
 
     /// Sends it `times` times; returns each answer (status and body text).
     async fn replay(&self, h: &Harness, times: usize) -> Vec<(u16, String)> {
+        self.replay_to(h, &h.url, times).await
+    }
+
+    /// Sends it `times` times to the server at `url`.
+    async fn replay_to(&self, h: &Harness, url: &str, times: usize) -> Vec<(u16, String)> {
         let mut answers = Vec::new();
         for _ in 0..times {
             let response = h
                 .http
-                .post(format!("{}{}", h.url, self.path))
+                .post(format!("{url}{}", self.path))
                 .header("content-type", self.content_type)
                 .header("x-slack-request-timestamp", &self.ts)
                 .header("x-slack-signature", &self.sig)
@@ -250,6 +429,103 @@ driver_tests! {
         let breakglass = Captured::slash(&h, DEV, "breakglass db the site is down");
         assert_same(&breakglass.replay(&h, 3).await);
         assert_eq!(request_count(&h).await, before + 1);
+    }
+}
+
+/// jit started again on the same database: a new app, with nothing in memory from the first
+/// one, serving on a new address. Returns the app, its URL and its server task.
+async fn restarted(
+    h: &Harness,
+) -> (
+    std::sync::Arc<jit::app::App>,
+    String,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::Arc;
+    let store = h.db.connect().await;
+    store.migrate().await.unwrap();
+    store
+        .open_audit_chain(audit_key(), h.clock_now())
+        .await
+        .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py");
+    let text = POLICY
+        .replace("{log}", h.provider_log.to_str().unwrap())
+        .replace("{script}", script.to_str().unwrap());
+    let policy =
+        jit::domain::policy::Policy::parse(&text, &|p: &str| std::fs::read_to_string(p)).unwrap();
+    let (providers, _) = jit::providers::Providers::with_local(policy.resources(), None);
+    let app = jit::bootstrap::build(jit::bootstrap::Parts {
+        policy,
+        store,
+        clock: Arc::new(jit::clock::ManualClock::new(h.clock_now())),
+        slack_api_url: h.slack.api_url(),
+        bot_token: secrecy::SecretString::from(BOT_TOKEN),
+        signing_secrets: vec![secrecy::SecretString::from(SIGNING_SECRET)],
+        cipher: jit::crypto::Cipher::from_bytes(&[7u8; 32]),
+        providers,
+        settings: jit::app::Settings::default(),
+        posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+    })
+    .unwrap();
+    app.directory
+        .refresh_all(&jit::slack::directory::groups_in(&app.policy))
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = jit::server::router(app.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (app, url, server)
+}
+
+driver_tests! {
+    /// Replays are refused across restarts: the record of what was delivered is in the database,
+    /// so a new instance on the same database answers a captured request (and a captured click) as
+    /// the first one did, with no second effect.
+    async fn a_replay_after_a_restart_has_no_second_effect() {
+        let h = Harness::start().await;
+        let request = Captured::slash(&h, DEV, "request db 1h captured before the restart");
+        let first = request.replay(&h, 1).await;
+        assert!(first[0].1.contains("was sent to"), "{first:?}");
+        let id = Harness::id_in(&first[0].1);
+        h.run_jobs().await;
+        let approve = Captured::interaction(
+            &h,
+            &Harness::click_payload(ALICE, "jit.approve", &id.0.to_string(), APPROVALS),
+        );
+        let approved = approve.replay(&h, 1).await;
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::Active);
+
+        // The restart: a new app on the same database, inside the signatures' five minutes.
+        let (app, url, server) = restarted(&h).await;
+        let again = request.replay_to(&h, &url, 2).await;
+        assert_eq!(
+            again,
+            [first[0].clone(), first[0].clone()],
+            "the first answer"
+        );
+        assert_eq!(request_count(&h).await, 1, "no second request");
+        let again = approve.replay_to(&h, &url, 2).await;
+        assert_eq!(again, [approved[0].clone(), approved[0].clone()]);
+        let mut conn = app.store.read().await.unwrap();
+        let approvals = jit::store::audit::for_request(&mut conn, id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event == "approved")
+            .count();
+        drop(conn);
+        assert_eq!(approvals, 1, "no second approval");
+        assert_eq!(h.provider_actions(id), ["grant"], "no second grant");
+        // A fresh request, signed now, is still served by the restarted instance.
+        let fresh = Captured::slash(&h, DEV, "request staging 1h after the restart");
+        let answer = fresh.replay_to(&h, &url, 1).await;
+        assert!(answer[0].1.contains("approved by policy"), "{answer:?}");
+        assert_eq!(request_count(&h).await, 2);
+        server.abort();
     }
 }
 

@@ -2,14 +2,17 @@
 //! many resources with long descriptions, many grants, credentials of 20,000 characters,
 //! backticks, `<`, `&`, emoji, combining characters), produces only what Slack accepts. The
 //! check is the simulator's own validator (`jit::slack::limits`), so the tests and the fake
-//! Slack share one definition of the limits.
+//! Slack share one definition of the limits. Covered: the approval message, every DM, audit
+//! posts (alone and coalesced), the audit anchor, App Home, `/jit list` (an admin's and
+//! everyone else's), `/jit why` over random policies, and every modal.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use jit::audit::AuditEvent;
 use jit::domain::duration::GrantDuration;
 use jit::domain::ids::{RequestId, ResourceId, SlackChannelId, SlackGroupId, SlackUserId};
 use jit::domain::policy::{
-    Approvers, AutoApprove, Policy, Principals, ProviderConfig, Requester, Resource,
+    Approvers, AutoApprove, Membership, Policy, Principals, ProviderConfig, Requester, Resource,
+    Standing,
 };
 use jit::domain::request::{Kind, Request, State};
 use jit::slack::blocks::{self, Msg};
@@ -474,10 +477,13 @@ fn app_home_and_list_stay_within_limits_with_many_grants() {
                 .filter(|r| rendered.contains(&format!("*{}* `", r.id)))
                 .count();
             if shown < mine.len() {
-                let more = format!(
-                    "… and {} more (`/jit list` shows them all)",
-                    mine.len() - shown
-                );
+                // A promise `/jit list` keeps: it shows at most 100.
+                let list = if mine.len() <= 100 {
+                    "`/jit list` shows them all".to_owned()
+                } else {
+                    "`/jit list` shows 100 of them".to_owned()
+                };
+                let more = format!("… and {} more ({list})", mine.len() - shown);
                 prop_assert!(
                     rendered.contains(&more),
                     "{} of {} shown, no {more}",
@@ -488,6 +494,18 @@ fn app_home_and_list_stay_within_limits_with_many_grants() {
             // Approvers always see some of what waits for them.
             if approver && !waiting.is_empty() {
                 prop_assert!(rendered.contains("jit.approve"));
+            }
+            // The reply everyone but an admin gets: their own requests only.
+            let own = commands::list_reply(&mine, None);
+            assert_message("/jit list (not an admin)", &own);
+            let own_blocks = own.blocks.to_string();
+            prop_assert!(!own_blocks.contains("Break-glass grants waiting"));
+            if limits::len(&own.text) < limits::MESSAGE_TEXT - 1 {
+                prop_assert_eq!(own.text.matches('•').count(), mine.len().min(100));
+            }
+            if mine.len() > 100 {
+                let more = format!("… and {} more", mine.len() - 100);
+                prop_assert!(own_blocks.contains(&more), "no {more}");
             }
             let list = commands::list_reply(&mine, Some(&waiting));
             assert_message("/jit list", &list);
@@ -620,4 +638,244 @@ fn long_credentials_are_revealed_in_full_up_to_what_a_modal_holds() {
     );
     assert!(rendered.contains("GET /api/v1/requests/"));
     assert!(rendered.contains("jit credentials"));
+}
+
+/// Group membership and workspace standing, as the directory would answer them.
+struct Directory {
+    in_every_group: bool,
+    standing: Standing,
+}
+
+impl Membership for Directory {
+    fn is_member(&self, _: &SlackUserId, _: &jit::domain::ids::SlackGroupId) -> bool {
+        self.in_every_group
+    }
+    fn standing(&self, _: &SlackUserId) -> Standing {
+        self.standing
+    }
+}
+
+/// A TOML string (JSON's escapes are TOML's).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn toml_list(items: impl IntoIterator<Item = String>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| toml_str(&i)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// One `[[resource]]` of a random policy: a long odd description, up to 300 named requesters,
+/// approvers and auto-approvers, up to 30 groups each.
+fn why_resource() -> impl Strategy<Value = String> {
+    (
+        ("[a-z0-9._-]{0,58}", odd_text()),
+        proptest::option::of((1usize..300, 0usize..30)),
+        (1usize..300, 0usize..30),
+        proptest::option::of((0usize..300, 0usize..30)),
+        (any::<bool>(), 0usize..5),
+    )
+        .prop_map(
+            |((id, description), requesters, approvers, auto, (breakglass, max))| {
+                let max = ["30m", "1h", "4h", "1d", "7d"][max];
+                let users = |n: usize| (0..n).map(|i| user(i).to_string());
+                let groups = |n: usize| (0..n).map(|i| format!("S{i:06}"));
+                let mut text = format!(
+                    "[[resource]]\nid = \"r{{n}}-{id}\"\ndescription = {}\nprovider = \"none\"\nmax_duration = \"{max}\"\nbreakglass = {breakglass}\napprovers = {{ channel = \"C0APPROVALS\", users = {}, groups = {} }}\n",
+                    toml_str(&description),
+                    toml_list(users(approvers.0)),
+                    toml_list(groups(approvers.1)),
+                );
+                if let Some((u, g)) = requesters {
+                    text.push_str(&format!(
+                        "requesters = {{ users = {}, groups = {} }}\n",
+                        toml_list(users(u)),
+                        toml_list(groups(g))
+                    ));
+                }
+                if let Some((u, g)) = auto {
+                    text.push_str(&format!(
+                        "auto_approve = {{ max_duration = \"{max}\", users = {}, groups = {} }}\n",
+                        toml_list(users(u)),
+                        toml_list(groups(g))
+                    ));
+                }
+                text
+            },
+        )
+}
+
+#[test]
+fn jit_why_stays_within_slacks_limits_for_any_policy() {
+    let strategy = (
+        proptest::collection::vec(why_resource(), 1..5),
+        (0usize..400, any::<prop::sample::Index>()),
+        proptest::option::of("[a-z0-9._-]{1,64}"),
+        proptest::option::of(1u64..1_000_000),
+        (any::<bool>(), 0usize..4),
+    );
+    runner(40)
+        .run(
+            &strategy,
+            |(resources, (who, pick), unknown, secs, (in_groups, standing))| {
+                let mut text =
+                    "[slack]\naudit_channel = \"C0AUDIT\"\nadmins = { users = [\"U0SECLEAD\"] }\n"
+                        .to_owned();
+                for (n, resource) in resources.iter().enumerate() {
+                    text.push_str(&resource.replace("{n}", &n.to_string()));
+                }
+                let policy = Policy::parse(&text, &|_: &str| Ok(String::new()))
+                    .unwrap_or_else(|e| panic!("{e}\n{text:.2000}"));
+                let ids: Vec<String> = policy
+                    .resources()
+                    .iter()
+                    .map(|r| r.id.to_string())
+                    .collect();
+                // A resource of the policy, or (sometimes) one it does not have.
+                let asked = unknown.unwrap_or_else(|| ids[pick.index(ids.len())].clone());
+                let directory = Directory {
+                    in_every_group: in_groups,
+                    standing: [
+                        Standing::Member,
+                        Standing::Guest,
+                        Standing::External,
+                        Standing::Unknown,
+                    ][standing],
+                };
+                let duration = secs.map(GrantDuration::from_secs);
+                let msg = commands::why_reply(&policy, &directory, &user(who), &asked, duration);
+                assert_message("/jit why", &msg);
+                let shown = jit::slack::simulator::render_blocks(&msg.blocks);
+                if let Some(resource) = policy.resource(&asked) {
+                    // Every rule is shown, after a description of any length.
+                    for rule in [
+                        "Who may request:",
+                        "Approvers:",
+                        "Duration:",
+                        "Auto-approval:",
+                        "Break-glass:",
+                    ] {
+                        prop_assert!(shown.contains(rule), "no {rule} in {shown:.300}");
+                    }
+                    // The approvers are all named, however many there are.
+                    if let Some(last) = resource.approvers.users.last() {
+                        prop_assert!(shown.contains(&format!("<@{last}>")), "{last} not shown");
+                    }
+                } else {
+                    prop_assert!(shown.starts_with(":warning:"), "{shown:.300}");
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn audit_anchors_stay_within_limits_and_keep_their_text() {
+    let strategy = (
+        any::<i64>(),
+        prop_oneof![3 => "[0-9a-f]{64}", 1 => odd_text()],
+    );
+    runner(64)
+        .run(&strategy, |(seq, hash)| {
+            let msg = blocks::audit_anchor(seq, &hash);
+            assert_message("audit anchor", &msg);
+            // `jit audit verify --slack` reads the text back: it stays exactly the anchor's.
+            let text = jit::audit::anchor::text(seq, &hash);
+            if limits::len(&text) <= limits::MESSAGE_TEXT {
+                prop_assert_eq!(&msg.text, &text);
+            }
+            if seq > 0 && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                prop_assert_eq!(
+                    jit::audit::anchor::parse(&msg.text),
+                    Some((seq, hash.clone()))
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_message(
+        "audit anchor",
+        &blocks::audit_anchor(i64::MAX, &"f".repeat(64)),
+    );
+}
+
+/// More resources than a select holds: the form offers the first 100, in the policy's order,
+/// and says how to request the others.
+#[test]
+fn the_request_form_with_150_resources_offers_100_and_says_so() {
+    let mut tree_runner = runner(1);
+    let resources: Vec<Resource> = (0..150)
+        .map(|n| {
+            let mut r = resource().new_tree(&mut tree_runner).unwrap().current();
+            r.id = ResourceId::parse(&format!("res-{n:03}")).unwrap();
+            r.description = "A resource with a long description. ".repeat(n % 7 * 20);
+            r
+        })
+        .collect();
+    let refs: Vec<&Resource> = resources.iter().collect();
+    for preselect in [None, Some("res-042"), Some("res-120")] {
+        let view = views::request_modal(&refs, preselect, "C0GENERAL");
+        assert_view("request modal", &view);
+        let select = &view["blocks"][0]["element"];
+        let options = select["options"].as_array().unwrap();
+        assert_eq!(options.len(), 100);
+        assert_eq!(options[0]["value"], "res-000");
+        assert_eq!(options[99]["value"], "res-099");
+        let note = view["blocks"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .to_string();
+        assert!(
+            note.contains("Showing the first 100 of 150 resources; use `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification&gt;` for the others."),
+            "{note}"
+        );
+        match preselect {
+            Some("res-042") => assert_eq!(select["initial_option"]["value"], "res-042"),
+            // Beyond the options: nothing is preselected rather than an option not offered.
+            _ => assert!(select.get("initial_option").is_none()),
+        }
+    }
+    // 100 exactly: all offered, no note.
+    let view = views::request_modal(&refs[..100], None, "C0GENERAL");
+    assert_view("request modal", &view);
+    assert!(!view.to_string().contains("Showing the first"));
+}
+
+/// 130 requests of one's own: Home shows what fits and points to `/jit list` for 100 of them
+/// (no more: it would not be true), and `/jit list` shows 100 and counts the other 30.
+#[test]
+fn home_promises_only_what_jit_list_shows() {
+    let mut tree_runner = runner(1);
+    let mine: Vec<Request> = (0..130)
+        .map(|n| {
+            let mut r = request().new_tree(&mut tree_runner).unwrap().current();
+            r.id = RequestId(n + 1);
+            r
+        })
+        .collect();
+    let view = home::view(&mine, &[], false);
+    assert_view("App Home", &view);
+    let rendered = view.to_string();
+    let shown = mine
+        .iter()
+        .filter(|r| rendered.contains(&format!("*{}* `", r.id)))
+        .count();
+    assert!(shown < 100, "{shown}");
+    assert!(
+        rendered.contains(&format!(
+            "… and {} more (`/jit list` shows 100 of them)",
+            130 - shown
+        )),
+        "{rendered:.500}"
+    );
+    assert!(!rendered.contains("shows them all"));
+    let list = commands::list_reply(&mine, None);
+    assert_message("/jit list", &list);
+    let blocks = list.blocks.to_string();
+    assert!(blocks.contains("… and 30 more"), "{blocks:.300}");
+    assert!(blocks.contains(&format!("*{}* `", RequestId(100))));
+    assert!(!blocks.contains(&format!("*{}* `", RequestId(101))));
 }

@@ -413,6 +413,128 @@ driver_tests! {
 }
 
 driver_tests! {
+    async fn a_missing_approvers_channel_is_explained_and_the_timeout_is_truthful() {
+        let h = Harness::start().await;
+        h.slack.set_channel_state(APPROVALS, ChannelState::NotFound);
+        let id = h.request_access(DEV, "db 1h fixing INC-13").await;
+        h.run_jobs().await;
+        assert_eq!(
+            h.stored(id).await.delivery_failure.as_deref(),
+            Some("channel_not_found")
+        );
+        assert!(h.slack.messages(APPROVALS).is_empty());
+        let why = "<#C0APPROVALS> does not exist or the jit app cannot see it";
+        let dm = h.dm_texts(DEV).join("\n");
+        assert!(
+            dm.contains(&format!(
+                ":warning: Your request {id} for `db` for *1 hour* could not be sent to the approvers: {why}. They were not notified"
+            )),
+            "{dm}"
+        );
+        assert!(
+            dm.contains(
+                "If the channel is gone, an admin must name another approvers' channel in the policy."
+            ),
+            "{dm}"
+        );
+        assert!(dm.contains(&format!("`/jit cancel {}` withdraws this one.", id.0)));
+        let alerts: Vec<String> = h
+            .slack
+            .messages(AUDIT)
+            .iter()
+            .map(|m| m.rendered())
+            .filter(|m| m.contains("gave up"))
+            .collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert!(alerts[0].contains("channel_not_found"), "{}", alerts[0]);
+
+        h.advance_and_run(Duration::minutes(31)).await;
+        assert_eq!(h.state(id).await, jit::domain::request::State::TimedOut);
+        let last = h.dm_texts(DEV).last().unwrap().clone();
+        assert!(
+            last.starts_with(&format!(
+                ":hourglass: Your request {id} for `db` for *1 hour* expired without a decision: it never reached the approvers, because {why}."
+            )),
+            "{last}"
+        );
+        assert!(!h.dm_texts(DEV).join("\n").contains("nobody decided"));
+        let posts = h
+            .slack
+            .calls()
+            .iter()
+            .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == APPROVALS)
+            .count();
+        assert_eq!(posts, 1, "refused once, never tried again");
+    }
+}
+
+driver_tests! {
+    /// An identity's request (through the API) whose approvers' message is refused: the identity
+    /// has no Slack DM, so its owners are told, as the README promises, and again at the timeout.
+    async fn a_refused_approval_post_for_an_identity_reaches_its_owners() {
+        let h = Harness::start().await;
+        h.slack
+            .set_channel_state(APPROVALS, ChannelState::NotInChannel);
+        let (_, token) = jit::handlers::identity::create_token(
+            &h.app.store,
+            &h.app.policy,
+            "ci",
+            "cli:test",
+            h.clock_now(),
+        )
+        .await
+        .unwrap();
+        let created: Value = h
+            .http
+            .post(format!("{}/api/v1/requests", h.url))
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+            .json(&json!({"resource": "ci-db", "duration": "1h", "justification": "deploy build 77"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = RequestId(created["id"].as_i64().expect("a request id"));
+        h.run_jobs().await;
+        assert_eq!(
+            h.stored(id).await.delivery_failure.as_deref(),
+            Some("not_in_channel")
+        );
+        // CAROL owns `ci`: told at once, with the reason and what to do.
+        let owner = h.dm_texts(CAROL).join("\n");
+        assert!(
+            owner.contains(&format!(
+                ":warning: :robot_face: The request {id} of identity `ci`, which you own, for `ci-db` for *1 hour* could not be sent to the approvers: the jit app is not a member of <#C0APPROVALS>."
+            )),
+            "{owner}"
+        );
+        assert!(owner.contains("Ask a Slack admin to invite the jit app to <#C0APPROVALS>"));
+        assert!(
+            !owner.contains("/jit cancel"),
+            "an owner cannot cancel it: {owner}"
+        );
+        // Nobody else is DMed about it (the approvers never saw it; BOB owns another identity).
+        for other in [DEV, ALICE, BOB] {
+            assert!(
+                !h.dm_texts(other).join("\n").contains(&id.to_string()),
+                "{other} was told"
+            );
+        }
+        // The timeout tells the owners the truth too.
+        h.advance_and_run(Duration::minutes(31)).await;
+        assert_eq!(h.state(id).await, jit::domain::request::State::TimedOut);
+        let last = h.dm_texts(CAROL).last().unwrap().clone();
+        assert!(
+            last.contains(&format!(
+                "(request {id}): expired without a decision: it never reached the approvers, because the jit app is not a member of <#C0APPROVALS>"
+            )),
+            "{last}"
+        );
+    }
+}
+
+driver_tests! {
     async fn a_refusal_that_explains_itself_reaches_the_alert_with_its_json_pointers() {
         let h = Harness::start().await;
         let pointer = "[ERROR] must be less than 3001 characters [json-pointer:/blocks/0/text/text]";
@@ -500,12 +622,10 @@ driver_tests! {
         assert!(h.slack.faults_left() < 1_000);
         // No job failed on an answer it could not read.
         let mut conn = h.app.store.read().await.unwrap();
-        let dead: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE state = 'dead'"
-        )
-        .fetch_one(&mut *c)
-        .await)
-        .unwrap();
+        let dead: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'dead'")
+            .fetch_one(&mut *c)
+            .await)
+            .unwrap();
         assert_eq!(dead, 0);
     }
 }
@@ -541,6 +661,76 @@ driver_tests! {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+    }
+}
+
+driver_tests! {
+    /// `team_join` and `user_change` from jit's own workspace, with `event.user` an object as
+    /// Slack sends it: past the workspace check, through `events::handle`, answered 200 with an
+    /// empty body, recorded as a delivery, and nothing else happens or is logged as a problem.
+    async fn user_object_events_from_our_own_workspace_are_answered_200_and_do_nothing() {
+        let h = Harness::start().await;
+        // This test's own log lines (the runtime is single-threaded: the server runs here too).
+        let logged = LogBuffer::default();
+        let _scope = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(logged.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let team = jit::slack::simulator::TEAM_ID;
+        let count = |sql: &'static str| {
+            let h = &h;
+            async move {
+                let mut conn = h.app.store.read().await.unwrap();
+                jit::store::on!(&mut conn, |c| sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut *c)
+                    .await)
+                    .unwrap()
+            }
+        };
+        let calls = h.slack.calls().len();
+        let jobs = count("SELECT COUNT(*) FROM jobs").await;
+        for (fixture, event_id) in [
+            (
+                include_str!("../fixtures/slack/event-team-join.json"),
+                "Ev0OWNJOIN",
+            ),
+            (
+                include_str!("../fixtures/slack/event-user-change.json"),
+                "Ev0OWNCHANGE",
+            ),
+        ] {
+            let mut body: Value = serde_json::from_str(fixture).unwrap();
+            body["team_id"] = json!(team);
+            body["event_id"] = json!(event_id);
+            body["event"]["user"]["team_id"] = json!(team);
+            body["authorizations"][0]["team_id"] = json!(team);
+            assert!(body["event"]["user"].is_object(), "the user is an object");
+            let answer = h.driver.event(&body).await.unwrap();
+            assert_eq!(answer.status, 200, "{event_id}");
+            assert_eq!(answer.body, Value::Null, "{event_id}");
+        }
+        h.run_jobs().await;
+        // Handled once each (the workspace check let them through)...
+        assert_eq!(
+            count("SELECT COUNT(*) FROM slack_deliveries WHERE key IN ('event:Ev0OWNJOIN', 'event:Ev0OWNCHANGE')").await,
+            2
+        );
+        // ...and nothing came of them.
+        assert_eq!(h.slack.calls().len(), calls);
+        assert_eq!(count("SELECT COUNT(*) FROM jobs").await, jobs);
+        assert_eq!(count("SELECT COUNT(*) FROM requests").await, 0);
+        let text = logged.text();
+        for problem in [" ERROR ", " WARN ", "cannot read", "could not be parsed"] {
+            assert!(!text.contains(problem), "`{problem}` logged:\n{text}");
+        }
+        // The same event from another workspace is refused with a warning: this capture sees it.
+        let foreign: Value =
+            serde_json::from_str(include_str!("../fixtures/slack/event-team-join.json")).unwrap();
+        assert_eq!(h.driver.event(&foreign).await.unwrap().status, 200);
+        assert!(logged.text().contains(" WARN "), "{}", logged.text());
     }
 }
 
@@ -626,12 +816,10 @@ driver_tests! {
         h.run_jobs().await;
         assert_eq!(h.slack.calls().len(), before);
         let mut conn = h.app.store.read().await.unwrap();
-        let requests: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM requests"
-        )
-        .fetch_one(&mut *c)
-        .await)
-        .unwrap();
+        let requests: i64 = jit::store::on!(&mut conn, |c| sqlx::query_scalar("SELECT COUNT(*) FROM requests")
+            .fetch_one(&mut *c)
+            .await)
+            .unwrap();
         assert_eq!(requests, 0);
     }
 }

@@ -7,6 +7,7 @@ parameters.log (one JSON object per line). Behaviour is steered by files next to
   <log>.sleep       holds seconds to sleep before answering
   <log>.hang        present: a grant acts (it is logged), starts a grandchild, records both
                     pids in <log>.pids, and then hangs far past any timeout
+  <log>.hang_extend the same for an extension
 Grants print a handle (shared per person and resource when parameters.shared is true; one
 handle for everyone when parameters.team is true), a fresh secret credential, and instructions.
 parameters.big_credentials = N adds a KUBECONFIG credential of
@@ -53,7 +54,8 @@ entry = {
 if request.get("reason"):
     entry["reason"] = request["reason"]
 out = {}
-if request["action"] == "grant" and os.path.exists(log + ".hang"):
+hang = {"grant": log + ".hang", "extend": log + ".hang_extend"}.get(request["action"])
+if hang and os.path.exists(hang):
     grandchild = subprocess.Popen(["sleep", "300"])
     with open(log + ".pids", "a") as f:
         f.write(f"{os.getpid()}\n{grandchild.pid}\n")
