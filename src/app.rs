@@ -35,15 +35,31 @@ pub struct App {
     pub unauthenticated_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
     pub settings: Settings,
     pub health: Health,
-    /// Stores new requests with group commit.
-    pub submissions: crate::handlers::committer::Committer,
+    /// Services the layers above plug in when the app is built (the request path's group
+    /// commit, `handlers::committer`), found by their type: the app depends on none of them.
+    pub services: axum::http::Extensions,
+}
+
+impl App {
+    /// What the job worker needs of the app (`queue::worker::Env`).
+    pub fn worker_env(&self) -> crate::queue::worker::Env {
+        crate::queue::worker::Env {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            waker: self.waker.clone(),
+            metrics: self.metrics.clone(),
+            beat: self.health.worker_beat.clone(),
+            workers: self.settings.workers,
+            lease: self.settings.lease,
+        }
+    }
 }
 
 /// Liveness signals read by `/readyz`.
 #[derive(Debug, Default)]
 pub struct Health {
     /// Unix milliseconds of the worker loop's last turn (0: never ran).
-    pub worker_beat: std::sync::atomic::AtomicI64,
+    pub worker_beat: Arc<std::sync::atomic::AtomicI64>,
     /// Set when Slack's traffic comes over Socket Mode rather than HTTP.
     pub socket_mode: std::sync::atomic::AtomicBool,
     /// Socket Mode connections open now that Slack greeted with `hello`.
@@ -81,7 +97,9 @@ impl Drop for SocketConnected<'_> {
 pub struct Settings {
     /// Jobs run at once by the worker.
     pub workers: usize,
-    /// How long a claimed job is leased before another worker may take it.
+    /// How long a claimed job is leased before another worker may take it. A running job's
+    /// lease is renewed by a heartbeat every third of it, so only a dead worker's jobs are
+    /// taken over, within one lease.
     pub lease: std::time::Duration,
     /// API calls per token per minute.
     pub api_calls_per_minute: u32,
@@ -97,7 +115,13 @@ pub struct Settings {
     /// Once this many posts wait in the audit channel's chain, a request's waiting events are
     /// posted together in one reply (see `handlers::notify::audit_post`).
     pub audit_coalesce_backlog: u32,
+    /// Slack's posting pace is kept in the database, shared by every replica (on PostgreSQL;
+    /// one process paces in memory).
+    pub shared_pacing: bool,
 }
+
+/// A dead replica's (or crashed process's) jobs come back within this long.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// About ten seconds of posts at Slack's pace of one message per second per channel.
 pub const DEFAULT_AUDIT_COALESCE_BACKLOG: u32 = 10;
@@ -106,13 +130,14 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             workers: 16,
-            lease: std::time::Duration::from_secs(120),
+            lease: DEFAULT_LEASE,
             api_calls_per_minute: 120,
             slack_timeout: std::time::Duration::from_secs(10),
             unauthenticated_calls_per_minute: 30,
             trusted_proxy_hops: 0,
             audit_anchor_interval: crate::audit::anchor::DEFAULT_INTERVAL,
             audit_coalesce_backlog: DEFAULT_AUDIT_COALESCE_BACKLOG,
+            shared_pacing: false,
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Parts {
     pub providers: Providers,
     pub settings: Settings,
     pub posts_per_channel_per_second: NonZeroU32,
+    /// The policy's webhooks with their secrets (`None`: the policy has none).
+    pub webhooks: Option<crate::webhooks::Targets>,
 }
 
 pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
@@ -87,7 +89,18 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
     // Audit rows take their time from the app's clock, read under the write lock.
     parts.store.use_clock(parts.clock.clone());
     let per_minute = parts.policy.limits.requests_per_user_per_minute;
+    let mut settings = parts.settings;
+    // Replicas share one database, and must share Slack's pace per channel through it.
+    settings.shared_pacing |= parts.store.driver() == crate::store::Driver::Postgres;
     let (submissions, inbox) = crate::handlers::committer::channel();
+    let mut services = axum::http::Extensions::new();
+    services.insert(submissions);
+    if !parts.policy.webhooks().is_empty() && parts.webhooks.is_none() {
+        anyhow::bail!("the policy has webhooks but their secrets were not read");
+    }
+    if let Some(targets) = parts.webhooks {
+        services.insert(targets);
+    }
     let app = Arc::new(App {
         policy: Arc::new(parts.policy),
         store: parts.store,
@@ -100,13 +113,13 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
         waker: Waker::default(),
         metrics,
         request_limiter: request_limiter(per_minute),
-        api_limiter: crate::api::call_limiter(parts.settings.api_calls_per_minute),
+        api_limiter: crate::api::call_limiter(settings.api_calls_per_minute),
         unauthenticated_limiter: crate::api::address_limiter(
-            parts.settings.unauthenticated_calls_per_minute,
+            settings.unauthenticated_calls_per_minute,
         ),
-        settings: parts.settings,
+        settings,
         health: Health::default(),
-        submissions,
+        services,
     });
     crate::handlers::committer::start(&app, inbox);
     Ok(app)

@@ -13,7 +13,7 @@ use crate::config::{self, BaseConfig, ServeConfig};
 use crate::crypto::Cipher;
 use crate::domain::ids::RequestId;
 use crate::domain::policy::{Policy, ProviderConfig};
-use crate::handlers::grant::{self, Revoker};
+use crate::handlers::access::{self, Revoker};
 use crate::store::{self, Store, audit::Verification};
 
 #[derive(Debug, Parser)]
@@ -47,6 +47,11 @@ pub enum Command {
     Grants {
         #[command(subcommand)]
         command: GrantsCommand,
+    },
+    /// Move a deployment to another database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
     },
     /// Print a fresh random JIT_ENCRYPTION_KEY.
     Keygen,
@@ -144,6 +149,32 @@ pub enum TokenCommand {
     },
     /// List tokens (ids, identities, dates; never the tokens).
     List { name: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy a stopped SQLite deployment into an empty PostgreSQL database, the way to several
+    /// replicas: every table and row in one transaction, committed only when every table's row
+    /// count matches and the audit chain verifies on the copy. Needs the audit key
+    /// (JIT_AUDIT_KEY, or JIT_ENCRYPTION_KEY it is derived from). Refuses while jit serve runs on
+    /// the file, and a target that already holds jit rows.
+    Copy {
+        /// The SQLite database jit ran on, for example sqlite:///var/lib/jit/jit.db.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The PostgreSQL database, for example postgres://jit@db.internal/jit (jit creates
+        /// the tables). A password here shows in the process list: prefer --to-file.
+        #[arg(
+            long,
+            value_name = "URL",
+            required_unless_present = "to_file",
+            conflicts_with = "to_file"
+        )]
+        to: Option<String>,
+        /// A file holding the PostgreSQL URL (what JIT_DATABASE_URL_FILE will name).
+        #[arg(long, value_name = "PATH")]
+        to_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Audit { command } => audit(command).await,
+        Command::Db { command } => db(command).await,
         Command::Grants { command } => grants(command).await,
         Command::Identity {
             command: IdentityCommand::Token { command },
@@ -403,6 +435,30 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             r.pending_timeout,
             r.reminder_before,
         ));
+        if let Some(rule) = r.justification.describe() {
+            out.push_str(&format!("    justification: {rule}\n"));
+        }
+        if let Some(rule) = r.ticket.describe() {
+            let link = r
+                .ticket
+                .url
+                .as_deref()
+                .map(|u| format!(", linked to {u}"))
+                .unwrap_or_default();
+            out.push_str(&format!("    ticket: {rule}{link}\n"));
+        }
+    }
+    if !policy.webhooks().is_empty() {
+        out.push_str(&format!("{} webhook(s):\n", policy.webhooks().len()));
+        for w in policy.webhooks() {
+            out.push_str(&format!(
+                "  {}: {}; signed with ${} (or ${}_FILE)\n",
+                w.url,
+                w.events.join(", "),
+                w.secret_env,
+                w.secret_env
+            ));
+        }
     }
     for r in policy.resources() {
         if let ProviderConfig::Postgres(c) = &r.provider {
@@ -503,6 +559,80 @@ fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         .and_hms_opt(0, 0, 0)
         .expect("midnight exists")
         .and_utc())
+}
+
+/// `jit db copy`: see [`store::copy`].
+async fn db(command: DbCommand) -> anyhow::Result<i32> {
+    let DbCommand::Copy { from, to, to_file } = command;
+    let to = match (to, to_file) {
+        (Some(url), _) => url,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("--to-file: cannot read {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!("--to or --to-file names the PostgreSQL database"),
+    };
+    let key = config::audit_key(&config::process_env).map_err(|e| {
+        anyhow::anyhow!(
+            "`jit db copy` verifies the audit chain on the copy, which needs the audit key jit serve uses: {e}"
+        )
+    })?;
+    if let Some(path) = bootstrap::sqlite_path(&from)
+        && !path.exists()
+    {
+        anyhow::bail!("--from {}: no such file", path.display());
+    }
+    // Held until the copy is done: no jit serve starts on the file meanwhile.
+    let _lock = bootstrap::InstanceLock::acquire(&from).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}. jit db copy copies a stopped deployment: stop jit serve (and any jit command using the file), then copy again"
+        )
+    })?;
+    let copied = store::copy::copy(&from, &to, &key).await?;
+    println!(
+        "copied {} into {} in one transaction",
+        store::redact_url(&from),
+        store::redact_url(&to)
+    );
+    println!("  {:<22} {:>10}", "TABLE", "ROWS");
+    for (table, rows) in &copied.tables {
+        println!("  {table:<22} {rows:>10}");
+    }
+    println!(
+        "  {:<22} {:>10}",
+        "total",
+        copied.tables.iter().map(|(_, n)| n).sum::<u64>()
+    );
+    println!("row counts: the copy's match the source's in every table");
+    println!(
+        "identity sequences: {}",
+        copied
+            .sequences
+            .iter()
+            .map(|(column, last)| match last {
+                0 => format!("{column} starts at 1"),
+                last => format!("{column} continues after {last}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if copied.requeued > 0 {
+        println!(
+            "jobs: {} left running by the stopped jit queued again (lease cleared), as jit serve does at start",
+            copied.requeued
+        );
+    }
+    match &copied.audit_head {
+        Some(head) => println!(
+            "audit chain verified on the copy: {} events, head {}:{head}",
+            copied.audit_rows, copied.audit_rows
+        ),
+        None => println!("audit chain verified on the copy: no events yet"),
+    }
+    println!(
+        "next: set JIT_DATABASE_URL (or JIT_DATABASE_URL_FILE) to the PostgreSQL database and start jit serve; keep the SQLite file, unused, until the replicas run"
+    );
+    Ok(0)
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<i32> {
@@ -674,6 +804,7 @@ async fn admin_app() -> anyhow::Result<Arc<App>> {
         providers: Default::default(),
         settings: Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1).expect("one"),
+        webhooks: None,
     })
 }
 
@@ -826,7 +957,7 @@ async fn grants(command: GrantsCommand) -> anyhow::Result<i32> {
             let id = RequestId::parse(&id).map_err(anyhow::Error::msg)?;
             let app = admin_app().await?;
             let user = os_user();
-            match grant::revoke(&app, Revoker::Cli(&user), id, &reason).await {
+            match access::revoke(&app, Revoker::Cli(&user), id, &reason).await {
                 Ok(request) => {
                     println!(
                         "request {} is revoked; the running jit server removes the access within seconds",

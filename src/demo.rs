@@ -21,7 +21,6 @@ use crate::clock::ManualClock;
 use crate::crypto::Cipher;
 use crate::domain::policy::{Policy, ProviderConfig};
 use crate::providers::{Providers, aws_sts};
-use crate::queue::worker;
 use crate::slack::driver::{self, SlackDriver};
 use crate::slack::simulator::{FakeSlack, SlackEvent, render_blocks};
 use crate::store::{self, Durability, Store, audit::Verification};
@@ -173,7 +172,7 @@ impl Demo<'_> {
 
     /// Runs the jobs that are due, then prints everything Slack now shows anyone.
     async fn settle(&mut self) -> anyhow::Result<()> {
-        worker::run_due(&self.app).await?;
+        crate::handlers::jobs::run_due(&self.app).await?;
         let (events, cursor) = self.slack.events_since(self.cursor);
         self.cursor = cursor;
         for event in events {
@@ -353,6 +352,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
         providers,
         settings: Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1000).expect("positive"),
+        webhooks: None,
     })?;
     app.directory
         .refresh_all(&crate::slack::directory::groups_in(&app.policy))
@@ -391,7 +391,11 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
     }
     demo.say("People: @dana (engineer), @sam (SRE, approves github-admin), @alice (approves AWS), @lee (security admin).")?;
 
-    demo.step("Dana asks for admin on GitHub")?;
+    demo.step("Dana asks for admin on GitHub without a ticket: the resource requires one")?;
+    demo.slash(DANA, "request github-admin 1h rotate the deploy keys")
+        .await?;
+
+    demo.step("With the incident in the justification, the ticket is picked up and linked")?;
     let reply = demo
         .slash(
             DANA,

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         jit::cli::Command::Bench(_) => "warn",
         // Doctor reports every problem on its own lines; the clients' warnings would repeat them.
         jit::cli::Command::Doctor { .. } => "error",
+        // The copy prints its own summary; sqlx's notices (a table that exists) are noise.
+        jit::cli::Command::Db { .. } => "warn",
         _ => "info",
     };
     if let Err(message) = jit::logging::init(&jit::config::process_env, default_level) {

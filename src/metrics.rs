@@ -29,6 +29,8 @@ struct Inner {
     http_connection_limit: Family<Labels, Gauge>,
     http_cap_reached: Family<Labels, Counter>,
     audit_coalesced: Counter,
+    slack_posts_found: Counter,
+    webhooks_sent: Counter,
 }
 
 /// Cheap to clone; all clones share the same registry.
@@ -125,6 +127,18 @@ impl Metrics {
             "Audit events posted inside another event's reply because the audit channel was backed up",
             audit_coalesced.clone(),
         );
+        let slack_posts_found = Counter::default();
+        registry.register(
+            "slack_posts_found_again",
+            "Retried posts that found their earlier post in Slack (posted before a crash or an unanswered call) and did not post again",
+            slack_posts_found.clone(),
+        );
+        let webhooks_sent = Counter::default();
+        registry.register(
+            "webhook_events_sent",
+            "Audit events a webhook acknowledged",
+            webhooks_sent.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             requests,
@@ -140,6 +154,8 @@ impl Metrics {
             http_connection_limit,
             http_cap_reached,
             audit_coalesced,
+            slack_posts_found,
+            webhooks_sent,
         }))
     }
 
@@ -148,6 +164,14 @@ impl Metrics {
             .requests
             .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
+    }
+
+    pub fn webhook_sent(&self) {
+        self.0.webhooks_sent.inc();
+    }
+
+    pub fn slack_post_found(&self) {
+        self.0.slack_posts_found.inc();
     }
 
     pub fn audit_coalesced(&self, events: u64) {

@@ -11,8 +11,8 @@ use crate::bootstrap::{self, InstanceLock, Parts};
 use crate::config::ServeConfig;
 use crate::crypto::Cipher;
 use crate::edge;
+use crate::handlers::jobs;
 use crate::providers::Providers;
-use crate::queue::worker;
 use crate::server;
 use crate::slack::{directory, socket};
 use crate::store::Store;
@@ -22,6 +22,9 @@ const DIRECTORY_REFRESH: Duration = Duration::from_secs(300);
 
 pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
     let policy = bootstrap::load_policy(&config.base.policy_path).map_err(anyhow::Error::msg)?;
+    // Read before anything else, like every secret: a webhook without its secret stops startup.
+    let webhooks = crate::webhooks::Targets::from_policy(&policy, &|name| std::env::var(name).ok())
+        .map_err(anyhow::Error::msg)?;
     let cipher = Cipher::from_base64_or_hex(&config.encryption_key)
         .map_err(|e| anyhow::anyhow!("JIT_ENCRYPTION_KEY: {e}"))?;
     let audit_key = crate::crypto::AuditKey::from_settings(
@@ -52,6 +55,7 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
             ..Settings::default()
         },
         posts_per_channel_per_second: config.posts_per_channel_per_second,
+        webhooks: Some(webhooks),
     })?;
     // A configured workspace needs no auth.test before Slack requests are served.
     if let Some(id) = &config.slack_team_id {
@@ -126,14 +130,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     let _lock = InstanceLock::acquire(&config.base.database_url)?;
     let app = build_app(&config).await?;
-    worker::recover(&app).await?;
+    jobs::recover(&app).await?;
     crate::audit::anchor::schedule(&app).await?;
+    crate::webhooks::schedule(&app).await?;
 
     let groups = directory::groups_in(&app.policy);
     let refresher = tokio::spawn(app.directory.clone().keep_fresh(groups, DIRECTORY_REFRESH));
     let pruner = tokio::spawn(prune_deliveries(app.clone()));
     let (stop, stopped) = watch::channel(false);
-    let worker_task = tokio::spawn(worker::run(app.clone(), stopped.clone()));
+    let worker_task = tokio::spawn(jobs::run(app.clone(), stopped.clone()));
+    // Other replicas' commits wake this one (PostgreSQL); nothing to do on SQLite.
+    let listener_task = tokio::spawn(jobs::listen_for_wakes(app.clone()));
 
     let listener = edge::bind(config.listen)
         .with_context(|| format!("JIT_LISTEN: cannot listen on {}", config.listen))?;
@@ -225,6 +232,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     refresher.abort();
     pruner.abort();
+    listener_task.abort();
     app.store.close().await;
     Ok(())
 }

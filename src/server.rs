@@ -185,11 +185,26 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the database answers and the worker loop has run recently.
+/// How long `/readyz` waits for the database. A pool that cannot reach PostgreSQL keeps trying
+/// for its whole acquire timeout; readiness answers before the probe's own timeout does.
+const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ready when the database answers (within [`READY_DATABASE_TIMEOUT`]) and the worker loop has
+/// run recently. With several replicas on PostgreSQL, a replica that cannot reach the database is
+/// taken out of the Service until it can again.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if let Err(err) = app.store.ping().await {
-        tracing::warn!(error = %err, "readiness: database check failed");
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+    match tokio::time::timeout(READY_DATABASE_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: database check failed");
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+        }
+        Err(_) => {
+            tracing::warn!(
+                "readiness: the database did not answer within {READY_DATABASE_TIMEOUT:?}"
+            );
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+        }
     }
     if !app.health.slack_reachable() {
         return (StatusCode::SERVICE_UNAVAILABLE, "Socket Mode not connected").into_response();

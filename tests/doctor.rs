@@ -12,6 +12,9 @@
 //! Without `JIT_TEST_POSTGRES_URL` or `JIT_TEST_AWS_ENDPOINT` the checks that need them say so
 //! and are left out; set but unreachable, the tests fail.
 
+#[path = "support/db.rs"]
+mod db;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -424,20 +427,21 @@ approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
         self.dir.path().join("jit.db")
     }
 
-    async fn open(&self) -> Store {
-        let store = Store::connect(
-            &format!("sqlite://{}", self.db_path().display()),
-            Durability::Full,
-        )
-        .await
-        .unwrap();
+    async fn open_url(&self, url: &str) -> Store {
+        let store = Store::connect(url, Durability::Full).await.unwrap();
         store.migrate().await.unwrap();
         store
     }
 
     /// A request with sealed credentials, as a grant leaves them.
     async fn store_a_credential(&self, key: &str) {
-        let store = self.open().await;
+        let url = format!("sqlite://{}", self.db_path().display());
+        self.store_a_credential_in(&url, key).await;
+    }
+
+    /// The same in the database at `url`.
+    async fn store_a_credential_in(&self, url: &str, key: &str) {
+        let store = self.open_url(url).await;
         let cipher = Cipher::from_base64_or_hex(&SecretString::from(key)).unwrap();
         let mut tx = store.begin_write().await.unwrap();
         let requester = jit::domain::policy::Requester::User(
@@ -537,7 +541,7 @@ async fn a_set_up_that_is_right_passes_and_nothing_is_changed() {
         ),
         (
             "slack scopes",
-            "ok    slack scopes: the bot token has every scope of slack-app.yaml (10)",
+            "ok    slack scopes: the bot token has every scope of slack-app.yaml (11)",
         ),
         (
             "slack channel C0AUDIT",
@@ -821,11 +825,16 @@ async fn an_unknown_group_fails() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_postgres_tests),
+    ignore = "needs JIT_TEST_POSTGRES_URL at build time"
+)]
 async fn a_superuser_postgres_admin_fails() {
     let setup = Setup::new().await;
     let Some(pg) = &setup.postgres else {
-        eprintln!("JIT_TEST_POSTGRES_URL is unset: the superuser-admin failure is not exercised");
-        return;
+        panic!(
+            "JIT_TEST_POSTGRES_URL was set when this test was built but is unset now (the superuser-admin failure is not exercised)"
+        );
     };
     let out = setup
         .doctor_with(&[("DOCTOR_PG_URL", &pg.superuser_url.clone())])
@@ -844,13 +853,16 @@ async fn a_superuser_postgres_admin_fails() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_postgres_tests),
+    ignore = "needs JIT_TEST_POSTGRES_URL at build time"
+)]
 async fn a_postgres_admin_without_createrole_fails() {
     let setup = Setup::new().await;
     let Some(pg) = &setup.postgres else {
-        eprintln!(
-            "JIT_TEST_POSTGRES_URL is unset: the admin-without-CREATEROLE failure is not exercised"
+        panic!(
+            "JIT_TEST_POSTGRES_URL was set when this test was built but is unset now (the admin-without-CREATEROLE failure is not exercised)"
         );
-        return;
     };
     // A throwaway login role with everything the admin needs but CREATEROLE.
     let weak = format!("jit_doctor_weak_{}", unique());
@@ -947,11 +959,16 @@ approvers = { channel = "C0APPROVALS", users = ["U0BOB"] }
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
 async fn a_role_missing_in_iam_fails() {
     let setup = Setup::new().await;
     let Some(aws) = &setup.aws else {
-        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: the missing-role failure is not exercised");
-        return;
+        panic!(
+            "JIT_TEST_AWS_ENDPOINT was set when this test was built but is unset now (the missing-role failure is not exercised)"
+        );
     };
     setup.write_policy(&setup.default_policy().replace(
         &aws.role_arn,
@@ -1054,13 +1071,16 @@ async fn a_deactivated_user_and_an_empty_approver_group_are_warnings() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
 async fn an_aws_role_grants_or_teardown_cannot_use_fails() {
     let setup = Setup::new().await;
     let Some(aws) = &setup.aws else {
-        eprintln!(
-            "JIT_TEST_AWS_ENDPOINT is unset: the trust-policy and account failures are not exercised"
+        panic!(
+            "JIT_TEST_AWS_ENDPOINT was set when this test was built but is unset now (the trust-policy and account failures are not exercised)"
         );
-        return;
     };
     // A trust policy without sts:TagSession: every AssumeRole with session tags is refused.
     let sdk = jit::providers::aws_sts::aws_config_loader(Some(&aws.endpoint), Some("us-east-1"))
@@ -1283,11 +1303,16 @@ fn assert_read_only(proxy: &AwsProxy) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
 async fn the_policy_simulator_decides_the_rights_line() {
     let setup = Setup::new().await;
     let Some(aws) = &setup.aws else {
-        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: the policy-simulator checks are not exercised");
-        return;
+        panic!(
+            "JIT_TEST_AWS_ENDPOINT was set when this test was built but is unset now (the policy-simulator checks are not exercised)"
+        );
     };
     let proxy = AwsProxy::start(&aws.endpoint, Rules::default()).await;
     let through = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
@@ -1382,13 +1407,16 @@ async fn the_policy_simulator_decides_the_rights_line() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
 async fn a_refused_get_role_policy_fails() {
     let setup = Setup::new().await;
     let Some(aws) = &setup.aws else {
-        eprintln!(
-            "JIT_TEST_AWS_ENDPOINT is unset: the refused-GetRolePolicy failure is not exercised"
+        panic!(
+            "JIT_TEST_AWS_ENDPOINT was set when this test was built but is unset now (the refused-GetRolePolicy failure is not exercised)"
         );
-        return;
     };
     let proxy = AwsProxy::start(
         &aws.endpoint,
@@ -1434,11 +1462,16 @@ async fn a_refused_get_role_policy_fails() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
 async fn aws_credentials_that_do_not_work_fail() {
     let setup = Setup::new().await;
     let Some(aws) = &setup.aws else {
-        eprintln!("JIT_TEST_AWS_ENDPOINT is unset: the bad-credentials failure is not exercised");
-        return;
+        panic!(
+            "JIT_TEST_AWS_ENDPOINT was set when this test was built but is unset now (the bad-credentials failure is not exercised)"
+        );
     };
     let proxy = AwsProxy::start(
         &aws.endpoint,
@@ -1474,5 +1507,179 @@ async fn aws_credentials_that_do_not_work_fail() {
         !out.stdout.contains("revoked-doctor-secret-key")
             && !out.stderr.contains("revoked-doctor-secret-key")
     );
+    setup.finish().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// jit's own database on PostgreSQL
+
+/// The test database's URL with a password in it (the local server trusts, so any password
+/// works where the URL had none), to check that doctor never shows it.
+fn with_password(url: &str) -> (String, String) {
+    let mut parsed = url::Url::parse(url).unwrap();
+    if let Some(password) = parsed.password() {
+        return (url.to_owned(), password.to_owned());
+    }
+    parsed.set_password(Some("doctor-db-pw")).unwrap();
+    (parsed.to_string(), "doctor-db-pw".to_owned())
+}
+
+/// The same checks as on SQLite: read-only, the schema, the key against the newest stored
+/// credentials, the audit chain; and each of them fails on PostgreSQL as it does on SQLite.
+#[tokio::test]
+#[cfg_attr(
+    not(jit_postgres_tests),
+    ignore = "needs JIT_TEST_POSTGRES_URL at build time"
+)]
+async fn a_postgres_database_is_checked_like_a_sqlite_file() {
+    let setup = Setup::new().await;
+    let pg = db::TestDb::new(store::Driver::Postgres).await;
+    let (url, password) = with_password(&pg.url());
+    let key = setup
+        .env
+        .iter()
+        .find(|(k, _)| k == "JIT_ENCRYPTION_KEY")
+        .unwrap()
+        .1
+        .clone();
+    setup.store_a_credential_in(&url, &key).await;
+    let created = setup
+        .jit_with(
+            &["identity", "token", "create", "ci"],
+            &[("JIT_DATABASE_URL", &url)],
+        )
+        .await;
+    assert_eq!(created.code, Some(0), "{}", created.stderr);
+    let rows = |store: Store| async move {
+        let mut conn = store.read().await.unwrap();
+        let n: i64 = store::on!(&mut conn, |c| sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM audit_log) + (SELECT COUNT(*) FROM _sqlx_migrations) \
+             + (SELECT COUNT(*) FROM credentials) + (SELECT COUNT(*) FROM jobs)"
+        )
+        .fetch_one(&mut *c)
+        .await)
+        .unwrap();
+        drop(conn);
+        store.close().await;
+        n
+    };
+    let before = rows(pg.connect().await).await;
+
+    let out = setup.doctor_with(&[("JIT_DATABASE_URL", &url)]).await;
+    out.passes();
+    let redacted = jit::store::redact_url(&url);
+    assert!(redacted.contains(":***@"), "{redacted}");
+    assert_eq!(
+        out.line("database"),
+        format!("ok    database: PostgreSQL {redacted} opens read-only; its schema is this jit's")
+    );
+    assert_eq!(
+        out.line("encryption key"),
+        "ok    encryption key: JIT_ENCRYPTION_KEY opens the newest stored credentials (request #1)"
+    );
+    assert!(
+        out.line("audit log")
+            .starts_with("ok    audit log: intact: 1 event, hash chain verified (head 1:"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(&password) && !out.stderr.contains(&password));
+    assert_eq!(rows(pg.connect().await).await, before, "doctor wrote");
+
+    // Another key: the stored credentials do not open and the chain does not verify.
+    let other = jit::crypto::generate_key();
+    let out = setup
+        .doctor_with(&[("JIT_DATABASE_URL", &url), ("JIT_ENCRYPTION_KEY", &other)])
+        .await;
+    out.fails_only(&["encryption key", "audit log"]);
+    assert!(
+        out.line("encryption key").starts_with(
+            "FAIL  encryption key: JIT_ENCRYPTION_KEY does not open the credentials stored for request #1"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.line("audit log")
+            .starts_with("FAIL  audit log: TAMPERED: row 1: the keyed chain's boundary record"),
+        "{}",
+        out.stdout
+    );
+    setup.finish().await;
+}
+
+/// A PostgreSQL that cannot be reached fails the database line (jit serve would not start),
+/// says where, and never shows the password.
+#[tokio::test]
+async fn an_unreachable_postgres_database_fails_without_its_password() {
+    let setup = Setup::new().await;
+    let out = setup
+        .doctor_with(&[(
+            "JIT_DATABASE_URL",
+            "postgres://jit:doctor-db-secret@127.0.0.1:1/jit",
+        )])
+        .await;
+    out.fails_only(&["database"]);
+    let line = out.line("database");
+    assert!(
+        line.starts_with(
+            "FAIL  database: cannot connect to PostgreSQL at postgres://jit:***@127.0.0.1:1/jit for reading: "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("Fix: check that the PostgreSQL server in JIT_DATABASE_URL is up and reachable from here"),
+        "{line}"
+    );
+    assert!(
+        out.line("encryption key").starts_with("skip  encryption key: JIT_ENCRYPTION_KEY is a valid AES-256 key; the database cannot be reached"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.line("audit log")
+            .starts_with("skip  audit log: the database cannot be reached"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("doctor-db-secret") && !out.stderr.contains("doctor-db-secret"));
+    setup.finish().await;
+}
+
+/// A PostgreSQL database jit never ran on is only a warning, as a missing SQLite file is, and
+/// doctor creates nothing in it.
+#[tokio::test]
+#[cfg_attr(
+    not(jit_postgres_tests),
+    ignore = "needs JIT_TEST_POSTGRES_URL at build time"
+)]
+async fn an_unmigrated_postgres_database_is_only_a_warning() {
+    let setup = Setup::new().await;
+    let pg = db::TestDb::new(store::Driver::Postgres).await;
+    let out = setup.doctor_with(&[("JIT_DATABASE_URL", &pg.url())]).await;
+    out.passes();
+    assert_eq!(
+        out.line("database"),
+        format!(
+            "warn  database: PostgreSQL {} holds no jit tables yet. Fix: nothing to do if jit never ran on it (jit serve creates them; jit db copy moves a SQLite deployment into it); otherwise JIT_DATABASE_URL points at the wrong database or schema",
+            jit::store::redact_url(&pg.url())
+        )
+    );
+    assert!(out.line("encryption key").starts_with("skip  encryption key: JIT_ENCRYPTION_KEY is a valid AES-256 key; no credentials are stored yet"));
+    assert_eq!(
+        out.line("audit log"),
+        "skip  audit log: no jit tables yet, so no audit log"
+    );
+    let store = pg.connect().await;
+    let mut conn = store.read().await.unwrap();
+    let tables: i64 = store::on!(&mut conn, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
+    assert_eq!(tables, 0, "doctor created tables");
+    drop(conn);
+    store.close().await;
     setup.finish().await;
 }

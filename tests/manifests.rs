@@ -1,5 +1,6 @@
 //! The deployment files parse and say what the code expects: the Slack app manifest
-//! (`slack-app.yaml`), the Kubernetes manifests (`manifests/kubernetes/`) and the `Dockerfile`.
+//! (`slack-app.yaml`), the Kubernetes manifests (`manifests/kubernetes/`, one replica on SQLite,
+//! and `manifests/kubernetes-ha/`, several on PostgreSQL) and the `Dockerfile`.
 //!
 //! These are static checks; nothing is deployed. They tie the files to the code where they can: the
 //! Slack routes to `src/server.rs`, the bot scopes to the Web API methods in `src/slack/api.rs`, the
@@ -107,8 +108,10 @@ fn slack_app_scopes_are_exactly_what_the_code_calls() {
         // jit doctor only: conversations.info of public and private channels.
         "channels:read",
         "groups:read",
+        // Finding jit's own earlier post (no message twice) and `jit audit verify --slack`.
         "channels:history",
         "groups:history",
+        "im:history",
     ]
     .into();
     assert_eq!(scopes, expected);
@@ -212,42 +215,65 @@ fn host_of(url: &str) -> &str {
 // Kubernetes
 
 const K8S: &str = "manifests/kubernetes";
+/// Several replicas on PostgreSQL.
+const K8S_HA: &str = "manifests/kubernetes-ha";
 
 /// Every file `kustomization.yaml` lists, parsed, by file name.
 fn kubernetes() -> BTreeMap<String, Value> {
-    let kustomization = yaml(&format!("{K8S}/kustomization.yaml"));
+    manifest_set(
+        K8S,
+        &[
+            "deployment.yaml",
+            "service.yaml",
+            "pvc.yaml",
+            "secret.yaml",
+            "configmap.yaml",
+        ],
+    )
+}
+
+/// The same for the HA set.
+fn kubernetes_ha() -> BTreeMap<String, Value> {
+    manifest_set(
+        K8S_HA,
+        &[
+            "deployment.yaml",
+            "pdb.yaml",
+            "service.yaml",
+            "secret.yaml",
+            "configmap.yaml",
+        ],
+    )
+}
+
+fn manifest_set(dir: &str, required: &[&str]) -> BTreeMap<String, Value> {
+    let kustomization = yaml(&format!("{dir}/kustomization.yaml"));
     assert_eq!(str_at(&kustomization, "kind"), "Kustomization");
     let listed: BTreeSet<String> = seq_at(&kustomization, "resources")
         .iter()
         .map(|r| r.as_str().expect("a resource is a path").to_owned())
         .collect();
-    let on_disk: BTreeSet<String> = std::fs::read_dir(root().join(K8S))
+    let on_disk: BTreeSet<String> = std::fs::read_dir(root().join(dir))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
         .collect();
     assert_eq!(
         listed, on_disk,
-        "kustomization.yaml should list every manifest"
+        "{dir}/kustomization.yaml should list every manifest"
     );
-    for required in [
-        "deployment.yaml",
-        "service.yaml",
-        "pvc.yaml",
-        "secret.yaml",
-        "configmap.yaml",
-    ] {
-        assert!(listed.contains(required), "{required} is missing");
+    for required in required {
+        assert!(listed.contains(*required), "{dir}: {required} is missing");
     }
     listed
         .into_iter()
         .map(|name| {
-            let value = yaml(&format!("{K8S}/{name}"));
+            let value = yaml(&format!("{dir}/{name}"));
             assert!(
                 value.get("apiVersion").is_some(),
-                "{name} has no apiVersion"
+                "{dir}/{name} has no apiVersion"
             );
-            assert!(value.get("kind").is_some(), "{name} has no kind");
+            assert!(value.get("kind").is_some(), "{dir}/{name} has no kind");
             (name, value)
         })
         .collect()
@@ -292,6 +318,12 @@ fn deployment_is_a_single_hardened_replica() {
     assert_eq!(str_at(deployment, "kind"), "Deployment");
     assert_eq!(u64_at(deployment, "spec.replicas"), 1);
     assert_eq!(str_at(deployment, "spec.strategy.type"), "Recreate");
+    hardened_pod(deployment);
+}
+
+/// What both sets' pods share: the grace period, the security contexts, the probes, the port and
+/// the resources.
+fn hardened_pod(deployment: &Value) {
     let pod = at(deployment, "spec.template.spec");
     assert_eq!(u64_at(pod, "terminationGracePeriodSeconds"), 55);
 
@@ -446,20 +478,33 @@ fn deployment_environment_volumes_and_secrets_fit_together() {
 
 #[test]
 fn configmap_policy_is_valid() {
-    let all = kubernetes();
-    // The key holds a dot, so it is looked up directly rather than with `at`.
-    let text = at(&all["configmap.yaml"], "data")
-        .get("jit.toml")
-        .and_then(Value::as_str)
-        .expect("the ConfigMap holds jit.toml");
-    let policy = jit::domain::policy::Policy::parse(text, &|p| std::fs::read_to_string(p))
+    let policy_of = |all: &BTreeMap<String, Value>| {
+        // The key holds a dot, so it is looked up directly rather than with `at`.
+        at(&all["configmap.yaml"], "data")
+            .get("jit.toml")
+            .and_then(Value::as_str)
+            .expect("the ConfigMap holds jit.toml")
+            .to_owned()
+    };
+    let text = policy_of(&kubernetes());
+    let policy = jit::domain::policy::Policy::parse(&text, &|p| std::fs::read_to_string(p))
         .unwrap_or_else(|e| panic!("the ConfigMap's jit.toml does not parse: {e}"));
     assert!(!policy.resources().is_empty());
+    // The HA set carries the same example policy: one to keep valid, not two to drift apart.
+    assert_eq!(
+        policy_of(&kubernetes_ha()),
+        text,
+        "{K8S_HA}/configmap.yaml should hold the same policy as {K8S}/configmap.yaml"
+    );
 }
 
 #[test]
 fn service_and_ingress_reach_the_pod() {
-    let all = kubernetes();
+    service_and_ingress_reach_the_pods_of(&kubernetes());
+    service_and_ingress_reach_the_pods_of(&kubernetes_ha());
+}
+
+fn service_and_ingress_reach_the_pods_of(all: &BTreeMap<String, Value>) {
     let pod_labels = at(&all["deployment.yaml"], "spec.template.metadata.labels");
     let selector = at(&all["deployment.yaml"], "spec.selector.matchLabels");
     assert_eq!(selector, pod_labels);
@@ -509,6 +554,221 @@ fn service_and_ingress_reach_the_pod() {
             );
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kubernetes, several replicas on PostgreSQL
+
+#[test]
+fn ha_deployment_runs_three_spread_hardened_replicas() {
+    let all = kubernetes_ha();
+    let deployment = &all["deployment.yaml"];
+    assert_eq!(str_at(deployment, "kind"), "Deployment");
+    assert_eq!(u64_at(deployment, "spec.replicas"), 3);
+    assert_eq!(str_at(deployment, "spec.strategy.type"), "RollingUpdate");
+    assert!(u64_at(deployment, "spec.strategy.rollingUpdate.maxUnavailable") <= 1);
+    hardened_pod(deployment);
+
+    // The same pod and container security context as the single replica, key for key.
+    let single = kubernetes();
+    for path in [
+        "spec.template.spec.securityContext",
+        "spec.template.spec.automountServiceAccountToken",
+        "spec.template.spec.enableServiceLinks",
+    ] {
+        assert_eq!(
+            at(deployment, path),
+            at(&single["deployment.yaml"], path),
+            "{path}"
+        );
+    }
+    for key in [
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+    ] {
+        assert_eq!(
+            at(container(deployment), key),
+            at(container(&single["deployment.yaml"]), key),
+            "container {key}"
+        );
+    }
+    // Readiness follows the database: /readyz pings the store (tests/readiness.rs cuts it).
+    assert_eq!(
+        str_at(container(deployment), "readinessProbe.httpGet.path"),
+        "/readyz"
+    );
+    let server = read("src/server.rs");
+    let readyz = &server[server
+        .find("async fn readyz")
+        .expect("src/server.rs has readyz")..];
+    assert!(readyz[..readyz.find("\n}\n").unwrap()].contains("app.store.ping()"));
+
+    // Anti-affinity across nodes, on the pods' own labels.
+    let pod_labels = at(deployment, "spec.template.metadata.labels");
+    let anti = at(deployment, "spec.template.spec.affinity.podAntiAffinity");
+    let terms: Vec<&Value> = match (
+        anti.get("preferredDuringSchedulingIgnoredDuringExecution"),
+        anti.get("requiredDuringSchedulingIgnoredDuringExecution"),
+    ) {
+        (Some(preferred), None) => preferred
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                assert!(
+                    u64_at(t, "weight") >= 50,
+                    "a weak preference barely spreads"
+                );
+                at(t, "podAffinityTerm")
+            })
+            .collect(),
+        (None, Some(required)) => required.as_sequence().unwrap().iter().collect(),
+        other => panic!("podAntiAffinity should be preferred or required, not {other:?}"),
+    };
+    assert!(
+        terms
+            .iter()
+            .any(|t| str_at(t, "topologyKey") == "kubernetes.io/hostname"
+                && at(t, "labelSelector.matchLabels") == pod_labels),
+        "the replicas should avoid sharing a node"
+    );
+
+    // A disruption budget that keeps two of the three.
+    let pdb = &all["pdb.yaml"];
+    assert_eq!(str_at(pdb, "kind"), "PodDisruptionBudget");
+    assert_eq!(str_at(pdb, "apiVersion"), "policy/v1");
+    assert_eq!(u64_at(pdb, "spec.minAvailable"), 2);
+    assert!(u64_at(pdb, "spec.minAvailable") < u64_at(deployment, "spec.replicas"));
+    assert_eq!(at(pdb, "spec.selector.matchLabels"), pod_labels);
+}
+
+#[test]
+fn ha_set_keeps_no_state_and_reads_every_secret_from_a_file() {
+    let all = kubernetes_ha();
+    let deployment = &all["deployment.yaml"];
+    let jit = container(deployment);
+
+    // No volume claims anywhere: no PVC, no claim template, no claim in the pod.
+    for (name, value) in &all {
+        assert_ne!(str_at(value, "kind"), "PersistentVolumeClaim", "{name}");
+        assert_ne!(str_at(value, "kind"), "StatefulSet", "{name}");
+        assert!(
+            value
+                .get("spec")
+                .and_then(|s| s.get("volumeClaimTemplates"))
+                .is_none(),
+            "{name} has volumeClaimTemplates"
+        );
+    }
+    for volume in seq_at(deployment, "spec.template.spec.volumes") {
+        assert!(
+            volume.get("persistentVolumeClaim").is_none() && volume.get("hostPath").is_none(),
+            "volume {} keeps state outside the database",
+            str_at(volume, "name")
+        );
+    }
+
+    // Every secret comes from a file of the Secret, the database URL included.
+    let env = env_of(jit);
+    let secret = &all["secret.yaml"];
+    assert_eq!(str_at(secret, "kind"), "Secret");
+    let mount_path = "/run/secrets/jit";
+    let secrets = mount(jit, mount_path);
+    assert!(bool_at(secrets, "readOnly"));
+    assert_eq!(
+        str_at(
+            volume(deployment, str_at(secrets, "name")),
+            "secret.secretName"
+        ),
+        str_at(secret, "metadata.name")
+    );
+    let keys: BTreeSet<&str> = at(secret, "stringData")
+        .as_mapping()
+        .expect("stringData is a mapping")
+        .keys()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "SLACK_SIGNING_SECRET",
+            "SLACK_BOT_TOKEN",
+            "JIT_ENCRYPTION_KEY",
+            "JIT_DATABASE_URL"
+        ])
+    );
+    let secret_names = [
+        "SLACK_SIGNING_SECRET",
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "JIT_ENCRYPTION_KEY",
+        "JIT_AUDIT_KEY",
+        "JIT_DATABASE_URL",
+    ];
+    for name in secret_names {
+        assert!(
+            !env.contains_key(name),
+            "{name} must come from a file, not the environment"
+        );
+    }
+    for key in &keys {
+        assert_eq!(
+            env.get(&format!("{key}_FILE")).map(String::as_str),
+            Some(format!("{mount_path}/{key}").as_str()),
+            "{key}_FILE"
+        );
+        assert!(
+            str_at(at(secret, "stringData"), key).starts_with("REPLACE-ME"),
+            "{key} in secret.yaml must be an obvious placeholder"
+        );
+    }
+    for name in env.keys() {
+        if let Some(base) = name.strip_suffix("_FILE") {
+            assert!(
+                keys.contains(base),
+                "{name} names a file the Secret does not hold"
+            );
+        }
+    }
+
+    // The real config loader reads the files: the database is PostgreSQL, from the file.
+    let files = tempfile::tempdir().unwrap();
+    let stub = |key: &str| match key {
+        "JIT_DATABASE_URL" => "postgres://jit:pw@postgres.example.internal:5432/jit".to_owned(),
+        "JIT_ENCRYPTION_KEY" => jit::crypto::generate_key(),
+        "SLACK_BOT_TOKEN" => "xoxb-1".to_owned(),
+        _ => "s".to_owned(),
+    };
+    for key in &keys {
+        std::fs::write(files.path().join(key), stub(key)).unwrap();
+    }
+    let lookup = |name: &str| {
+        env.get(name).map(
+            |value| match value.strip_prefix(&format!("{mount_path}/")) {
+                Some(key) => files.path().join(key).display().to_string(),
+                None => value.clone(),
+            },
+        )
+    };
+    let serve = jit::config::ServeConfig::from_env(&lookup).expect("serve settings parse");
+    assert_eq!(
+        jit::store::Driver::of_url(&serve.base.database_url),
+        Some(jit::store::Driver::Postgres)
+    );
+    assert!(jit::bootstrap::sqlite_path(&serve.base.database_url).is_none());
+    assert_eq!(serve.base.policy_path, Path::new("/etc/jit/jit.toml"));
+    assert_eq!(serve.trusted_proxy_hops, 1, "the Ingress is the one proxy");
+
+    // The policy and /tmp as in the single-replica set.
+    assert!(bool_at(mount(jit, "/etc/jit"), "readOnly"));
+    let tmp = mount(jit, "/tmp");
+    assert!(
+        volume(deployment, str_at(tmp, "name"))
+            .get("emptyDir")
+            .is_some()
+    );
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -759,7 +759,7 @@ async fn a_wall_clock_behind_the_database_is_logged_loudly_at_start() {
     let mut tx = store.begin_write().await.unwrap();
     jit::queue::enqueue(
         &mut tx,
-        &jit::queue::Job::Remind {
+        &jit::jobs::Job::Remind {
             request: jit::domain::ids::RequestId(1),
         },
         jit::queue::Placement::none(),

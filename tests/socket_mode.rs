@@ -30,6 +30,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "support/db.rs"]
+mod db;
+
 const BOT_TOKEN: &str = "xoxb-test-token";
 const APP_TOKEN: &str = "xapp-1-test-app-token";
 const DEV: &str = "U0DEV";
@@ -92,17 +95,24 @@ impl Rig {
     }
 
     async fn with(failures: usize, tweak: impl FnOnce(&mut socket::Options)) -> Rig {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jit.db").display());
+        Self::on(&url, dir, failures, tweak).await
+    }
+
+    /// A rig whose jit uses the database at `url` (several rigs on one PostgreSQL database are
+    /// replicas).
+    async fn on(
+        url: &str,
+        dir: tempfile::TempDir,
+        failures: usize,
+        tweak: impl FnOnce(&mut socket::Options),
+    ) -> Rig {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let policy = Policy::parse(POLICY, &|p: &str| std::fs::read_to_string(p)).unwrap();
         let slack = FakeSlack::start(BOT_TOKEN).await.unwrap();
         slack.set_user("U0DEV", "dev", Some("dev@example.com"));
-        let store = Store::connect(
-            &format!("sqlite://{}", dir.path().join("jit.db").display()),
-            Durability::Normal,
-        )
-        .await
-        .unwrap();
+        let store = Store::connect(url, Durability::Normal).await.unwrap();
         store.migrate().await.unwrap();
         store
             .open_audit_chain(
@@ -125,6 +135,7 @@ impl Rig {
             providers,
             settings: Settings::default(),
             posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+            webhooks: None,
         })
         .unwrap();
         app.directory
@@ -614,4 +625,64 @@ async fn readyz_needs_a_connection_slack_greeted() {
 
     rig.stop.send(true).unwrap();
     rig.client.await.unwrap();
+}
+
+/// Several replicas each hold a Socket Mode connection (PostgreSQL). Slack hands each envelope
+/// to one of them: whichever gets it handles it, and an envelope redelivered to another
+/// replica has no second effect and gets the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(jit_postgres_tests),
+    ignore = "needs JIT_TEST_POSTGRES_URL at build time"
+)]
+async fn every_replica_holds_a_connection_and_any_handles_any_envelope() {
+    let database = db::TestDb::new(jit::store::Driver::Postgres).await;
+    let mut a = Rig::on(&database.url(), tempfile::tempdir().unwrap(), 0, |_| {}).await;
+    let mut b = Rig::on(&database.url(), tempfile::tempdir().unwrap(), 0, |_| {}).await;
+    let (mut on_a, mut on_b) = (a.next_socket().await, b.next_socket().await);
+    hello(&mut on_a).await;
+    hello(&mut on_b).await;
+    // These rigs run no worker: stand in for its heartbeat, so only the sockets decide.
+    for rig in [&a, &b] {
+        rig.app
+            .health
+            .worker_beat
+            .store(Utc::now().timestamp_millis(), Ordering::SeqCst);
+        until_readiness(&rig.app, 200).await;
+    }
+
+    let first = envelope(
+        "slash_commands",
+        "env-a",
+        slash("request sandbox 1h via replica a"),
+    );
+    send(&mut on_a, first.clone()).await;
+    let answer_a = ack(&mut on_a).await;
+    let id_a = id_in(answer_a["payload"]["text"].as_str().unwrap());
+    send(
+        &mut on_b,
+        envelope(
+            "slash_commands",
+            "env-b",
+            slash("request sandbox 1h via replica b"),
+        ),
+    )
+    .await;
+    let id_b = id_in(ack(&mut on_b).await["payload"]["text"].as_str().unwrap());
+    assert_ne!(id_a, id_b);
+    // Both replicas see both requests: one database.
+    assert_eq!(request_count(&a.app).await, 2);
+    assert_eq!(request_count(&b.app).await, 2);
+    // Slack saw no acknowledgement for env-a in time and hands it to the other replica.
+    let mut retry = first;
+    retry["retry_attempt"] = json!(1);
+    retry["retry_reason"] = json!("timeout");
+    send(&mut on_b, retry).await;
+    assert_eq!(
+        ack(&mut on_b).await,
+        answer_a,
+        "the first acknowledgement, again"
+    );
+    assert_eq!(request_count(&b.app).await, 2, "no second effect");
+    let _ = (a.stop.send(true), b.stop.send(true));
 }

@@ -16,7 +16,7 @@ use jit::domain::request::{Kind, State};
 use jit::store::audit::{self, Verification};
 use jit::store::jobs::*;
 use jit::store::requests::{self, Fenced, NewRequest};
-use jit::store::{Store, credentials, deliveries, millis, on, tokens};
+use jit::store::{Store, credentials, deliveries, millis, on, pace, tokens};
 use serde_json::json;
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -58,6 +58,52 @@ async fn keyed_store() -> (db::TestDb, Store, AuditKey) {
 }
 
 driver_tests! {
+    /// Slack's pace per channel (GCRA): a burst, then one slot per interval, each channel on its
+    /// own; a refusal says how long until the next slot. Replicas taking slots at once (separate
+    /// stores) never get more than the pace allows.
+    async fn the_posting_pace_allows_a_burst_then_one_slot_per_interval() {
+        let db = db::TestDb::current().await;
+        let store = db.store().await;
+        let second = std::time::Duration::from_secs(1);
+        let take = |at: DateTime<Utc>, channel: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin_write().await.unwrap();
+                let slot = pace::take(&mut tx, channel, at, second, 3).await.unwrap();
+                tx.commit().await.unwrap();
+                slot
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(take(t(0), "C1").await, Ok(()), "the burst");
+        }
+        assert_eq!(take(t(0), "C1").await, Err(std::time::Duration::from_secs(1)));
+        assert_eq!(take(t(0), "C2").await, Ok(()), "another channel has its own pace");
+        assert_eq!(take(t(1), "C1").await, Ok(()), "one more a second later");
+        assert!(take(t(1), "C1").await.is_err());
+        // Three replicas (stores of their own) try 30 posts at once in the same instant.
+        let mut racers = Vec::new();
+        for _ in 0..3 {
+            let other = db.connect().await;
+            racers.push(tokio::spawn(async move {
+                let mut granted = 0;
+                for _ in 0..10 {
+                    let mut tx = other.begin_write().await.unwrap();
+                    if pace::take(&mut tx, "C9", t(100), second, 3).await.unwrap().is_ok() {
+                        granted += 1;
+                    }
+                    tx.commit().await.unwrap();
+                }
+                granted
+            }));
+        }
+        let mut granted = 0;
+        for racer in racers {
+            granted += racer.await.unwrap();
+        }
+        assert_eq!(granted, 3, "a burst of 3 between them, not per replica");
+    }
+
     /// A request round-trips every field, and decisions are fenced: the second one loses.
     async fn requests_round_trip_and_decisions_are_fenced() {
         let db = db::TestDb::current().await;
@@ -370,6 +416,8 @@ driver_tests! {
         let mut conn = store.read().await.unwrap();
         assert_eq!(jit::store::latest_recorded_time(&mut conn).await.unwrap(), None);
         drop(conn);
+        // The audit row's time is read under the write lock, from the store's clock.
+        store.use_clock(std::sync::Arc::new(jit::clock::ManualClock::new(t(50))));
         let mut tx = store.begin_write().await.unwrap();
         audit::append(&mut tx, t(50), None, "jit", "a", &json!({})).await.unwrap();
         enqueue(&mut tx, &job("x", PRIORITY_ACCESS, t(0)), t(70)).await.unwrap();

@@ -36,7 +36,7 @@ use crate::domain::ids::RequestId;
 use crate::domain::policy::Requester;
 use crate::domain::request::{Request, State as RequestState};
 use crate::handlers::request::{FieldError, Submission, Via};
-use crate::handlers::{HandlerError, Limit, grant, request};
+use crate::handlers::{HandlerError, Limit, access, request};
 use crate::store::{self, requests};
 
 /// Request bodies larger than this are refused with 413.
@@ -428,6 +428,11 @@ async fn create_inner(
             "invalid_ticket",
             message,
         )),
+        // The policy's rules, with their own stable codes: justification_too_short,
+        // justification_mismatch, ticket_required, ticket_mismatch.
+        Ok(Err(FieldError::JustificationRule(breach) | FieldError::TicketRule(breach))) => Err(
+            ApiError::new(StatusCode::BAD_REQUEST, breach.code, breach.message),
+        ),
         Err(err) => Err(err.into()),
     }
 }
@@ -588,7 +593,7 @@ async fn credentials(
                 ),
             ));
         }
-        let (request, pairs) = grant::reveal(&app, &caller.requester(), RequestId(id))
+        let (request, pairs) = access::reveal(&app, &caller.requester(), RequestId(id))
             .await
             .map_err(|e| match e {
                 HandlerError::User(message) => {
@@ -639,7 +644,7 @@ async fn release(
     let path = format!("/api/v1/requests/{id}/release");
     let result = async {
         own(&app, &caller, id).await?;
-        let request = grant::release(&app, &caller.requester(), RequestId(id)).await?;
+        let request = access::release(&app, &caller.requester(), RequestId(id)).await?;
         Ok::<_, ApiError>(view(&request, request.revoked_at.is_some()))
     }
     .await;

@@ -22,7 +22,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use crate::app::App;
-use crate::queue::{self, Job, Placement};
+use crate::jobs::Job;
+use crate::queue::{self, Placement};
 use crate::slack::api::{SlackApi, SlackError};
 use crate::store::{self, Store, audit as audit_store};
 

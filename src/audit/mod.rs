@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ids::RequestId;
-use crate::queue::{self, Job, Placement};
+use crate::jobs::Job;
+use crate::queue::{self, Placement};
 use crate::store::{self, WriteTx};
 
 /// Who did something, as stored in the `actor` column.
@@ -162,9 +163,53 @@ pub enum AuditEvent {
         status: u16,
         token_id: i64,
     },
+    /// Loud: a webhook has refused or missed events for a while (they wait, none is dropped).
+    WebhookFailing {
+        url: String,
+        attempts: u32,
+        error: String,
+    },
 }
 
 impl AuditEvent {
+    /// The family of the event for webhooks (`policy::EVENT_FAMILIES`): a webhook's event type
+    /// is `family.name`, such as `grant.granted`.
+    pub fn family(&self) -> &'static str {
+        use AuditEvent::*;
+        match self {
+            Requested { .. }
+            | AutoApproved { .. }
+            | Approval { .. }
+            | Approved { .. }
+            | Denied { .. }
+            | Cancelled { .. }
+            | TimedOut { .. }
+            | Nudged => "request",
+            Granted { .. }
+            | GrantFailed { .. }
+            | GrantUncertain { .. }
+            | Reminded { .. }
+            | Extended { .. }
+            | ExtensionFailed { .. }
+            | Released
+            | Revoked { .. }
+            | Expired
+            | TornDown { .. }
+            | TeardownFailed { .. }
+            | TeardownAlert { .. }
+            | TeardownAttention { .. }
+            | Breakglass { .. }
+            | Reviewed { .. }
+            | CleanedUp { .. } => "grant",
+            CredentialsRevealed | CredentialsRevealFailed { .. } | CredentialsErased => {
+                "credentials"
+            }
+            TokenCreated { .. } | TokenRevoked { .. } => "token",
+            ApiCall { .. } => "api",
+            JobDead { .. } | WebhookFailing { .. } => "system",
+        }
+    }
+
     /// The stable event name.
     pub fn name(&self) -> String {
         serde_json::to_value(self)
@@ -198,6 +243,7 @@ impl AuditEvent {
             AuditEvent::TeardownAlert { .. }
                 | AuditEvent::TeardownAttention { .. }
                 | AuditEvent::JobDead { .. }
+                | AuditEvent::WebhookFailing { .. }
                 | AuditEvent::Breakglass { .. }
         )
     }

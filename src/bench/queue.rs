@@ -13,7 +13,8 @@ use crate::bootstrap::{self, Parts};
 use crate::clock::SystemClock;
 use crate::crypto::Cipher;
 use crate::domain::policy::Policy;
-use crate::queue::{self, Job, Placement, worker};
+use crate::jobs::Job;
+use crate::queue::{self, Placement};
 use crate::slack::simulator::FakeSlack;
 use crate::store::{Durability, Store};
 
@@ -93,10 +94,11 @@ pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> 
             ..Settings::default()
         },
         posts_per_channel_per_second: std::num::NonZeroU32::new(1000).expect("positive"),
+        webhooks: None,
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let worker = tokio::spawn(worker::run(app.clone(), stopped));
+    let worker = tokio::spawn(crate::handlers::jobs::run(app.clone(), stopped));
     loop {
         let done = {
             let mut conn = store.read().await?;

@@ -18,10 +18,11 @@ use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{ResourceId, SlackUserId};
 use crate::domain::policy::{Policy, Requester};
 use crate::domain::request::{Kind, State};
+use crate::jobs::{Job, keys};
 use crate::providers::{
     GrantSpec, Issued, Provider, ProviderError, Providers, RevokeSpec, Revoked,
 };
-use crate::queue::{self, Job, Placement, keys, worker};
+use crate::queue::{self, Placement};
 use crate::slack::simulator::FakeSlack;
 use crate::store::requests::{self, NewRequest};
 use crate::store::{Durability, Store, parse_time};
@@ -200,9 +201,10 @@ pub async fn run(args: TeardownArgs, durability: Durability) -> anyhow::Result<(
             ..Settings::default()
         },
         posts_per_channel_per_second: std::num::NonZeroU32::new(1).expect("positive"),
+        webhooks: None,
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(worker::run(app.clone(), stopped));
+    let worker = tokio::spawn(crate::handlers::jobs::run(app.clone(), stopped));
     let last = first + step * args.grants as i32;
     let deadline = last + chrono::Duration::seconds(30);
     loop {

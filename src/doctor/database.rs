@@ -1,27 +1,49 @@
-//! The database checks: the SQLite file opens read-only and its schema is this jit's; the
-//! encryption key opens the newest stored credentials; the audit chain verifies.
+//! The database checks, on SQLite and PostgreSQL alike: the database opens read-only and its
+//! schema is this jit's; the encryption key opens the newest stored credentials; the audit chain
+//! verifies. A PostgreSQL URL is only ever shown with its password masked.
 
 use super::Check;
 use crate::config::ServeConfig;
 use crate::crypto::Cipher;
-use crate::store::{self, Store, audit::Verification};
+use crate::store::{self, Driver, Store, audit::Verification};
+
+/// Where the database is, for the report's lines.
+struct Place {
+    /// `/var/lib/jit/jit.db`, or `PostgreSQL postgres://jit:***@db/jit`.
+    label: String,
+    /// What to check when the database cannot be read.
+    read_fix: &'static str,
+    /// What to do when jit never ran on it.
+    empty_fix: &'static str,
+}
 
 pub async fn checks(config: &ServeConfig) -> Vec<Check> {
     let url = &config.base.database_url;
     let cipher = Cipher::from_base64_or_hex(&config.encryption_key);
-    let key_check = |detail: &str| match &cipher {
-        Ok(_) => Check::skip(
-            "encryption key",
-            format!(
-                "JIT_ENCRYPTION_KEY is a valid AES-256 key; {detail}, so it cannot be checked against them"
-            ),
-        ),
-        Err(e) => Check::fail(
-            "encryption key",
-            format!("JIT_ENCRYPTION_KEY: {e}"),
-            "set the key jit serve uses (jit keygen prints a new one, but a new key cannot open credentials stored with the old one)",
-        ),
-    };
+    let key_check = |detail: &str| key_unchecked(&cipher, detail);
+    if Driver::of_url(url) == Some(Driver::Postgres) {
+        let label = format!("PostgreSQL {}", store::redact_url(url));
+        let store = match Store::open_read_only(url).await {
+            Ok(store) => store,
+            Err(e) => {
+                return vec![
+                    Check::fail(
+                        "database",
+                        format!("{e:#}"),
+                        "check that the PostgreSQL server in JIT_DATABASE_URL is up and reachable from here, and its user, password and database name (jit serve would not start)",
+                    ),
+                    key_check("the database cannot be reached"),
+                    Check::skip("audit log", "the database cannot be reached"),
+                ];
+            }
+        };
+        let place = Place {
+            label,
+            read_fix: "check that the user in JIT_DATABASE_URL may read jit's tables in that database (and schema)",
+            empty_fix: "nothing to do if jit never ran on it (jit serve creates them; jit db copy moves a SQLite deployment into it); otherwise JIT_DATABASE_URL points at the wrong database or schema",
+        };
+        return contents(config, &cipher, store, place).await;
+    }
     let Some(path) = crate::bootstrap::sqlite_path(url) else {
         return vec![
             Check::skip("database", format!("{url} is in memory: nothing is kept")),
@@ -49,14 +71,48 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
             )];
         }
     };
+    let place = Place {
+        label: path.display().to_string(),
+        read_fix: "check that this user may read the file and its -wal and -shm files",
+        empty_fix: "nothing to do if jit never ran here (jit serve creates them); otherwise JIT_DATABASE_URL points at the wrong file",
+    };
+    contents(config, &cipher, store, place).await
+}
+
+/// A key check that could not be made, or the key's own error.
+fn key_unchecked(cipher: &Result<Cipher, crate::crypto::KeyError>, detail: &str) -> Check {
+    match cipher {
+        Ok(_) => Check::skip(
+            "encryption key",
+            format!(
+                "JIT_ENCRYPTION_KEY is a valid AES-256 key; {detail}, so it cannot be checked against them"
+            ),
+        ),
+        Err(e) => Check::fail(
+            "encryption key",
+            format!("JIT_ENCRYPTION_KEY: {e}"),
+            "set the key jit serve uses (jit keygen prints a new one, but a new key cannot open credentials stored with the old one)",
+        ),
+    }
+}
+
+/// The schema, the stored credentials and the audit chain of an open database.
+async fn contents(
+    config: &ServeConfig,
+    cipher: &Result<Cipher, crate::crypto::KeyError>,
+    store: Store,
+    place: Place,
+) -> Vec<Check> {
+    let key_check = |detail: &str| key_unchecked(cipher, detail);
+    let label = &place.label;
     let mut out = Vec::new();
     let mut conn = match store.read().await {
         Ok(conn) => conn,
         Err(e) => {
             return vec![Check::fail(
                 "database",
-                format!("cannot read {}: {e}", path.display()),
-                "check that this user may read the file and its -wal and -shm files",
+                format!("cannot read {label}: {e}"),
+                place.read_fix,
             )];
         }
     };
@@ -65,52 +121,51 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
             out.push(Check::fail(
                 "database",
                 format!(
-                    "{} was migrated by a newer jit (migrations {} are unknown to this binary)",
-                    path.display(),
+                    "{label} was migrated by a newer jit (migrations {} are unknown to this binary)",
                     super::listing(&unknown.iter().map(i64::to_string).collect::<Vec<_>>(), 3)
                 ),
                 "run the jit version that migrated it",
             ));
         }
-        Ok((pending, _)) if pending.len() == store::MIGRATOR.iter().count() => {
+        Ok((pending, _)) if pending.len() == store.migrator().iter().count() => {
             out.push(Check::warn(
                 "database",
-                format!("{} holds no jit tables yet", path.display()),
-                "nothing to do if jit never ran here (jit serve creates them); otherwise JIT_DATABASE_URL points at the wrong file",
+                format!("{label} holds no jit tables yet"),
+                place.empty_fix,
             ));
             out.push(key_check("no credentials are stored yet"));
             out.push(Check::skip(
                 "audit log",
                 "no jit tables yet, so no audit log",
             ));
+            drop(conn);
+            store.close().await;
             return out;
         }
         Ok((pending, _)) if !pending.is_empty() => out.push(Check::warn(
             "database",
             format!(
-                "{}: {} migration(s) of this jit are not applied yet",
-                path.display(),
+                "{label}: {} migration(s) of this jit are not applied yet",
                 pending.len()
             ),
             "jit serve (or jit migrate) applies them at start",
         )),
         Ok(_) => out.push(Check::ok(
             "database",
-            format!(
-                "{} opens read-only; its schema is this jit's",
-                path.display()
-            ),
+            format!("{label} opens read-only; its schema is this jit's"),
         )),
         Err(e) => {
             out.push(Check::fail(
                 "database",
-                format!("cannot read {}: {e}", path.display()),
-                "check that the file is a jit database and this user may read it",
+                format!("cannot read {label}: {e}"),
+                place.read_fix,
             ));
+            drop(conn);
+            store.close().await;
             return out;
         }
     }
-    out.push(match &cipher {
+    out.push(match cipher {
         Err(_) => key_check(""),
         Ok(cipher) => match store::credentials::newest(&mut conn).await {
             Ok(None) => key_check("no credentials are stored now"),
@@ -132,7 +187,7 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
             Err(e) => Check::fail(
                 "encryption key",
                 format!("cannot read the stored credentials: {e}"),
-                "check that the file is a jit database and this user may read it",
+                place.read_fix,
             ),
         },
     });
@@ -140,7 +195,7 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
         config.audit_key.as_ref(),
         Some(&config.encryption_key),
     );
-    out.push(audit_check(&mut conn, key).await);
+    out.push(audit_check(&mut conn, key, place.read_fix).await);
     drop(conn);
     store.close().await;
     out
@@ -150,6 +205,7 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
 async fn audit_check(
     conn: &mut crate::store::Conn,
     key: Result<crate::crypto::AuditKey, String>,
+    read_fix: &str,
 ) -> Check {
     let key = match key {
         Ok(key) => key,
@@ -188,7 +244,7 @@ async fn audit_check(
         Err(e) => Check::fail(
             "audit log",
             format!("cannot read the audit log: {e}"),
-            "check that the file is a jit database and this user may read it",
+            read_fix,
         ),
     }
 }

@@ -5,8 +5,9 @@
 //! **Read-only.** Doctor never writes: no message, DM or view in Slack (only `auth.test`,
 //! `conversations.info`, `users.info` and `usergroups.users.list`), no test grant and no
 //! `AssumeRole` (which would issue real credentials), no `PutRolePolicy`, nothing created in
-//! PostgreSQL (`check_admin` only reads the catalogs), and the SQLite database is opened
-//! read-only, without migrating it.
+//! PostgreSQL (`check_admin` only reads the catalogs), and jit's own database (a SQLite file, or
+//! PostgreSQL in sessions with `default_transaction_read_only`) is opened read-only, without
+//! migrating it.
 //!
 //! **Statuses.** `ok`; `FAIL`: jit would not work as configured (a refused token, a channel the
 //! bot is not in, an unknown user, a provider teardown would fail on, a key that does not open

@@ -15,7 +15,8 @@ use crate::app::App;
 use crate::audit::{self, AuditEvent};
 use crate::domain::policy::{Policy, Requester};
 use crate::domain::request::Request;
-use crate::queue::{self, Job, Placement};
+use crate::jobs::Job;
+use crate::queue::{self, Placement};
 use crate::slack::blocks::Msg;
 use crate::store::{WriteTx, tokens};
 
@@ -152,7 +153,7 @@ pub async fn end_access_of(
                     .await
                     .map(|_| ended.cancelled.push(id))
             }
-            _ => super::grant::revoke(app, super::grant::Revoker::Cli(os_user), id, &reason)
+            _ => super::access::revoke(app, super::access::Revoker::Cli(os_user), id, &reason)
                 .await
                 .map(|_| ended.revoked.push(id)),
         };

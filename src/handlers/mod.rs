@@ -8,10 +8,12 @@
 //! Errors come in two tiers (as in triagebot): [`HandlerError::User`] is shown to the person as
 //! is; anything else is logged with a reference and shown as an internal error.
 
+pub mod access;
 pub mod committer;
 pub mod decision;
 pub mod grant;
 pub mod identity;
+pub mod jobs;
 pub mod notify;
 pub mod request;
 

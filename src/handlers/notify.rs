@@ -10,12 +10,88 @@
 
 use crate::app::App;
 use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
-use crate::queue::worker::Outcome;
-use crate::queue::{self, Job, Placement};
-use crate::slack::api::SlackError;
+use crate::jobs::Job;
+use crate::queue::worker::{JobCtx, Outcome};
+use crate::queue::{self, Placement};
+use crate::slack::api::{PostTag, SlackError};
 use crate::slack::{blocks, limits};
 use crate::store::audit as audit_store;
 use crate::store::requests::{self, Fenced, StoredRequest};
+
+/// One message a job posts, and the tag that names it (the same on every attempt).
+struct Post<'a> {
+    channel: &'a str,
+    thread: Option<&'a str>,
+    text: &'a str,
+    blocks: Option<&'a serde_json::Value>,
+    broadcast: bool,
+    tag: PostTag<'a>,
+}
+
+/// Posts a message once.
+///
+/// - **Never twice.** Every post carries its tag in Slack's message metadata. A job that ran
+///   before (a retry after an unanswered call, or a job taken over from a replica that died
+///   between Slack's answer and recording it) first looks for its tag in the channel or thread,
+///   and if the message is there, takes its `ts` instead of posting again. A lookup that fails
+///   does not stop the post: a rare duplicate beats a lost message.
+/// - **Paced across replicas.** With `Settings::shared_pacing` a post first takes a slot of the
+///   channel's pace in the database ([`crate::store::pace`]); none free defers the job.
+///
+/// `Ok(Err(_))` is Slack's (or the pace's) answer; `Err(_)` a database fault.
+async fn post_once(
+    app: &App,
+    ctx: JobCtx,
+    post: Post<'_>,
+) -> anyhow::Result<Result<Option<String>, SlackError>> {
+    if ctx.attempt > 1 {
+        match app
+            .slack
+            .find_post(post.channel, post.thread, &post.tag)
+            .await
+        {
+            Ok(Some(ts)) => {
+                app.metrics.slack_post_found();
+                tracing::info!(
+                    key = post.tag.key,
+                    channel = post.channel,
+                    "found this job's earlier post in Slack; not posting it again"
+                );
+                return Ok(Ok(Some(ts)));
+            }
+            Ok(None) => {}
+            Err(err @ SlackError::RateLimited { .. }) => return Ok(Err(err)),
+            Err(err) => tracing::warn!(
+                key = post.tag.key,
+                channel = post.channel,
+                error = %err,
+                "cannot look for this job's earlier post; posting (it may show twice)"
+            ),
+        }
+    }
+    if app.settings.shared_pacing {
+        let (interval, burst) = app.slack.pace();
+        let mut tx = app.store.begin_write().await?;
+        let slot =
+            crate::store::pace::take(&mut tx, post.channel, app.clock.now(), interval, burst)
+                .await?;
+        tx.commit().await?;
+        if let Err(wait) = slot {
+            return Ok(Err(SlackError::RateLimited { retry_after: wait }));
+        }
+    }
+    Ok(app
+        .slack
+        .post_message(
+            post.channel,
+            post.thread,
+            post.text,
+            post.blocks,
+            post.broadcast,
+            Some(&post.tag),
+        )
+        .await)
+}
 
 fn outcome(result: Result<(), SlackError>) -> Outcome {
     match result {
@@ -27,7 +103,7 @@ fn outcome(result: Result<(), SlackError>) -> Outcome {
 }
 
 /// Posts the approvers' message, or updates it to the request's current state.
-pub async fn approval_message(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
+pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::Result<Outcome> {
     let (stored, approvals) = {
         let mut conn = app.store.read().await?;
         let Some(stored) = requests::get(&mut conn, id).await? else {
@@ -55,11 +131,19 @@ pub async fn approval_message(app: &App, id: RequestId) -> anyhow::Result<Outcom
                 )));
             };
             let channel = &resource.approvers.channel;
-            let ts = match app
-                .slack
-                .post_message(channel.as_str(), None, &msg.text, Some(&msg.blocks), false)
-                .await
-            {
+            let key = format!("approval:{id}");
+            let post = Post {
+                channel: channel.as_str(),
+                thread: None,
+                text: &msg.text,
+                blocks: Some(&msg.blocks),
+                broadcast: false,
+                tag: PostTag {
+                    key: &key,
+                    request: Some(id.0),
+                },
+            };
+            let ts = match post_once(app, ctx, post).await? {
                 Ok(ts) => ts,
                 Err(SlackError::Fatal { code, details }) => {
                     undeliverable(app, &stored, channel, &code).await?;
@@ -125,7 +209,7 @@ async fn undeliverable(
 }
 
 /// Reminds the approvers in the approval message's thread.
-pub async fn approval_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
+pub async fn approval_nudge(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::Result<Outcome> {
     let stored = {
         let mut conn = app.store.read().await?;
         requests::get(&mut conn, id).await?
@@ -150,18 +234,19 @@ pub async fn approval_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome>
     else {
         return Ok(Outcome::Done);
     };
-    Ok(outcome(
-        app.slack
-            .post_message(
-                channel.as_str(),
-                request.approval_ts.as_deref(),
-                &text,
-                None,
-                false,
-            )
-            .await
-            .map(|_| ()),
-    ))
+    let key = format!("job:{}", ctx.id);
+    let post = Post {
+        channel: channel.as_str(),
+        thread: request.approval_ts.as_deref(),
+        text: &text,
+        blocks: None,
+        broadcast: false,
+        tag: PostTag {
+            key: &key,
+            request: Some(id.0),
+        },
+    };
+    Ok(outcome(post_once(app, ctx, post).await?.map(|_| ())))
 }
 
 /// The most audit events one coalesced reply looks at (Slack's 50 blocks hold fewer anyway).
@@ -177,7 +262,7 @@ const MAX_COALESCED: u32 = 48;
 /// break-glass are never carried by another event's reply (they are posted on their own,
 /// broadcast, with their buttons); one ends the run, and goes next, ahead of the other waiting
 /// posts.
-pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
+pub async fn audit_post(app: &App, ctx: JobCtx, seq: i64) -> anyhow::Result<Outcome> {
     let (row, stored, later) = {
         let mut conn = app.store.read().await?;
         let Some(row) = audit_store::get(&mut conn, seq).await? else {
@@ -203,21 +288,24 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
             Some(ts) => Some(ts.clone()),
             None => {
                 let root = blocks::audit_root(&stored.request);
-                let ts = match app
-                    .slack
-                    .post_message(
-                        channel.as_str(),
-                        None,
-                        &root.text,
-                        Some(&root.blocks),
-                        false,
-                    )
-                    .await
-                {
+                let key = format!("audit-root:{}", stored.request.id);
+                let post = Post {
+                    channel: channel.as_str(),
+                    thread: None,
+                    text: &root.text,
+                    blocks: Some(&root.blocks),
+                    broadcast: false,
+                    tag: PostTag {
+                        key: &key,
+                        request: Some(stored.request.id.0),
+                    },
+                };
+                let ts = match post_once(app, ctx, post).await? {
                     Ok(Some(ts)) => ts,
                     // Accepted, but no ts to thread under: replies go to the channel itself.
                     Ok(None) => {
-                        let posted = post_reply(app, &channel, None, &msg, alert).await?;
+                        let posted =
+                            post_reply(app, ctx, &channel, None, &row, &msg, alert).await?;
                         return carried_done(app, posted, &carried).await;
                     }
                     Err(e) => return Ok(outcome(Err(e))),
@@ -229,7 +317,7 @@ pub async fn audit_post(app: &App, seq: i64) -> anyhow::Result<Outcome> {
             }
         },
     };
-    let posted = post_reply(app, &channel, thread.as_deref(), &msg, alert).await?;
+    let posted = post_reply(app, ctx, &channel, thread.as_deref(), &row, &msg, alert).await?;
     carried_done(app, posted, &carried).await
 }
 
@@ -244,11 +332,11 @@ async fn riding_along(
         return Ok(Vec::new());
     };
     let threshold = app.settings.audit_coalesce_backlog;
-    if blocks::posted_alone(row) || queue::audit_backlog(conn, threshold).await? < threshold {
+    if blocks::posted_alone(row) || crate::jobs::audit_backlog(conn, threshold).await? < threshold {
         return Ok(Vec::new());
     }
     let mut later = Vec::new();
-    for (job, seq) in queue::waiting_audit_posts(conn, request, MAX_COALESCED).await? {
+    for (job, seq) in crate::jobs::waiting_audit_posts(conn, request, MAX_COALESCED).await? {
         match audit_store::get(conn, seq).await? {
             Some(next) if !blocks::posted_alone(&next) => later.push((job, next)),
             // An alert goes on its own; a missing row fails its own job, visibly.
@@ -264,7 +352,7 @@ async fn carried_done(app: &App, posted: Outcome, carried: &[i64]) -> anyhow::Re
         return Ok(posted);
     }
     let mut tx = app.store.begin_write().await?;
-    let done = queue::complete_carried(&mut tx, carried, app.clock.now()).await?;
+    let done = crate::jobs::complete_carried(&mut tx, carried, app.clock.now()).await?;
     tx.commit().await?;
     app.metrics.audit_coalesced(done);
     tracing::info!(
@@ -276,7 +364,7 @@ async fn carried_done(app: &App, posted: Outcome, carried: &[i64]) -> anyhow::Re
 
 /// Posts the audit chain's head to the audit channel when rows were appended since the last
 /// anchor, records the post, and comes back after the anchor interval (see `audit::anchor`).
-pub async fn audit_anchor(app: &App) -> anyhow::Result<Outcome> {
+pub async fn audit_anchor(app: &App, ctx: JobCtx) -> anyhow::Result<Outcome> {
     let now = app.clock.now();
     let next = now
         + chrono::Duration::from_std(app.settings.audit_anchor_interval)
@@ -290,11 +378,24 @@ pub async fn audit_anchor(app: &App) -> anyhow::Result<Outcome> {
     };
     let channel = app.policy.audit_channel.clone();
     let msg = blocks::audit_anchor(seq, &hash);
-    match app
-        .slack
-        .post_message(channel.as_str(), None, &msg.text, Some(&msg.blocks), false)
-        .await
-    {
+    let key = format!("anchor:{seq}");
+    let post = Post {
+        channel: channel.as_str(),
+        thread: None,
+        text: &msg.text,
+        blocks: Some(&msg.blocks),
+        broadcast: false,
+        tag: PostTag {
+            key: &key,
+            request: None,
+        },
+    };
+    // Every run of the anchor job is a new attempt to anchor this head: look for it first.
+    let ctx = JobCtx {
+        attempt: ctx.attempt.max(2),
+        ..ctx
+    };
+    match post_once(app, ctx, post).await? {
         Ok(ts) => {
             let mut tx = app.store.begin_write().await?;
             audit_store::record_anchor(&mut tx, seq, &hash, channel.as_str(), ts.as_deref(), now)
@@ -314,27 +415,31 @@ pub async fn audit_anchor(app: &App) -> anyhow::Result<Outcome> {
 
 async fn post_reply(
     app: &App,
+    ctx: JobCtx,
     channel: &SlackChannelId,
     thread: Option<&str>,
+    row: &audit_store::AuditRow,
     msg: &blocks::Msg,
     alert: bool,
 ) -> anyhow::Result<Outcome> {
-    Ok(outcome(
-        app.slack
-            .post_message(
-                channel.as_str(),
-                thread,
-                &msg.text,
-                Some(&msg.blocks),
-                alert && thread.is_some(),
-            )
-            .await
-            .map(|_| ()),
-    ))
+    let key = format!("audit:{}", row.seq);
+    let post = Post {
+        channel: channel.as_str(),
+        thread,
+        text: &msg.text,
+        blocks: Some(&msg.blocks),
+        broadcast: alert && thread.is_some(),
+        tag: PostTag {
+            key: &key,
+            request: row.request_id,
+        },
+    };
+    Ok(outcome(post_once(app, ctx, post).await?.map(|_| ())))
 }
 
 pub async fn dm(
     app: &App,
+    ctx: JobCtx,
     user: &SlackUserId,
     text: &str,
     blocks: Option<&serde_json::Value>,
@@ -343,12 +448,20 @@ pub async fn dm(
         Ok(c) => c,
         Err(e) => return Ok(outcome(Err(e))),
     };
-    Ok(outcome(
-        app.slack
-            .post_message(&channel, None, &limits::fallback(text), blocks, false)
-            .await
-            .map(|_| ()),
-    ))
+    let key = format!("job:{}", ctx.id);
+    let text = limits::fallback(text);
+    let post = Post {
+        channel: &channel,
+        thread: None,
+        text: &text,
+        blocks,
+        broadcast: false,
+        tag: PostTag {
+            key: &key,
+            request: None,
+        },
+    };
+    Ok(outcome(post_once(app, ctx, post).await?.map(|_| ())))
 }
 
 pub async fn ephemeral(

@@ -7,9 +7,10 @@ use crate::app::App;
 use crate::audit::{self, AuditEvent};
 use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
-use crate::domain::policy::{Refusal, Requester, Resource, Route};
+use crate::domain::policy::{Refusal, Requester, Resource, Route, RuleBreach};
 use crate::domain::request::{Kind, Request, State};
-use crate::queue::{self, Job, Placement, keys};
+use crate::jobs::{Job, keys};
+use crate::queue::{self, Placement};
 use crate::slack::blocks;
 use crate::store::WriteTx;
 use crate::store::requests::{self, NewRequest, StoredRequest};
@@ -63,6 +64,10 @@ pub enum FieldError {
     Duration(String),
     Justification(String),
     Ticket(String),
+    /// The justification breaks the resource's rule (`justification = { … }`).
+    JustificationRule(RuleBreach),
+    /// The ticket is missing or breaks the resource's rule (`ticket = { … }`).
+    TicketRule(RuleBreach),
 }
 
 impl FieldError {
@@ -72,6 +77,7 @@ impl FieldError {
             | FieldError::Duration(m)
             | FieldError::Justification(m)
             | FieldError::Ticket(m) => m,
+            FieldError::JustificationRule(b) | FieldError::TicketRule(b) => &b.message,
         }
     }
 }
@@ -226,23 +232,41 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
             return Ok(Err(refusal_field(&refusal)));
         }
     };
+    let resource = evaluation.resource;
+    // A ticket given, or else the first word of the justification that looks like one.
+    let ticket = s
+        .ticket
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .or_else(|| resource.ticket.find_in(s.justification));
+    if let Err(breach) = resource.justification.check(&resource.id, s.justification) {
+        app.metrics.request("refused");
+        return Ok(Err(FieldError::JustificationRule(breach)));
+    }
+    if let Err(breach) = resource.ticket.check(&resource.id, ticket.as_deref()) {
+        app.metrics.request("refused");
+        return Ok(Err(FieldError::TicketRule(breach)));
+    }
     check_rate(app, &s.requester)?;
     let prepared = Prepared {
         requester: s.requester.clone(),
-        resource: evaluation.resource.clone(),
+        resource: resource.clone(),
         duration: evaluation.duration,
         justification: s.justification.trim().to_owned(),
-        ticket: s
-            .ticket
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned),
+        ticket,
         origin_channel: s.origin_channel.clone(),
         auto: evaluation.route == Route::Auto,
         via: s.via,
         delivery: s.delivery,
     };
-    let stored = match app.submissions.store(prepared.clone()).await {
+    let committer = app
+        .services
+        .get::<super::committer::Committer>()
+        .ok_or_else(|| {
+            HandlerError::Internal(anyhow::anyhow!("no request committer was started"))
+        })?;
+    let stored = match committer.store(prepared.clone()).await {
         Ok(stored) => stored,
         Err(err) => {
             if matches!(

@@ -1,4 +1,6 @@
-//! The worker: claims due jobs, runs them, and records the outcome.
+//! The worker: claims due jobs, runs them through the [`Runner`] it is given, and records the
+//! outcome. It knows no job of its own: jit's jobs and their dispatch table live above it
+//! (`crate::jobs`, `handlers::jobs`).
 //!
 //! [`run`] is the production loop: up to `workers` jobs at once, sleeping until the next due job,
 //! a lease expiry, or an enqueue notification. [`run_due`] runs every due job one after another
@@ -7,18 +9,59 @@
 //! Completion is fenced on the attempt number: if a lease ran out and another worker took the job,
 //! this worker's late outcome changes nothing.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Job, backoff};
-use crate::app::App;
-use crate::audit::{self, AuditEvent};
-use crate::handlers::{grant, notify};
+use super::{JobSpec, RetryPolicy, Waker, backoff};
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 use crate::store::jobs::{self, JobRow};
 use crate::store::requests::Fenced;
+use crate::store::{Store, WriteTx};
+
+/// What runs the jobs of one type (jit's: `handlers::jobs::Dispatch`). Jobs register with the
+/// worker through it; the worker itself calls nothing above the queue.
+pub trait Runner: Send + Sync + 'static {
+    type Job: JobSpec;
+
+    /// Runs one claimed job. `Err`: a fault such as the database's, retried with backoff.
+    fn run(
+        &self,
+        job: &Self::Job,
+        ctx: JobCtx,
+    ) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
+
+    /// A job gave up for good (it is buried, `dead`): raise the alert, inside the transaction
+    /// that buries it. `job` is `None` when its payload could not be read.
+    fn buried(
+        &self,
+        tx: &mut WriteTx,
+        job: Option<&Self::Job>,
+        kind: &str,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// What the worker needs of the application.
+#[derive(Clone)]
+pub struct Env {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub waker: Waker,
+    pub metrics: Metrics,
+    /// Unix milliseconds of the loop's last turn, for `/readyz`.
+    pub beat: Arc<AtomicI64>,
+    /// Jobs run at once.
+    pub workers: usize,
+    /// How long a claimed job is leased (renewed by a heartbeat every third of it).
+    pub lease: Duration,
+}
 
 /// What running a job came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,29 +92,8 @@ impl JobCtx {
     }
 }
 
-async fn execute(app: &App, job: &Job, ctx: JobCtx) -> Outcome {
-    let result = match job {
-        Job::Grant { request } => grant::run_grant(app, *request, ctx).await,
-        Job::Revoke { request } => grant::run_revoke(app, *request, ctx).await,
-        Job::Extend { extension } => grant::run_extend(app, *extension, ctx).await,
-        Job::Cleanup { request } => grant::run_cleanup(app, *request, ctx).await,
-        Job::Remind { request } => grant::run_remind(app, *request).await,
-        Job::Nudge { request } => grant::run_nudge(app, *request).await,
-        Job::PendingTimeout { request } => grant::run_pending_timeout(app, *request).await,
-        Job::ApprovalMessage { request } => notify::approval_message(app, *request).await,
-        Job::AuditPost { seq } => notify::audit_post(app, *seq).await,
-        Job::AuditAnchor => notify::audit_anchor(app).await,
-        Job::Dm { user, text, blocks } => notify::dm(app, user, text, blocks.as_ref()).await,
-        Job::Ephemeral {
-            channel,
-            user,
-            text,
-        } => notify::ephemeral(app, channel, user, text).await,
-        Job::Home { user } => notify::home(app, user).await,
-        Job::ApprovalNudge { request } => notify::approval_nudge(app, *request).await,
-        Job::Noop => Ok(Outcome::Done),
-    };
-    match result {
+async fn execute<R: Runner>(runner: &R, job: &R::Job, ctx: JobCtx) -> Outcome {
+    match runner.run(job, ctx).await {
         Ok(outcome) => outcome,
         // Database trouble and the like: retry.
         Err(err) => Outcome::Retry(format!("{err:#}")),
@@ -79,24 +101,24 @@ async fn execute(app: &App, job: &Job, ctx: JobCtx) -> Outcome {
 }
 
 /// A job that ran, waiting for its outcome to be recorded.
-struct Finished {
+struct Finished<J> {
     row: JobRow,
     ctx: JobCtx,
-    job: Option<Job>,
+    job: Option<J>,
     outcome: Outcome,
 }
 
 /// Runs one claimed job (without recording the outcome).
-async fn run_job(app: &App, row: JobRow) -> Finished {
+async fn run_job<R: Runner>(runner: &R, row: JobRow) -> Finished<R::Job> {
     let ctx = JobCtx {
         id: row.id,
         attempt: row.attempts.max(1) as u32,
         max_attempts: row.max_attempts.map(|m| m as u32),
     };
-    let (job, outcome) = match serde_json::from_str::<Job>(&row.payload) {
+    let (job, outcome) = match serde_json::from_str::<R::Job>(&row.payload) {
         Ok(job) => {
-            let span = tracing::info_span!("job", id = row.id, kind = %row.kind, attempt = ctx.attempt, request_id = job.request().map(|r| r.0));
-            let outcome = tracing::Instrument::instrument(execute(app, &job, ctx), span).await;
+            let span = tracing::info_span!("job", id = row.id, kind = %row.kind, attempt = ctx.attempt, request_id = job.request());
+            let outcome = tracing::Instrument::instrument(execute(runner, &job, ctx), span).await;
             (Some(job), outcome)
         }
         Err(e) => (
@@ -116,9 +138,9 @@ async fn run_job(app: &App, row: JobRow) -> Finished {
 }
 
 /// Runs one claimed job and records its outcome in a transaction of its own.
-async fn process(app: &App, row: JobRow) {
-    let done = run_job(app, row).await;
-    if let Err(err) = finish(app, &done).await {
+async fn process<R: Runner>(env: &Env, runner: &R, row: JobRow) {
+    let done = run_job(runner, row).await;
+    if let Err(err) = finish(env, runner, &done).await {
         // The lease will run out and the job will be claimed again: nothing is lost.
         tracing::error!(
             job = done.row.id,
@@ -128,29 +150,29 @@ async fn process(app: &App, row: JobRow) {
     }
 }
 
-async fn finish(app: &App, done: &Finished) -> anyhow::Result<()> {
-    let mut tx = app.store.begin_write().await?;
-    finish_in(&mut tx, app, done).await?;
+async fn finish<R: Runner>(env: &Env, runner: &R, done: &Finished<R::Job>) -> anyhow::Result<()> {
+    let mut tx = env.store.begin_write().await?;
+    finish_in(&mut tx, env, runner, done).await?;
     tx.commit().await?;
     // A finished job may unblock the next job of its lane.
-    app.waker.wake();
+    env.waker.wake();
     Ok(())
 }
 
 /// Records many outcomes in one transaction (one commit, one fsync); falls back to one
 /// transaction each if the batch fails.
-async fn finish_batch(app: &App, batch: &[Finished]) {
+async fn finish_batch<R: Runner>(env: &Env, runner: &R, batch: &[Finished<R::Job>]) {
     let together = async {
-        let mut tx = app.store.begin_write().await?;
+        let mut tx = env.store.begin_write().await?;
         for done in batch {
-            finish_in(&mut tx, app, done).await?;
+            finish_in(&mut tx, env, runner, done).await?;
         }
         tx.commit().await?;
         anyhow::Ok(())
     }
     .await;
     match together {
-        Ok(()) => app.waker.wake(),
+        Ok(()) => env.waker.wake(),
         Err(err) => {
             tracing::warn!(
                 error = format!("{err:#}"),
@@ -158,7 +180,7 @@ async fn finish_batch(app: &App, batch: &[Finished]) {
                 "recording a batch of job outcomes failed; recording them one by one"
             );
             for done in batch {
-                if let Err(err) = finish(app, done).await {
+                if let Err(err) = finish(env, runner, done).await {
                     tracing::error!(
                         job = done.row.id,
                         error = format!("{err:#}"),
@@ -171,10 +193,11 @@ async fn finish_batch(app: &App, batch: &[Finished]) {
 }
 
 /// Records one outcome inside `tx`.
-async fn finish_in(
-    tx: &mut crate::store::WriteTx,
-    app: &App,
-    done: &Finished,
+async fn finish_in<R: Runner>(
+    tx: &mut WriteTx,
+    env: &Env,
+    runner: &R,
+    done: &Finished<R::Job>,
 ) -> anyhow::Result<()> {
     let Finished {
         row,
@@ -183,7 +206,7 @@ async fn finish_in(
         outcome,
     } = done;
     let (ctx, job) = (*ctx, job.as_ref());
-    let now = app.clock.now();
+    let now = env.clock.now();
     let fenced = match outcome {
         Outcome::Done => jobs::complete(tx, row.id, row.attempts, now).await?,
         Outcome::Defer(delay) => {
@@ -192,7 +215,7 @@ async fn finish_in(
         }
         Outcome::RunAt(at) => jobs::defer(tx, row.id, row.attempts, *at, now).await?,
         Outcome::Retry(error) if !ctx.is_last() => {
-            let policy = job.map(Job::retry_policy).unwrap_or(super::RetryPolicy {
+            let policy = job.map(JobSpec::retry_policy).unwrap_or(RetryPolicy {
                 max_attempts: Some(1),
                 base: Duration::from_secs(1),
                 cap: Duration::from_secs(1),
@@ -200,49 +223,15 @@ async fn finish_in(
             let delay = backoff(policy, ctx.attempt);
             let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
             tracing::warn!(job = row.id, kind = %row.kind, attempt = ctx.attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-            app.metrics.job_retry(&row.kind);
+            env.metrics.job_retry(&row.kind);
             jobs::retry(tx, row.id, row.attempts, error, at, now).await?
         }
         Outcome::Retry(error) | Outcome::Fail(error) => {
             tracing::error!(job = row.id, kind = %row.kind, attempt = ctx.attempt, error = %error, "job gave up");
             let fenced = jobs::bury(tx, row.id, row.attempts, error, now).await?;
             if fenced == Fenced::Applied {
-                app.metrics.job_dead(&row.kind);
-                let event = AuditEvent::JobDead {
-                    job: row.kind.clone(),
-                    error: error.clone(),
-                };
-                match job {
-                    // A failed audit post must not post another audit message about itself
-                    // forever: record the event without posting it.
-                    Some(Job::AuditPost { .. }) | None => {
-                        crate::store::audit::append(
-                            tx,
-                            now,
-                            None,
-                            audit::actor::SYSTEM,
-                            &event.name(),
-                            &event.detail(),
-                        )
-                        .await?;
-                    }
-                    // Other Slack messages: alert at the top of the audit channel, not in the
-                    // (possibly broken) request thread.
-                    Some(
-                        Job::Dm { .. }
-                        | Job::Ephemeral { .. }
-                        | Job::ApprovalMessage { .. }
-                        | Job::ApprovalNudge { .. }
-                        | Job::Home { .. },
-                    ) => {
-                        audit::record(tx, now, None, audit::actor::SYSTEM, &event).await?;
-                    }
-                    Some(Job::Noop) => {}
-                    Some(other) => {
-                        audit::record(tx, now, other.request(), audit::actor::SYSTEM, &event)
-                            .await?;
-                    }
-                }
+                env.metrics.job_dead(&row.kind);
+                runner.buried(tx, job, &row.kind, error, now).await?;
             }
             fenced
         }
@@ -254,15 +243,15 @@ async fn finish_in(
 }
 
 /// Claims up to `limit` due jobs.
-async fn claim(app: &App, limit: u32) -> anyhow::Result<Vec<JobRow>> {
-    let now = app.clock.now();
-    let lease_until = now + chrono::Duration::from_std(app.settings.lease).unwrap_or_default();
+async fn claim(env: &Env, limit: u32) -> anyhow::Result<Vec<JobRow>> {
+    let now = env.clock.now();
+    let lease_until = now + chrono::Duration::from_std(env.lease).unwrap_or_default();
     // A read first: when nothing is due and no lease has run out, there is nothing to claim,
     // and the write lock stays free for the request path (every commit there wakes us).
-    if !anything_due(app, now).await? {
+    if !anything_due(env, now).await? {
         return Ok(Vec::new());
     }
-    let mut tx = app.store.begin_write().await?;
+    let mut tx = env.store.begin_write().await?;
     jobs::reclaim_expired(&mut tx, now).await?;
     let rows = jobs::claim(&mut tx, now, lease_until, limit).await?;
     tx.commit().await?;
@@ -270,8 +259,8 @@ async fn claim(app: &App, limit: u32) -> anyhow::Result<Vec<JobRow>> {
 }
 
 /// Whether a queued job is due or a running job's lease has run out, as of `now`.
-async fn anything_due(app: &App, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<bool> {
-    let mut conn = app.store.read().await?;
+async fn anything_due(env: &Env, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<bool> {
+    let mut conn = env.store.read().await?;
     let now = crate::store::millis(now);
     let due = jobs::next_due(&mut conn).await?.is_some_and(|at| at <= now);
     Ok(due
@@ -281,14 +270,14 @@ async fn anything_due(app: &App, now: chrono::DateTime<chrono::Utc>) -> anyhow::
 }
 
 /// Runs every job that is due now, one at a time, until none is left. Returns how many ran.
-pub async fn run_due(app: &App) -> anyhow::Result<usize> {
+pub async fn run_due<R: Runner>(env: &Env, runner: &R) -> anyhow::Result<usize> {
     let mut ran = 0;
     loop {
-        let rows = claim(app, 1).await?;
+        let rows = claim(env, 1).await?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(ran);
         };
-        process(app, row).await;
+        process(env, runner, row).await;
         ran += 1;
         if ran > 100_000 {
             anyhow::bail!(
@@ -298,12 +287,17 @@ pub async fn run_due(app: &App) -> anyhow::Result<usize> {
     }
 }
 
-/// At startup: every job left `running` belongs to a process that died (the instance lock
-/// guarantees this is the only one), so it goes back to the queue.
-pub async fn recover(app: &App) -> anyhow::Result<u64> {
-    let now = app.clock.now();
-    let mut tx = app.store.begin_write().await?;
-    let n = jobs::reclaim_all(&mut tx, now).await?;
+/// At startup, jobs left `running` by a process that died go back to the queue: on SQLite all
+/// of them (the instance lock guarantees this is the only process), on PostgreSQL only those
+/// whose lease ran out, since other replicas' running jobs are alive and renewed (the claim
+/// takes the rest over as their leases run out).
+pub async fn recover(env: &Env) -> anyhow::Result<u64> {
+    let now = env.clock.now();
+    let mut tx = env.store.begin_write().await?;
+    let n = match env.store.driver() {
+        crate::store::Driver::Sqlite => jobs::reclaim_all(&mut tx, now).await?,
+        crate::store::Driver::Postgres => jobs::reclaim_expired(&mut tx, now).await?,
+    };
     tx.commit().await?;
     if n > 0 {
         tracing::warn!(jobs = n, "reclaimed jobs interrupted by a previous crash");
@@ -311,32 +305,76 @@ pub async fn recover(app: &App) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// The longest a replica sleeps on PostgreSQL without looking for due jobs.
+pub const REPLICA_POLL: Duration = Duration::from_secs(1);
+
+/// Wakes this replica's worker whenever another replica commits (PostgreSQL `LISTEN`); returns
+/// at once on SQLite, where this process is the only writer. A lost connection is re-opened,
+/// and the bounded poll of [`idle_wait`] covers what was missed meanwhile.
+pub async fn listen_for_wakes(env: Env) {
+    loop {
+        let mut listener = match env.store.wake_listener().await {
+            Ok(Some(listener)) => listener,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for other replicas' wake-ups; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        loop {
+            match listener.recv().await {
+                // The worker looks for work; API long-polls look for their request's change.
+                Ok(_) => env.waker.wake(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost the wake-up listener; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Keeps a running job's lease alive while it runs.
-async fn heartbeat(app: Arc<App>, id: i64, attempt: i64) {
-    let every = app.settings.lease / 3;
+async fn heartbeat(env: Env, id: i64, attempt: i64) {
+    let every = env.lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let until =
-            app.clock.now() + chrono::Duration::from_std(app.settings.lease).unwrap_or_default();
+        let until = env.clock.now() + chrono::Duration::from_std(env.lease).unwrap_or_default();
         let renewed = async {
-            let mut tx = app.store.begin_write().await?;
+            let mut tx = env.store.begin_write().await?;
             let fenced = jobs::renew(&mut tx, id, attempt, until).await?;
             tx.commit().await?;
             anyhow::Ok(fenced)
         }
         .await;
-        if !matches!(renewed, Ok(Fenced::Applied)) {
-            return;
+        match renewed {
+            Ok(Fenced::Applied) => {}
+            // Another worker took the job over (this one was presumed dead): its outcome is
+            // fenced out anyway, so stop renewing.
+            Ok(Fenced::Lost) => return,
+            // A slow or unreachable database: try again at the next beat rather than let the
+            // lease lapse while the job is still running.
+            Err(err) => tracing::warn!(
+                job = id,
+                error = format!("{err:#}"),
+                "cannot renew a running job's lease"
+            ),
         }
     }
 }
 
-/// How long to sleep when nothing is due.
-async fn idle_wait(app: &App) -> Duration {
-    let max = Duration::from_secs(5);
-    let now = app.clock.now().timestamp_millis();
+/// How long to sleep when nothing is due. With several replicas a wake-up can be missed (a
+/// notification lost while the listener reconnects), so the sleep is bounded: at most
+/// [`REPLICA_POLL`] late on PostgreSQL.
+async fn idle_wait(env: &Env) -> Duration {
+    let max = match env.store.driver() {
+        crate::store::Driver::Sqlite => Duration::from_secs(5),
+        crate::store::Driver::Postgres => REPLICA_POLL,
+    };
+    let now = env.clock.now().timestamp_millis();
     let next = async {
-        let mut conn = app.store.read().await?;
+        let mut conn = env.store.read().await?;
         let due = jobs::next_due(&mut conn).await?;
         let lease = jobs::next_lease_expiry(&mut conn).await?;
         anyhow::Ok([due, lease].into_iter().flatten().min())
@@ -352,13 +390,13 @@ async fn idle_wait(app: &App) -> Duration {
 }
 
 /// The production loop. Returns when `shutdown` turns true, after running jobs finish.
-pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(app.settings.workers));
+pub async fn run<R: Runner>(env: Env, runner: Arc<R>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(env.workers));
     // Outcomes are recorded by one task, many per transaction: under load that is one commit
     // (one fsync) for a whole batch of finished jobs instead of one each.
-    let (finished, mut to_record) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+    let (finished, mut to_record) = tokio::sync::mpsc::unbounded_channel::<Finished<R::Job>>();
     let recorder = {
-        let app = app.clone();
+        let (env, runner) = (env.clone(), runner.clone());
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while let Some(first) = to_record.recv().await {
@@ -369,7 +407,7 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                         Err(_) => break,
                     }
                 }
-                finish_batch(&app, &batch).await;
+                finish_batch(&env, runner.as_ref(), &batch).await;
                 batch.clear();
             }
         })
@@ -379,13 +417,13 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        app.health.worker_beat.store(
+        env.beat.store(
             chrono::Utc::now().timestamp_millis(),
             std::sync::atomic::Ordering::Relaxed,
         );
         let free = slots.available_permits() as u32;
         let claimed = if free > 0 {
-            match claim(&app, free).await {
+            match claim(&env, free).await {
                 Ok(rows) => rows,
                 Err(err) => {
                     tracing::error!(error = format!("{err:#}"), "cannot claim jobs");
@@ -399,11 +437,11 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         let got = claimed.len();
         for row in claimed {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let app = app.clone();
+            let (env, runner) = (env.clone(), runner.clone());
             let finished = finished.clone();
             tokio::spawn(async move {
-                let beat = tokio::spawn(heartbeat(app.clone(), row.id, row.attempts));
-                let done = run_job(&app, row).await;
+                let beat = tokio::spawn(heartbeat(env.clone(), row.id, row.attempts));
+                let done = run_job(runner.as_ref(), row).await;
                 beat.abort();
                 // The job stays `running` until its outcome is recorded, so its lane stays
                 // closed; the slot is free for another job meanwhile.
@@ -413,15 +451,15 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         }
         if last_housekeeping.elapsed() > Duration::from_secs(3600) {
             last_housekeeping = std::time::Instant::now();
-            housekeeping(&app).await;
+            housekeeping(&env).await;
         }
         if got > 0 && (got as u32) == free {
             continue;
         }
-        let wait = idle_wait(&app).await;
+        let wait = idle_wait(&env).await;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = app.waker.woken() => {
+            _ = env.waker.woken() => {
                 // Under load every commit wakes the worker; gather a few before claiming.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -432,17 +470,17 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     // record their outcomes.
     let _ = tokio::time::timeout(
         Duration::from_secs(30),
-        slots.acquire_many(app.settings.workers as u32),
+        slots.acquire_many(env.workers as u32),
     )
     .await;
     drop(finished);
     let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
 }
 
-async fn housekeeping(app: &App) {
-    let before = app.clock.now() - chrono::Duration::days(7);
+async fn housekeeping(env: &Env) {
+    let before = env.clock.now() - chrono::Duration::days(7);
     let pruned = async {
-        let mut tx = app.store.begin_write().await?;
+        let mut tx = env.store.begin_write().await?;
         let n = jobs::prune_done(&mut tx, before).await?;
         tx.commit().await?;
         anyhow::Ok(n)

@@ -32,95 +32,7 @@ use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
 
-/// A bot scope of jit's Slack app (`slack-app.yaml`), and what it is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope {
-    pub name: &'static str,
-    pub used_for: &'static str,
-    /// Only `jit doctor` needs it (to check channel membership): `jit serve` works without it.
-    pub doctor_only: bool,
-}
-
-/// Every bot scope `slack-app.yaml` asks for. `tests/manifests.rs` checks that the manifest
-/// lists exactly these and that they are the ones [`METHOD_SCOPES`] needs; `jit doctor`
-/// compares them with the scopes Slack says the token has.
-pub const SCOPES: &[Scope] = &[
-    Scope {
-        name: "commands",
-        used_for: "the /jit slash command",
-        doctor_only: false,
-    },
-    Scope {
-        name: "chat:write",
-        used_for: "approval messages, audit threads and DMs",
-        doctor_only: false,
-    },
-    Scope {
-        name: "im:write",
-        used_for: "opening DMs with requesters and approvers",
-        doctor_only: false,
-    },
-    Scope {
-        name: "users:read",
-        used_for: "users.info and users.list: requesters' profiles, and who is a member, a guest or from another workspace",
-        doctor_only: false,
-    },
-    Scope {
-        name: "users:read.email",
-        used_for: "requesters' emails, the AWS SourceIdentity of a grant",
-        doctor_only: false,
-    },
-    Scope {
-        name: "usergroups:read",
-        used_for: "members of requester, approver and admin groups",
-        doctor_only: false,
-    },
-    Scope {
-        name: "channels:history",
-        used_for: "jit audit verify --slack: the audit log's heads jit posted in a public audit channel",
-        doctor_only: false,
-    },
-    Scope {
-        name: "groups:history",
-        used_for: "jit audit verify --slack: the same in a private audit channel",
-        doctor_only: false,
-    },
-    Scope {
-        name: "channels:read",
-        used_for: "jit doctor: whether the bot is in the public audit and approvers' channels",
-        doctor_only: true,
-    },
-    Scope {
-        name: "groups:read",
-        used_for: "jit doctor: whether the bot is in the private audit and approvers' channels",
-        doctor_only: true,
-    },
-];
-
-/// The bot scopes each Web API method jit calls needs. Every method called below must be listed
-/// (`tests/manifests.rs` finds the calls and checks it), so a new call cannot land without a
-/// look at the manifest's scopes.
-pub const METHOD_SCOPES: &[(&str, &[&str])] = &[
-    ("auth.test", &[]),
-    ("chat.postMessage", &["chat:write"]),
-    ("chat.update", &["chat:write"]),
-    ("chat.postEphemeral", &["chat:write"]),
-    ("conversations.open", &["im:write"]),
-    // Public channels need channels:read, private ones groups:read (jit doctor only).
-    ("conversations.info", &["channels:read", "groups:read"]),
-    // `jit audit verify --slack` reads the audit channel's anchors (public or private channel).
-    (
-        "conversations.history",
-        &["channels:history", "groups:history"],
-    ),
-    ("views.open", &[]),
-    ("views.publish", &[]),
-    // The requester's email becomes the AWS SourceIdentity.
-    ("users.info", &["users:read", "users:read.email"]),
-    ("usergroups.users.list", &["usergroups:read"]),
-    // Who is a member, a guest or from another workspace.
-    ("users.list", &["users:read"]),
-];
+pub use jit_core::slack::scopes::{METHOD_SCOPES, SCOPES, Scope};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SlackError {
@@ -314,6 +226,36 @@ pub struct ChannelInfo {
     pub is_private: bool,
 }
 
+/// What jit writes into the metadata of each message it posts: a key naming the message (the
+/// same for every attempt to post it) and its request. A post retried after a crash or an
+/// unanswered call looks for its key first ([`SlackApi::find_post`]) and posts nothing twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostTag<'a> {
+    pub key: &'a str,
+    pub request: Option<i64>,
+}
+
+/// The metadata `event_type` of jit's posts.
+pub const POST_EVENT_TYPE: &str = "jit_post";
+
+impl PostTag<'_> {
+    pub fn metadata(&self) -> Value {
+        let mut payload = json!({ "key": self.key });
+        if let Some(request) = self.request {
+            payload["request"] = json!(request);
+        }
+        json!({ "event_type": POST_EVENT_TYPE, "event_payload": payload })
+    }
+
+    /// Whether a message's `metadata` is this tag's.
+    pub fn matches(&self, metadata: Option<&Value>) -> bool {
+        metadata.is_some_and(|m| {
+            m.get("event_type").and_then(Value::as_str) == Some(POST_EVENT_TYPE)
+                && m.pointer("/event_payload/key").and_then(Value::as_str) == Some(self.key)
+        })
+    }
+}
+
 /// What `users.info` says about a user, as far as `jit doctor` reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserInfo {
@@ -346,6 +288,8 @@ pub struct SlackApi {
     base: Arc<str>,
     token: SecretString,
     pacing: Arc<DefaultKeyedRateLimiter<String>>,
+    /// The same pace as (time between posts, burst), for pacing shared by replicas.
+    pace: (Duration, u32),
     timeout: Duration,
     metrics: Metrics,
 }
@@ -390,9 +334,18 @@ impl SlackApi {
                     posts_per_channel_per_second.saturating_mul(NonZeroU32::new(3).expect("3")),
                 ),
             )),
+            pace: (
+                Duration::from_secs(1) / posts_per_channel_per_second.get(),
+                posts_per_channel_per_second.get().saturating_mul(3),
+            ),
             timeout: Duration::from_secs(10),
             metrics,
         })
+    }
+
+    /// Slack's posting pace per channel: the time between posts and the burst allowed.
+    pub fn pace(&self) -> (Duration, u32) {
+        self.pace
     }
 
     async fn send(&self, method: &str, params: Params<'_>) -> Result<Answer, SlackError> {
@@ -454,7 +407,8 @@ impl SlackApi {
     }
 
     /// Posts a message (a thread reply when `thread_ts` is set). Returns its `ts`, or `None`
-    /// when Slack accepted the message but its answer has no readable `ts`.
+    /// when Slack accepted the message but its answer has no readable `ts`. A `tag` goes into
+    /// the message's metadata, where [`SlackApi::find_post`] finds it again.
     pub async fn post_message(
         &self,
         channel: &str,
@@ -462,6 +416,7 @@ impl SlackApi {
         text: &str,
         blocks: Option<&Value>,
         broadcast: bool,
+        tag: Option<&PostTag<'_>>,
     ) -> Result<Option<String>, SlackError> {
         // Over the channel's pace, the job is put back rather than holding a worker while it waits.
         if let Err(not_until) = self.pacing.check_key(&channel.to_owned()) {
@@ -481,6 +436,9 @@ impl SlackApi {
             if broadcast {
                 body["reply_broadcast"] = json!(true);
             }
+        }
+        if let Some(tag) = tag {
+            body["metadata"] = tag.metadata();
         }
         let answer = self
             .call("chat.postMessage", Params::Json(body))
@@ -678,6 +636,55 @@ impl SlackApi {
             messages,
             next_cursor: next_cursor.filter(|_| more),
         })
+    }
+
+    /// The `ts` of a message jit posted with `tag`: among the newest top-level messages of
+    /// `channel` (a few pages), or in the thread `thread_ts`. `None`: not there, so it was never
+    /// posted. Needs the history scopes of the channel's kind.
+    pub async fn find_post(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        tag: &PostTag<'_>,
+    ) -> Result<Option<String>, SlackError> {
+        const PAGES: usize = 3;
+        let mut cursor: Option<String> = None;
+        for _ in 0..PAGES {
+            let mut query = vec![
+                ("channel", channel),
+                ("limit", "200"),
+                ("include_all_metadata", "true"),
+            ];
+            let method = match thread_ts {
+                Some(ts) => {
+                    query.push(("ts", ts));
+                    "conversations.replies"
+                }
+                None => "conversations.history",
+            };
+            if let Some(cursor) = &cursor {
+                query.push(("cursor", cursor));
+            }
+            let answer = self.call(method, Params::Query(&query)).await?.json;
+            let found = answer
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|m| tag.matches(m.get("metadata")))
+                .and_then(|m| field(m, "/ts"))
+                .map(str::to_owned);
+            if found.is_some() {
+                return Ok(found);
+            }
+            cursor = field(&answer, "/response_metadata/next_cursor")
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            if cursor.is_none() || answer.get("has_more").and_then(Value::as_bool) != Some(true) {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackError> {

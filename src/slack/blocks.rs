@@ -155,7 +155,7 @@ pub fn approval_message(
     if let Some(ticket) = &request.ticket {
         blocks.push(context(format!(
             "Ticket: {}",
-            text::escape_truncated(ticket, 200)
+            text::ticket(ticket, resource.map(|r| &r.ticket))
         )));
     }
     let approvers = resource.map(approvers_of).unwrap_or_else(|| "—".into());
@@ -556,7 +556,7 @@ fn event_blocks(row: &AuditRow, policy: &Policy) -> Vec<Value> {
     let who = text::actor(&row.actor);
     let event = AuditEvent::from_row(&row.event, &row.detail);
     let body = match &event {
-        Some(e) => describe(e, &who),
+        Some(e) => describe(e, &who, policy),
         None => format!("{who}: {}", text::code(&row.event)),
     };
     let alert = event.as_ref().is_some_and(AuditEvent::is_alert);
@@ -648,7 +648,7 @@ fn ext(extension: &Option<i64>) -> String {
         .unwrap_or_default()
 }
 
-fn describe(event: &AuditEvent, who: &str) -> String {
+fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
     use AuditEvent::*;
     match event {
         Requested {
@@ -673,7 +673,10 @@ fn describe(event: &AuditEvent, who: &str) -> String {
                 text::quote(justification, MAX_USER_TEXT)
             ) + &ticket
                 .as_deref()
-                .map(|t| format!("\nTicket: {}", text::escape_truncated(t, 200)))
+                .map(|t| {
+                    let rule = policy.resource(resource).map(|r| &r.ticket);
+                    format!("\nTicket: {}", text::ticket(t, rule))
+                })
                 .unwrap_or_default()
         }
         AutoApproved { extension } => format!(":zap: Approved by policy{}", ext(extension)),
@@ -824,6 +827,15 @@ fn describe(event: &AuditEvent, who: &str) -> String {
         JobDead { job, error } => format!(
             "*A {} job gave up* after its last attempt: {}",
             text::code(job),
+            text::escape_truncated(error, 1000)
+        ),
+        WebhookFailing {
+            url,
+            attempts,
+            error,
+        } => format!(
+            "*The webhook {} has failed {attempts} times in a row*; its events wait and will be sent once it answers: {}",
+            text::code(url),
             text::escape_truncated(error, 1000)
         ),
     }

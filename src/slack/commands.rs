@@ -12,7 +12,7 @@ use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{SlackChannelId, SlackUserId};
 use crate::domain::policy::{Membership, Policy, Requester, Route};
 use crate::domain::request::{Request, State};
-use crate::handlers::grant::{self, Revoker};
+use crate::handlers::access::{self, Revoker};
 use crate::handlers::request::{self, Submission, Via};
 use crate::handlers::{HandlerError, decision};
 
@@ -170,7 +170,7 @@ pub async fn handle(
             &resource,
             duration,
         )),
-        Command::Release { id } => match grant::release(app, &who, id).await {
+        Command::Release { id } => match access::release(app, &who, id).await {
             Ok(_) => CommandReply::text(format!(
                 ":lock: Releasing request {id}: the access is being removed now. You will get a DM when it is gone."
             )),
@@ -196,7 +196,7 @@ pub async fn handle(
             }
         }
         Command::Revoke { id, reason } => {
-            match grant::revoke(app, Revoker::Slack(&user), id, &reason).await {
+            match access::revoke(app, Revoker::Slack(&user), id, &reason).await {
                 Ok(_) => CommandReply::text(format!(
                     ":no_entry: Request {id} is revoked; the access is being removed now."
                 )),
@@ -409,6 +409,17 @@ pub fn why_reply(
         resource.max_lifetime,
         resource.max_lifetime.humanize()
     ));
+    if let Some(rule) = resource.justification.describe() {
+        lines.push(format!("• Justification: {}", text::escape(&rule)));
+    }
+    if let Some(rule) = resource.ticket.describe() {
+        let linked = if resource.ticket.url.is_some() {
+            " · linked to the tracker in the approval message"
+        } else {
+            ""
+        };
+        lines.push(format!("• Ticket: {}{linked}", text::escape(&rule)));
+    }
     let asked = duration.unwrap_or(resource.default_duration);
     let auto = match &resource.auto_approve {
         None => "• Auto-approval: never for this resource".to_owned(),

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use super::payload::EventBody;
 use crate::app::App;
 use crate::domain::ids::SlackUserId;
-use crate::queue::{self, Job, Placement};
+use crate::jobs::Job;
+use crate::queue::{self, Placement};
 
 /// Answers an event once: Slack's own retries (same `event_id`, new signature) and replays of
 /// the same signed body (`delivery`) have no second effect.

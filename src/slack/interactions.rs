@@ -17,11 +17,12 @@ use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{RequestId, SlackChannelId, SlackUserId};
 use crate::domain::policy::Requester;
 use crate::domain::request::State;
+use crate::handlers::access;
 use crate::handlers::decision::{self, ApproveOutcome};
-use crate::handlers::grant;
 use crate::handlers::request::{self, FieldError, Submission, Via};
 use crate::handlers::{HandlerError, load};
-use crate::queue::{self, Job, Placement};
+use crate::jobs::Job;
+use crate::queue::{self, Placement};
 
 /// What to send back to Slack for an interaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +141,7 @@ async fn block_actions(app: &App, actions: BlockActions) {
             (ids::DENY, Some(id)) => open_deny(app, &user, id, &trigger).await,
             (ids::EXTEND, Some(id)) => open_extend(app, &user, id, &trigger).await,
             (ids::RELEASE, Some(id)) => {
-                match grant::release(app, &Requester::User(user.clone()), id).await {
+                match access::release(app, &Requester::User(user.clone()), id).await {
                     Ok(_) => Some(format!(
                         "Releasing request {id}: the access is being removed now."
                     )),
@@ -150,7 +151,7 @@ async fn block_actions(app: &App, actions: BlockActions) {
             (ids::REVEAL, Some(id)) => reveal(app, &user, id, &trigger).await,
             (ids::REVIEW, Some(id)) | (ids::REVIEW_REVOKE, Some(id)) => {
                 let revoke = action.action_id == ids::REVIEW_REVOKE;
-                match grant::review(app, &user, id, revoke).await {
+                match access::review(app, &user, id, revoke).await {
                     Ok(_) => Some(format!(
                         "Break-glass grant {id} is marked reviewed{}.",
                         if revoke { " and is being revoked" } else { "" }
@@ -258,7 +259,7 @@ async fn open_extend(
 /// opened it, as failed (with Slack's error code) when it did not.
 async fn reveal(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> Option<String> {
     let who = Requester::User(user.clone());
-    let (request, pairs) = match grant::open_credentials(app, &who, id).await {
+    let (request, pairs) = match access::open_credentials(app, &who, id).await {
         Ok(found) => found,
         Err(err) => return Some(err.user_message()),
     };
@@ -268,10 +269,10 @@ async fn reveal(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> 
     let opened = app.slack.open_view(trigger, &view).await;
     drop(view);
     let outcome = match &opened {
-        Ok(_) => grant::RevealOutcome::Shown,
-        Err(err) => grant::RevealOutcome::Failed { error: err.code() },
+        Ok(_) => access::RevealOutcome::Shown,
+        Err(err) => access::RevealOutcome::Failed { error: err.code() },
     };
-    if let Err(err) = grant::record_reveal(app, &who, id, outcome).await {
+    if let Err(err) = access::record_reveal(app, &who, id, outcome).await {
         tracing::error!(
             request_id = id.0,
             outcome = ?outcome,
@@ -307,8 +308,10 @@ fn field_block(field: &FieldError) -> &'static str {
     match field {
         FieldError::Resource(_) => views::RESOURCE_BLOCK.0,
         FieldError::Duration(_) => views::DURATION_BLOCK.0,
-        FieldError::Justification(_) => views::JUSTIFICATION_BLOCK.0,
-        FieldError::Ticket(_) => views::TICKET_BLOCK.0,
+        FieldError::Justification(_) | FieldError::JustificationRule(_) => {
+            views::JUSTIFICATION_BLOCK.0
+        }
+        FieldError::Ticket(_) | FieldError::TicketRule(_) => views::TICKET_BLOCK.0,
     }
 }
 

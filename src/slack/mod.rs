@@ -1,4 +1,7 @@
-pub use jit_core::slack::{payload, verify};
+pub use jit_core::slack::{limits, payload, verify};
+/// The Slack simulator: a stateful fake of Slack's Web API for tests, the demo and the benchmarks
+/// (its own crate, `crates/slack-sim`).
+pub use slack_sim as simulator;
 
 pub mod api;
 pub mod blocks;
@@ -9,8 +12,6 @@ pub mod driver;
 pub mod events;
 pub mod home;
 pub mod interactions;
-pub mod limits;
-pub mod simulator;
 pub mod socket;
 pub mod text;
 pub mod views;

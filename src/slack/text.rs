@@ -31,6 +31,16 @@ pub fn escape_truncated(text: &str, max: usize) -> String {
 }
 
 /// Inline code of user text: escaped, backticks replaced so the span cannot be broken.
+/// A ticket, linked to its tracker when the resource's `ticket.url` says where (Slack's
+/// `<url|label>`, both escaped); plain otherwise.
+pub fn ticket(ticket: &str, rule: Option<&crate::domain::policy::TicketRule>) -> String {
+    let label = escape_truncated(ticket, 200);
+    match rule.and_then(|r| r.link(ticket)) {
+        Some(url) if url.len() <= 1000 => format!("<{}|{label}>", escape(&url)),
+        _ => label,
+    }
+}
+
 pub fn code(text: &str) -> String {
     format!("`{}`", escape(&text.replace('`', "'")))
 }

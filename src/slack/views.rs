@@ -165,6 +165,15 @@ pub fn request_modal(resources: &[&Resource], preselect: Option<&str>, metadata:
             "placeholder": placeholder("e.g. INC-123"),
         }}),
     ];
+    // The preselected resource's rules, under their fields (checked on submit for any resource).
+    if let Some(r) = selected {
+        if let Some(rule) = r.justification.describe() {
+            blocks[2]["hint"] = plain_within(&format!("{}: {rule}", r.id), 2000);
+        }
+        if let Some(rule) = r.ticket.describe() {
+            blocks[3]["hint"] = plain_within(&format!("{}: {rule}", r.id), 2000);
+        }
+    }
     if resources.len() > MAX_OPTIONS {
         blocks.push(limits::context(&format!(
             "Showing the first {MAX_OPTIONS} of {} resources; use `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification&gt;` for the others.",

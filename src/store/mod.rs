@@ -28,11 +28,14 @@
 //! that every pooled connection gets them.
 
 pub mod audit;
+pub mod copy;
 pub mod credentials;
 pub mod deliveries;
 pub mod jobs;
+pub mod pace;
 pub mod requests;
 pub mod tokens;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;

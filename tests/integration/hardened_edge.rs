@@ -466,6 +466,7 @@ async fn restarted(
         providers,
         settings: jit::app::Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+        webhooks: None,
     })
     .unwrap();
     app.directory

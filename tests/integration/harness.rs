@@ -28,6 +28,8 @@ pub fn audit_key() -> jit::crypto::AuditKey {
 /// [`audit_key`] as `JIT_AUDIT_KEY`, for the admin CLI run beside a harness.
 pub const AUDIT_KEY_HEX: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 pub const BOT_TOKEN: &str = "xoxb-test-token";
+/// The signing secret of the tests' webhooks (`secret_env = "TEST_HOOK_SECRET"`).
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
 pub const DEV: &str = "U0DEV";
 pub const ALICE: &str = "U0ALICE";
@@ -180,11 +182,17 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub driver: jit::slack::driver::SlackDriver,
     pub provider_log: PathBuf,
-    pub _dir: tempfile::TempDir,
+    pub _dir: Arc<tempfile::TempDir>,
     /// The SQLite file (empty on PostgreSQL; see [`Harness::db`]).
     pub db_path: PathBuf,
-    /// The test's database, on the driver the test runs on.
-    pub db: crate::db::TestDb,
+    /// The test's database, on the driver the test runs on (shared by its replicas).
+    pub db: Arc<crate::db::TestDb>,
+    /// What a replica needs to join this harness: its options' policy text.
+    policy_text: String,
+    options_start: DateTime<Utc>,
+    aws_endpoint: Option<String>,
+    postgres_url: Option<String>,
+    slack_timeout: std::time::Duration,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -229,6 +237,8 @@ pub struct Options {
     pub postgres_url: Option<String>,
     /// How long jit waits for a Slack call.
     pub slack_timeout: std::time::Duration,
+    /// How long a claimed job is leased (the worker's heartbeat renews it).
+    pub lease: std::time::Duration,
 }
 
 impl Default for Options {
@@ -239,6 +249,7 @@ impl Default for Options {
             aws_endpoint: None,
             postgres_url: None,
             slack_timeout: std::time::Duration::from_secs(10),
+            lease: jit::app::DEFAULT_LEASE,
         }
     }
 }
@@ -264,21 +275,47 @@ impl Harness {
     }
 
     pub async fn with_options(options: Options) -> Harness {
+        Self::build(options, None).await
+    }
+
+    /// Another replica of this harness's jit: its own app, store connection, HTTP server and
+    /// worker state, on the same database, the same fake Slack and the same clock (PostgreSQL
+    /// tests of several replicas).
+    pub async fn replica(&self) -> Harness {
+        let options = Options {
+            policy: self.policy_text.clone(),
+            start: self.options_start,
+            aws_endpoint: self.aws_endpoint.clone(),
+            postgres_url: self.postgres_url.clone(),
+            slack_timeout: self.slack_timeout,
+            lease: self.app.settings.lease,
+        };
+        Self::build(options, Some(self)).await
+    }
+
+    async fn build(options: Options, join: Option<&Harness>) -> Harness {
         // JIT_TEST_LOGS=1: capture jit's log from the start, so a failing test shows its errors.
         if std::env::var_os("JIT_TEST_LOGS").is_some() {
             logs();
         }
         let template = options.policy.as_str();
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = match join {
+            Some(first) => first._dir.clone(),
+            None => Arc::new(tempfile::tempdir().unwrap()),
+        };
         let provider_log = dir.path().join("provider.log");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/provider.py");
         let text = template
             .replace("{log}", provider_log.to_str().unwrap())
             .replace("{script}", script.to_str().unwrap());
         let policy = Policy::parse(&text, &|p: &str| std::fs::read_to_string(p)).unwrap();
+        let policy_for_hooks = policy.clone();
 
-        let slack = FakeSlack::start(BOT_TOKEN).await.unwrap();
+        let slack = match join {
+            Some(first) => first.slack.clone(),
+            None => FakeSlack::start(BOT_TOKEN).await.unwrap(),
+        };
         for (id, name) in [
             (DEV, "dev"),
             (ALICE, "alice"),
@@ -295,7 +332,10 @@ impl Harness {
         slack.set_group_members("S0ONCALL", &[ONCALL]);
         slack.set_group_members("S0SECURITY", &[]);
 
-        let db = crate::db::TestDb::current().await;
+        let db = match join {
+            Some(first) => first.db.clone(),
+            None => Arc::new(crate::db::TestDb::current().await),
+        };
         let db_path = db
             .sqlite_path()
             .map(|p| p.to_path_buf())
@@ -305,7 +345,10 @@ impl Harness {
             .open_audit_chain(audit_key(), options.start)
             .await
             .unwrap();
-        let clock = ManualClock::new(options.start);
+        let clock = match join {
+            Some(first) => first.clock.clone(),
+            None => ManualClock::new(options.start),
+        };
         let (mut providers, external) = Providers::with_local(policy.resources(), None);
         for resource in external {
             match &resource.provider {
@@ -354,9 +397,17 @@ impl Harness {
             providers,
             settings: Settings {
                 slack_timeout: options.slack_timeout,
+                lease: options.lease,
                 ..Settings::default()
             },
             posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+            // The tests' webhook secrets: `secret_env = "TEST_HOOK_SECRET"` reads this.
+            webhooks: Some(
+                jit::webhooks::Targets::from_policy(&policy_for_hooks, &|name| {
+                    (name == "TEST_HOOK_SECRET").then(|| WEBHOOK_SECRET.to_owned())
+                })
+                .unwrap(),
+            ),
         })
         .unwrap();
         let groups = jit::slack::directory::groups_in(&app.policy);
@@ -384,6 +435,11 @@ impl Harness {
             _dir: dir,
             db_path,
             db,
+            policy_text: options.policy.clone(),
+            options_start: options.start,
+            aws_endpoint: options.aws_endpoint.clone(),
+            postgres_url: options.postgres_url.clone(),
+            slack_timeout: options.slack_timeout,
             server,
         }
     }
@@ -615,7 +671,7 @@ impl Harness {
 
     /// Runs every due job, as the worker would.
     pub async fn run_jobs(&self) -> usize {
-        jit::queue::worker::run_due(&self.app).await.unwrap()
+        jit::handlers::jobs::run_due(&self.app).await.unwrap()
     }
 
     pub fn advance(&self, by: Duration) {

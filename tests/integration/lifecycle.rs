@@ -582,7 +582,7 @@ driver_tests! {
         let now = h.clock_now();
         let mut tx = h.app.store.begin_write().await.unwrap();
         jit::store::on!(&mut tx, |c| sqlx::query("UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 WHERE kind = 'remind'")
-            .bind((now + Duration::hours(10)).timestamp_millis())
+            .bind((now + chrono::Duration::from_std(h.app.settings.lease).unwrap()).timestamp_millis())
             .execute(&mut *c)
             .await
             .map(|_| ()))
@@ -591,7 +591,7 @@ driver_tests! {
         // Three hours of downtime, then a restart.
         h.advance(Duration::hours(3));
         assert_eq!(
-            jit::queue::worker::recover(&h.app).await.unwrap(),
+            jit::handlers::jobs::recover(&h.app).await.unwrap(),
             1,
             "the orphaned job is reclaimed"
         );

@@ -180,6 +180,14 @@ fn resource() -> impl Strategy<Value = Resource> {
                 breakglass: true,
                 reminder_before: GrantDuration::from_secs(600),
                 pending_timeout: GrantDuration::from_secs(1800),
+                justification: Default::default(),
+                // A tracker address: a request's ticket is linked, percent-encoded, in messages.
+                ticket: jit::domain::policy::TicketRule {
+                    url: (approvers % 2 == 0).then(|| {
+                        "https://tracker.example.com/browse/{ticket}?view=<full>&x=1".into()
+                    }),
+                    ..Default::default()
+                },
             }
         },
     )

@@ -17,5 +17,8 @@ mod lifecycle;
 mod limits_props;
 mod postgres;
 mod reliability;
+mod replicas;
+mod rules;
 mod slack_delivery;
 mod teardown_attacks;
+mod webhooks;

@@ -851,3 +851,80 @@ driver_tests! {
         assert!(shown.contains("&lt;very&gt;"), "user text stays escaped");
     }
 }
+
+driver_tests! {
+    /// Slack took a post but its answer was lost (a replica killed between Slack's answer and
+    /// recording it looks the same to the next attempt): the retry finds the message by its
+    /// metadata and posts nothing twice, and the message it found is the one later updated. The
+    /// same for the audit thread and a DM.
+    async fn a_post_whose_answer_was_lost_is_not_posted_again() {
+        let h = Harness::start().await;
+        h.slack
+            .inject(&format!("chat.postMessage@{APPROVALS}"), Fault::AnswerLost, 1);
+        let id = h.request_access(DEV, "db 1h the answer got lost").await;
+        h.run_jobs().await;
+        // The approval message job failed (502) and is retried after its backoff.
+        h.advance_and_run(Duration::seconds(10)).await;
+        let approvals: Vec<_> = h.slack.messages(APPROVALS);
+        assert_eq!(approvals.len(), 1, "one approval message: {approvals:?}");
+        let found = h.slack.call_count("conversations.history");
+        assert!(found >= 1, "the retry looked for its earlier post");
+        assert_eq!(
+            h.stored(id).await.request.approval_ts.as_deref(),
+            Some(approvals[0].ts.as_str()),
+            "the post found again is recorded"
+        );
+        // Approving updates that message in place; still one.
+        h.click(ALICE, "jit.approve", id).await;
+        h.run_jobs().await;
+        let approvals = h.slack.messages(APPROVALS);
+        assert_eq!(approvals.len(), 1);
+        assert!(approvals[0].edits >= 1, "the found message was updated");
+
+        // The audit thread's replies and a DM, their answers lost once each.
+        h.slack
+            .inject(&format!("chat.postMessage@{AUDIT}"), Fault::AnswerLost, 2);
+        h.slack.inject("chat.postMessage", Fault::AnswerLost, 1);
+        let second = h.request_access(DEV, "db 1h again").await;
+        for _ in 0..6 {
+            h.advance_and_run(Duration::seconds(30)).await;
+        }
+        h.click(BOB, "jit.approve", second).await;
+        for _ in 0..6 {
+            h.advance_and_run(Duration::seconds(30)).await;
+        }
+        let twice: Vec<_> = h
+            .slack
+            .posts_by_key()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect();
+        assert!(twice.is_empty(), "posted twice: {twice:?}");
+        assert!(
+            h.slack.posts_by_key().keys().any(|k| k.starts_with("audit-root:")),
+            "posts are tagged"
+        );
+        assert!(h.slack.calls().iter().filter(|c| !c.ok && c.status == 502).count() >= 3);
+        let thread = h.audit_thread(second);
+        assert!(!thread.is_empty());
+    }
+
+    /// With the history scopes missing the lookup fails: the post goes out anyway (a possible
+    /// duplicate beats a lost message) and the job is not stuck.
+    async fn a_failed_lookup_still_posts() {
+        let h = Harness::start().await;
+        let scopes: Vec<&str> = jit::slack::api::SCOPES
+            .iter()
+            .map(|s| s.name)
+            .filter(|s| !s.ends_with(":history"))
+            .collect();
+        h.slack.set_scopes(&scopes);
+        h.slack
+            .inject(&format!("chat.postMessage@{APPROVALS}"), Fault::ServerError(503), 1);
+        let id = h.request_access(DEV, "db 1h no history scope").await;
+        h.run_jobs().await;
+        h.advance_and_run(Duration::seconds(10)).await;
+        assert_eq!(h.slack.messages(APPROVALS).len(), 1);
+        assert!(h.stored(id).await.request.approval_ts.is_some());
+    }
+}

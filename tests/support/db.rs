@@ -107,9 +107,39 @@ impl TestDb {
     }
 }
 
+impl Drop for TestDb {
+    /// A passing test's PostgreSQL schema goes with it; a failing test's stays for a look (and
+    /// is swept a few hours later).
+    fn drop(&mut self) {
+        let TestDb::Postgres { base, schema } = self else {
+            return;
+        };
+        if std::thread::panicking() {
+            return;
+        }
+        let (base, schema) = (base.clone(), schema.clone());
+        // A thread of its own: Drop cannot await, and may run inside a runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = Store::connect(&base, Durability::Normal).await {
+                    let _ = admin
+                        .execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Test schemas are left behind when a test fails; those older than a few hours go.
 async fn sweep_old_schemas(admin: &Store) {
-    let cutoff = chrono::Utc::now().timestamp() - 6 * 3600;
+    let cutoff = chrono::Utc::now().timestamp() - 3 * 3600;
     let mut conn = admin.read().await.unwrap();
     let names: Vec<String> = jit::store::on!(&mut conn, |c| sqlx::query_scalar(
         "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'jit\\_t\\_%'"
@@ -136,7 +166,7 @@ async fn sweep_old_schemas(admin: &Store) {
 /// from [`driver`], which the harness and [`TestDb::current`] use.
 #[macro_export]
 macro_rules! driver_tests {
-    ($( $(#[doc = $doc:literal])* $(#[tokio::test $($args:tt)*])? async fn $name:ident() $body:block )*) => {
+    ($( $(#[doc = $doc:literal])* $(#[cfg_attr($($when:tt)*)])* $(#[tokio::test $($args:tt)*])? async fn $name:ident() $body:block )*) => {
         $(
             $(#[doc = $doc])*
             mod $name {
@@ -146,12 +176,14 @@ macro_rules! driver_tests {
                 // The body is expanded in each test (not shared as one function), so insta
                 // names each variant's snapshots after it and sees no duplicate assertion.
                 #[tokio::test $($($args)*)?]
+                $(#[cfg_attr($($when)*)])*
                 async fn sqlite() {
                     $crate::db::DRIVER.scope(jit::store::Driver::Sqlite, async $body).await
                 }
 
                 #[tokio::test $($($args)*)?]
                 #[cfg_attr(not(jit_postgres_tests), ignore = "needs JIT_TEST_POSTGRES_URL at build time")]
+                $(#[cfg_attr($($when)*)])*
                 async fn postgres() {
                     $crate::db::DRIVER.scope(jit::store::Driver::Postgres, async $body).await
                 }

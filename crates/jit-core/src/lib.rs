@@ -5,8 +5,11 @@
 pub mod clock;
 pub mod domain;
 
-/// What Slack sends, parsed, and how its signature is checked.
+/// What Slack sends, parsed, and how its signature is checked; Slack's Block Kit limits; the
+/// app's scopes.
 pub mod slack {
+    pub mod limits;
     pub mod payload;
+    pub mod scopes;
     pub mod verify;
 }

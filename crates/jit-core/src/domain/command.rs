@@ -104,7 +104,7 @@ impl Subcommand {
     pub fn summary(self) -> &'static str {
         match self {
             Subcommand::Request => {
-                "ask for access (without arguments, opens a form); e.g. `/jit request prod-db 2h investigating INC-123`"
+                "ask for access (without arguments, opens a form); e.g. `/jit request prod-db 2h investigating INC-123`. A ticket in the justification (INC-123) is picked up where the resource asks for one; `/jit why` shows a resource's rules"
             }
             Subcommand::List => "your pending and active requests",
             Subcommand::Cancel => "withdraw your own pending request",

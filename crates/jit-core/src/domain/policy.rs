@@ -36,6 +36,16 @@ struct PolicyFile {
     resource: Vec<Spanned<ResourceFile>>,
     #[serde(default)]
     identity: Vec<Spanned<IdentityFile>>,
+    #[serde(default)]
+    webhook: Vec<Spanned<WebhookFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookFile {
+    url: String,
+    events: Vec<String>,
+    secret_env: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +68,10 @@ struct DefaultsFile {
     default_duration: Option<GrantDuration>,
     #[serde(default = "one")]
     approvals_required: u32,
+    #[serde(default)]
+    justification: Option<JustificationFile>,
+    #[serde(default)]
+    ticket: Option<TicketFile>,
 }
 
 impl Default for DefaultsFile {
@@ -68,8 +82,28 @@ impl Default for DefaultsFile {
             max_duration: default_max_duration(),
             default_duration: None,
             approvals_required: 1,
+            justification: None,
+            ticket: None,
         }
     }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct JustificationFile {
+    #[serde(default)]
+    min_length: usize,
+    pattern: Option<String>,
+    hint: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct TicketFile {
+    #[serde(default)]
+    required: bool,
+    pattern: Option<String>,
+    url: Option<String>,
 }
 
 fn default_reminder_before() -> GrantDuration {
@@ -180,6 +214,10 @@ struct ResourceFile {
     breakglass: bool,
     reminder_before: Option<GrantDuration>,
     pending_timeout: Option<GrantDuration>,
+    /// Replaces `defaults.justification` for this resource.
+    justification: Option<JustificationFile>,
+    /// Replaces `defaults.ticket` for this resource.
+    ticket: Option<TicketFile>,
 
     // exec
     grant_command: Option<Vec<String>>,
@@ -516,6 +554,244 @@ pub struct Resource {
     pub breakglass: bool,
     pub reminder_before: GrantDuration,
     pub pending_timeout: GrantDuration,
+    pub justification: JustificationRule,
+    pub ticket: TicketRule,
+}
+
+/// A regular expression from the policy, compared by its text.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl Pattern {
+    /// At most this much compiled program: a policy pattern cannot make matching expensive.
+    const SIZE_LIMIT: usize = 1 << 20;
+
+    fn compile(text: &str) -> Result<Pattern, String> {
+        regex::RegexBuilder::new(text)
+            .size_limit(Self::SIZE_LIMIT)
+            .build()
+            .map(Pattern)
+            .map_err(|e| format!("`{text}` is not a valid regular expression: {e}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Pattern {}
+
+/// What a justification must be (`justification = { min_length, pattern, hint }`). The default
+/// asks only that it is not empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JustificationRule {
+    /// Characters, after trimming.
+    pub min_length: usize,
+    pub pattern: Option<Pattern>,
+    /// Shown with every refusal: what a good justification looks like.
+    pub hint: Option<String>,
+}
+
+/// What a ticket must be (`ticket = { required, pattern, url }`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketRule {
+    pub required: bool,
+    /// A ticket must match it; the first word of a justification that matches is taken as the
+    /// ticket when none is given.
+    pub pattern: Option<Pattern>,
+    /// Where a ticket is shown, with `{ticket}` in place of the ticket.
+    pub url: Option<String>,
+}
+
+/// A justification or ticket that breaks its rule: a stable code (the API's) and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleBreach {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl JustificationRule {
+    pub fn check(&self, resource: &ResourceId, text: &str) -> Result<(), RuleBreach> {
+        let text = text.trim();
+        let hint = self
+            .hint
+            .as_deref()
+            .map(|h| format!(" {h}"))
+            .unwrap_or_default();
+        let length = text.chars().count();
+        if length < self.min_length {
+            return Err(RuleBreach {
+                code: "justification_too_short",
+                message: format!(
+                    "The justification for `{resource}` is too short: at least {} characters, and it has {length}.{hint}",
+                    self.min_length
+                ),
+            });
+        }
+        if let Some(pattern) = &self.pattern
+            && !pattern.is_match(text)
+        {
+            return Err(RuleBreach {
+                code: "justification_mismatch",
+                message: match &self.hint {
+                    Some(hint) => format!(
+                        "The justification for `{resource}` does not follow its rule. {hint}"
+                    ),
+                    None => format!(
+                        "The justification for `{resource}` must match `{}`.",
+                        pattern.as_str()
+                    ),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// The rule in words, for `/jit why` and the request form.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.min_length > 0 {
+            parts.push(format!("at least {} characters", self.min_length));
+        }
+        if let Some(pattern) = &self.pattern {
+            parts.push(format!("matching `{}`", pattern.as_str()));
+        }
+        if parts.is_empty() && self.hint.is_none() {
+            return None;
+        }
+        let mut text = parts.join(", ");
+        if let Some(hint) = &self.hint {
+            if !text.is_empty() {
+                text.push_str(". ");
+            }
+            text.push_str(hint);
+        }
+        Some(text)
+    }
+}
+
+impl TicketRule {
+    /// The first word of `text` that matches the pattern (trimmed of punctuation around it).
+    pub fn find_in(&self, text: &str) -> Option<String> {
+        let pattern = self.pattern.as_ref()?;
+        text.split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+            .find(|w| !w.is_empty() && pattern.is_match(w))
+            .map(str::to_owned)
+    }
+
+    pub fn check(&self, resource: &ResourceId, ticket: Option<&str>) -> Result<(), RuleBreach> {
+        match ticket.map(str::trim).filter(|t| !t.is_empty()) {
+            None if self.required => Err(RuleBreach {
+                code: "ticket_required",
+                message: match &self.pattern {
+                    Some(p) => format!(
+                        "`{resource}` needs a ticket (matching `{}`): put it in the justification or the ticket field.",
+                        p.as_str()
+                    ),
+                    None => format!(
+                        "`{resource}` needs a ticket: put it in the ticket field (or the API's `ticket`)."
+                    ),
+                },
+            }),
+            None => Ok(()),
+            Some(ticket) => match &self.pattern {
+                Some(p) if !p.is_match(ticket) => Err(RuleBreach {
+                    code: "ticket_mismatch",
+                    message: format!(
+                        "The ticket `{ticket}` is not one `{resource}` accepts: it must match `{}`.",
+                        p.as_str()
+                    ),
+                }),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The rule in words, for `/jit why`.
+    pub fn describe(&self) -> Option<String> {
+        match (self.required, &self.pattern) {
+            (false, None) => None,
+            (true, None) => Some("required".into()),
+            (true, Some(p)) => Some(format!("required, matching `{}`", p.as_str())),
+            (false, Some(p)) => Some(format!("optional, matching `{}`", p.as_str())),
+        }
+    }
+
+    /// The ticket's address, from `url` (the ticket percent-encoded), if the rule has one.
+    pub fn link(&self, ticket: &str) -> Option<String> {
+        let template = self.url.as_deref()?;
+        let encoded: String = ticket
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        Some(template.replace("{ticket}", &encoded))
+    }
+}
+
+fn justification_rule(file: Option<&JustificationFile>) -> Result<JustificationRule, String> {
+    let Some(file) = file else {
+        return Ok(JustificationRule::default());
+    };
+    if file.min_length > 2000 {
+        return Err(format!(
+            "justification.min_length {} is longer than a justification may be (2000)",
+            file.min_length
+        ));
+    }
+    if file.hint.as_ref().is_some_and(|h| h.chars().count() > 300) {
+        return Err("justification.hint must be at most 300 characters".into());
+    }
+    Ok(JustificationRule {
+        min_length: file.min_length,
+        pattern: file
+            .pattern
+            .as_deref()
+            .map(Pattern::compile)
+            .transpose()
+            .map_err(|e| format!("justification.pattern: {e}"))?,
+        hint: file.hint.clone(),
+    })
+}
+
+fn ticket_rule(file: Option<&TicketFile>) -> Result<TicketRule, String> {
+    let Some(file) = file else {
+        return Ok(TicketRule::default());
+    };
+    if let Some(url) = &file.url
+        && (!(url.starts_with("https://") || url.starts_with("http://"))
+            || !url.contains("{ticket}"))
+    {
+        return Err(format!(
+            "ticket.url `{url}` must be an http(s) address with `{{ticket}}` where the ticket goes"
+        ));
+    }
+    Ok(TicketRule {
+        required: file.required,
+        pattern: file
+            .pattern
+            .as_deref()
+            .map(Pattern::compile)
+            .transpose()
+            .map_err(|e| format!("ticket.pattern: {e}"))?,
+        url: file.url.clone(),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -542,6 +818,78 @@ pub struct Policy {
     pub limits: Limits,
     resources: Vec<Resource>,
     identities: Vec<Identity>,
+    webhooks: Vec<Webhook>,
+}
+
+/// The families of audit events a webhook can ask for (`events = ["request.*", …]`); each event
+/// type is `family.event`, such as `grant.granted` or `request.denied`.
+pub const EVENT_FAMILIES: &[&str] = &["request", "grant", "credentials", "token", "api", "system"];
+
+/// Where audit events are POSTed, signed (`[[webhook]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    /// `*`, `family.*` or `family.event`.
+    pub events: Vec<String>,
+    /// The variable (or `<name>_FILE`) holding the signing secret.
+    pub secret_env: String,
+}
+
+impl Webhook {
+    /// Whether events of `event_type` (`family.event`) go to this webhook.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.iter().any(|pattern| {
+            pattern == "*"
+                || pattern == event_type
+                || pattern
+                    .strip_suffix(".*")
+                    .is_some_and(|family| event_type.split('.').next() == Some(family))
+        })
+    }
+}
+
+fn build_webhook(raw: WebhookFile) -> Result<Webhook, String> {
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| raw.url.starts_with(p) && raw.url[p.len()..].starts_with([':', '/']));
+    if !(raw.url.starts_with("https://") || loopback) || raw.url.contains(char::is_whitespace) {
+        return Err(format!(
+            "url `{}` must be https:// (plain http only to this machine: 127.0.0.1, localhost)",
+            raw.url
+        ));
+    }
+    if raw.events.is_empty() {
+        return Err("events must name at least one event type, `family.*` or `*`".into());
+    }
+    for pattern in &raw.events {
+        let family = pattern.split('.').next().unwrap_or_default();
+        let well_formed = pattern == "*"
+            || (EVENT_FAMILIES.contains(&family)
+                && pattern.split('.').count() == 2
+                && !pattern.ends_with('.'));
+        if !well_formed {
+            return Err(format!(
+                "events: `{pattern}` is not `*`, `family.*` or `family.event` (families: {})",
+                EVENT_FAMILIES.join(", ")
+            ));
+        }
+    }
+    let name_ok = !raw.secret_env.is_empty()
+        && raw
+            .secret_env
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "secret_env `{}` must name an environment variable (A-Z, 0-9, _)",
+            raw.secret_env
+        ));
+    }
+    Ok(Webhook {
+        url: raw.url,
+        events: raw.events,
+        secret_env: raw.secret_env,
+    })
 }
 
 /// A policy error with the position it refers to.
@@ -767,6 +1115,24 @@ impl Policy {
             }
         }
 
+        let mut webhooks: Vec<Webhook> = Vec::new();
+        for spanned in file.webhook {
+            let (line, column) = position(text, spanned.span().start);
+            let webhook = build_webhook(spanned.into_inner()).map_err(|message| PolicyError {
+                line,
+                column,
+                message: format!("webhook: {message}"),
+            })?;
+            if webhooks.iter().any(|w| w.url == webhook.url) {
+                return Err(PolicyError {
+                    line,
+                    column,
+                    message: format!("webhook: `{}` is declared twice", webhook.url),
+                });
+            }
+            webhooks.push(webhook);
+        }
+
         let admins = Principals::from_file(file.slack.admins);
         if admins.users.is_empty() && admins.groups.is_empty() {
             return Err(PolicyError {
@@ -801,7 +1167,13 @@ impl Policy {
             },
             resources,
             identities,
+            webhooks,
         })
+    }
+
+    /// Where audit events are POSTed (`[[webhook]]`).
+    pub fn webhooks(&self) -> &[Webhook] {
+        &self.webhooks
     }
 
     /// What `jit policy check` warns about for the policy as a whole (resources have their own).
@@ -1353,6 +1725,12 @@ fn build_resource(
         breakglass: raw.breakglass,
         reminder_before: raw.reminder_before.unwrap_or(defaults.reminder_before),
         pending_timeout: raw.pending_timeout.unwrap_or(defaults.pending_timeout),
+        justification: justification_rule(
+            raw.justification
+                .as_ref()
+                .or(defaults.justification.as_ref()),
+        )?,
+        ticket: ticket_rule(raw.ticket.as_ref().or(defaults.ticket.as_ref()))?,
     })
 }
 

@@ -717,3 +717,174 @@ fn pending_requests_per_requester_are_capped_by_default() {
         "{err}"
     );
 }
+
+const RULES: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[defaults]
+justification = { min_length = 20, hint = "Say what you will change and why, with the incident." }
+ticket = { required = true, pattern = "^(INC|CHG)-[0-9]+$", url = "https://tracker.example.com/browse/{ticket}" }
+
+[[resource]]
+id = "prod-db"
+provider = "none"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+
+[[resource]]
+id = "staging"
+provider = "none"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+justification = { pattern = "(?i)\\b(test|debug)\\b" }
+ticket = { required = false }
+"#;
+
+#[test]
+fn justification_and_ticket_rules_come_from_the_defaults_or_the_resource() {
+    let policy = parse(RULES).unwrap();
+    let prod = policy.resource("prod-db").unwrap();
+    let id = &prod.id;
+    assert_eq!(prod.justification.min_length, 20);
+    assert!(prod.ticket.required);
+    let short = prod.justification.check(id, "  fixing it  ").unwrap_err();
+    assert_eq!(short.code, "justification_too_short");
+    assert_eq!(
+        short.message,
+        "The justification for `prod-db` is too short: at least 20 characters, and it has 9. Say what you will change and why, with the incident."
+    );
+    prod.justification
+        .check(id, "rotating the replica's certificate for INC-42")
+        .unwrap();
+    // A ticket is required: given, found in the text, or missing.
+    let missing = prod.ticket.check(id, None).unwrap_err();
+    assert_eq!(missing.code, "ticket_required");
+    assert!(
+        missing.message.contains("^(INC|CHG)-[0-9]+$"),
+        "{}",
+        missing.message
+    );
+    let wrong = prod.ticket.check(id, Some("JIRA-1")).unwrap_err();
+    assert_eq!(wrong.code, "ticket_mismatch");
+    prod.ticket.check(id, Some("CHG-7")).unwrap();
+    assert_eq!(
+        prod.ticket.find_in("rotating certs (INC-42), then CHG-7"),
+        Some("INC-42".into()),
+        "the first word that matches, without punctuation around it"
+    );
+    assert_eq!(prod.ticket.find_in("no ticket here INC-x"), None);
+    assert_eq!(
+        prod.ticket.link("INC-42").as_deref(),
+        Some("https://tracker.example.com/browse/INC-42")
+    );
+    assert_eq!(
+        prod.ticket.link("a b&c").as_deref(),
+        Some("https://tracker.example.com/browse/a%20b%26c"),
+        "the ticket is percent-encoded in the address"
+    );
+    // The resource's own rules replace the defaults.
+    let staging = policy.resource("staging").unwrap();
+    assert!(!staging.ticket.required && staging.ticket.url.is_none());
+    assert_eq!(staging.justification.min_length, 0);
+    let off = staging
+        .justification
+        .check(&staging.id, "just because")
+        .unwrap_err();
+    assert_eq!(off.code, "justification_mismatch");
+    assert_eq!(
+        off.message,
+        "The justification for `staging` must match `(?i)\\b(test|debug)\\b`."
+    );
+    staging
+        .justification
+        .check(&staging.id, "Debug the cache")
+        .unwrap();
+    assert_eq!(staging.ticket.check(&staging.id, None), Ok(()));
+    assert_eq!(
+        prod.justification.describe().as_deref(),
+        Some("at least 20 characters. Say what you will change and why, with the incident.")
+    );
+    assert_eq!(
+        prod.ticket.describe().as_deref(),
+        Some("required, matching `^(INC|CHG)-[0-9]+$`")
+    );
+    assert_eq!(staging.ticket.describe(), None);
+}
+
+#[test]
+fn bad_rules_are_refused_with_their_place() {
+    for (rule, expected) in [
+        (
+            r#"ticket = { pattern = "([a-z" }"#,
+            "ticket.pattern: `([a-z` is not a valid regular expression",
+        ),
+        (
+            r#"ticket = { url = "https://tracker.example.com/browse/" }"#,
+            "must be an http(s) address with `{ticket}`",
+        ),
+        (
+            r#"ticket = { url = "javascript:alert({ticket})" }"#,
+            "must be an http(s) address",
+        ),
+        (
+            r#"justification = { min_length = 5000 }"#,
+            "justification.min_length 5000 is longer than a justification may be (2000)",
+        ),
+        (
+            r#"justification = { minimum = 3 }"#,
+            "unknown field `minimum`",
+        ),
+    ] {
+        let text = format!(
+            "[slack]\naudit_channel = \"C0AUDIT\"\nadmins = {{ users = [\"U0A\"] }}\n\n[[resource]]\nid = \"db\"\nprovider = \"none\"\napprovers = {{ channel = \"C0APPROVALS\", users = [\"U0ALICE\"] }}\n{rule}\n"
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains(expected), "{rule}: {err}");
+        assert!(
+            err.line >= 5,
+            "{rule}: the error names the resource's place: {err}"
+        );
+    }
+}
+
+#[test]
+fn webhooks_are_validated_and_match_event_families() {
+    let base = "[slack]\naudit_channel = \"C0AUDIT\"\nadmins = { users = [\"U0A\"] }\n";
+    let policy = parse(&format!(
+        "{base}\n[[webhook]]\nurl = \"https://siem.example.com/jit\"\nevents = [\"request.*\", \"grant.torn_down\"]\nsecret_env = \"SIEM_SECRET\"\n"
+    ))
+    .unwrap();
+    let hook = &policy.webhooks()[0];
+    assert!(hook.wants("request.approved") && hook.wants("grant.torn_down"));
+    assert!(!hook.wants("grant.granted") && !hook.wants("requested.x"));
+    for (webhook, expected) in [
+        (
+            "url = \"http://siem.example.com/jit\"\nevents = [\"*\"]\nsecret_env = \"S\"",
+            "must be https://",
+        ),
+        (
+            "url = \"http://127.0.0.1.evil.example/x\"\nevents = [\"*\"]\nsecret_env = \"S\"",
+            "must be https://",
+        ),
+        (
+            "url = \"https://a.example/x\"\nevents = []\nsecret_env = \"S\"",
+            "events must name at least one",
+        ),
+        (
+            "url = \"https://a.example/x\"\nevents = [\"grants.*\"]\nsecret_env = \"S\"",
+            "`grants.*` is not `*`, `family.*` or `family.event`",
+        ),
+        (
+            "url = \"https://a.example/x\"\nevents = [\"*\"]\nsecret_env = \"not a name\"",
+            "must name an environment variable",
+        ),
+    ] {
+        let err = parse(&format!("{base}\n[[webhook]]\n{webhook}\n")).unwrap_err();
+        assert!(err.message.contains(expected), "{webhook}: {err}");
+    }
+    let loopback = parse(&format!(
+        "{base}\n[[webhook]]\nurl = \"http://127.0.0.1:9000/hook\"\nevents = [\"*\"]\nsecret_env = \"S\"\n"
+    ))
+    .unwrap();
+    assert!(loopback.webhooks()[0].wants("system.job_dead"));
+}

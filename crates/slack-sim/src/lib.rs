@@ -29,7 +29,7 @@
 //!   channel the bot is not in, like one that does not exist, is `channel_not_found`;
 //! - authentication: every call needs `Authorization: Bearer <bot token>`; without one the answer
 //!   is `not_authed`, with another token `invalid_auth` (HTTP 200, as Slack does);
-//! - scopes: the token has the scopes of `slack-app.yaml` ([`super::api::SCOPES`]) unless a test
+//! - scopes: the token has the scopes of `slack-app.yaml` ([`jit_core::slack::scopes::SCOPES`]) unless a test
 //!   sets others with [`FakeSlack::set_scopes`]. Every authenticated answer lists them in the
 //!   `x-oauth-scopes` header, and a method whose scope the token lacks is answered as Slack
 //!   does: `{"ok":false,"error":"missing_scope","needed":"chat:write","provided":"…"}`
@@ -38,7 +38,7 @@
 //!   `groups:read` for `conversations.info` of a public or private channel). Without
 //!   `users:read.email`, `users.info` leaves out the email;
 //! - Slack's limits, checked by the same validator jit's builders are tested with
-//!   ([`super::limits::check_message`], [`super::limits::check_view`]): 50 blocks in a message
+//!   ([`limits::check_message`], [`limits::check_view`]): 50 blocks in a message
 //!   and 100 in a view, 3,000 characters of section text, 150 of header text, 75 of option and
 //!   button text, 2,000 of button value, 255 of ids, 100 options per select, 24 characters of
 //!   modal title and buttons, 3,000 of `private_metadata`, 40,000 of message text, and more. A
@@ -90,7 +90,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 
-use super::limits;
+use jit_core::slack::limits;
 
 /// Team id of the simulated workspace.
 pub const TEAM_ID: &str = "T0JITSIM";
@@ -128,6 +128,10 @@ pub enum Fault {
     /// may add one day and odd shapes in the fields jit does not read (a `message` whose
     /// `blocks` is a string, a `view` whose `state` is not an object, a `warning`, …).
     OddAnswer,
+    /// The call takes effect (the message is posted), but its answer is lost on the way: jit
+    /// gets HTTP 502, as from a proxy whose connection to Slack dropped. What a process killed
+    /// between Slack's answer and recording it looks like to the next attempt.
+    AnswerLost,
 }
 
 /// Whether the bot may post in a channel ([`FakeSlack::set_channel_state`]).
@@ -159,6 +163,8 @@ pub struct Message {
     pub blocks: Value,
     /// Number of `chat.update` calls applied to this message.
     pub edits: usize,
+    /// The message's `metadata` (`event_type` and `event_payload`), or `Null`.
+    pub metadata: Value,
 }
 
 impl Message {
@@ -222,6 +228,7 @@ pub struct Call {
 }
 
 /// A change a person could see, in the order the fake applied them.
+#[allow(clippy::large_enum_variant)] // a test double: kept by value for easy matching
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SlackEvent {
@@ -294,7 +301,7 @@ impl FakeSlack {
         let shared = Arc::new(Shared {
             bot_token: bot_token.to_owned(),
             state: Mutex::new(SimState {
-                scopes: super::api::SCOPES
+                scopes: jit_core::slack::scopes::SCOPES
                     .iter()
                     .map(|s| s.name.to_owned())
                     .collect(),
@@ -383,6 +390,7 @@ impl FakeSlack {
             text: text.to_owned(),
             blocks: Value::Null,
             edits: 0,
+            metadata: Value::Null,
         };
         state.authors.insert(message.ts.clone(), user.to_owned());
         state.messages.push(message.clone());
@@ -443,6 +451,23 @@ impl FakeSlack {
     /// Every API call answered so far, including refused and faulted ones, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.shared.lock().calls.clone()
+    }
+
+    /// How many messages (top-level and replies, in every channel) carry each metadata key
+    /// jit tags its posts with (`event_payload.key`): a key counted twice is a message posted
+    /// twice.
+    pub fn posts_by_key(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for message in &self.shared.lock().messages {
+            if let Some(key) = message
+                .metadata
+                .pointer("/event_payload/key")
+                .and_then(Value::as_str)
+            {
+                *counts.entry(key.to_owned()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// How many calls of `method` were answered so far (whatever the outcome).
@@ -796,6 +821,7 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let odd = fault == Some(Fault::OddAnswer);
+    let lost = fault == Some(Fault::AnswerLost);
     let faulted = match fault {
         Some(fault) => fault_reply(fault).await,
         None => None,
@@ -821,6 +847,14 @@ async fn handle(
     });
     if odd && reply.is_ok() {
         oddify(&mut reply.body);
+    }
+    if lost {
+        reply = Reply {
+            status: StatusCode::BAD_GATEWAY,
+            retry_after: None,
+            body: json!({ "ok": false, "error": "bad_gateway" }),
+            scopes: None,
+        };
     }
     state.calls.push(Call {
         method,
@@ -856,7 +890,7 @@ async fn fault_reply(fault: Fault) -> Option<Reply> {
             tokio::time::sleep(delay).await;
             return None;
         }
-        Fault::OddAnswer => return None,
+        Fault::OddAnswer | Fault::AnswerLost => return None,
     };
     Some(reply)
 }
@@ -1083,6 +1117,7 @@ impl SimState {
             "chat.postEphemeral" => self.post_ephemeral(params),
             "conversations.open" => self.open_conversation(params),
             "conversations.history" => self.history(params),
+            "conversations.replies" => self.replies(params),
             "users.info" => self.user_info(params),
             "users.list" => self.users_list(params),
             "usergroups.users.list" => self.group_members(params),
@@ -1194,10 +1229,11 @@ impl SimState {
         found.sort_by_key(|m| std::cmp::Reverse(parse_ts(&m.ts).unwrap_or_default()));
         let has_more = found.len() > limit;
         let next = found.get(limit).map(|m| encode_cursor(&m.ts));
+        let metadata = flag_param(params, "include_all_metadata");
         let messages: Vec<Value> = found
             .into_iter()
             .take(limit)
-            .map(|m| self.history_json(m))
+            .map(|m| with_metadata(self.history_json(m), m, metadata))
             .collect();
         let mut answer = json!({
             "messages": messages,
@@ -1210,6 +1246,36 @@ impl SimState {
             answer["response_metadata"] = json!({ "next_cursor": next });
         }
         Ok(answer)
+    }
+
+    /// A thread (`conversations.replies`): its parent, then its replies, oldest first. Like
+    /// Slack, a message's `metadata` is shown only with `include_all_metadata`.
+    fn replies(&self, params: &Map<String, Value>) -> ApiResult {
+        let channel = channel_param(params)?;
+        match self.channel_states.get(&channel) {
+            Some(ChannelState::NotFound) => return Err("channel_not_found".into()),
+            Some(ChannelState::NotInChannel) => return Err("not_in_channel".into()),
+            _ => {}
+        }
+        let ts = str_param(params, "ts")
+            .ok_or_else(|| Failure::because("invalid_arguments", "ts is required"))?;
+        let parent = self
+            .messages
+            .iter()
+            .find(|m| m.channel == channel && m.ts == ts && m.thread_ts.is_none())
+            .ok_or_else(|| Failure::because("thread_not_found", format!("no thread {ts}")))?;
+        let metadata = flag_param(params, "include_all_metadata");
+        let mut thread: Vec<&Message> = self
+            .messages
+            .iter()
+            .filter(|m| m.channel == channel && m.thread_ts.as_deref() == Some(ts))
+            .collect();
+        thread.sort_by_key(|m| parse_ts(&m.ts).unwrap_or_default());
+        let messages: Vec<Value> = std::iter::once(parent)
+            .chain(thread)
+            .map(|m| with_metadata(self.history_json(m), m, metadata))
+            .collect();
+        Ok(json!({ "messages": messages, "has_more": false }))
     }
 
     /// A message as `conversations.history` shows it: with its author and its thread's size.
@@ -1259,6 +1325,21 @@ impl SimState {
                 ));
             }
         }
+        let metadata = match params.get("metadata") {
+            None | Some(Value::Null) => Value::Null,
+            // Slack takes the metadata as an object, or as its JSON text (form encoding).
+            Some(Value::String(text)) => serde_json::from_str(text)
+                .map_err(|_| Failure::because("invalid_metadata_format", "metadata is not JSON"))?,
+            Some(other) => other.clone(),
+        };
+        let well_formed =
+            metadata["event_type"].is_string() && metadata["event_payload"].is_object();
+        if !(metadata.is_null() || well_formed) {
+            return Err(Failure::because(
+                "invalid_metadata_schema",
+                "metadata needs a string event_type and an object event_payload",
+            ));
+        }
         let message = Message {
             channel,
             ts: self.next_ts(),
@@ -1266,6 +1347,7 @@ impl SimState {
             text: text.unwrap_or_default(),
             blocks: stored_blocks(blocks),
             edits: 0,
+            metadata,
         };
         self.messages.push(message.clone());
         self.events.push(SlackEvent::Posted {
@@ -1720,6 +1802,24 @@ fn auth_test() -> Value {
 }
 
 /// The `message` object Slack returns for a posted or updated message.
+/// A boolean parameter, as Slack reads one from JSON or a form (`true`, `1`).
+fn flag_param(params: &Map<String, Value>, key: &str) -> bool {
+    match params.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true" || s == "1",
+        Some(Value::Number(n)) => n.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+/// `json` with the message's metadata when it has some and it was asked for.
+fn with_metadata(mut json: Value, message: &Message, asked: bool) -> Value {
+    if asked && !message.metadata.is_null() {
+        json["metadata"] = message.metadata.clone();
+    }
+    json
+}
+
 fn message_json(message: &Message) -> Value {
     let mut json = json!({
         "type": "message",
@@ -3258,7 +3358,10 @@ mod tests {
             .to_str()
             .unwrap()
             .to_owned();
-        let manifest: Vec<&str> = crate::slack::api::SCOPES.iter().map(|s| s.name).collect();
+        let manifest: Vec<&str> = jit_core::slack::scopes::SCOPES
+            .iter()
+            .map(|s| s.name)
+            .collect();
         assert_eq!(listed, manifest.join(","));
         // A refused token learns nothing about the scopes.
         let refused = reqwest::Client::new()
@@ -3300,42 +3403,6 @@ mod tests {
         fake.set_scopes(&["users:read", "users:read.email"]);
         let user = raw(&fake, "users.info", json!({"user": ALICE})).await;
         assert_eq!(user["user"]["profile"]["email"], "alice@example.com");
-    }
-
-    #[tokio::test]
-    async fn jits_client_reads_the_token_channels_and_users() {
-        let fake = FakeSlack::start(TOKEN).await.unwrap();
-        let api = crate::slack::api::SlackApi::new(
-            &fake.api_url(),
-            secrecy::SecretString::from(TOKEN),
-            std::num::NonZeroU32::new(1).unwrap(),
-            crate::metrics::Metrics::new(),
-        )
-        .unwrap();
-        let info = api.auth_test().await.unwrap();
-        assert_eq!(info.team_id.as_deref(), Some(TEAM_ID));
-        assert_eq!(info.user_id.as_deref(), Some(BOT_USER_ID));
-        assert_eq!(info.scopes.unwrap().len(), crate::slack::api::SCOPES.len());
-        fake.set_channel(CHANNEL, "approvals", true);
-        let channel = api.channel_info(CHANNEL).await.unwrap();
-        assert_eq!(channel.name.as_deref(), Some("approvals"));
-        assert_eq!(channel.is_member, Some(true));
-        assert!(channel.is_private && !channel.is_archived);
-        fake.set_user(ALICE, "alice", None);
-        assert!(!api.user_info(ALICE).await.unwrap().deleted);
-        fake.deactivate_user(ALICE);
-        assert!(api.user_info(ALICE).await.unwrap().deleted);
-        assert_eq!(
-            api.user_info("U0GHOST").await.unwrap_err().code(),
-            "user_not_found"
-        );
-        fake.set_scopes(&["commands"]);
-        let err = api.channel_info(CHANNEL).await.unwrap_err();
-        assert_eq!(err.code(), "missing_scope");
-        assert!(
-            err.to_string().contains("needed scope: groups:read"),
-            "{err}"
-        );
     }
 
     #[tokio::test]
