@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use clap::Args;
 use secrecy::SecretString;
 
-use super::{Percentiles, percentiles, print_bar};
+use super::place::Place;
+use super::{Figures, Percentiles, percentiles, print_bar};
 use crate::clock::SystemClock;
 use crate::slack::simulator::{FakeSlack, TEAM_ID};
 use crate::slack::verify::{Verifier, sign};
@@ -40,6 +41,9 @@ pub struct AckArgs {
     /// this binary was built from).
     #[arg(long)]
     pub bolt_dir: Option<PathBuf>,
+    /// `jit serve` replicas on PostgreSQL, the connections spread over them (SQLite: always one).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
 }
 
 impl Default for AckArgs {
@@ -50,6 +54,7 @@ impl Default for AckArgs {
             no_bolt: false,
             slack_latency_ms: 0,
             bolt_dir: None,
+            replicas: 3,
         }
     }
 }
@@ -152,9 +157,24 @@ pub async fn spawn_jit_with(
     policy_text: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Child, String, PathBuf)> {
+    let db = dir.join("jit.db");
+    let url = format!("sqlite://{}", db.display());
+    let (child, listening) = spawn_jit_on(dir, slack, durability, policy_text, env, &url).await?;
+    Ok((child, listening, db))
+}
+
+/// [`spawn_jit_with`] on the database `database_url` names; the policy and the encryption key
+/// are files in `dir`, shared by every process started on the same `dir`.
+pub async fn spawn_jit_on(
+    dir: &Path,
+    slack: &FakeSlack,
+    durability: Durability,
+    policy_text: &str,
+    env: &[(&str, &str)],
+    database_url: &str,
+) -> anyhow::Result<(Child, String)> {
     let policy = dir.join("jit.toml");
     std::fs::write(&policy, policy_text)?;
-    let db = dir.join("jit.db");
     // One encryption key per database, as in a deployment: the audit chain is keyed with a key
     // derived from it, and jit refuses to start on that database with another one (`footprint`
     // starts jit several times on the same database).
@@ -175,7 +195,7 @@ pub async fn spawn_jit_with(
         .env("SLACK_BOT_TOKEN", TOKEN)
         .env("JIT_ENCRYPTION_KEY", key)
         .env("JIT_SLACK_API_URL", slack.api_url())
-        .env("JIT_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("JIT_DATABASE_URL", database_url)
         .env("JIT_SQLITE_SYNCHRONOUS", durability.as_str())
         .env("JIT_POLICY", &policy)
         .env("JIT_LISTEN", addr.to_string())
@@ -190,7 +210,7 @@ pub async fn spawn_jit_with(
         .spawn()
         .context("cannot start jit serve")?;
     wait_listening(addr, &mut child, "jit serve").await?;
-    Ok((child, format!("http://{addr}"), db))
+    Ok((child, format!("http://{addr}")))
 }
 
 /// A signed slash command (`/jit {text}`) from `user` of the simulator's workspace (the one jit
@@ -243,10 +263,11 @@ impl Load {
     }
 }
 
-/// Sends freshly signed slash commands from `connections` connections for `seconds`.
-/// `accept` decides whether an answer counts as a successful ack.
+/// Sends freshly signed slash commands from `connections` connections for `seconds`, the
+/// connections spread over `urls` in turn. `accept` decides whether an answer counts as a
+/// successful ack.
 pub async fn load(
-    url: &str,
+    urls: &[String],
     connections: usize,
     seconds: u64,
     accept: fn(u16, &[u8]) -> bool,
@@ -259,7 +280,7 @@ pub async fn load(
     let mut tasks = Vec::new();
     for connection in 0..connections {
         let (url, secret, ok, failed) = (
-            format!("{url}/slack/commands"),
+            format!("{}/slack/commands", urls[connection % urls.len()]),
             secret.clone(),
             ok.clone(),
             failed.clone(),
@@ -402,62 +423,99 @@ async fn bolt_target(dir: Option<&Path>) -> anyhow::Result<Option<Target>> {
     }))
 }
 
-pub async fn run(args: AckArgs, durability: Durability) -> anyhow::Result<()> {
+pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow::Result<Figures> {
+    let replicas = match place.driver() {
+        crate::store::Driver::Sqlite => 1,
+        crate::store::Driver::Postgres => args.replicas.max(1),
+    };
     println!(
-        "\nack: signed /jit request commands, {} connections, {} s per target, fresh signature and trigger_id per request, fake Slack latency {} ms",
-        args.connections, args.seconds, args.slack_latency_ms
+        "\nack on {}: signed /jit request commands, {} connections over {replicas} `jit serve` {}, {} s per target, fresh signature and trigger_id per request, fake Slack latency {} ms",
+        place.name(),
+        args.connections,
+        if replicas == 1 { "process" } else { "replicas" },
+        args.seconds,
+        args.slack_latency_ms
     );
-    let dir = tempfile::Builder::new()
+    let files = tempfile::Builder::new()
         .prefix("jit-bench-ack-")
         .tempdir()?;
+    let dir = place.dir().unwrap_or(files.path());
     let slack = FakeSlack::start(TOKEN).await?;
     for n in 0..1000 {
         slack.set_user(&format!("U0BENCH{n:04}"), &format!("bench{n}"), None);
     }
     slack.set_latency(Duration::from_millis(args.slack_latency_ms));
-    let (child, url, db) = spawn_jit(dir.path(), &slack, durability).await?;
-    let mut jit = Target {
-        name: "jit serve",
-        child,
-        url,
-    };
+    let database_url = place.url();
+    let mut jit = Vec::new();
+    for _ in 0..replicas {
+        // One at a time: the first applies the migrations.
+        let (child, url) =
+            spawn_jit_on(dir, &slack, durability, POLICY, &[], &database_url).await?;
+        jit.push(Target {
+            name: "jit serve",
+            child,
+            url,
+        });
+    }
+    let urls: Vec<String> = jit.iter().map(|t| t.url.clone()).collect();
     // Warm up connections and caches.
-    load(&jit.url, args.connections, 1, jit_acked).await?;
-    let jit_load = load(&jit.url, args.connections, args.seconds, jit_acked).await?;
-    let _ = jit.child.kill();
-    let _ = jit.child.wait();
-    let stored: i64 = {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await?;
-        let n = sqlx::query_scalar("SELECT COUNT(*) FROM requests")
-            .fetch_one(&pool)
-            .await?;
-        pool.close().await;
+    load(&urls, args.connections, 1, jit_acked).await?;
+    let jit_load = load(&urls, args.connections, args.seconds, jit_acked).await?;
+    drop(jit);
+    let stored = {
+        let store = crate::store::Store::connect(&database_url, durability).await?;
+        let mut conn = store.read().await?;
+        let n: i64 = crate::store::on!(&mut conn, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM requests"
+        )
+        .fetch_one(&mut *c)
+        .await)?;
+        drop(conn);
+        store.close().await;
         n
     };
-    report(jit.name, &jit_load);
+    report("jit serve", &jit_load);
     println!(
         "  {:<22} {stored} requests stored (warm-up included), every ack after its commit",
         ""
     );
+    let rate = jit_load.rate();
+    let figures = vec![
+        ("ack throughput", format!("{rate:.0} req/s")),
+        ("ack p50 latency", format!("{:.2} ms", jit_load.latency.p50)),
+        ("ack p99 latency", format!("{:.2} ms", jit_load.latency.p99)),
+        ("jit serve processes", replicas.to_string()),
+    ];
+    if place.driver() == crate::store::Driver::Postgres {
+        // The floor and the anchor do not depend on the database: measured once, beside SQLite.
+        print_bar(
+            "ack p99 latency",
+            format!("{:.2} ms", jit_load.latency.p99),
+            "≤ 5 ms",
+            jit_load.latency.p99 <= 5.0,
+        );
+        return Ok(figures);
+    }
 
     let bare = bare_target().await?;
-    load(&bare.url, args.connections, 1, plain_ok).await?;
-    let bare_load = load(&bare.url, args.connections, args.seconds, plain_ok).await?;
+    let bare_urls = [bare.url.clone()];
+    load(&bare_urls, args.connections, 1, plain_ok).await?;
+    let bare_load = load(&bare_urls, args.connections, args.seconds, plain_ok).await?;
     report(bare.name, &bare_load);
     drop(bare);
 
     let bolt_load = if args.no_bolt {
         None
     } else if let Some(bolt) = bolt_target(args.bolt_dir.as_deref()).await? {
-        load(&bolt.url, args.connections, 1, plain_ok).await?;
-        let l = load(&bolt.url, args.connections, args.seconds, plain_ok).await?;
+        let bolt_urls = [bolt.url.clone()];
+        load(&bolt_urls, args.connections, 1, plain_ok).await?;
+        let l = load(&bolt_urls, args.connections, args.seconds, plain_ok).await?;
         report(bolt.name, &l);
         Some(l)
     } else {
         None
     };
 
-    let rate = jit_load.rate();
     match &bolt_load {
         Some(bolt) => print_bar(
             "ack throughput vs Bolt",
@@ -485,5 +543,5 @@ pub async fn run(args: AckArgs, durability: Durability) -> anyhow::Result<()> {
         "≤ 5 ms",
         jit_load.latency.p99 <= 5.0,
     );
-    Ok(())
+    Ok(figures)
 }

@@ -12,16 +12,22 @@
 //! - `flood`: a few people's many requests, then someone else's: the time until its approval
 //!   message is posted, with Slack's pace in the simulator.
 //!
+//! With `--database postgres://…`, `ack`, `queue` and `teardown` run on SQLite and then on that
+//! PostgreSQL (in a schema of their own, dropped afterwards; `ack` with three replicas), and their
+//! figures are printed side by side.
+//!
 //! No test ever fails on these numbers; they are printed for people to compare with the bars.
 
 pub mod ack;
 pub mod flood;
 pub mod footprint;
+pub mod place;
 pub mod queue;
 pub mod teardown;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::store::Durability;
@@ -33,7 +39,14 @@ pub struct BenchArgs {
     /// SQLite durability for every benchmark: full (fsync per commit) or normal (WAL, no fsync).
     #[arg(long, default_value = "full", global = true)]
     pub durability: String,
+    /// Also run `ack`, `queue` and `teardown` on this PostgreSQL database (postgres://…), each in
+    /// a fresh schema that is dropped afterwards, and print the figures beside SQLite's.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
 }
+
+/// The figures one benchmark measured on one database, for the side-by-side table.
+pub type Figures = Vec<(&'static str, String)>;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Which {
@@ -125,23 +138,121 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         ack::bare_server(listen, secret).await?;
         return Ok(0);
     }
-    println!("jit bench — {}", conditions(durability));
+    let database = args.database.as_deref();
+    let mut line = conditions(durability);
+    if let Some(url) = database {
+        let version = place::postgres_version(url).await.with_context(|| {
+            format!(
+                "cannot reach the --database {}",
+                crate::store::redact_url(url)
+            )
+        })?;
+        line.push_str(&format!(" · PostgreSQL {version}"));
+    }
+    println!("jit bench — {line}");
+    let sqlite_only = |what: &str| {
+        if database.is_some() {
+            println!(
+                "\n({what} runs on SQLite only; --database applies to ack, queue and teardown)"
+            );
+        }
+    };
     match which {
-        Which::Ack(a) => ack::run(a, durability).await?,
-        Which::Queue(a) => queue::run(a, durability).await?,
-        Which::Teardown(a) => teardown::run(a, durability).await?,
-        Which::Footprint(a) => footprint::run(a, durability).await?,
-        Which::Flood(a) => flood::run(a, durability).await?,
+        Which::Ack(a) => {
+            on_each(database, "ack", |p| {
+                Box::pin(ack::run(a.clone(), durability, p))
+            })
+            .await?
+        }
+        Which::Queue(a) => {
+            on_each(database, "queue", |p| {
+                Box::pin(queue::run(a.clone(), durability, p))
+            })
+            .await?
+        }
+        Which::Teardown(a) => {
+            on_each(database, "teardown", |p| {
+                Box::pin(teardown::run(a.clone(), durability, p))
+            })
+            .await?
+        }
+        Which::Footprint(a) => {
+            sqlite_only("footprint");
+            footprint::run(a, durability).await?
+        }
+        Which::Flood(a) => {
+            sqlite_only("flood");
+            flood::run(a, durability).await?
+        }
         Which::All => {
-            ack::run(ack::AckArgs::default(), durability).await?;
-            queue::run(queue::QueueArgs::default(), durability).await?;
-            teardown::run(teardown::TeardownArgs::default(), durability).await?;
+            on_each(database, "ack", |p| {
+                Box::pin(ack::run(ack::AckArgs::default(), durability, p))
+            })
+            .await?;
+            on_each(database, "queue", |p| {
+                Box::pin(queue::run(queue::QueueArgs::default(), durability, p))
+            })
+            .await?;
+            on_each(database, "teardown", |p| {
+                Box::pin(teardown::run(
+                    teardown::TeardownArgs::default(),
+                    durability,
+                    p,
+                ))
+            })
+            .await?;
+            sqlite_only("footprint and flood");
             footprint::run(footprint::FootprintArgs::default(), durability).await?;
             flood::run(flood::FloodArgs::default(), durability).await?;
         }
         Which::BareServer { .. } => unreachable!("handled above"),
     }
     Ok(0)
+}
+
+/// A benchmark run on one database.
+type Bench<'p> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Figures>> + 'p>>;
+
+/// Runs one benchmark on a fresh SQLite database and, with `--database`, on a fresh schema of
+/// that PostgreSQL; then prints the figures side by side. Each database is removed afterwards,
+/// also when the benchmark fails.
+async fn on_each<F>(database: Option<&str>, what: &str, bench: F) -> anyhow::Result<()>
+where
+    F: for<'p> Fn(&'p place::Place) -> Bench<'p>,
+{
+    let mut columns = Vec::new();
+    for target in std::iter::once(None).chain(database.map(Some)) {
+        let place = place::Place::fresh(target, what).await?;
+        let name = place.name();
+        let measured = bench(&place).await;
+        place.remove().await?;
+        columns.push((name, measured?));
+    }
+    if columns.len() > 1 {
+        print_side_by_side(what, &columns);
+    }
+    Ok(())
+}
+
+/// The figures of each database in a column of their own.
+fn print_side_by_side(what: &str, columns: &[(&str, Figures)]) {
+    println!("\n  {what}: side by side");
+    print!("  {:<28}", "");
+    for (name, _) in columns {
+        print!(" {name:>18}");
+    }
+    println!();
+    let Some((_, first)) = columns.first() else {
+        return;
+    };
+    for (row, (figure, _)) in first.iter().enumerate() {
+        print!("  {figure:<28}");
+        for (_, figures) in columns {
+            let value = figures.get(row).map_or("", |(_, v)| v.as_str());
+            print!(" {value:>18}");
+        }
+        println!();
+    }
 }
 
 pub(crate) fn print_bar(figure: &str, value: String, bar: &str, ok: bool) {

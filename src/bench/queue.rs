@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use secrecy::SecretString;
 
-use super::print_bar;
+use super::place::Place;
+use super::{Figures, print_bar};
 use crate::app::Settings;
 use crate::bootstrap::{self, Parts};
 use crate::clock::SystemClock;
@@ -16,7 +17,7 @@ use crate::domain::policy::Policy;
 use crate::jobs::Job;
 use crate::queue::{self, Placement};
 use crate::slack::simulator::FakeSlack;
-use crate::store::{Durability, Store};
+use crate::store::Durability;
 
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
@@ -47,22 +48,24 @@ audit_channel = "C0AUDIT"
 admins = { users = ["U0ADMIN"] }
 "#;
 
-/// Raw single-row INSERT+COMMIT per second on `store`'s file.
-async fn raw_rate(store: &Store, seconds: u64) -> anyhow::Result<f64> {
+/// Raw single-row INSERT+COMMIT per second on `store`'s database.
+async fn raw_rate(store: &crate::store::Store, seconds: u64) -> anyhow::Result<f64> {
     Ok(crate::store::raw_commit_rate(store, Duration::from_secs(seconds)).await?)
 }
 
-pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> {
+pub async fn run(
+    args: QueueArgs,
+    durability: Durability,
+    place: &Place,
+) -> anyhow::Result<Figures> {
     println!(
-        "\nqueue: {} no-op jobs through the worker ({} at once) vs raw single-row INSERT+COMMIT for {} s, same file and pragmas",
-        args.jobs, args.workers, args.seconds
+        "\nqueue on {}: {} no-op jobs through the worker ({} at once) vs raw single-row INSERT+COMMIT for {} s on the same database",
+        place.name(),
+        args.jobs,
+        args.workers,
+        args.seconds
     );
-    let dir = tempfile::Builder::new()
-        .prefix("jit-bench-queue-")
-        .tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("jit.db").display());
-    let store = Store::connect(&url, durability).await?;
-    store.migrate().await?;
+    let store = place.store(durability).await?;
     store
         .open_audit_chain(crate::crypto::AuditKey::random(), chrono::Utc::now())
         .await?;
@@ -119,6 +122,7 @@ pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> 
     let _ = stop.send(true);
     app.waker.wake();
     let _ = worker.await;
+    store.close().await;
     let rate = args.jobs as f64 / elapsed;
     println!("  raw INSERT+COMMIT       {raw:>9.0} tx/s");
     println!(
@@ -137,5 +141,9 @@ pub async fn run(args: QueueArgs, durability: Durability) -> anyhow::Result<()> 
         "≥ 80% of raw single-row tx",
         rate >= 0.8 * raw,
     );
-    Ok(())
+    Ok(vec![
+        ("raw INSERT+COMMIT", format!("{raw:.0} tx/s")),
+        ("queue claim+complete", format!("{rate:.0} jobs/s")),
+        ("queue vs raw", format!("{:.0}%", 100.0 * rate / raw)),
+    ])
 }
