@@ -3,8 +3,9 @@
 //! The source is made by the real app (signed Slack requests, clicks, the worker, the exec test
 //! provider), so it holds every kind of row jit writes: a pending request, an active grant with
 //! sealed credentials and an extension, approvals, issued credentials, an API token, deliveries,
-//! the keyed audit chain with its boundary and an anchor, Slack's pace, and jobs that are queued,
-//! blocked (behind a chain's head), running (left by the stopped process), done and dead. After
+//! the keyed audit chain with its boundary and an anchor, Slack's pace, a webhook receiver's
+//! delivery cursor, and jobs that are queued, blocked (behind a chain's head), running (left by
+//! the stopped process), done and dead. After
 //! the copy, every table is compared row by row with the source, `jit audit verify` passes on the
 //! copy, a second copy is refused, and `jit serve` on the copy runs the jobs that were waiting.
 //!
@@ -250,6 +251,10 @@ impl Source {
                     .unwrap()
                     .is_ok()
             );
+            // A webhook receiver's delivery cursor: the audit events it has been sent.
+            store::webhooks::advance(&mut tx, "https://siem.example.com/jit", seq, start)
+                .await
+                .unwrap();
             tx.commit().await.unwrap();
         }
         // A job that died.
