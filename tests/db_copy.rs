@@ -280,7 +280,7 @@ impl Source {
             .unwrap()
             .unwrap();
             let claimed =
-                store::jobs::claim(&mut tx, start, start + chrono::Duration::minutes(1), 1)
+                store::jobs::claim(&mut tx, start, start + chrono::Duration::minutes(1), 1, None)
                     .await
                     .unwrap();
             assert_eq!(claimed[0].kind, "db_copy.test_dead");
@@ -304,7 +304,7 @@ impl Source {
         let running_job = {
             let mut tx = app.store.begin_write().await.unwrap();
             let claimed =
-                store::jobs::claim(&mut tx, start, start + chrono::Duration::minutes(5), 1)
+                store::jobs::claim(&mut tx, start, start + chrono::Duration::minutes(5), 1, None)
                     .await
                     .unwrap();
             tx.commit().await.unwrap();

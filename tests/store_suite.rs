@@ -340,7 +340,7 @@ driver_tests! {
         let mut tx = store.begin_write().await.unwrap();
         enqueue(&mut tx, &job("revoke", PRIORITY_ACCESS, now), now).await.unwrap();
         enqueue(&mut tx, &job("beating", PRIORITY_ACCESS, now), now).await.unwrap();
-        let claimed = claim(&mut tx, now, now + Duration::seconds(10), 10).await.unwrap();
+        let claimed = claim(&mut tx, now, now + Duration::seconds(10), 10, None).await.unwrap();
         assert_eq!(claimed.len(), 2);
         let stale = claimed.iter().find(|j| j.kind == "revoke").unwrap().clone();
         let beating = claimed.iter().find(|j| j.kind == "beating").unwrap().clone();
@@ -350,7 +350,7 @@ driver_tests! {
         );
         let later = now + Duration::seconds(11);
         assert_eq!(reclaim_expired(&mut tx, later).await.unwrap(), 1, "only the silent one");
-        let again = claim(&mut tx, later, later + Duration::seconds(10), 10).await.unwrap();
+        let again = claim(&mut tx, later, later + Duration::seconds(10), 10, None).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, stale.id);
         assert_eq!(again[0].attempts, stale.attempts + 1);
@@ -382,8 +382,8 @@ driver_tests! {
         enqueue_many(&mut tx, &[unique("third")], now).await.unwrap();
         assert!(is_live(&mut tx, "revoke:1").await.unwrap());
         assert!(reschedule(&mut tx, "revoke:1", now + Duration::seconds(5), now).await.unwrap());
-        assert!(claim(&mut tx, now, now + Duration::seconds(10), 10).await.unwrap().is_empty());
-        let head = claim(&mut tx, now + Duration::seconds(5), now + Duration::seconds(15), 10)
+        assert!(claim(&mut tx, now, now + Duration::seconds(10), 10, None).await.unwrap().is_empty());
+        let head = claim(&mut tx, now + Duration::seconds(5), now + Duration::seconds(15), 10, None)
             .await
             .unwrap();
         assert_eq!(head.len(), 1);
@@ -401,11 +401,11 @@ driver_tests! {
         let mut tx = store.begin_write().await.unwrap();
         enqueue(&mut tx, &in_lane("revoke", now), now).await.unwrap();
         enqueue(&mut tx, &in_lane("grant", now - Duration::seconds(1)), now).await.unwrap();
-        let first = claim(&mut tx, now, now + Duration::seconds(10), 10).await.unwrap();
+        let first = claim(&mut tx, now, now + Duration::seconds(10), 10, None).await.unwrap();
         assert_eq!(first.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>(), ["grant"]);
-        assert!(claim(&mut tx, now, now + Duration::seconds(10), 10).await.unwrap().is_empty());
+        assert!(claim(&mut tx, now, now + Duration::seconds(10), 10, None).await.unwrap().is_empty());
         assert_eq!(complete(&mut tx, first[0].id, first[0].attempts, now).await.unwrap(), Fenced::Applied);
-        let second = claim(&mut tx, now, now + Duration::seconds(10), 10).await.unwrap();
+        let second = claim(&mut tx, now, now + Duration::seconds(10), 10, None).await.unwrap();
         assert_eq!(second.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>(), ["revoke"]);
         tx.commit().await.unwrap();
     }
@@ -475,7 +475,7 @@ async fn drain(store: &Store, now: DateTime<Utc>) -> Vec<String> {
     let mut claims = 0;
     loop {
         let mut tx = store.begin_write().await.unwrap();
-        let Some(head) = claim(&mut tx, now, lease, 1).await.unwrap().pop() else {
+        let Some(head) = claim(&mut tx, now, lease, 1, None).await.unwrap().pop() else {
             tx.commit().await.unwrap();
             return ran;
         };
@@ -534,26 +534,26 @@ driver_tests! {
         let lease = now + Duration::minutes(1);
         let kinds = |rows: Vec<JobRow>| rows.into_iter().map(|j| j.kind).collect::<Vec<_>>();
         assert_eq!(
-            kinds(claim(&mut tx, now, lease, 1).await.unwrap()),
+            kinds(claim(&mut tx, now, lease, 1, None).await.unwrap()),
             ["revoke_now"],
             "access first"
         );
         assert_eq!(
-            kinds(claim(&mut tx, now, lease, 10).await.unwrap()),
+            kinds(claim(&mut tx, now, lease, 10, None).await.unwrap()),
             ["message_now"],
             "then messages; nothing that is due later"
         );
         assert!(
-            claim(&mut tx, now, lease, 10).await.unwrap().is_empty(),
+            claim(&mut tx, now, lease, 10, None).await.unwrap().is_empty(),
             "nothing else is due"
         );
         let lease = later + Duration::minutes(1);
-        let first = kinds(claim(&mut tx, later, lease, 200).await.unwrap());
+        let first = kinds(claim(&mut tx, later, lease, 200, None).await.unwrap());
         assert!(
             first.len() == 200 && first.iter().all(|k| k == "revoke_later"),
             "the backlog once it is due, access first: {first:?}"
         );
-        let rest = kinds(claim(&mut tx, later, lease, 500).await.unwrap());
+        let rest = kinds(claim(&mut tx, later, lease, 500, None).await.unwrap());
         assert!(rest.len() == 200 && rest.iter().all(|k| k == "nudge_later"));
         tx.commit().await.unwrap();
     }
@@ -789,7 +789,7 @@ driver_tests! {
             2,
             "counts up to the cap"
         );
-        let heads = claim(&mut tx, now, now + Duration::minutes(1), 10)
+        let heads = claim(&mut tx, now, now + Duration::minutes(1), 10, None)
             .await
             .unwrap();
         assert_eq!(heads.len(), 2, "one head per chain: {heads:?}");
@@ -857,7 +857,7 @@ driver_tests! {
         enqueue(&mut tx, &chained("audit-b", lane, false, None), now)
             .await
             .unwrap();
-        let head = claim(&mut tx, now, lease, 1).await.unwrap().pop().unwrap();
+        let head = claim(&mut tx, now, lease, 1, None).await.unwrap().pop().unwrap();
         assert_eq!(head.kind, "audit-a");
         enqueue(
             &mut tx,

@@ -252,13 +252,20 @@ async fn claim(env: &Env, limit: u32) -> anyhow::Result<Vec<JobRow>> {
         return Ok(Vec::new());
     }
     let mut tx = env.store.begin_write().await?;
-    jobs::reclaim_expired(&mut tx, now).await?;
-    let rows = jobs::claim(&mut tx, now, lease_until, limit).await?;
+    let reclaimed = jobs::reclaim_expired(&mut tx, now).await?;
+    let rows = jobs::claim(&mut tx, now, lease_until, limit, env.store.holder()).await?;
     tx.commit().await?;
+    if reclaimed > 0 {
+        tracing::warn!(
+            jobs = reclaimed,
+            "took over running jobs whose worker died or whose lease ran out"
+        );
+    }
     Ok(rows)
 }
 
-/// Whether a queued job is due or a running job's lease has run out, as of `now`.
+/// Whether a queued job is due, or a running job's lease has run out or its replica died, as
+/// of `now`.
 async fn anything_due(env: &Env, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<bool> {
     let mut conn = env.store.read().await?;
     let now = crate::store::millis(now);
@@ -266,7 +273,8 @@ async fn anything_due(env: &Env, now: chrono::DateTime<chrono::Utc>) -> anyhow::
     Ok(due
         || jobs::next_lease_expiry(&mut conn)
             .await?
-            .is_some_and(|at| at < now))
+            .is_some_and(|at| at < now)
+        || jobs::any_orphaned(&mut conn).await?)
 }
 
 /// Runs every job that is due now, one at a time, until none is left. Returns how many ran.
@@ -288,9 +296,9 @@ pub async fn run_due<R: Runner>(env: &Env, runner: &R) -> anyhow::Result<usize> 
 }
 
 /// At startup, jobs left `running` by a process that died go back to the queue: on SQLite all
-/// of them (the instance lock guarantees this is the only process), on PostgreSQL only those
-/// whose lease ran out, since other replicas' running jobs are alive and renewed (the claim
-/// takes the rest over as their leases run out).
+/// of them (the instance lock guarantees this is the only process), on PostgreSQL those whose
+/// replica died (its liveness lock is gone) or whose lease ran out, since other replicas'
+/// running jobs are alive.
 pub async fn recover(env: &Env) -> anyhow::Result<u64> {
     let now = env.clock.now();
     let mut tx = env.store.begin_write().await?;
@@ -391,6 +399,9 @@ async fn idle_wait(env: &Env) -> Duration {
 
 /// The production loop. Returns when `shutdown` turns true, after running jobs finish.
 pub async fn run<R: Runner>(env: Env, runner: Arc<R>, mut shutdown: watch::Receiver<bool>) {
+    // On PostgreSQL, the lock whose release tells the other replicas that this one died; held
+    // until the loop ends, after the running jobs finished.
+    let _alive = env.store.hold_liveness();
     let slots = Arc::new(Semaphore::new(env.workers));
     // Outcomes are recorded by one task, many per transaction: under load that is one commit
     // (one fsync) for a whole batch of finished jobs instead of one each.

@@ -286,25 +286,65 @@ async fn chain_probe(conn: &mut Conn, jobs: &[NewJob]) -> sqlx::Result<ChainProb
     Ok(probe)
 }
 
-/// Puts jobs whose lease ran out back in the queue. Their attempt counter stays, and the next
-/// claim increments it, which fences out the stale worker's completion.
+/// The condition, on PostgreSQL, that the replica holding running job `j` is dead: its liveness
+/// lock ([`crate::store::LIVENESS_LOCK_CLASS`], holder) is held by no session of this database.
+/// (The class is written out: `concat!` takes literals; a test keeps the two equal.)
+macro_rules! holder_dead {
+    () => {
+        "(j.holder IS NOT NULL AND NOT EXISTS ( \
+           SELECT 1 FROM pg_locks l \
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND l.classid::bigint = 1785295220 AND l.objid::bigint = j.holder))"
+    };
+}
+
+/// Puts running jobs back in the queue when their lease ran out, or, on PostgreSQL, when the
+/// replica that claimed them died (its liveness lock went with its session). Their attempt
+/// counter stays, and the next claim increments it, which fences out a stale worker's completion.
 pub async fn reclaim_expired(conn: &mut Conn, now: DateTime<Utc>) -> sqlx::Result<u64> {
-    let done = on!(conn, |c| sqlx::query(
-        "UPDATE jobs SET state = 'queued', lease_until = NULL, updated_at = $1 \
-         WHERE state = 'running' AND lease_until < $1",
-    )
-    .bind(millis(now))
-    .execute(&mut *c)
-    .await
-    .map(|r| r.rows_affected()))?;
-    Ok(done)
+    on!(conn, |c, Db| {
+        let sql = if Driver::of::<Db>() == Driver::Postgres {
+            concat!(
+                "UPDATE jobs j SET state = 'queued', lease_until = NULL, holder = NULL, updated_at = $1 \
+                 WHERE j.state = 'running' AND (j.lease_until < $1 OR ",
+                holder_dead!(),
+                ")"
+            )
+        } else {
+            "UPDATE jobs SET state = 'queued', lease_until = NULL, holder = NULL, updated_at = $1 \
+             WHERE state = 'running' AND lease_until < $1"
+        };
+        sqlx::query(sql)
+            .bind(millis(now))
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected())
+    })
+}
+
+/// Whether a running job's replica died (PostgreSQL; always `false` on SQLite, where the one
+/// process's own crash is recovered at its start).
+pub async fn any_orphaned(conn: &mut Conn) -> sqlx::Result<bool> {
+    if conn.driver() == Driver::Sqlite {
+        return Ok(false);
+    }
+    on!(conn, |c| {
+        sqlx::query_scalar(concat!(
+            "SELECT EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND ",
+            holder_dead!(),
+            ")"
+        ))
+        .fetch_one(&mut *c)
+        .await
+    })
 }
 
 /// At startup, with the instance lock held, every running job is an orphan of a dead process.
 pub async fn reclaim_all(conn: &mut Conn, now: DateTime<Utc>) -> sqlx::Result<u64> {
     let done = on!(conn, |c| {
         sqlx::query(
-        "UPDATE jobs SET state = 'queued', lease_until = NULL, updated_at = $1 WHERE state = 'running'",
+        "UPDATE jobs SET state = 'queued', lease_until = NULL, holder = NULL, updated_at = $1 WHERE state = 'running'",
     )
     .bind(millis(now))
     .execute(&mut *c)
@@ -314,7 +354,8 @@ pub async fn reclaim_all(conn: &mut Conn, now: DateTime<Utc>) -> sqlx::Result<u6
     Ok(done)
 }
 
-/// Claims up to `limit` due jobs in one statement: by priority, then oldest due first.
+/// Claims up to `limit` due jobs in one statement: by priority, then oldest due first, for
+/// `holder` (this replica's liveness lock while it holds it; `None`: the lease alone).
 ///
 /// In an ordered lane (a chain) only the head is `queued`; the rest wait as `blocked`, so no
 /// check is needed. In an unordered lane, a job is eligible when no lane-mate is running and
@@ -325,6 +366,7 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     limit: u32,
+    holder: Option<i64>,
 ) -> sqlx::Result<Vec<JobRow>> {
     // On PostgreSQL the candidates are also locked and rows another transaction holds are
     // skipped: writers of jit take turns anyway (the write lock), but a transaction that does not
@@ -332,7 +374,7 @@ pub async fn claim(
     macro_rules! claim_sql {
         ($lock:literal) => {
             concat!(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $2, updated_at = $1 \
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $2, holder = $6, updated_at = $1 \
                  WHERE id IN ( \
                    SELECT j.id FROM jobs j \
                    WHERE j.state = 'queued' AND j.priority IN ($4, $5) AND j.run_at <= $1 \
@@ -359,6 +401,7 @@ pub async fn claim(
             .bind(i64::from(limit))
             .bind(i64::from(PRIORITY_ACCESS))
             .bind(i64::from(PRIORITY_MESSAGES))
+            .bind(holder)
             .fetch_all(&mut *c)
             .await
     })
@@ -752,5 +795,16 @@ fn fenced(rows: u64) -> Fenced {
         Fenced::Applied
     } else {
         Fenced::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dead_holder_condition_names_the_liveness_lock_class() {
+        assert!(holder_dead!().contains(&format!(
+            "l.classid::bigint = {}",
+            crate::store::LIVENESS_LOCK_CLASS
+        )));
     }
 }

@@ -136,6 +136,8 @@ pub struct Store {
     /// The application's clock ([`Store::use_clock`]), which write transactions read once they
     /// hold the write lock ([`WriteTx::now_under_lock`]).
     clock: Arc<StoreClock>,
+    /// This process's liveness lock on PostgreSQL ([`Store::hold_liveness`]).
+    liveness: Arc<Liveness>,
 }
 
 #[derive(Default)]
@@ -315,6 +317,61 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// The first key of every replica's liveness lock (`pg_advisory_lock(LIVENESS_LOCK_CLASS,
+/// holder)`); the second is the replica's holder key, recorded on the jobs it claims.
+pub const LIVENESS_LOCK_CLASS: i32 = 1_785_295_220;
+
+/// How often the liveness connection is checked.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Liveness {
+    holder: i64,
+    held: std::sync::atomic::AtomicBool,
+}
+
+/// Keeps [`Store::hold_liveness`]'s lock held; dropping it releases the lock.
+pub struct LivenessGuard {
+    task: tokio::task::JoinHandle<()>,
+    liveness: Arc<Liveness>,
+}
+
+impl Drop for LivenessGuard {
+    fn drop(&mut self) {
+        self.liveness
+            .held
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // The task's connection goes with it, and PostgreSQL releases the lock.
+        self.task.abort();
+    }
+}
+
+/// Takes the liveness lock on a connection of its own and keeps it until that connection fails.
+async fn hold_liveness_once(
+    options: &PgConnectOptions,
+    liveness: &Liveness,
+) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(options).await?;
+    let holder = i32::try_from(liveness.holder).expect("holder keys are below 2^31");
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(LIVENESS_LOCK_CLASS)
+        .bind(holder)
+        .fetch_one(&mut conn)
+        .await?;
+    anyhow::ensure!(
+        taken,
+        "another session holds this replica's liveness key {holder}"
+    );
+    liveness
+        .held
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(LIVENESS_CHECK).await;
+        conn.ping().await?;
+    }
+}
+
 /// Connections a PostgreSQL store keeps: the request path's group commit, the worker's claims
 /// and outcomes, reads, and the `LISTEN` connection.
 const PG_MAX_CONNECTIONS: u32 = 10;
@@ -383,7 +440,51 @@ impl Store {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             audit_key: Arc::default(),
             clock: Arc::default(),
+            liveness: Arc::new(Liveness {
+                holder: i64::from(rand::random::<u32>() >> 1).max(1),
+                held: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
+    }
+
+    /// PostgreSQL: holds this process's liveness lock, a session advisory lock
+    /// (`pg_advisory_lock(LIVENESS_LOCK_CLASS, holder)`) on a connection of its own, until the
+    /// returned guard is dropped. Jobs this process claims while it holds the lock carry its
+    /// holder key; when the process dies, PostgreSQL ends its session and releases the lock, and
+    /// the other replicas take those jobs over at their next look (within a second) instead of
+    /// waiting out the lease. A lost connection is opened again; meanwhile claims fall back to
+    /// the lease alone. `None` on SQLite, where one process serves the file.
+    pub fn hold_liveness(&self) -> Option<LivenessGuard> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return None;
+        };
+        let options = pool.connect_options();
+        let liveness = self.liveness.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match hold_liveness_once(&options, &liveness).await {
+                    Ok(()) => {}
+                    Err(err) => tracing::warn!(
+                        error = format!("{err:#}"),
+                        "lost this replica's liveness lock; other replicas may take its running jobs over; taking it again"
+                    ),
+                }
+                liveness.held.store(false, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Some(LivenessGuard {
+            task,
+            liveness: self.liveness.clone(),
+        })
+    }
+
+    /// The holder key claims carry: `Some` while this process holds its liveness lock.
+    pub fn holder(&self) -> Option<i64> {
+        self.liveness
+            .held
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(self.liveness.holder)
     }
 
     /// Opens an existing database for reading only (`jit doctor`): nothing is created,

@@ -548,7 +548,7 @@ driver_tests! {
         // A worker claims the teardown and dies without finishing.
         let now = h.clock_now();
         let mut tx = h.app.store.begin_write().await.unwrap();
-        let claimed = jit::store::jobs::claim(&mut tx, now, now + Duration::minutes(2), 10)
+        let claimed = jit::store::jobs::claim(&mut tx, now, now + Duration::minutes(2), 10, None)
             .await
             .unwrap();
         tx.commit().await.unwrap();

@@ -179,7 +179,7 @@ pg_test! {
         let now = r[0].clock_now();
         let lease = now + chrono::Duration::from_std(r[0].app.settings.lease).unwrap();
         let mut tx = r[0].app.store.begin_write().await.unwrap();
-        let claimed = jit::store::jobs::claim(&mut tx, now, lease, 100).await.unwrap();
+        let claimed = jit::store::jobs::claim(&mut tx, now, lease, 100, None).await.unwrap();
         tx.commit().await.unwrap();
         let revoke = claimed
             .into_iter()
@@ -192,6 +192,95 @@ pg_test! {
         r[1].advance(chrono::Duration::from_std(r[0].app.settings.lease).unwrap() + Duration::seconds(1));
         r[1].run_jobs().await;
         assert_eq!(r[1].state(id).await, State::Expired);
+        let mut tx = r[0].app.store.begin_write().await.unwrap();
+        assert_eq!(
+            jit::store::jobs::complete(&mut tx, revoke.id, revoke.attempts, r[0].clock_now())
+                .await
+                .unwrap(),
+            jit::store::requests::Fenced::Lost,
+            "the dead replica's outcome changes nothing"
+        );
+        tx.commit().await.unwrap();
+    }
+}
+
+pg_test! {
+    /// A replica claims a teardown while it holds its liveness lock, and dies: another replica
+    /// takes the job over as soon as PostgreSQL has ended the dead one's session, long before
+    /// the lease runs out (the clock does not move). While the first is alive, its job is left
+    /// alone.
+    async fn a_dead_replicas_job_is_taken_over_when_its_session_ends_not_its_lease() {
+        let r = replicas(2).await;
+        let id = r[0].request_access(ONCALL, "db 20m dies mid-teardown").await;
+        r[0].run_jobs().await;
+        assert_eq!(r[0].state(id).await, State::Active);
+        r[0].advance(Duration::minutes(20));
+
+        let alive = r[0].app.store.hold_liveness().expect("PostgreSQL holds a liveness lock");
+        let holder = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if let Some(holder) = r[0].app.store.holder() {
+                    return holder;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the liveness lock is taken");
+        let now = r[0].clock_now();
+        let lease = now + Duration::hours(1);
+        let mut tx = r[0].app.store.begin_write().await.unwrap();
+        let claimed = jit::store::jobs::claim(&mut tx, now, lease, 100, r[0].app.store.holder())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let revoke = claimed
+            .into_iter()
+            .find(|j| j.kind == "revoke")
+            .expect("the revoke was due");
+
+        // Alive: replica 1 leaves the job alone (twice, a second apart).
+        for _ in 0..2 {
+            r[1].run_jobs().await;
+            assert_eq!(r[1].state(id).await, State::Active);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+
+        // Replica 0 dies: its process (the lock's task) is gone and its session ends.
+        drop(alive);
+        let sessions: Vec<i32> = jit::store::on!(&mut r[1].app.store.read().await.unwrap(), |c| {
+            sqlx::query_scalar(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+                 AND classid::bigint = $1 AND objid::bigint = $2",
+            )
+            .bind(i64::from(jit::store::LIVENESS_LOCK_CLASS))
+            .bind(holder)
+            .fetch_all(&mut *c)
+            .await
+        })
+        .unwrap();
+        for pid in sessions {
+            r[1].app
+                .store
+                .execute_script(&format!("SELECT pg_terminate_backend({pid})"))
+                .await
+                .unwrap();
+        }
+        let taken_over = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                r[1].run_jobs().await;
+                if r[1].state(id).await == State::Expired {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            taken_over.is_ok(),
+            "the dead replica's teardown was taken over within seconds, its lease (1 h) not run out"
+        );
+        assert!(r[1].clock_now() < lease);
         let mut tx = r[0].app.store.begin_write().await.unwrap();
         assert_eq!(
             jit::store::jobs::complete(&mut tx, revoke.id, revoke.attempts, r[0].clock_now())
