@@ -279,10 +279,15 @@ impl Source {
             .await
             .unwrap()
             .unwrap();
-            let claimed =
-                store::jobs::claim(&mut tx, start, start + chrono::Duration::minutes(1), 1, None)
-                    .await
-                    .unwrap();
+            let claimed = store::jobs::claim(
+                &mut tx,
+                start,
+                start + chrono::Duration::minutes(1),
+                1,
+                None,
+            )
+            .await
+            .unwrap();
             assert_eq!(claimed[0].kind, "db_copy.test_dead");
             let buried = store::jobs::bury(
                 &mut tx,
@@ -303,10 +308,15 @@ impl Source {
         }
         let running_job = {
             let mut tx = app.store.begin_write().await.unwrap();
-            let claimed =
-                store::jobs::claim(&mut tx, start, start + chrono::Duration::minutes(5), 1, None)
-                    .await
-                    .unwrap();
+            let claimed = store::jobs::claim(
+                &mut tx,
+                start,
+                start + chrono::Duration::minutes(5),
+                1,
+                None,
+            )
+            .await
+            .unwrap();
             tx.commit().await.unwrap();
             claimed[0].id
         };

@@ -347,10 +347,7 @@ impl Drop for LivenessGuard {
 }
 
 /// Takes the liveness lock on a connection of its own and keeps it until that connection fails.
-async fn hold_liveness_once(
-    options: &PgConnectOptions,
-    liveness: &Liveness,
-) -> anyhow::Result<()> {
+async fn hold_liveness_once(options: &PgConnectOptions, liveness: &Liveness) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect_with(options).await?;
     let holder = i32::try_from(liveness.holder).expect("holder keys are below 2^31");
@@ -469,7 +466,9 @@ impl Store {
                         "lost this replica's liveness lock; other replicas may take its running jobs over; taking it again"
                     ),
                 }
-                liveness.held.store(false, std::sync::atomic::Ordering::SeqCst);
+                liveness
+                    .held
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
