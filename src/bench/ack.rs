@@ -524,7 +524,12 @@ pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow
             rate >= 5.0 * bolt.rate(),
         ),
         None => println!(
-            "  ack throughput vs Bolt: not measured (no Node.js); the design's Bolt figure was 2.2k–3.5k req/s"
+            "  ack throughput vs Bolt: not measured ({}); the design's Bolt figure was 2.2k–3.5k req/s",
+            if args.no_bolt {
+                "--no-bolt"
+            } else {
+                "Node.js or the Bolt app is not available"
+            }
         ),
     }
     print_bar(
