@@ -58,6 +58,13 @@ fn access_key(request: &Request, handle: &str) -> String {
     )
 }
 
+/// When a grant issued at `now` ends: its duration from its scheduled start (a late issue, after
+/// downtime, gets no more than the window that was approved), or else from now.
+fn grant_expiry(request: &Request, now: DateTime<Utc>) -> DateTime<Utc> {
+    let from = request.start_at.filter(|s| *s <= now).unwrap_or(now);
+    from + request.duration.to_chrono()
+}
+
 /// What a grant for `request` issued at `now` asks the provider for.
 async fn grant_spec(app: &App, request: &Request, now: DateTime<Utc>) -> GrantSpec {
     GrantSpec {
@@ -65,9 +72,33 @@ async fn grant_spec(app: &App, request: &Request, now: DateTime<Utc>) -> GrantSp
         requester: request.requester.clone(),
         requester_email: requester_email(app, &request.requester).await,
         resource: request.resource.clone(),
-        expires_at: now + request.duration.to_chrono(),
+        expires_at: grant_expiry(request, now),
         now,
     }
+}
+
+/// Why a scheduled request may not be issued at its start, now: the policy is checked again
+/// (the requester may have lost the right, the resource may be gone or changed), and the
+/// approved window must not have passed (jit was down through it). `None`: issue it.
+fn activation_refusal(app: &App, request: &Request, now: DateTime<Utc>) -> Option<String> {
+    let start = request.start_at?;
+    if let Err(refusal) = app.policy.evaluate(
+        request.resource.as_str(),
+        &request.requester,
+        Some(request.duration),
+        &app.directory,
+    ) {
+        return Some(refusal.to_string());
+    }
+    let end = start + request.duration.to_chrono();
+    if end <= now {
+        return Some(format!(
+            "its window ({} to {}) had ended before jit could issue it.",
+            crate::slack::text::utc(start),
+            crate::slack::text::utc(end)
+        ));
+    }
+    None
 }
 
 /// Everything a revoke of `stored` must reach.
@@ -193,7 +224,9 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         // An earlier attempt may have issued access and died (or timed out) before recording
         // it, and the request ended since. Issuing again would hand out access nobody holds a
         // grant for: treat it as issued and tear it down.
-        State::Released | State::Revoked if stored.grant_handle.is_none() && ctx.attempt > 1 => {
+        State::Released | State::Revoked | State::Cancelled
+            if stored.grant_handle.is_none() && ctx.attempt > 1 =>
+        {
             if let Some(provider) = provider {
                 let spec = grant_spec(app, request, app.clock.now()).await;
                 let mut tx = app.store.begin_write().await?;
@@ -204,6 +237,18 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
             return Ok(Outcome::Done);
         }
         _ => return Ok(Outcome::Done),
+    }
+    if let Some(start) = request.starts_later(app.clock.now()) {
+        // Brought forward (a cancel that lost its race, a clock stepped back): wait for it.
+        return Ok(Outcome::RunAt(start));
+    }
+    // At a scheduled start, before anything is asked of the provider (a later attempt has
+    // passed this already, and may have acted: it goes on, and compensates if it fails).
+    if ctx.attempt == 1
+        && let Some(reason) = activation_refusal(app, request, app.clock.now())
+    {
+        refuse_activation(app, request, &reason).await?;
+        return Ok(Outcome::Done);
     }
     let Some(provider) = provider else {
         fail_grant(
@@ -427,6 +472,69 @@ async fn record_issued(
     .await?;
     tx.commit().await?;
     app.waker.wake();
+    Ok(())
+}
+
+/// Ends a scheduled request whose start came but that the policy no longer allows: nothing was
+/// issued. The requester (or an identity's owners), the approvers' message and the audit
+/// thread say why.
+async fn refuse_activation(app: &App, request: &Request, reason: &str) -> anyhow::Result<()> {
+    let now = app.clock.now();
+    let id = request.id;
+    let mut tx = app.store.begin_write().await?;
+    if requests::end(
+        &mut tx,
+        id,
+        State::Approved,
+        State::Failed,
+        now,
+        Some(reason),
+    )
+    .await?
+        == Fenced::Lost
+    {
+        return Ok(());
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::ActivationRefused {
+            reason: reason.to_owned(),
+        },
+    )
+    .await?;
+    let failed = reload(&mut tx, id).await.map_err(anyhow_of)?;
+    update_approval_message(&mut tx, app, &failed, now).await?;
+    dm(
+        &mut tx,
+        &failed,
+        blocks::activation_refused_dm(&failed, reason),
+        now,
+    )
+    .await?;
+    super::identity::notify_owners(
+        &mut tx,
+        app,
+        &failed,
+        blocks::owner_dm(
+            &failed,
+            &format!(
+                "not issued at its scheduled start: {}",
+                crate::slack::text::escape_truncated(reason, 500)
+            ),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    tracing::info!(
+        request_id = id.0,
+        reason,
+        "scheduled request not issued at its start"
+    );
     Ok(())
 }
 
