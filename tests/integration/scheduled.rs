@@ -449,6 +449,16 @@ driver_tests! {
         h.click(ALICE, "jit.approve", id).await;
         h.run_jobs().await;
         assert_eq!(h.state(id).await, State::Approved);
+        // App Home shows it approved, with its start.
+        let open = json!({"type": "event_callback", "team_id": "T0JITSIM", "event_id": "EvHome1",
+            "event": {"type": "app_home_opened", "user": DEV, "tab": "home"}});
+        h.post_signed("/slack/events", "application/json", open.to_string()).await;
+        h.run_jobs().await;
+        let home = jit::slack::simulator::render_blocks(&h.slack.published_view(DEV).unwrap());
+        assert!(
+            home.contains(&format!("*{id}* `db` for 1 hour · approved · starts <!date^1795446000^")),
+            "{home}"
+        );
         let other = h.slash(BOB, &format!("cancel {}", id.0)).await;
         assert!(other.text().contains("is not yours"), "{}", other.text());
         let reply = h.slash(DEV, &format!("cancel {}", id.0)).await;
