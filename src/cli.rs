@@ -78,7 +78,12 @@ pub enum Command {
         reason: String,
         #[arg(long)]
         ticket: Option<String>,
+        /// Start later: an RFC 3339 date and time (e.g. 2026-12-24T22:00:00Z). Approval may come
+        /// ahead of time; access is issued then and lasts DURATION from then.
+        #[arg(long)]
+        start_at: Option<String>,
         /// Wait for the decision and print the credentials.
+        /// (With --start-at, waits until the start.)
         #[arg(long)]
         wait: bool,
         /// How long to wait for a decision.
@@ -298,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             duration,
             reason,
             ticket,
+            start_at,
             wait,
             timeout,
             format,
@@ -307,10 +313,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let wait = wait.then(|| parse_timeout(&timeout)).transpose()?;
             let out = crate::client::request(
                 &client,
-                &resource,
-                &duration,
-                &reason,
-                ticket.as_deref(),
+                crate::client::Ask {
+                    resource: &resource,
+                    duration: &duration,
+                    reason: &reason,
+                    ticket: ticket.as_deref(),
+                    start_at: start_at.as_deref(),
+                },
                 wait,
                 format,
             )

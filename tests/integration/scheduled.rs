@@ -378,6 +378,45 @@ driver_tests! {
         assert_eq!(request_count(&h).await, 1, "nothing refused was stored");
     }
 
+    /// The `jit` CLI as a client: `--start-at` is the API's `start_at`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cli_takes_start_at() {
+        let h = scheduled_harness().await;
+        let token = token(&h, "ci").await;
+        let run = |args: Vec<&'static str>| {
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_jit"))
+                .args(args)
+                .env_clear()
+                .env("JIT_URL", &h.url)
+                .env("JIT_TOKEN", &token)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        };
+        let out = run(vec![
+            "request", "db", "1h", "--reason", "deploy in the window", "--start-at",
+            "2026-11-23T20:00:00Z",
+        ])
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+        assert!(stderr.contains("to start at 2026-11-23T20:00:00Z"), "{stderr}");
+        assert_eq!(h.request(RequestId(1)).await.start_at, Some(at("2026-11-23T20:00:00Z")));
+        let out = run(vec![
+            "request", "db", "1h", "--reason", "too late", "--start-at", "2026-11-23T13:00:00Z",
+        ])
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("has already passed"), "{stderr}");
+        assert_eq!(request_count(&h).await, 1);
+    }
+
     /// A start in the past or further ahead than `max_start_ahead` is refused on the slash
     /// command with what was wrong; nothing is stored or posted.
     async fn a_start_in_the_past_or_too_far_ahead_is_refused() {
