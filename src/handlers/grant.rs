@@ -24,7 +24,7 @@ use super::request::reload;
 use crate::app::App;
 use crate::audit::{self, AuditEvent, actor};
 use crate::domain::ids::RequestId;
-use crate::domain::policy::Requester;
+use crate::domain::policy::{Refusal, Requester};
 use crate::domain::request::{Kind, Request, State};
 use crate::jobs::{Job, keys};
 use crate::providers::{
@@ -77,28 +77,60 @@ async fn grant_spec(app: &App, request: &Request, now: DateTime<Utc>) -> GrantSp
     }
 }
 
-/// Why a scheduled request may not be issued at its start, now: the policy is checked again
+/// How long an activation waits for jit to know who may request (see [`Activation::Wait`])
+/// before it looks again.
+const ACTIVATION_RECHECK: chrono::Duration = chrono::Duration::seconds(30);
+
+/// What the policy says at a scheduled start.
+enum Activation {
+    Issue,
+    /// Refused for good: the reason, for the requester and the audit.
+    Refuse(String),
+    /// Who may request is read from Slack, and jit has not read it yet (just started) or cannot
+    /// (Slack unreachable for a while): a refusal now could be a list not loaded rather than a
+    /// right lost. Nothing is issued; it looks again shortly, until the window ends.
+    Wait(String),
+}
+
+/// Whether a scheduled request may be issued at its start, now: the policy is checked again
 /// (the requester may have lost the right, the resource may be gone or changed), and the
-/// approved window must not have passed (jit was down through it). `None`: issue it.
-fn activation_refusal(app: &App, request: &Request, now: DateTime<Utc>) -> Option<String> {
-    let start = request.start_at?;
-    if let Err(refusal) = app.policy.evaluate(
-        request.resource.as_str(),
-        &request.requester,
-        Some(request.duration),
-        &app.directory,
-    ) {
-        return Some(refusal.to_string());
-    }
+/// approved window must not have passed (jit was down through it).
+fn activation(app: &App, request: &Request, now: DateTime<Utc>) -> Activation {
+    let Some(start) = request.start_at else {
+        return Activation::Issue;
+    };
     let end = start + request.duration.to_chrono();
     if end <= now {
-        return Some(format!(
+        return Activation::Refuse(format!(
             "its window ({} to {}) had ended before jit could issue it.",
             crate::slack::text::utc(start),
             crate::slack::text::utc(end)
         ));
     }
-    None
+    match app.policy.evaluate(
+        request.resource.as_str(),
+        &request.requester,
+        Some(request.duration),
+        &app.directory,
+    ) {
+        Ok(_) => Activation::Issue,
+        Err(refusal @ (Refusal::NotAllowed { .. } | Refusal::NotNamed { .. })) => {
+            let groups: Vec<_> = app
+                .policy
+                .resource(request.resource.as_str())
+                .and_then(|r| r.requesters.as_ref())
+                .map(|p| p.groups.clone())
+                .unwrap_or_default();
+            let unsure = request.requester.user().is_some()
+                && (!app.directory.ready() || !app.directory.stale(&groups).is_empty());
+            if unsure {
+                Activation::Wait(refusal.to_string())
+            } else {
+                Activation::Refuse(refusal.to_string())
+            }
+        }
+        Err(refusal) => Activation::Refuse(refusal.to_string()),
+    }
 }
 
 /// Everything a revoke of `stored` must reach.
@@ -242,13 +274,31 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         // Brought forward (a cancel that lost its race, a clock stepped back): wait for it.
         return Ok(Outcome::RunAt(start));
     }
-    // At a scheduled start, before anything is asked of the provider (a later attempt has
-    // passed this already, and may have acted: it goes on, and compensates if it fails).
-    if ctx.attempt == 1
-        && let Some(reason) = activation_refusal(app, request, app.clock.now())
-    {
-        refuse_activation(app, request, &reason).await?;
-        return Ok(Outcome::Done);
+    // At a scheduled start, before anything is asked of the provider. A later attempt checks
+    // again (the first may have died between its check and its record), and a refusal then
+    // removes whatever an earlier attempt may have issued.
+    match activation(app, request, app.clock.now()) {
+        Activation::Issue => {}
+        Activation::Wait(why) => {
+            tracing::warn!(
+                request_id = id.0,
+                why,
+                "at the scheduled start, jit cannot yet tell whether the requester may still request; looking again shortly"
+            );
+            return Ok(Outcome::RunAt(app.clock.now() + ACTIVATION_RECHECK));
+        }
+        Activation::Refuse(reason) => {
+            let spec;
+            let uncertain = match (&provider, ctx.attempt > 1) {
+                (Some(provider), true) => {
+                    spec = grant_spec(app, request, app.clock.now()).await;
+                    Some((provider.as_ref(), &spec))
+                }
+                _ => None,
+            };
+            refuse_activation(app, request, &reason, uncertain).await?;
+            return Ok(Outcome::Done);
+        }
     }
     let Some(provider) = provider else {
         fail_grant(
@@ -478,10 +528,21 @@ async fn record_issued(
 /// Ends a scheduled request whose start came but that the policy no longer allows: nothing was
 /// issued. The requester (or an identity's owners), the approvers' message and the audit
 /// thread say why.
-async fn refuse_activation(app: &App, request: &Request, reason: &str) -> anyhow::Result<()> {
+///
+/// With `uncertain`, an earlier attempt of the job may have issued access (it died after its
+/// check): that is treated as issued and revoked ([`compensate`]).
+async fn refuse_activation(
+    app: &App,
+    request: &Request,
+    reason: &str,
+    uncertain: Option<(&dyn Provider, &GrantSpec)>,
+) -> anyhow::Result<()> {
     let now = app.clock.now();
     let id = request.id;
     let mut tx = app.store.begin_write().await?;
+    if let Some((provider, spec)) = uncertain {
+        compensate(&mut tx, request, provider, spec).await?;
+    }
     if requests::end(
         &mut tx,
         id,
@@ -493,6 +554,8 @@ async fn refuse_activation(app: &App, request: &Request, reason: &str) -> anyhow
     .await?
         == Fenced::Lost
     {
+        tx.commit().await?;
+        app.waker.wake();
         return Ok(());
     }
     audit::record(

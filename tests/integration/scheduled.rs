@@ -547,13 +547,21 @@ driver_tests! {
         assert_eq!(h.state(lost).await, State::Approved);
         assert_eq!(h.state(removed).await, State::Approved, "approved by policy");
 
-        // DEV leaves S0DEVS before the start.
+        // DEV leaves S0DEVS before the start. At the start jit has not read Slack yet (as just
+        // after a restart): it cannot tell a lost right from a list not loaded, so it waits,
+        // and issues nothing.
         h.slack.set_group_members("S0DEVS", &[]);
+        h.advance(at("2026-11-23T15:00:00Z") - h.clock_now());
+        h.app.directory.forget_workspace();
+        h.run_jobs().await;
+        assert_eq!(h.state(lost).await, State::Approved, "waiting for Slack");
+        assert!(h.provider_actions(lost).is_empty(), "nothing issued");
+        // Once it has read who is in the group: the right is gone, and there is no grant.
         h.app
             .directory
             .refresh_all(&jit::slack::directory::groups_in(&h.app.policy))
             .await;
-        run_until(&h, at("2026-11-23T15:00:00Z")).await;
+        h.advance_and_run(Duration::seconds(30)).await;
         let refused = h.request(lost).await;
         assert_eq!(refused.state, State::Failed);
         assert!(h.provider_actions(lost).is_empty(), "nothing issued");
