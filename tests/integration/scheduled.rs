@@ -619,6 +619,34 @@ driver_tests! {
         );
     }
 
+    /// A grant job that failed at the start in a way that may have acted (a provider timeout,
+    /// here exit 75) checks the policy again on its next attempt: the right is gone by then, so
+    /// nothing is issued, and whatever the first attempt may have done is revoked.
+    async fn a_refusal_on_a_later_attempt_revokes_what_the_first_may_have_done() {
+        let h = scheduled_harness().await;
+        let id = h.request_access(DEV, "team-db 1h at 15:00 planned work").await;
+        h.run_jobs().await;
+        h.click(ALICE, "jit.approve", id).await;
+        h.run_jobs().await;
+        h.fail_provider(1, 75);
+        h.advance(at("2026-11-23T15:00:00Z") - h.clock_now());
+        let groups = jit::slack::directory::groups_in(&h.app.policy);
+        h.app.directory.refresh_all(&groups).await;
+        h.run_jobs().await;
+        assert_eq!(h.provider_actions(id), ["grant!75"]);
+        assert_eq!(h.state(id).await, State::Approved, "to be retried");
+        h.slack.set_group_members("S0DEVS", &[]);
+        h.app.directory.refresh_all(&groups).await;
+        h.advance_and_run(Duration::seconds(10)).await;
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::Failed);
+        assert_eq!(h.provider_actions(id), ["grant!75", "revoke"]);
+        let events = h.audit_events(id).await;
+        for event in ["grant_failed", "grant_uncertain", "activation_refused", "torn_down"] {
+            assert!(events.contains(&event.to_owned()), "{event}: {events:?}");
+        }
+    }
+
     /// Approved by policy with a future start: approved at once, issued at the start only.
     async fn auto_approved_with_a_start_is_issued_at_the_start() {
         let h = scheduled_harness().await;
