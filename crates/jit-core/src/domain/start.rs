@@ -82,8 +82,13 @@ impl StartAt {
 }
 
 fn local_to_utc(zone: FixedOffset, local: NaiveDateTime) -> DateTime<Utc> {
-    // A fixed offset has no gaps or folds: the mapping is always single.
-    (local - Duration::seconds(zone.local_minus_utc() as i64)).and_utc()
+    // A fixed offset has no gaps or folds: the mapping is always single. At the edge of what
+    // chrono can represent (a year typed as 262143) the offset is dropped rather than overflow;
+    // such a start is refused as too far ahead anyway.
+    local
+        .checked_sub_signed(Duration::seconds(zone.local_minus_utc() as i64))
+        .unwrap_or(local)
+        .and_utc()
 }
 
 fn parse_2(text: &str) -> Option<i32> {
@@ -210,6 +215,32 @@ mod tests {
         assert_eq!(nine.resolve(now, 0), utc("2026-11-24T09:00:00Z"));
         // Tokyo (UTC+9): it is 23:00 on the 23rd there; 09:00 there is 00:00 UTC on the 24th.
         assert_eq!(nine.resolve(now, 9 * 3600), utc("2026-11-24T00:00:00Z"));
+    }
+
+    /// Whatever is typed, parsing and resolving never panic (the slash command's fuzz target
+    /// reaches them too).
+    #[test]
+    fn extreme_dates_neither_panic_nor_wrap() {
+        let now = utc("2026-11-23T14:00:00Z");
+        let mut parsed = Vec::new();
+        for text in [
+            "262142-12-31T23:59",
+            "262143-12-31T23:59",
+            "-262143-01-01T00:00",
+            "262143-12-31T23:59-23:59",
+            "-262143-01-01T00:00+23:59",
+            "0000-01-01T00:00",
+            "9999-12-31T23:59:59Z",
+        ] {
+            if let Ok(start) = StartAt::parse(text) {
+                parsed.push(text);
+                for tz in [-86_399, -43_200, 0, 50_400, 86_399] {
+                    let _ = start.resolve(now, tz);
+                }
+            }
+        }
+        // The first day chrono can hold, minus a positive offset, would underflow.
+        assert!(parsed.contains(&"-262143-01-01T00:00"), "{parsed:?}");
     }
 
     #[test]
