@@ -78,7 +78,12 @@ pub enum Command {
         reason: String,
         #[arg(long)]
         ticket: Option<String>,
+        /// Start later: an RFC 3339 date and time (e.g. 2026-12-24T22:00:00Z). Approval may come
+        /// ahead of time; access is issued then and lasts DURATION from then.
+        #[arg(long)]
+        start_at: Option<String>,
         /// Wait for the decision and print the credentials.
+        /// (With --start-at, waits until the start.)
         #[arg(long)]
         wait: bool,
         /// How long to wait for a decision.
@@ -298,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             duration,
             reason,
             ticket,
+            start_at,
             wait,
             timeout,
             format,
@@ -307,10 +313,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let wait = wait.then(|| parse_timeout(&timeout)).transpose()?;
             let out = crate::client::request(
                 &client,
-                &resource,
-                &duration,
-                &reason,
-                ticket.as_deref(),
+                crate::client::Ask {
+                    resource: &resource,
+                    duration: &duration,
+                    reason: &reason,
+                    ticket: ticket.as_deref(),
+                    start_at: start_at.as_deref(),
+                },
                 wait,
                 format,
             )
@@ -414,7 +423,7 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             ProviderConfig::None => "none".into(),
         };
         out.push_str(&format!(
-            "  {}: {provider}\n    max {} (default {}; max_lifetime {}: the most in all, extensions included); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry\n",
+            "  {}: {provider}\n    max {} (default {}; max_lifetime {}: the most in all, extensions included); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry; a start may be scheduled up to {} ahead (max_start_ahead)\n",
             r.id,
             r.max_duration,
             r.default_duration,
@@ -434,6 +443,7 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             if r.breakglass { "allowed" } else { "no" },
             r.pending_timeout,
             r.reminder_before,
+            r.max_start_ahead,
         ));
         if let Some(rule) = r.justification.describe() {
             out.push_str(&format!("    justification: {rule}\n"));
@@ -1054,6 +1064,35 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
             out.contains(
                 "max 2h (default 1h; max_lifetime 5h: the most in all, extensions included)"
             ),
+            "{out}"
+        );
+    }
+
+    /// Issue 15, point 2: how far ahead a start may be scheduled, per resource, by its key.
+    #[test]
+    fn policy_check_shows_max_start_ahead() {
+        let set = POSTGRES.replacen(
+            "mode = \"elevation\"",
+            "mode = \"elevation\"\nmax_start_ahead = \"36h\"",
+            1,
+        );
+        let policy = Policy::parse(&set, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("(max_start_ahead)"))
+            .collect();
+        assert_eq!(lines.len(), policy.resources().len(), "{out}");
+        assert!(
+            lines.iter().any(
+                |l| l.ends_with("a start may be scheduled up to 1d12h ahead (max_start_ahead)")
+            ),
+            "{out}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with("a start may be scheduled up to 7d ahead (max_start_ahead)")),
             "{out}"
         );
     }

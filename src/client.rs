@@ -141,19 +141,21 @@ impl Client {
         .into())
     }
 
+    /// `start_at` (RFC 3339) schedules the start; `None`: as soon as it is approved.
     pub async fn create(
         &self,
         resource: &str,
         duration: &str,
         reason: &str,
         ticket: Option<&str>,
+        start_at: Option<&str>,
     ) -> anyhow::Result<Value> {
-        self.call(
-            reqwest::Method::POST,
-            "/requests",
-            Some(json!({"resource": resource, "duration": duration, "justification": reason, "ticket": ticket})),
-        )
-        .await
+        let mut body = json!({"resource": resource, "duration": duration, "justification": reason, "ticket": ticket});
+        if let Some(start_at) = start_at {
+            body["start_at"] = json!(start_at);
+        }
+        self.call(reqwest::Method::POST, "/requests", Some(body))
+            .await
     }
 
     pub async fn get(&self, id: i64, wait: Option<Duration>) -> anyhow::Result<Value> {
@@ -308,22 +310,36 @@ pub fn render(answer: &Value, format: Format) -> anyhow::Result<String> {
 }
 
 /// `jit request`.
+/// What `jit request` asks for.
+pub struct Ask<'a> {
+    pub resource: &'a str,
+    pub duration: &'a str,
+    pub reason: &'a str,
+    pub ticket: Option<&'a str>,
+    /// A scheduled start, RFC 3339.
+    pub start_at: Option<&'a str>,
+}
+
 pub async fn request(
     client: &Client,
-    resource: &str,
-    duration: &str,
-    reason: &str,
-    ticket: Option<&str>,
+    ask: Ask<'_>,
     wait: Option<Duration>,
     format: Format,
 ) -> anyhow::Result<String> {
-    let created = client.create(resource, duration, reason, ticket).await?;
+    let resource = ask.resource;
+    let created = client
+        .create(resource, ask.duration, ask.reason, ask.ticket, ask.start_at)
+        .await?;
     let id = created["id"]
         .as_i64()
         .context("the server returned no request id")?;
+    let starts = ask
+        .start_at
+        .map(|s| format!(", to start at {s}"))
+        .unwrap_or_default();
     let Some(timeout) = wait else {
         eprintln!(
-            "jit: request #{id} for {resource} is {}",
+            "jit: request #{id} for {resource}{starts} is {}",
             if created["auto_approved"] == true {
                 "approved by policy"
             } else {
@@ -369,7 +385,9 @@ pub async fn credentials(
             let reason = reason
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("credentials for {resource} (jit credentials)"));
-            let created = client.create(resource, duration, &reason, None).await?;
+            let created = client
+                .create(resource, duration, &reason, None, None)
+                .await?;
             let id = created["id"]
                 .as_i64()
                 .context("the server returned no request id")?;

@@ -448,6 +448,31 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
     demo.wait(Duration::minutes(5), "").await?;
     demo.slash(DANA, &format!("release {second}")).await?;
 
+    demo.step("A maintenance window: Dana asks now for access that starts in two hours")?;
+    // Two hours from now, on the hour's minute as a person would type it (the demo's people
+    // are in UTC, so `at HH:MM` is that time today, or tomorrow if it has passed).
+    let start = crate::clock::Clock::now(&demo.clock) + Duration::hours(2);
+    let reply = demo
+        .slash(
+            DANA,
+            &format!(
+                "request github-admin 1h at {} switch the default branch in the window (INC-4300)",
+                start.format("%H:%M")
+            ),
+        )
+        .await?;
+    let scheduled = request_number(&reply)?;
+    demo.step("Sam approves ahead of time: approved, nothing issued yet")?;
+    demo.click(SAM, "Approve", "jit.approve", scheduled, "C0APPROVALS")
+        .await?;
+    demo.step(
+        "At the start the policy is checked again and access is issued, for 1 hour from then",
+    )?;
+    let until_start = start - crate::clock::Clock::now(&demo.clock);
+    demo.wait(until_start, " (the scheduled start)").await?;
+    demo.step("An hour after the start (not after the approval), the access is removed")?;
+    demo.wait(Duration::hours(1), "").await?;
+
     demo.step("The audit thread of the first request, in #jit-audit")?;
     let root = demo
         .slack

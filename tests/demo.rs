@@ -55,7 +55,7 @@ fn the_demo_keeps_its_database_when_asked() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("audit log intact: 13 events"));
+    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("audit log intact: 19 events"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 

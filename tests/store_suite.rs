@@ -140,6 +140,49 @@ driver_tests! {
         assert_eq!(stored.request.decided_by.as_deref(), Some("U0ALICE"));
     }
 
+    /// A scheduled start round-trips, is set only on a pending request, and a cancel of an
+    /// approved request is fenced on the start still being ahead (times compared as stored).
+    async fn a_scheduled_start_fences_its_cancel() {
+        let db = db::TestDb::current().await;
+        let store = db.store().await;
+        let early = new_request(&store, "U0DEV").await;
+        let late = new_request(&store, "U0DEV").await;
+        let mut tx = store.begin_write().await.unwrap();
+        for id in [early, late] {
+            requests::set_start(&mut tx, id, t(3600)).await.unwrap();
+            assert_eq!(
+                requests::decide(&mut tx, id, State::Approved, "U0ALICE", None, t(10)).await.unwrap(),
+                Fenced::Applied
+            );
+        }
+        // Approved: the start is no longer changed.
+        requests::set_start(&mut tx, early, t(60)).await.unwrap();
+        assert_eq!(
+            requests::cancel_scheduled(&mut tx, early, t(3599)).await.unwrap(),
+            Fenced::Applied,
+            "a second before the start"
+        );
+        assert_eq!(
+            requests::cancel_scheduled(&mut tx, early, t(3599)).await.unwrap(),
+            Fenced::Lost,
+            "once"
+        );
+        assert_eq!(
+            requests::cancel_scheduled(&mut tx, late, t(3600)).await.unwrap(),
+            Fenced::Lost,
+            "at the start, the grant job owns it"
+        );
+        tx.commit().await.unwrap();
+        let mut conn = store.read().await.unwrap();
+        let early = requests::get(&mut conn, early).await.unwrap().unwrap().request;
+        assert_eq!(early.start_at, Some(t(3600)));
+        assert_eq!(early.state, State::Cancelled);
+        assert_eq!(early.ended_at, Some(t(3599)));
+        let late = requests::get(&mut conn, late).await.unwrap().unwrap().request;
+        assert_eq!(late.state, State::Approved);
+        assert_eq!(late.start_at, Some(t(3600)));
+    }
+
     /// Many requests in one statement come back with their ids in order.
     async fn requests_insert_many_keeps_the_order() {
         let db = db::TestDb::current().await;

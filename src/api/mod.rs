@@ -330,6 +330,7 @@ pub fn view(request: &Request, revoked: bool) -> Value {
         "justification": request.justification,
         "ticket": request.ticket,
         "created_at": t(Some(request.created_at)),
+        "start_at": t(request.start_at),
         "decided_at": t(request.decided_at),
         "decided_by": request.decided_by,
         "reason": request.decision_note,
@@ -349,6 +350,9 @@ struct NewRequestBody {
     justification: String,
     #[serde(default)]
     ticket: Option<String>,
+    /// A scheduled start, RFC 3339 (`2026-12-24T22:00:00Z`).
+    #[serde(default)]
+    start_at: Option<String>,
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
@@ -392,12 +396,31 @@ async fn create_inner(
     let body: NewRequestBody = read_json(body).await?;
     let duration = GrantDuration::parse(&body.duration)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_duration", e.to_string()))?;
+    let start_at = body
+        .start_at
+        .as_deref()
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&chrono::Utc))
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_start_at",
+                        format!(
+                            "`start_at` must be an RFC 3339 date and time with a zone, such as `2026-12-24T22:00:00Z`; got `{}`.",
+                            text.chars().take(60).collect::<String>()
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
     let submission = Submission {
         requester: caller.requester(),
         resource: &body.resource,
         duration: Some(duration),
         justification: &body.justification,
         ticket: body.ticket.as_deref(),
+        start_at,
         via: Via::Api,
         origin_channel: None,
         delivery: None,
@@ -428,6 +451,10 @@ async fn create_inner(
             "invalid_ticket",
             message,
         )),
+        // start_in_past, start_too_far_ahead.
+        Ok(Err(FieldError::Start { code, message })) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, code, message))
+        }
         // The policy's rules, with their own stable codes: justification_too_short,
         // justification_mismatch, ticket_required, ticket_mismatch.
         Ok(Err(FieldError::JustificationRule(breach) | FieldError::TicketRule(breach))) => Err(

@@ -42,6 +42,10 @@ pub enum AuditEvent {
         via: String,
         #[serde(default)]
         extension: Option<i64>,
+        /// A scheduled start (RFC 3339). Absent, not null, when access starts at approval, so
+        /// the events of unscheduled requests read as they always did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_at: Option<String>,
     },
     AutoApproved {
         #[serde(default)]
@@ -82,6 +86,11 @@ pub enum AuditEvent {
         error: String,
         attempt: u32,
         last: bool,
+    },
+    /// At a scheduled start the policy no longer allows the grant (the requester lost the
+    /// right, the resource was removed, …): nothing is issued.
+    ActivationRefused {
+        reason: String,
     },
     /// Issuing (or extending) failed in a way that may still have acted: the access is treated
     /// as issued under `handle` and revoked.
@@ -187,6 +196,7 @@ impl AuditEvent {
             | Nudged => "request",
             Granted { .. }
             | GrantFailed { .. }
+            | ActivationRefused { .. }
             | GrantUncertain { .. }
             | Reminded { .. }
             | Extended { .. }

@@ -232,7 +232,8 @@ pub async fn approve_by_policy(
     approve_as(tx, app, request, actor::POLICY, now, false).await
 }
 
-/// The job that acts on an approval: issue the grant, or apply the extension.
+/// The job that acts on an approval: issue the grant (at its scheduled start, if it has one
+/// still ahead), or apply the extension.
 async fn enqueue_issue(
     tx: &mut WriteTx,
     request: &Request,
@@ -243,7 +244,8 @@ async fn enqueue_issue(
         Kind::Extension => (Job::Extend { extension: id }, keys::extend(id)),
         Kind::Access | Kind::Breakglass => (Job::Grant { request: id }, keys::grant(id)),
     };
-    queue::enqueue(tx, &job, Placement::access_of(request, key), now, now).await?;
+    let run_at = request.starts_later(now).unwrap_or(now);
+    queue::enqueue(tx, &job, Placement::access_of(request, key), run_at, now).await?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use super::request::reload;
 use crate::app::App;
 use crate::audit::{self, AuditEvent, actor};
 use crate::domain::ids::RequestId;
-use crate::domain::policy::Requester;
+use crate::domain::policy::{Refusal, Requester};
 use crate::domain::request::{Kind, Request, State};
 use crate::jobs::{Job, keys};
 use crate::providers::{
@@ -58,6 +58,13 @@ fn access_key(request: &Request, handle: &str) -> String {
     )
 }
 
+/// When a grant issued at `now` ends: its duration from its scheduled start (a late issue, after
+/// downtime, gets no more than the window that was approved), or else from now.
+fn grant_expiry(request: &Request, now: DateTime<Utc>) -> DateTime<Utc> {
+    let from = request.start_at.filter(|s| *s <= now).unwrap_or(now);
+    from + request.duration.to_chrono()
+}
+
 /// What a grant for `request` issued at `now` asks the provider for.
 async fn grant_spec(app: &App, request: &Request, now: DateTime<Utc>) -> GrantSpec {
     GrantSpec {
@@ -65,8 +72,64 @@ async fn grant_spec(app: &App, request: &Request, now: DateTime<Utc>) -> GrantSp
         requester: request.requester.clone(),
         requester_email: requester_email(app, &request.requester).await,
         resource: request.resource.clone(),
-        expires_at: now + request.duration.to_chrono(),
+        expires_at: grant_expiry(request, now),
         now,
+    }
+}
+
+/// How long an activation waits for jit to know who may request (see [`Activation::Wait`])
+/// before it looks again.
+const ACTIVATION_RECHECK: chrono::Duration = chrono::Duration::seconds(30);
+
+/// What the policy says at a scheduled start.
+enum Activation {
+    Issue,
+    /// Refused for good: the reason, for the requester and the audit.
+    Refuse(String),
+    /// Who may request is read from Slack, and jit has not read it yet (just started) or cannot
+    /// (Slack unreachable for a while): a refusal now could be a list not loaded rather than a
+    /// right lost. Nothing is issued; it looks again shortly, until the window ends.
+    Wait(String),
+}
+
+/// Whether a scheduled request may be issued at its start, now: the policy is checked again
+/// (the requester may have lost the right, the resource may be gone or changed), and the
+/// approved window must not have passed (jit was down through it).
+fn activation(app: &App, request: &Request, now: DateTime<Utc>) -> Activation {
+    let Some(start) = request.start_at else {
+        return Activation::Issue;
+    };
+    let end = start + request.duration.to_chrono();
+    if end <= now {
+        return Activation::Refuse(format!(
+            "its window ({} to {}) had ended before jit could issue it.",
+            crate::slack::text::utc(start),
+            crate::slack::text::utc(end)
+        ));
+    }
+    match app.policy.evaluate(
+        request.resource.as_str(),
+        &request.requester,
+        Some(request.duration),
+        &app.directory,
+    ) {
+        Ok(_) => Activation::Issue,
+        Err(refusal @ (Refusal::NotAllowed { .. } | Refusal::NotNamed { .. })) => {
+            let groups: Vec<_> = app
+                .policy
+                .resource(request.resource.as_str())
+                .and_then(|r| r.requesters.as_ref())
+                .map(|p| p.groups.clone())
+                .unwrap_or_default();
+            let unsure = request.requester.user().is_some()
+                && (!app.directory.ready() || !app.directory.stale(&groups).is_empty());
+            if unsure {
+                Activation::Wait(refusal.to_string())
+            } else {
+                Activation::Refuse(refusal.to_string())
+            }
+        }
+        Err(refusal) => Activation::Refuse(refusal.to_string()),
     }
 }
 
@@ -193,7 +256,9 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         // An earlier attempt may have issued access and died (or timed out) before recording
         // it, and the request ended since. Issuing again would hand out access nobody holds a
         // grant for: treat it as issued and tear it down.
-        State::Released | State::Revoked if stored.grant_handle.is_none() && ctx.attempt > 1 => {
+        State::Released | State::Revoked | State::Cancelled
+            if stored.grant_handle.is_none() && ctx.attempt > 1 =>
+        {
             if let Some(provider) = provider {
                 let spec = grant_spec(app, request, app.clock.now()).await;
                 let mut tx = app.store.begin_write().await?;
@@ -204,6 +269,36 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
             return Ok(Outcome::Done);
         }
         _ => return Ok(Outcome::Done),
+    }
+    if let Some(start) = request.starts_later(app.clock.now()) {
+        // Brought forward (a cancel that lost its race, a clock stepped back): wait for it.
+        return Ok(Outcome::RunAt(start));
+    }
+    // At a scheduled start, before anything is asked of the provider. A later attempt checks
+    // again (the first may have died between its check and its record), and a refusal then
+    // removes whatever an earlier attempt may have issued.
+    match activation(app, request, app.clock.now()) {
+        Activation::Issue => {}
+        Activation::Wait(why) => {
+            tracing::warn!(
+                request_id = id.0,
+                why,
+                "at the scheduled start, jit cannot yet tell whether the requester may still request; looking again shortly"
+            );
+            return Ok(Outcome::RunAt(app.clock.now() + ACTIVATION_RECHECK));
+        }
+        Activation::Refuse(reason) => {
+            let spec;
+            let uncertain = match (&provider, ctx.attempt > 1) {
+                (Some(provider), true) => {
+                    spec = grant_spec(app, request, app.clock.now()).await;
+                    Some((provider.as_ref(), &spec))
+                }
+                _ => None,
+            };
+            refuse_activation(app, request, &reason, uncertain).await?;
+            return Ok(Outcome::Done);
+        }
     }
     let Some(provider) = provider else {
         fail_grant(
@@ -427,6 +522,82 @@ async fn record_issued(
     .await?;
     tx.commit().await?;
     app.waker.wake();
+    Ok(())
+}
+
+/// Ends a scheduled request whose start came but that the policy no longer allows: nothing was
+/// issued. The requester (or an identity's owners), the approvers' message and the audit
+/// thread say why.
+///
+/// With `uncertain`, an earlier attempt of the job may have issued access (it died after its
+/// check): that is treated as issued and revoked ([`compensate`]).
+async fn refuse_activation(
+    app: &App,
+    request: &Request,
+    reason: &str,
+    uncertain: Option<(&dyn Provider, &GrantSpec)>,
+) -> anyhow::Result<()> {
+    let now = app.clock.now();
+    let id = request.id;
+    let mut tx = app.store.begin_write().await?;
+    if let Some((provider, spec)) = uncertain {
+        compensate(&mut tx, request, provider, spec).await?;
+    }
+    if requests::end(
+        &mut tx,
+        id,
+        State::Approved,
+        State::Failed,
+        now,
+        Some(reason),
+    )
+    .await?
+        == Fenced::Lost
+    {
+        tx.commit().await?;
+        app.waker.wake();
+        return Ok(());
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor::SYSTEM,
+        &AuditEvent::ActivationRefused {
+            reason: reason.to_owned(),
+        },
+    )
+    .await?;
+    let failed = reload(&mut tx, id).await.map_err(anyhow_of)?;
+    update_approval_message(&mut tx, app, &failed, now).await?;
+    dm(
+        &mut tx,
+        &failed,
+        blocks::activation_refused_dm(&failed, reason),
+        now,
+    )
+    .await?;
+    super::identity::notify_owners(
+        &mut tx,
+        app,
+        &failed,
+        blocks::owner_dm(
+            &failed,
+            &format!(
+                "not issued at its scheduled start: {}",
+                crate::slack::text::escape_truncated(reason, 500)
+            ),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.waker.wake();
+    tracing::info!(
+        request_id = id.0,
+        reason,
+        "scheduled request not issued at its start"
+    );
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub struct Submission<'a> {
     pub duration: Option<GrantDuration>,
     pub justification: &'a str,
     pub ticket: Option<&'a str>,
+    /// A scheduled start (`at …`, the form's picker, the API's `start_at`); `None`: at approval.
+    pub start_at: Option<DateTime<Utc>>,
     pub via: Via,
     pub origin_channel: Option<SlackChannelId>,
     /// The Slack delivery that asked, recorded with the request: a replay stores nothing and
@@ -68,6 +70,12 @@ pub enum FieldError {
     JustificationRule(RuleBreach),
     /// The ticket is missing or breaks the resource's rule (`ticket = { … }`).
     TicketRule(RuleBreach),
+    /// The scheduled start has passed or is further ahead than `max_start_ahead`. `code` is the
+    /// API's: `start_in_past` or `start_too_far_ahead`.
+    Start {
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl FieldError {
@@ -76,7 +84,8 @@ impl FieldError {
             FieldError::Resource(m)
             | FieldError::Duration(m)
             | FieldError::Justification(m)
-            | FieldError::Ticket(m) => m,
+            | FieldError::Ticket(m)
+            | FieldError::Start { message: m, .. } => m,
             FieldError::JustificationRule(b) | FieldError::TicketRule(b) => &b.message,
         }
     }
@@ -113,7 +122,26 @@ fn refusal_field(refusal: &Refusal) -> FieldError {
         Refusal::TooLong { .. } | Refusal::LifetimeExceeded { .. } => {
             FieldError::Duration(refusal.to_string())
         }
+        Refusal::StartPassed { .. } => FieldError::Start {
+            code: "start_in_past",
+            message: refusal.to_string(),
+        },
+        Refusal::StartTooFar { .. } => FieldError::Start {
+            code: "start_too_far_ahead",
+            message: refusal.to_string(),
+        },
     }
+}
+
+/// Until when a new request waits for a decision: its resource's `pending_timeout`, and never
+/// past its scheduled start (an approval that has not come by then expires the request).
+pub fn pending_deadline(
+    now: DateTime<Utc>,
+    resource: &Resource,
+    start_at: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let timeout = now + resource.pending_timeout.to_chrono();
+    start_at.map_or(timeout, |start| start.min(timeout))
 }
 
 /// Whether `requester` may submit another request now (per-requester rate limit).
@@ -209,6 +237,7 @@ pub struct Prepared {
     pub justification: String,
     pub ticket: Option<String>,
     pub origin_channel: Option<SlackChannelId>,
+    pub start_at: Option<DateTime<Utc>>,
     pub auto: bool,
     pub via: Via,
     pub delivery: Option<crate::slack::deliveries::Delivery>,
@@ -233,6 +262,12 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         }
     };
     let resource = evaluation.resource;
+    if let Some(start) = s.start_at
+        && let Err(refusal) = app.policy.check_start(resource, app.clock.now(), start)
+    {
+        app.metrics.request("refused");
+        return Ok(Err(refusal_field(&refusal)));
+    }
     // A ticket given, or else the first word of the justification that looks like one.
     let ticket = s
         .ticket
@@ -256,6 +291,7 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         justification: s.justification.trim().to_owned(),
         ticket,
         origin_channel: s.origin_channel.clone(),
+        start_at: s.start_at,
         auto: evaluation.route == Route::Auto,
         via: s.via,
         delivery: s.delivery,
@@ -333,9 +369,10 @@ pub async fn store(
             ticket: p.ticket.as_deref(),
             approvals_required: resource.approvals_required,
             created_at: now,
-            pending_until: (!p.auto).then(|| now + resource.pending_timeout.to_chrono()),
+            pending_until: (!p.auto).then(|| pending_deadline(now, resource, p.start_at)),
             origin_channel: p.origin_channel.as_ref(),
         },
+        p.start_at,
         actor_of(&p.requester),
         p.via,
     )
@@ -376,7 +413,7 @@ pub async fn store_for_approval(
         .map(|p| {
             (
                 p.requester.key(),
-                now + p.resource.pending_timeout.to_chrono(),
+                pending_deadline(now, &p.resource, p.start_at),
             )
         })
         .collect();
@@ -406,6 +443,11 @@ pub async fn store_for_approval(
         )
         .into());
     }
+    for (p, id) in items.iter().zip(&ids) {
+        if let Some(start) = p.start_at {
+            requests::set_start(tx, RequestId(*id), start).await?;
+        }
+    }
     let requests: Vec<Request> = items
         .iter()
         .zip(&ids)
@@ -422,6 +464,7 @@ pub async fn store_for_approval(
             state: State::Pending,
             approvals_required: p.resource.approvals_required,
             created_at: now,
+            start_at: p.start_at,
             pending_until: Some(*until),
             decided_at: None,
             decided_by: None,
@@ -450,6 +493,7 @@ pub async fn store_for_approval(
                 ticket: r.ticket.clone(),
                 via: p.via.as_str().into(),
                 extension: None,
+                start_at: r.start_at.map(crate::store::format_time),
             };
             (
                 Some(r.id),
@@ -462,7 +506,7 @@ pub async fn store_for_approval(
     let seqs = crate::store::audit::append_many(tx, now, &events).await?;
     let mut jobs = Vec::with_capacity(requests.len() * 4);
     for (seq, (r, p)) in seqs.iter().zip(requests.iter().zip(items)) {
-        let timeout = p.resource.pending_timeout;
+        let until = r.pending_until.unwrap_or(now);
         jobs.push((
             Job::AuditPost { seq: *seq },
             Placement::audit_event(Some(r.id), false),
@@ -476,12 +520,12 @@ pub async fn store_for_approval(
         jobs.push((
             Job::Nudge { request: r.id },
             Placement::unique(keys::nudge(r.id)),
-            now + timeout.half().to_chrono(),
+            now + (until - now) / 2,
         ));
         jobs.push((
             Job::PendingTimeout { request: r.id },
             Placement::unique(keys::pending_timeout(r.id)),
-            now + timeout.to_chrono(),
+            until,
         ));
     }
     queue::enqueue_many(tx, jobs, now).await?;
@@ -492,14 +536,19 @@ pub fn actor_of(requester: &Requester) -> String {
     requester.key()
 }
 
-/// Inserts a request and its `requested` audit event; returns it as stored.
+/// Inserts a request (with its scheduled start, if any) and its `requested` audit event;
+/// returns it as stored.
 async fn insert(
     tx: &mut WriteTx,
     new: NewRequest<'_>,
+    start_at: Option<DateTime<Utc>>,
     actor: String,
     via: Via,
 ) -> HandlerResult<Request> {
     let id = requests::insert(tx, &new).await?;
+    if let Some(start) = start_at {
+        requests::set_start(tx, id, start).await?;
+    }
     let request = Request {
         id,
         kind: new.kind,
@@ -512,6 +561,7 @@ async fn insert(
         state: State::Pending,
         approvals_required: new.approvals_required,
         created_at: new.created_at,
+        start_at,
         pending_until: new.pending_until,
         decided_at: None,
         decided_by: None,
@@ -540,6 +590,7 @@ async fn insert(
             ticket: request.ticket.clone(),
             via: via.as_str().into(),
             extension: request.parent.map(|_| id.0),
+            start_at: start_at.map(crate::store::format_time),
         },
     )
     .await?;
@@ -572,12 +623,15 @@ async fn route(
         now,
     )
     .await?;
-    let timeout = resource.pending_timeout;
+    // Nudged at half the time left for a decision, which a scheduled start may shorten.
+    let until = request
+        .pending_until
+        .unwrap_or_else(|| now + resource.pending_timeout.to_chrono());
     queue::enqueue(
         tx,
         &Job::Nudge { request: id },
         Placement::unique(keys::nudge(id)),
-        now + timeout.half().to_chrono(),
+        now + (until - now) / 2,
         now,
     )
     .await?;
@@ -585,20 +639,26 @@ async fn route(
         tx,
         &Job::PendingTimeout { request: id },
         Placement::unique(keys::pending_timeout(id)),
-        now + timeout.to_chrono(),
+        until,
         now,
     )
     .await?;
     Ok(request)
 }
 
-/// Withdraws one's own pending request.
+/// Withdraws one's own pending request, or one approved to start later, before its start.
 pub async fn cancel(app: &App, who: &Requester, id: RequestId) -> HandlerResult<Request> {
     let stored = load(app, id).await?;
     if &stored.request.requester != who {
         return Err(HandlerError::user(format!(
             "Request {id} is not yours, so you cannot cancel it."
         )));
+    }
+    if stored.request.state == State::Approved
+        && stored.request.kind == Kind::Access
+        && stored.request.start_at.is_some()
+    {
+        return cancel_scheduled(app, &stored, &who.key()).await;
     }
     if stored.request.state != State::Pending {
         return Err(HandlerError::user(format!(
@@ -650,6 +710,68 @@ pub async fn cancel_as(app: &App, stored: &StoredRequest, actor: &str) -> Handle
     app.waker.wake();
     app.metrics.request("cancelled");
     tracing::info!(request_id = id.0, actor, "request cancelled");
+    Ok(request)
+}
+
+/// Cancels an approved request before its scheduled start: nothing was issued, and nothing
+/// will be (the grant job, due at the start, finds the request cancelled and does nothing; it
+/// is brought forward so the queue does not keep it).
+async fn cancel_scheduled(
+    app: &App,
+    stored: &StoredRequest,
+    actor: &str,
+) -> HandlerResult<Request> {
+    let id = stored.request.id;
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    if requests::cancel_scheduled(&mut tx, id, now).await? == requests::Fenced::Lost {
+        let current = reload(&mut tx, id).await?;
+        return Err(HandlerError::user(format!(
+            "Request {id} is {}: its start has come, so it can no longer be cancelled.{}",
+            current.state.label(),
+            if matches!(current.state, State::Approved | State::Active) {
+                format!(" To give up the access, use `/jit release {}`.", id.0)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    audit::record(
+        &mut tx,
+        now,
+        Some(id),
+        actor,
+        &AuditEvent::Cancelled { extension: None },
+    )
+    .await?;
+    crate::store::jobs::reschedule(&mut tx, &keys::grant(id), now, now).await?;
+    queue::enqueue(
+        &mut tx,
+        &Job::ApprovalMessage { request: id },
+        super::approvals_placement(app, &stored.request),
+        now,
+        now,
+    )
+    .await?;
+    let request = reload(&mut tx, id).await?;
+    if matches!(request.requester, Requester::Identity(_)) {
+        super::identity::notify_owners(
+            &mut tx,
+            app,
+            &request,
+            blocks::owner_dm(&request, "cancelled before its scheduled start"),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    app.waker.wake();
+    app.metrics.request("cancelled");
+    tracing::info!(
+        request_id = id.0,
+        actor,
+        "scheduled request cancelled before its start"
+    );
     Ok(request)
 }
 
@@ -760,6 +882,7 @@ pub async fn extend(
             pending_until: (!auto).then(|| now + resource.pending_timeout.to_chrono()),
             origin_channel: None,
         },
+        None,
         actor_of(who),
         via,
     )

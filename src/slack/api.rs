@@ -776,6 +776,9 @@ pub struct UserFacts {
     /// `is_restricted` or `is_ultra_restricted`.
     pub guest: bool,
     pub deleted: bool,
+    /// The person's UTC offset in seconds, as their Slack profile says (`tz_offset`, which
+    /// follows daylight saving time as of when it was read).
+    pub tz_offset: Option<i32>,
 }
 
 impl UserFacts {
@@ -789,6 +792,11 @@ impl UserFacts {
                 .map(str::to_owned),
             guest: flag("is_restricted") || flag("is_ultra_restricted"),
             deleted: flag("deleted"),
+            tz_offset: user
+                .get("tz_offset")
+                .and_then(Value::as_i64)
+                .and_then(|o| i32::try_from(o).ok())
+                .filter(|o| o.abs() < 86_400),
         })
     }
 }

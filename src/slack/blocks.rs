@@ -88,6 +88,13 @@ fn what(request: &Request) -> String {
     )
 }
 
+/// "starts <time>": a scheduled start, in each reader's own time zone.
+pub fn starts(request: &Request) -> Option<String> {
+    request
+        .start_at
+        .map(|at| format!(":calendar: starts {}", text::time(at)))
+}
+
 fn kind_label(request: &Request) -> &'static str {
     match request.kind {
         Kind::Access => "Access request",
@@ -130,6 +137,14 @@ pub fn approval_message(
     );
     if let Some(parent) = request.parent {
         headline.push_str(&format!(" more on grant {parent}"));
+    }
+    if let Some(start) = request.start_at {
+        headline.push_str(&format!(
+            "\n:calendar: *Scheduled:* access starts {} and lasts {} from then (until {})",
+            text::time(start),
+            request.duration.humanize(),
+            text::time(start + request.duration.to_chrono())
+        ));
     }
     if let Some(r) = resource.filter(|r| !r.description.is_empty()) {
         headline.push_str(&format!(
@@ -180,8 +195,13 @@ pub fn approval_message(
             }
             if let Some(until) = request.pending_until {
                 status.push_str(&format!(
-                    " · expires without a decision {}",
-                    text::time(until)
+                    " · expires without a decision {}{}",
+                    text::time(until),
+                    if request.start_at == Some(until) {
+                        " (its start)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             status
@@ -201,10 +221,14 @@ pub fn approval_message(
     }
     Msg::new(
         &format!(
-            "{} {id}: {} asks for {} ({})",
+            "{} {id}: {} asks for {}{} ({})",
             kind_label(request),
             plain_requester(request),
             request.resource,
+            request
+                .start_at
+                .map(|s| format!(" from {}", text::utc(s)))
+                .unwrap_or_default(),
             request.state.label()
         ),
         blocks,
@@ -235,11 +259,38 @@ pub fn decision_line(request: &Request) -> String {
     match request.state {
         State::Pending => "Waiting for approval".into(),
         State::Denied => format!(":x: Denied by {by}{at}{note}"),
-        State::Cancelled => format!(":no_entry_sign: Cancelled by the requester{at}"),
+        State::Cancelled => {
+            let ended = request
+                .ended_at
+                .map(|t| format!(" {}", text::time(t)))
+                .unwrap_or_default();
+            if request.decided_by.is_some() && request.start_at.is_some() {
+                format!(
+                    ":no_entry_sign: Approved by {by}{at}, then cancelled by the requester{ended} before its start; nothing was issued"
+                )
+            } else {
+                format!(":no_entry_sign: Cancelled by the requester{at}")
+            }
+        }
+        State::TimedOut
+            if request.start_at.is_some() && request.start_at == request.pending_until =>
+        {
+            format!(
+                ":hourglass: Expired without a decision{at}: nobody decided before its scheduled start"
+            )
+        }
         State::TimedOut => format!(":hourglass: Expired without a decision{at}"),
+        State::Failed if request.start_at.is_some() && request.granted_at.is_none() => format!(
+            ":warning: Approved by {by}{at}, but at its scheduled start access was not issued: {}",
+            text::escape_truncated(request.failure.as_deref().unwrap_or("unknown error"), 500)
+        ),
         State::Failed => format!(
             ":warning: Approved by {by}{at}, but issuing failed: {}",
             text::escape_truncated(request.failure.as_deref().unwrap_or("unknown error"), 500)
+        ),
+        State::Approved if request.start_at.is_some() => format!(
+            ":white_check_mark: Approved by {by}{at} · access starts {}",
+            text::time(request.start_at.unwrap_or_default())
         ),
         _ => format!(":white_check_mark: Approved by {by}{at}"),
     }
@@ -257,13 +308,14 @@ pub fn decision_dm(request: &Request) -> Msg {
                 )
             } else {
                 format!(
-                    ":white_check_mark: Your request {id} for {} was approved by {}. Issuing access now.",
+                    ":white_check_mark: Your request {id} for {} was approved by {}. {}",
                     what(request),
                     request
                         .decided_by
                         .as_deref()
                         .map(decided_by_mentions)
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    issue_when(request)
                 )
             }
         }
@@ -280,6 +332,14 @@ pub fn decision_dm(request: &Request) -> Msg {
                 MAX_USER_TEXT
             )
         ),
+        State::TimedOut
+            if request.start_at.is_some() && request.start_at == request.pending_until =>
+        {
+            format!(
+                ":hourglass: Your request {id} for {} expired: nobody decided before its scheduled start. You can ask again.",
+                what(request)
+            )
+        }
         State::TimedOut => format!(
             ":hourglass: Your request {id} for {} expired: nobody decided in time. You can ask again.",
             what(request)
@@ -358,24 +418,53 @@ pub fn timed_out_dm(request: &Request, undelivered: Option<(&str, &SlackChannelI
     }
 }
 
+/// What happens next to an approved request: issued now, or at its scheduled start.
+pub fn issue_when(request: &Request) -> String {
+    match request.start_at {
+        Some(start) => format!(
+            "Access will be issued at its scheduled start, {}, and last {} from then; `/jit cancel {}` withdraws it until then.",
+            text::time(start),
+            request.duration.humanize(),
+            request.id.0
+        ),
+        None => "Issuing access now.".into(),
+    }
+}
+
 /// A DM confirming a request that came in through the modal (which has no reply of its own).
 pub fn submitted_dm(request: &Request, resource: &Resource, auto: bool) -> Msg {
     let line = if auto {
         format!(
-            ":zap: Your request {} for {} was approved by policy. Issuing access now.",
+            ":zap: Your request {} for {} was approved by policy. {}",
             request.id,
-            what(request)
+            what(request),
+            issue_when(request)
         )
     } else {
         format!(
-            ":inbox_tray: Your request {} for {} is waiting for approval from {} in {}.",
+            ":inbox_tray: Your request {} for {}{} is waiting for approval from {} in {}.",
             request.id,
             what(request),
+            request
+                .start_at
+                .map(|s| format!(" starting {}", text::time(s)))
+                .unwrap_or_default(),
             approvers_of(resource),
             text::channel(&resource.approvers.channel)
         )
     };
     simple(line)
+}
+
+/// The requester's DM when a scheduled request is not issued at its start.
+pub fn activation_refused_dm(request: &Request, reason: &str) -> Msg {
+    simple(format!(
+        ":no_entry_sign: Your request {} for {} was approved to start {}, but at its start jit did not issue it: {} Nothing was granted; ask again if you still need it.",
+        request.id,
+        what(request),
+        request.start_at.map(text::time).unwrap_or_default(),
+        text::escape_truncated(reason, 1000)
+    ))
 }
 
 /// The holder's DM once access is issued. Secrets are never in it: a button opens them.
@@ -659,9 +748,10 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
             ticket,
             via,
             extension,
+            start_at,
         } => {
             format!(
-                "{who} requested{} {} for {} via {via}{}\n{}",
+                "{who} requested{} {} for {}{} via {via}{}\n{}",
                 if kind == "access" {
                     String::new()
                 } else {
@@ -669,6 +759,11 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
                 },
                 text::code(resource),
                 text::code(duration),
+                start_at
+                    .as_deref()
+                    .and_then(|s| crate::store::parse_time(s).ok())
+                    .map(|s| format!(" starting {}", text::time(s)))
+                    .unwrap_or_default(),
                 ext(extension),
                 text::quote(justification, MAX_USER_TEXT)
             ) + &ticket
@@ -725,6 +820,10 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
             ":warning: Issuing failed (attempt {attempt}{}): {}",
             if *last { ", giving up" } else { ", will retry" },
             text::escape_truncated(error, 1000)
+        ),
+        ActivationRefused { reason } => format!(
+            ":no_entry_sign: Not issued at the scheduled start: {}",
+            text::escape_truncated(reason, 1000)
         ),
         GrantUncertain { handle } => format!(
             ":warning: Issuing may have done something before it failed; jit treats it as issued (handle {}) and removes it",

@@ -127,20 +127,32 @@ pub async fn handle(
         Command::Request {
             resource,
             duration,
+            start,
             justification,
         } => {
+            // `at 23:00` is the requester's 23:00: their Slack profile's offset, as cached (the
+            // ack path never calls Slack). Unknown yet: UTC, and the reply says so.
+            let tz = start.map(|_| app.directory.tz_offset(&user));
+            let start_at = start.map(|s| s.resolve(app.clock.now(), tz.flatten().unwrap_or(0)));
             let submission = Submission {
                 requester: who,
                 resource: &resource,
                 duration: Some(duration),
                 justification: &justification,
                 ticket: None,
+                start_at,
                 via: Via::Slack,
                 origin_channel: channel,
                 delivery: delivery.cloned(),
             };
             match request::submit(app, submission).await {
-                Ok(Ok(submitted)) => CommandReply::text(submitted_line(&submitted)),
+                Ok(Ok(submitted)) => {
+                    let mut line = submitted_line(&submitted);
+                    if tz == Some(None) {
+                        line.push_str(" (jit does not know your Slack time zone yet, so the time you gave was read as UTC; `/jit cancel` and ask again with a `Z` or `+01:00` offset if that is wrong.)");
+                    }
+                    CommandReply::text(line)
+                }
                 Ok(Err(field)) => CommandReply::text(format!(
                     ":warning: {}\nUsage: `{}`",
                     text::escape(field.message()),
@@ -219,6 +231,34 @@ pub async fn handle(
 
 fn submitted_line(submitted: &request::Submitted) -> String {
     let r = &submitted.request;
+    if let Some(start) = r.start_at {
+        let until = start + r.duration.to_chrono();
+        return if submitted.auto {
+            format!(
+                ":zap: Request {} for {} ({}) was approved by policy. :calendar: Access starts {} and lasts until {}; you will get a DM then. `/jit cancel {}` withdraws it until it starts.",
+                r.id,
+                text::code(r.resource.as_str()),
+                r.duration.humanize(),
+                text::time(start),
+                text::time(until),
+                r.id.0
+            )
+        } else {
+            format!(
+                ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. :calendar: If approved, access starts {} and lasts until {}; if nobody decides by {}, it expires. You will get a DM when it is decided.",
+                r.id,
+                text::code(r.resource.as_str()),
+                r.duration.humanize(),
+                blocks::approvers_of(&submitted.resource),
+                text::channel(&submitted.resource.approvers.channel),
+                text::time(start),
+                text::time(until),
+                r.pending_until
+                    .map(text::time)
+                    .unwrap_or_else(|| text::time(start))
+            )
+        };
+    }
     if submitted.auto {
         format!(
             ":zap: Request {} for {} ({}) was approved by policy. Access is being issued; you will get a DM.",
@@ -294,7 +334,19 @@ pub fn list_reply(mine: &[Request], breakglass: Option<&[Request]>) -> Msg {
                 r.id.0,
                 r.id.0
             ),
-            (State::Pending, _) => format!("{} · `/jit cancel {}`", r.state.label(), r.id.0),
+            (State::Pending, _) => format!(
+                "{}{} · `/jit cancel {}`",
+                r.state.label(),
+                r.start_at
+                    .map(|s| format!(" · starts {}", text::time(s)))
+                    .unwrap_or_default(),
+                r.id.0
+            ),
+            (State::Approved, _) if r.start_at.is_some() => format!(
+                "approved · starts {} · `/jit cancel {}`",
+                text::time(r.start_at.unwrap_or_default()),
+                r.id.0
+            ),
             (state, _) => state.label().to_owned(),
         };
         lines.push(format!(
@@ -447,6 +499,13 @@ pub fn why_reply(
     lines.push(format!(
         "• Pending requests expire after {}; reminders go out {} before a grant ends",
         resource.pending_timeout, resource.reminder_before
+    ));
+    lines.push(format!(
+        "• Scheduled start: up to {} ({}) ahead, e.g. `/jit request {} {} at 23:00 …` · it may be approved ahead of time, but expires if nobody has decided by the start · the policy is checked again at the start, and access lasts its duration from then",
+        resource.max_start_ahead,
+        resource.max_start_ahead.humanize(),
+        text::escape(resource.id.as_str()),
+        resource.default_duration
     ));
     lines.push(format!(
         "• Break-glass: {}",

@@ -67,6 +67,24 @@ impl std::fmt::Debug for Directory {
     }
 }
 
+impl Directory {
+    /// `user`'s UTC offset in seconds from their cached Slack profile, if jit has read it (the
+    /// ack path never asks Slack; an unknown user is looked up in the background).
+    pub fn tz_offset(&self, user: &SlackUserId) -> Option<i32> {
+        let offset = {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            cache.users.get(user).map(|facts| facts.tz_offset)
+        };
+        match offset {
+            Some(offset) => offset,
+            None => {
+                self.learn_user(user);
+                None
+            }
+        }
+    }
+}
+
 /// Every user group the policy mentions.
 pub fn groups_in(policy: &Policy) -> Vec<SlackGroupId> {
     let mut groups: HashSet<SlackGroupId> = policy.admins.groups.iter().cloned().collect();

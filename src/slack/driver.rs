@@ -87,6 +87,9 @@ pub fn submission_payload(
     for (block, action, value) in inputs {
         let state = if action.ends_with("_select") {
             json!({"type": "static_select", "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value}})
+        } else if action.ends_with("_datetime") {
+            // A datetimepicker's choice: unix seconds, as a number (empty: not chosen).
+            json!({"type": "datetimepicker", "selected_date_time": value.parse::<i64>().ok()})
         } else {
             json!({"type": "plain_text_input", "value": value})
         };

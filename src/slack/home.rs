@@ -27,7 +27,14 @@ fn button(action_id: &str, label: &str, value: String, style: Option<&str>) -> V
 fn line(request: &Request) -> String {
     let status = match (request.state, request.expires_at) {
         (State::Active, Some(until)) => format!("active until {}", text::time(until)),
+        (State::Approved, _) if request.start_at.is_some() => "approved".to_owned(),
         (state, _) => state.label().to_owned(),
+    };
+    let status = match (request.state, request.start_at) {
+        (State::Pending | State::Approved, Some(start)) => {
+            format!("{status} · starts {}", text::time(start))
+        }
+        _ => status,
     };
     format!(
         "*{}* {} for {} · {status}",

@@ -312,6 +312,7 @@ fn field_block(field: &FieldError) -> &'static str {
             views::JUSTIFICATION_BLOCK.0
         }
         FieldError::Ticket(_) | FieldError::TicketRule(_) => views::TICKET_BLOCK.0,
+        FieldError::Start { .. } => views::START_BLOCK.0,
     }
 }
 
@@ -378,6 +379,18 @@ async fn submit_request(app: &App, user: &SlackUserId, view: &View) -> Interacti
         .input(views::JUSTIFICATION_BLOCK.0, views::JUSTIFICATION_BLOCK.1)
         .unwrap_or_default();
     let ticket = view.input(views::TICKET_BLOCK.0, views::TICKET_BLOCK.1);
+    let start_at = match view.date_time(views::START_BLOCK.0, views::START_BLOCK.1) {
+        None => None,
+        Some(secs) => match chrono::DateTime::from_timestamp(secs, 0) {
+            Some(at) => Some(at),
+            None => {
+                return errors(
+                    views::START_BLOCK.0,
+                    "That is not a date and time jit can use.",
+                );
+            }
+        },
+    };
     let origin = view
         .private_metadata
         .as_deref()
@@ -388,6 +401,7 @@ async fn submit_request(app: &App, user: &SlackUserId, view: &View) -> Interacti
         duration: Some(duration),
         justification: &justification,
         ticket: ticket.as_deref(),
+        start_at,
         via: Via::Slack,
         origin_channel: origin,
         delivery: None,

@@ -14,6 +14,8 @@ pub const RESOURCE_BLOCK: (&str, &str) = ("resource", "resource_select");
 pub const DURATION_BLOCK: (&str, &str) = ("duration", "duration_select");
 pub const JUSTIFICATION_BLOCK: (&str, &str) = ("justification", "justification_input");
 pub const TICKET_BLOCK: (&str, &str) = ("ticket", "ticket_input");
+/// A `datetimepicker`: Slack shows it in the person's own time zone and sends back unix seconds.
+pub const START_BLOCK: (&str, &str) = ("start", "start_datetime");
 pub const REASON_BLOCK: (&str, &str) = ("reason", "reason_input");
 
 /// Durations offered in the forms (each still checked against the resource's maximum).
@@ -165,6 +167,17 @@ pub fn request_modal(resources: &[&Resource], preselect: Option<&str>, metadata:
             "placeholder": placeholder("e.g. INC-123"),
         }}),
     ];
+    let ahead = selected
+        .map(|r| r.max_start_ahead)
+        .or_else(|| resources.iter().map(|r| r.max_start_ahead).max())
+        .unwrap_or(GrantDuration::from_hours(24));
+    blocks.push(json!({"type": "input", "block_id": START_BLOCK.0, "optional": true,
+        "label": label("Start later (optional)"),
+        "hint": plain_within(&format!(
+            "For a maintenance window: access is issued at this time (up to {} ahead) and lasts the duration from then. Leave it empty to start once approved.",
+            ahead.humanize()
+        ), 2000),
+        "element": {"type": "datetimepicker", "action_id": START_BLOCK.1}}));
     // The preselected resource's rules, under their fields (checked on submit for any resource).
     if let Some(r) = selected {
         if let Some(rule) = r.justification.describe() {

@@ -21,7 +21,7 @@ macro_rules! select_requests {
              state, approvals_required, created_at, pending_until, decided_at, decided_by, \
              decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
              approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
-             access_key, origin_channel, delivery_failure, grant_baseline FROM requests ",
+             access_key, origin_channel, delivery_failure, grant_baseline, start_at FROM requests ",
             $($tail),*
         )
     };
@@ -59,6 +59,7 @@ struct RequestRow {
     origin_channel: Option<String>,
     delivery_failure: Option<String>,
     grant_baseline: Option<String>,
+    start_at: Option<String>,
 }
 
 /// A request plus the storage-only columns the workers need.
@@ -96,6 +97,7 @@ impl TryFrom<RequestRow> for StoredRequest {
                 .ok_or_else(|| anyhow!("unknown state {}", row.state))?,
             approvals_required: row.approvals_required.max(1) as u32,
             created_at: parse_time(&row.created_at)?,
+            start_at: time(row.start_at)?,
             pending_until: time(row.pending_until)?,
             decided_at: time(row.decided_at)?,
             decided_by: row.decided_by,
@@ -199,6 +201,22 @@ pub async fn insert_many(conn: &mut Conn, new: &[NewRequest<'_>]) -> sqlx::Resul
     // Rows get increasing ids in the order of the VALUES list (one statement, one writer).
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Schedules a pending request's start (set once, right after it is stored).
+pub async fn set_start(
+    conn: &mut Conn,
+    id: RequestId,
+    start_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    on!(conn, |c| sqlx::query(
+        "UPDATE requests SET start_at = $1 WHERE id = $2 AND state = 'pending'"
+    )
+    .bind(format_time(start_at))
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|_| ()))
 }
 
 pub async fn get(conn: &mut Conn, id: RequestId) -> anyhow::Result<Option<StoredRequest>> {
@@ -593,6 +611,26 @@ pub async fn end(
     .bind(note)
     .bind(id.0)
     .bind(from.as_str())
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(fenced(done))
+}
+
+/// Cancels an approved request whose scheduled start is still ahead at `now`. Fenced on both:
+/// once the start has come, the grant job owns the request and a cancel changes nothing
+/// (times are stored in one fixed-width UTC format, so they compare as text).
+pub async fn cancel_scheduled(
+    conn: &mut Conn,
+    id: RequestId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Fenced> {
+    let done = on!(conn, |c| sqlx::query(
+        "UPDATE requests SET state = 'cancelled', ended_at = $1 \
+         WHERE id = $2 AND state = 'approved' AND kind = 'access' AND start_at > $1",
+    )
+    .bind(format_time(now))
+    .bind(id.0)
     .execute(&mut *c)
     .await
     .map(|r| r.rows_affected()))?;

@@ -262,7 +262,7 @@ driver_tests! {
             1,
         );
         let reply = h.slash(DEV, "request").await;
-        insta::assert_snapshot!(reply.text(), @":warning: jit could not open the request form (expired_trigger_id). You can still type `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification…&gt;`.");
+        insta::assert_snapshot!(reply.text(), @":warning: jit could not open the request form (expired_trigger_id). You can still type `/jit request &lt;resource&gt; &lt;duration&gt; [at &lt;time&gt;] &lt;justification…&gt;`.");
     }
 }
 
@@ -508,7 +508,7 @@ driver_tests! {
         let help = h.slash(DEV, "help").await;
         assert!(
             help.text()
-                .contains("/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification…&gt;")
+                .contains("/jit request &lt;resource&gt; &lt;duration&gt; [at &lt;time&gt;] &lt;justification…&gt;")
         );
     }
 }

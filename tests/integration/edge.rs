@@ -168,7 +168,7 @@ driver_tests! {
         let json: serde_json::Value = reply.json().await.unwrap();
         assert_eq!(
             json["text"],
-            ":warning: There is no resource `aws-prod-readonly`. `/jit request` without arguments lists the resources you can request.\nUsage: `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification…&gt;`"
+            ":warning: There is no resource `aws-prod-readonly`. `/jit request` without arguments lists the resources you can request.\nUsage: `/jit request &lt;resource&gt; &lt;duration&gt; [at &lt;time&gt;] &lt;justification…&gt;`"
         );
     }
 }

@@ -278,6 +278,20 @@ impl Harness {
         Self::build(options, None).await
     }
 
+    /// jit restarted on this harness's database, Slack and clock with another policy (the
+    /// operator edited the file): a new app, with nothing of the old one's memory.
+    pub async fn restart_with_policy(&self, policy: &str) -> Harness {
+        let options = Options {
+            policy: policy.to_owned(),
+            start: self.options_start,
+            aws_endpoint: self.aws_endpoint.clone(),
+            postgres_url: self.postgres_url.clone(),
+            slack_timeout: self.slack_timeout,
+            lease: self.app.settings.lease,
+        };
+        Self::build(options, Some(self)).await
+    }
+
     /// Another replica of this harness's jit: its own app, store connection, HTTP server and
     /// worker state, on the same database, the same fake Slack and the same clock (PostgreSQL
     /// tests of several replicas).
@@ -660,6 +674,9 @@ impl Harness {
         for (block, action, value) in inputs {
             let state = if action.ends_with("_select") {
                 json!({"type": "static_select", "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value}})
+            } else if action.ends_with("_datetime") {
+                // Slack sends a datetimepicker's choice as unix seconds, a number.
+                json!({"type": "datetimepicker", "selected_date_time": value.parse::<i64>().unwrap()})
             } else {
                 json!({"type": "plain_text_input", "value": value})
             };

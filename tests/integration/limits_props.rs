@@ -129,6 +129,7 @@ fn request() -> impl Strategy<Value = Request> {
                     state: STATES[state],
                     approvals_required: required,
                     created_at: at,
+                    start_at: (id % 3 == 0).then(|| at + Duration::hours(9)),
                     pending_until: Some(at + Duration::minutes(30)),
                     decided_at: Some(at + Duration::minutes(1)),
                     decided_by: Some(
@@ -188,6 +189,7 @@ fn resource() -> impl Strategy<Value = Resource> {
                     }),
                     ..Default::default()
                 },
+                max_start_ahead: GrantDuration::from_secs(7 * 86_400),
             }
         },
     )
@@ -240,7 +242,19 @@ fn audit_events(text: &str) -> Vec<AuditEvent> {
             ticket: Some(t()),
             via: t(),
             extension: Some(3),
+            start_at: Some(t()),
         },
+        AuditEvent::Requested {
+            kind: t(),
+            resource: t(),
+            duration: t(),
+            justification: t(),
+            ticket: None,
+            via: t(),
+            extension: None,
+            start_at: Some("2026-12-24T22:00:00.000Z".into()),
+        },
+        AuditEvent::ActivationRefused { reason: t() },
         AuditEvent::AutoApproved { extension: None },
         AuditEvent::Approval {
             count: 1,

@@ -19,6 +19,7 @@ mod postgres;
 mod reliability;
 mod replicas;
 mod rules;
+mod scheduled;
 mod slack_delivery;
 mod teardown_attacks;
 mod webhooks;

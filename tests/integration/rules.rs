@@ -50,14 +50,14 @@ driver_tests! {
         let short = h.slash(DEV, "request prod-db 1h fix it INC-1").await;
         insta::assert_snapshot!(short.text(), @r"
         :warning: The justification for `prod-db` is too short: at least 20 characters, and it has 12. Say what you will change and why.
-        Usage: `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification…&gt;`
+        Usage: `/jit request &lt;resource&gt; &lt;duration&gt; [at &lt;time&gt;] &lt;justification…&gt;`
         ");
         let no_ticket = h
             .slash(DEV, "request prod-db 1h rotating the replica certificates tonight")
             .await;
         insta::assert_snapshot!(no_ticket.text(), @r"
         :warning: `prod-db` needs a ticket (matching `^(INC|CHG)-[0-9]+$`): put it in the justification or the ticket field.
-        Usage: `/jit request &lt;resource&gt; &lt;duration&gt; &lt;justification…&gt;`
+        Usage: `/jit request &lt;resource&gt; &lt;duration&gt; [at &lt;time&gt;] &lt;justification…&gt;`
         ");
         assert!(
             h.slack.messages(APPROVALS).is_empty(),
@@ -102,7 +102,8 @@ driver_tests! {
             hints,
             [
                 "prod-db: at least 20 characters. Say what you will change and why.",
-                "prod-db: required, matching `^(INC|CHG)-[0-9]+$`"
+                "prod-db: required, matching `^(INC|CHG)-[0-9]+$`",
+                "For a maintenance window: access is issued at this time (up to 7 days ahead) and lasts the duration from then. Leave it empty to start once approved.",
             ]
         );
         let form = |justification: &'static str, ticket: Option<&'static str>| {

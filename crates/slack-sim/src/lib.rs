@@ -340,16 +340,28 @@ impl FakeSlack {
     }
 
     /// Registers a user of the given kind (a guest, a member of another workspace).
+    /// A user registered again keeps the time zone [`FakeSlack::set_user_tz`] gave them.
     pub fn set_user_kind(&self, id: &str, name: &str, email: Option<&str>, kind: UserKind) {
-        self.shared.lock().users.insert(
+        let mut shared = self.shared.lock();
+        let tz_offset = shared.users.get(id).map_or(0, |u| u.tz_offset);
+        shared.users.insert(
             id.to_owned(),
             FakeUser {
                 name: name.to_owned(),
                 email: email.map(str::to_owned),
                 kind,
                 deleted: false,
+                tz_offset,
             },
         );
+    }
+
+    /// Sets a registered user's time zone: `users.info` and `users.list` then answer with this
+    /// `tz_offset` (seconds east of UTC, as Slack gives it) and a matching `tz` and `tz_label`.
+    pub fn set_user_tz(&self, id: &str, tz_offset: i32) {
+        if let Some(user) = self.shared.lock().users.get_mut(id) {
+            user.tz_offset = tz_offset;
+        }
     }
 
     /// Deactivates a registered user: `users.info` still answers, with `deleted: true`.
@@ -588,6 +600,8 @@ struct FakeUser {
     email: Option<String>,
     kind: UserKind,
     deleted: bool,
+    /// Seconds east of UTC (Slack's `tz_offset`).
+    tz_offset: i32,
 }
 
 struct FakeChannel {
@@ -1752,12 +1766,35 @@ fn user_json(id: &str, user: &FakeUser, with_email: bool) -> Value {
         "is_restricted": matches!(user.kind, UserKind::Guest | UserKind::SingleChannelGuest),
         "is_ultra_restricted": user.kind == UserKind::SingleChannelGuest,
         "is_stranger": user.kind == UserKind::External,
-        "tz": "Etc/UTC",
-        "tz_label": "Coordinated Universal Time",
-        "tz_offset": 0,
+        "tz": tz_name(user.tz_offset),
+        "tz_label": tz_label(user.tz_offset),
+        "tz_offset": user.tz_offset,
         "updated": TS_EPOCH,
         "profile": profile,
     })
+}
+
+/// An IANA name for a fixed offset, as Slack would give for someone in such a zone (`Etc/GMT+8`
+/// is UTC-8: the `Etc` names count the other way).
+fn tz_name(offset: i32) -> String {
+    match offset {
+        0 => "Etc/UTC".into(),
+        o if o % 3600 == 0 => format!("Etc/GMT{:+}", -o / 3600),
+        o => format!("Etc/UTC{}", offset_text(o)),
+    }
+}
+
+fn tz_label(offset: i32) -> String {
+    match offset {
+        0 => "Coordinated Universal Time".into(),
+        o => format!("UTC{}", offset_text(o)),
+    }
+}
+
+fn offset_text(offset: i32) -> String {
+    let sign = if offset < 0 { '-' } else { '+' };
+    let abs = offset.unsigned_abs();
+    format!("{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60)
 }
 
 /// A message ts (`1700000000.000100`) as (seconds, microseconds).

@@ -6,6 +6,7 @@
 
 use super::duration::{DurationError, GrantDuration};
 use super::ids::RequestId;
+use super::start::{START_FORMS, StartAt, StartError};
 
 /// A parsed `/jit` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub enum Command {
     Request {
         resource: String,
         duration: GrantDuration,
+        /// `at <time>`: a scheduled start, resolved against the requester's time zone later.
+        start: Option<StartAt>,
         justification: String,
     },
     List,
@@ -89,7 +92,7 @@ impl Subcommand {
     /// The argument synopsis shown after `/jit <name>`.
     pub fn synopsis(self) -> &'static str {
         match self {
-            Subcommand::Request => "<resource> <duration> <justification…>",
+            Subcommand::Request => "<resource> <duration> [at <time>] <justification…>",
             Subcommand::List => "",
             Subcommand::Cancel => "<id>",
             Subcommand::Why => "<resource> [duration]",
@@ -104,7 +107,7 @@ impl Subcommand {
     pub fn summary(self) -> &'static str {
         match self {
             Subcommand::Request => {
-                "ask for access (without arguments, opens a form); e.g. `/jit request prod-db 2h investigating INC-123`. A ticket in the justification (INC-123) is picked up where the resource asks for one; `/jit why` shows a resource's rules"
+                "ask for access (without arguments, opens a form); e.g. `/jit request prod-db 2h investigating INC-123`. A ticket in the justification (INC-123) is picked up where the resource asks for one; `/jit why` shows a resource's rules. `at <time>` schedules the start for a maintenance window, e.g. `/jit request prod-db 2h at 23:00 failover drill CHG-7`: it may be approved ahead of time, access is issued at the start and lasts the duration from then; `/jit cancel <id>` withdraws it until it starts"
             }
             Subcommand::List => "your pending and active requests",
             Subcommand::Cancel => "withdraw your own pending request",
@@ -145,7 +148,7 @@ pub fn help_text() -> String {
         text.push_str(&format!("• `{}`: {}\n", sub.usage(), sub.summary()));
     }
     text.push_str(&format!(
-        "Durations are written {}.",
+        "Durations are written {}. A start (`at …`) is written {START_FORMS}.",
         super::duration::DURATION_FORMS
     ));
     text
@@ -164,6 +167,10 @@ pub enum ParseError {
     BadDuration(Subcommand, DurationError),
     #[error("Please say why you need access: the justification is empty.")]
     EmptyJustification,
+    #[error("When should access start? Add a time after `at`: {START_FORMS}.")]
+    MissingStart,
+    #[error("{0}")]
+    BadStart(StartError),
     #[error("Which request? Give its number, e.g. `42`.")]
     MissingId(Subcommand),
     #[error("`{1}` is not a request number; use the number shown by `/jit list`, e.g. `42`.")]
@@ -179,7 +186,9 @@ impl ParseError {
     pub fn subcommand(&self) -> Option<Subcommand> {
         match self {
             ParseError::UnknownSubcommand(_) => None,
-            ParseError::EmptyJustification => Some(Subcommand::Request),
+            ParseError::EmptyJustification | ParseError::MissingStart | ParseError::BadStart(_) => {
+                Some(Subcommand::Request)
+            }
             ParseError::MissingResource(s)
             | ParseError::MissingDuration(s)
             | ParseError::BadDuration(s, _)
@@ -229,6 +238,25 @@ fn no_more(sub: Subcommand, rest: &str) -> Result<(), ParseError> {
     }
 }
 
+/// `at <time>` after the duration. A justification that merely begins with the word "at" (`at
+/// the customer's request…`) is left alone: only `at` followed by something starting with a
+/// digit is a start, and then it must be a valid one.
+fn parse_start(rest: &str) -> Result<(Option<StartAt>, &str), ParseError> {
+    let (word, after) = next_word(rest);
+    if !word.is_some_and(|w| w.eq_ignore_ascii_case("at")) {
+        return Ok((None, rest));
+    }
+    let (time, after_time) = next_word(after);
+    match time {
+        None => Err(ParseError::MissingStart),
+        Some(time) if time.starts_with(|c: char| c.is_ascii_digit()) => {
+            let start = StartAt::parse(time).map_err(ParseError::BadStart)?;
+            Ok((Some(start), after_time))
+        }
+        Some(_) => Ok((None, rest)),
+    }
+}
+
 /// Parses the text after `/jit`.
 pub fn parse(text: &str) -> Result<Command, ParseError> {
     let (first, rest) = next_word(text);
@@ -252,6 +280,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                 });
             }
             let duration = parse_duration(sub, duration)?;
+            let (start, rest) = parse_start(rest)?;
             let justification = rest.trim();
             if justification.is_empty() {
                 return Err(ParseError::EmptyJustification);
@@ -259,6 +288,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
             Ok(Command::Request {
                 resource: resource.to_owned(),
                 duration,
+                start,
                 justification: justification.to_owned(),
             })
         }
@@ -343,7 +373,35 @@ mod tests {
                 Command::Request {
                     resource: "prod-db".into(),
                     duration: d("2h"),
+                    start: None,
                     justification: "investigating INC-123".into(),
+                },
+            ),
+            (
+                "request prod-db 2h at 23:00 failover drill CHG-7",
+                Command::Request {
+                    resource: "prod-db".into(),
+                    duration: d("2h"),
+                    start: Some(StartAt::parse("23:00").unwrap()),
+                    justification: "failover drill CHG-7".into(),
+                },
+            ),
+            (
+                "request prod-db 2h AT 2026-12-24T22:00Z xmas window",
+                Command::Request {
+                    resource: "prod-db".into(),
+                    duration: d("2h"),
+                    start: Some(StartAt::parse("2026-12-24T22:00Z").unwrap()),
+                    justification: "xmas window".into(),
+                },
+            ),
+            (
+                "request prod-db 2h at the customer's request",
+                Command::Request {
+                    resource: "prod-db".into(),
+                    duration: d("2h"),
+                    start: None,
+                    justification: "at the customer's request".into(),
                 },
             ),
             (
@@ -351,6 +409,7 @@ mod tests {
                 Command::Request {
                     resource: "prod-db".into(),
                     duration: d("1h30m"),
+                    start: None,
                     justification: "spaces\tinside  kept".into(),
                 },
             ),
@@ -402,12 +461,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_the_right_form() {
-        let cases: [(&str, &str); 14] = [
+        let cases: [(&str, &str); 18] = [
             ("frobnicate", "`frobnicate` is not a jit command."),
             ("request prod-db 2x fixing", "`2x` is not a duration"),
             ("request prod-db 0s fixing", "`0s` is zero"),
             ("request prod-db 2h", "justification is empty"),
             ("request prod-db 2h    ", "justification is empty"),
+            (
+                "request prod-db 2h at 25:00 drill",
+                "`25:00` is not a start time",
+            ),
+            (
+                "request prod-db 2h at 2026-12-24 drill",
+                "`2026-12-24` is not a start time",
+            ),
+            ("request prod-db 2h at", "When should access start?"),
+            ("request prod-db 2h at 23:00", "justification is empty"),
             ("cancel", "Which request?"),
             ("cancel abc", "`abc` is not a request number"),
             ("cancel 4 5", "takes no more arguments"),
@@ -444,6 +513,7 @@ mod tests {
             "frobnicate",
             "request prod-db two-hours fixing",
             "request prod-db 2h",
+            "request prod-db 2h at 7pm drill",
             "cancel x",
             "revoke 4",
         ]

@@ -7,3 +7,4 @@ pub mod duration;
 pub mod ids;
 pub mod policy;
 pub mod request;
+pub mod start;

@@ -72,6 +72,8 @@ struct DefaultsFile {
     justification: Option<JustificationFile>,
     #[serde(default)]
     ticket: Option<TicketFile>,
+    #[serde(default = "default_max_start_ahead")]
+    max_start_ahead: GrantDuration,
 }
 
 impl Default for DefaultsFile {
@@ -84,6 +86,7 @@ impl Default for DefaultsFile {
             approvals_required: 1,
             justification: None,
             ticket: None,
+            max_start_ahead: default_max_start_ahead(),
         }
     }
 }
@@ -115,6 +118,13 @@ fn default_pending_timeout() -> GrantDuration {
 fn default_max_duration() -> GrantDuration {
     GrantDuration::from_hours(4)
 }
+fn default_max_start_ahead() -> GrantDuration {
+    GrantDuration::from_secs(7 * 86_400)
+}
+
+/// The furthest ahead `max_start_ahead` may reach: a start a year out is a calendar entry, not
+/// a maintenance window, and nobody reviews the policy it would be checked against.
+pub const MAX_START_AHEAD_LIMIT: GrantDuration = GrantDuration::from_secs(365 * 86_400);
 fn one() -> u32 {
     1
 }
@@ -218,6 +228,8 @@ struct ResourceFile {
     justification: Option<JustificationFile>,
     /// Replaces `defaults.ticket` for this resource.
     ticket: Option<TicketFile>,
+    /// How far ahead a scheduled start may be (`at …`); default `defaults.max_start_ahead`.
+    max_start_ahead: Option<GrantDuration>,
 
     // exec
     grant_command: Option<Vec<String>>,
@@ -556,6 +568,8 @@ pub struct Resource {
     pub pending_timeout: GrantDuration,
     pub justification: JustificationRule,
     pub ticket: TicketRule,
+    /// How far ahead of the request a scheduled start may be.
+    pub max_start_ahead: GrantDuration,
 }
 
 /// A regular expression from the policy, compared by its text.
@@ -1333,6 +1347,30 @@ impl Policy {
         })
     }
 
+    /// Whether `resource` may be asked for with access starting at `start`, at `now`: not in the
+    /// past, and at most its `max_start_ahead` away.
+    pub fn check_start(
+        &self,
+        resource: &Resource,
+        now: chrono::DateTime<chrono::Utc>,
+        start: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Refusal> {
+        if start <= now {
+            return Err(Refusal::StartPassed { start });
+        }
+        let ahead = (start - now).num_seconds().max(0) as u64;
+        if ahead > resource.max_start_ahead.as_secs() {
+            return Err(Refusal::StartTooFar {
+                resource: resource.id.clone(),
+                start,
+                // Rounded up to the minute: seconds only add noise.
+                ahead: GrantDuration::from_secs(ahead.div_ceil(60) * 60),
+                max: resource.max_start_ahead,
+            });
+        }
+        Ok(())
+    }
+
     /// Decides how an extension by `duration` would be handled. `committed` is the grant's
     /// lifetime so far: from its first issue to its current end, plus extensions approved or
     /// waiting that would still add to it. The total may not pass the resource's
@@ -1419,6 +1457,12 @@ fn build_resource(
     if max_lifetime < max_duration {
         return Err(format!(
             "max_lifetime {max_lifetime} is shorter than max_duration {max_duration}; a grant could not even last its own maximum"
+        ));
+    }
+    let max_start_ahead = raw.max_start_ahead.unwrap_or(defaults.max_start_ahead);
+    if max_start_ahead > MAX_START_AHEAD_LIMIT {
+        return Err(format!(
+            "max_start_ahead {max_start_ahead} is too far: a start may be scheduled at most {MAX_START_AHEAD_LIMIT} (365 days) ahead"
         ));
     }
     let approvals_required = raw
@@ -1731,6 +1775,7 @@ fn build_resource(
                 .or(defaults.justification.as_ref()),
         )?,
         ticket: ticket_rule(raw.ticket.as_ref().or(defaults.ticket.as_ref()))?,
+        max_start_ahead,
     })
 }
 
@@ -1800,6 +1845,23 @@ pub enum Refusal {
         /// From first issue to the end the extension would give.
         total: GrantDuration,
         max_lifetime: GrantDuration,
+    },
+    #[error(
+        "The start you asked for ({}) has already passed. Give a time in the future, or leave `at …` out to start as soon as it is approved.",
+        .start.format("%Y-%m-%d %H:%M UTC")
+    )]
+    StartPassed {
+        start: chrono::DateTime<chrono::Utc>,
+    },
+    #[error(
+        "`{resource}` may be scheduled at most {max} ({}) ahead; the start you asked for ({}) is {} from now.",
+        .max.humanize(), .start.format("%Y-%m-%d %H:%M UTC"), .ahead.humanize()
+    )]
+    StartTooFar {
+        resource: ResourceId,
+        start: chrono::DateTime<chrono::Utc>,
+        ahead: GrantDuration,
+        max: GrantDuration,
     },
 }
 

@@ -3,7 +3,8 @@
 //! ```text
 //! pending ──approve──▶ approved ──issue──▶ active ──expire / release / revoke──▶ expired / released / revoked
 //!    │                    │  └─fail──▶ failed
-//!    │                    └─release / revoke (before issue)──▶ released / revoked
+//!    │                    ├─release / revoke (before issue)──▶ released / revoked
+//!    │                    └─cancel (an access request scheduled to start later, before its start)──▶ cancelled
 //!    └─deny / cancel / time out──▶ denied / cancelled / timed_out
 //! extension: pending ──approve──▶ approved ──apply──▶ applied   (or ──fail──▶ failed)
 //! ```
@@ -179,6 +180,8 @@ pub fn transition(kind: Kind, from: State, t: Transition) -> Result<State, Illeg
         (Approved, Issue) if kind.issues_access() => Some(Active),
         (Approved, Apply) if !kind.issues_access() => Some(Applied),
         (Approved, Fail) => Some(Failed),
+        // A scheduled start that has not come yet: the handler checks the time.
+        (Approved, Cancel) if kind == Kind::Access => Some(Cancelled),
         (Approved, Release) if kind.issues_access() => Some(Released),
         (Approved, Revoke) if kind.issues_access() => Some(Revoked),
         (Active, Expire) if kind.issues_access() => Some(Expired),
@@ -208,6 +211,8 @@ pub struct Request {
     pub state: State,
     pub approvals_required: u32,
     pub created_at: DateTime<Utc>,
+    /// A scheduled start: access is issued then (not at approval), and lasts `duration` from it.
+    pub start_at: Option<DateTime<Utc>>,
     pub pending_until: Option<DateTime<Utc>>,
     pub decided_at: Option<DateTime<Utc>>,
     /// `policy`, `breakglass`, or Slack user IDs separated by commas.
@@ -227,6 +232,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// The scheduled start, while it is still ahead at `now`.
+    pub fn starts_later(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.start_at.filter(|s| *s > now)
+    }
+
     /// Time left in the grant at `now`, if it is active.
     pub fn remaining(&self, now: DateTime<Utc>) -> Option<chrono::Duration> {
         match (self.state, self.expires_at) {
@@ -262,6 +272,10 @@ mod tests {
                 assert_eq!(transition(kind, from, t), Ok(to), "{kind:?} {from} {t:?}");
             }
         }
+        // Only an access request can be scheduled, so only it is cancelled once approved.
+        assert_eq!(transition(Kind::Access, Approved, Cancel), Ok(Cancelled));
+        assert!(transition(Kind::Breakglass, Approved, Cancel).is_err());
+        assert!(transition(Kind::Extension, Approved, Cancel).is_err());
         for (from, t, to) in [
             (Pending, Approve, Approved),
             (Pending, Deny, Denied),
@@ -297,7 +311,7 @@ mod tests {
         }
         assert_eq!(
             legal,
-            11 + 11 + 6,
+            12 + 11 + 6,
             "the legal paths are exactly those listed"
         );
     }

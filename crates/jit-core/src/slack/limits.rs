@@ -381,6 +381,24 @@ impl Checker {
                     );
                 }
             }
+            // Slack's datetimepicker has no placeholder, and takes its initial value as unix
+            // seconds (a number, not a string); it sends back `selected_date_time` the same way.
+            "datetimepicker" => {
+                if object.contains_key("placeholder") {
+                    self.fail(
+                        &format!("{at}/placeholder"),
+                        "is not a property of a datetimepicker",
+                    );
+                }
+                if let Some(initial) = object.get("initial_date_time")
+                    && initial.as_i64().is_none_or(|s| s < 0)
+                {
+                    self.fail(
+                        &format!("{at}/initial_date_time"),
+                        "must be a unix timestamp in seconds (an integer)",
+                    );
+                }
+            }
             "image" => self.image(element, at),
             "" => self.fail(&format!("{at}/type"), "missing required field"),
             _ => {}
@@ -1191,6 +1209,34 @@ mod tests {
                 .starts_with("… 12 more blocks")
         );
         assert!(check_message(Some("x"), Some(&Value::Array(fitted))).is_empty());
+    }
+
+    #[test]
+    fn a_datetimepicker_is_held_to_slacks_shape() {
+        let view = |element: Value| {
+            json!({"type": "modal", "title": plain("T", 24), "submit": plain("Go", 24), "blocks": [
+                {"type": "input", "block_id": "start", "optional": true, "label": plain("Start", 2000),
+                 "element": element}]})
+        };
+        let ok = view(json!({"type": "datetimepicker", "action_id": "start_datetime"}));
+        assert!(check_view(&ok).is_empty(), "{:?}", check_view(&ok));
+        let initial = view(
+            json!({"type": "datetimepicker", "action_id": "d", "initial_date_time": 1795442580}),
+        );
+        assert!(check_view(&initial).is_empty());
+        let found: Vec<String> =
+            check_view(&view(json!({"type": "datetimepicker", "action_id": "d",
+            "initial_date_time": "1795442580", "placeholder": plain("When", 150)})))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "[ERROR] is not a property of a datetimepicker [json-pointer:/view/blocks/0/element/placeholder]",
+                "[ERROR] must be a unix timestamp in seconds (an integer) [json-pointer:/view/blocks/0/element/initial_date_time]",
+            ]
+        );
     }
 
     #[test]

@@ -115,6 +115,13 @@ pub struct InputState {
     pub value: Option<String>,
     #[serde(default)]
     pub selected_option: Option<SelectedOption>,
+    /// A `datetimepicker`'s choice: unix seconds (null or absent when left empty).
+    #[serde(default, deserialize_with = "lenient_seconds")]
+    pub selected_date_time: Option<i64>,
+}
+
+fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(Value::deserialize(d)?.as_i64())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -136,6 +143,15 @@ pub struct View {
 }
 
 impl View {
+    /// The unix seconds a `datetimepicker` `block_id`/`action_id` was set to, if any.
+    pub fn date_time(&self, block_id: &str, action_id: &str) -> Option<i64> {
+        self.state
+            .values
+            .get(block_id)?
+            .get(action_id)?
+            .selected_date_time
+    }
+
     /// The value of input `block_id`/`action_id`: typed text or the selected option.
     pub fn input(&self, block_id: &str, action_id: &str) -> Option<String> {
         let state = self.state.values.get(block_id)?.get(action_id)?;

@@ -888,3 +888,92 @@ fn webhooks_are_validated_and_match_event_families() {
     .unwrap();
     assert!(loopback.webhooks()[0].wants("system.job_dead"));
 }
+
+#[test]
+fn a_start_may_be_at_most_max_start_ahead_away_and_never_past() {
+    let utc = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let now = utc("2026-11-23T14:00:00Z");
+    // The default is 7 days; `[defaults]` and a resource may set their own.
+    let policy = parse(EXAMPLE).unwrap();
+    let aws = policy.resource("aws-prod-readonly").unwrap();
+    assert_eq!(aws.max_start_ahead, d("7d"));
+    assert!(
+        policy
+            .check_start(aws, now, utc("2026-11-30T14:00:00Z"))
+            .is_ok()
+    );
+    let far = policy
+        .check_start(aws, now, utc("2026-11-30T14:00:01Z"))
+        .unwrap_err();
+    assert!(matches!(far, Refusal::StartTooFar { .. }));
+    assert_eq!(
+        far.to_string(),
+        "`aws-prod-readonly` may be scheduled at most 7d (7 days) ahead; the start you asked for (2026-11-30 14:00 UTC) is 7 days 1 minute from now."
+    );
+    for past in [
+        "2026-11-23T14:00:00Z",
+        "2026-11-23T13:59:59Z",
+        "2025-01-01T00:00:00Z",
+    ] {
+        let refusal = policy.check_start(aws, now, utc(past)).unwrap_err();
+        assert!(matches!(refusal, Refusal::StartPassed { .. }), "{past}");
+        assert!(
+            refusal.to_string().contains("has already passed"),
+            "{refusal}"
+        );
+    }
+    let set = EXAMPLE
+        .replace(
+            "pending_timeout = \"30m\"",
+            "pending_timeout = \"30m\"\nmax_start_ahead = \"2d\"",
+        )
+        .replace(
+            "max_duration = \"8h\"",
+            "max_duration = \"8h\"\nmax_start_ahead = \"12h\"",
+        );
+    let policy = parse(&set).unwrap();
+    assert_eq!(
+        policy
+            .resource("aws-prod-readonly")
+            .unwrap()
+            .max_start_ahead,
+        d("2d")
+    );
+    let db = policy.resource("prod-db").unwrap();
+    assert_eq!(db.max_start_ahead, d("12h"));
+    assert!(
+        policy
+            .check_start(db, now, utc("2026-11-24T02:00:00Z"))
+            .is_ok()
+    );
+    assert!(
+        policy
+            .check_start(db, now, utc("2026-11-24T02:01:00Z"))
+            .is_err()
+    );
+    // `jit policy check` refuses a reach beyond a year, and a value that is not a duration.
+    let too_far = EXAMPLE.replace(
+        "max_duration = \"8h\"",
+        "max_duration = \"8h\"\nmax_start_ahead = \"366d\"",
+    );
+    assert!(
+        error_of(&too_far)
+            .message
+            .contains("max_start_ahead 366d is too far"),
+        "{}",
+        error_of(&too_far).message
+    );
+    let junk = EXAMPLE.replace(
+        "max_duration = \"8h\"",
+        "max_duration = \"8h\"\nmax_start_ahead = \"soon\"",
+    );
+    assert!(
+        error_of(&junk).message.contains("`soon` is not a duration"),
+        "{}",
+        error_of(&junk).message
+    );
+}
