@@ -435,6 +435,52 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             r.pending_timeout,
             r.reminder_before,
         ));
+        if r.approvers.notify != crate::domain::policy::Notify::Channel {
+            out.push_str(&format!(
+                "    approvers asked: {} (notify = \"{}\")\n",
+                if r.approvers.notify.in_channel() {
+                    "in the channel and by DM"
+                } else {
+                    "by DM only"
+                },
+                r.approvers.notify.as_str()
+            ));
+        }
+        let escalation = if r.escalate.is_empty() {
+            "none (no reminder)".to_owned()
+        } else if r.escalate_is_default {
+            format!(
+                "a reminder after {} (the default: half the pending timeout)",
+                r.escalate[0].after
+            )
+        } else {
+            r.escalate
+                .iter()
+                .map(|s| {
+                    let to = match &s.to {
+                        None => "reminder".to_owned(),
+                        Some(to) => {
+                            let mut parts = Vec::new();
+                            let people = crate::domain::policy::Principals {
+                                users: to.users.clone(),
+                                groups: to.groups.clone(),
+                                identities: Vec::new(),
+                            };
+                            if !people.is_empty() {
+                                parts.push(format!("+ {}", names(&people)));
+                            }
+                            if let Some(c) = &to.channel {
+                                parts.push(format!("post in {c}"));
+                            }
+                            parts.join(", ")
+                        }
+                    };
+                    format!("after {}: {to}", s.after)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        out.push_str(&format!("    escalation: {escalation}\n"));
         if let Some(rule) = r.justification.describe() {
             out.push_str(&format!("    justification: {rule}\n"));
         }

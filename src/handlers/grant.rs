@@ -147,16 +147,7 @@ async fn update_approval_message(
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     if request.pending_until.is_some() {
-        queue::enqueue(
-            tx,
-            &Job::ApprovalMessage {
-                request: request.id,
-            },
-            super::approvals_placement(app, request),
-            now,
-            now,
-        )
-        .await?;
+        super::escalation::refresh_messages(tx, app, request, now).await?;
     }
     Ok(())
 }
@@ -1002,36 +993,6 @@ pub async fn run_remind(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
         &mut tx,
         &request,
         blocks::reminder_dm(&request, expires, now),
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    app.waker.wake();
-    Ok(Outcome::Done)
-}
-
-pub async fn run_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
-    let Some(stored) = get(app, id).await? else {
-        return Ok(Outcome::Done);
-    };
-    if stored.request.state != State::Pending {
-        return Ok(Outcome::Done);
-    }
-    let now = app.clock.now();
-    let mut tx = app.store.begin_write().await?;
-    audit::record(
-        &mut tx,
-        now,
-        Some(stored.request.parent.unwrap_or(id)),
-        actor::SYSTEM,
-        &AuditEvent::Nudged,
-    )
-    .await?;
-    queue::enqueue(
-        &mut tx,
-        &Job::ApprovalNudge { request: id },
-        super::approvals_placement(app, &stored.request),
-        now,
         now,
     )
     .await?;

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod committer;
 pub mod decision;
+pub mod escalation;
 pub mod grant;
 pub mod identity;
 pub mod jobs;

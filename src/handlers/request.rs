@@ -473,11 +473,7 @@ pub async fn store_for_approval(
             Placement::approval(&p.resource.approvers.channel, audit_channel, &r.requester),
             now,
         ));
-        jobs.push((
-            Job::Nudge { request: r.id },
-            Placement::unique(keys::nudge(r.id)),
-            now + timeout.half().to_chrono(),
-        ));
+        jobs.extend(super::escalation::initial_jobs(&p.resource, r.id, now));
         jobs.push((
             Job::PendingTimeout { request: r.id },
             Placement::unique(keys::pending_timeout(r.id)),
@@ -547,7 +543,8 @@ async fn insert(
 }
 
 /// Sends a new request down its route: approved by policy now, or posted to the approvers with
-/// the nudge and the pending timeout scheduled.
+/// its escalation steps (the half-time nudge by default), its DMs and its pending timeout
+/// scheduled.
 async fn route(
     tx: &mut WriteTx,
     app: &App,
@@ -573,14 +570,7 @@ async fn route(
     )
     .await?;
     let timeout = resource.pending_timeout;
-    queue::enqueue(
-        tx,
-        &Job::Nudge { request: id },
-        Placement::unique(keys::nudge(id)),
-        now + timeout.half().to_chrono(),
-        now,
-    )
-    .await?;
+    super::escalation::schedule(tx, resource, id, now).await?;
     queue::enqueue(
         tx,
         &Job::PendingTimeout { request: id },
@@ -637,15 +627,8 @@ pub async fn cancel_as(app: &App, stored: &StoredRequest, actor: &str) -> Handle
         },
     )
     .await?;
-    queue::enqueue(
-        &mut tx,
-        &Job::ApprovalMessage { request: id },
-        super::approvals_placement(app, &stored.request),
-        now,
-        now,
-    )
-    .await?;
     let request = reload(&mut tx, id).await?;
+    super::escalation::refresh_messages(&mut tx, app, &request, now).await?;
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("cancelled");

@@ -390,10 +390,19 @@ pub fn why_reply(
             "not you"
         }
     ));
+    let asked_where = match resource.approvers.notify {
+        crate::domain::policy::Notify::Channel => {
+            format!("in {}", text::channel(&resource.approvers.channel))
+        }
+        crate::domain::policy::Notify::Dm => "by DM".to_owned(),
+        crate::domain::policy::Notify::Both => format!(
+            "in {} and by DM",
+            text::channel(&resource.approvers.channel)
+        ),
+    };
     lines.push(format!(
-        "• Approvers: {} in {} · {} approval{} needed · nobody approves their own request",
+        "• Approvers: {} {asked_where} · {} approval{} needed · nobody approves their own request",
         blocks::approvers_of(resource),
-        text::channel(&resource.approvers.channel),
         resource.approvals_required,
         if resource.approvals_required == 1 {
             ""
@@ -448,6 +457,21 @@ pub fn why_reply(
         "• Pending requests expire after {}; reminders go out {} before a grant ends",
         resource.pending_timeout, resource.reminder_before
     ));
+    lines.push(match resource.escalate.as_slice() {
+        [] => "• Escalation: none (no reminder to the approvers)".to_owned(),
+        _ if resource.escalate_is_default => format!(
+            "• Escalation: the approvers are reminded after {} (half the pending time)",
+            resource.escalate[0].after
+        ),
+        steps => format!(
+            "• Escalation of a waiting request: {}",
+            steps
+                .iter()
+                .map(|s| format!("after {} → {}", s.after, blocks::escalation_target(s)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        ),
+    });
     lines.push(format!(
         "• Break-glass: {}",
         if resource.breakglass {
