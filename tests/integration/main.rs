@@ -11,6 +11,7 @@ mod approval_flow;
 mod audit_chain;
 mod credentials;
 mod edge;
+mod escalation;
 mod flood;
 mod hardened_edge;
 mod lifecycle;
