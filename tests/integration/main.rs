@@ -8,6 +8,7 @@ mod harness;
 
 mod api;
 mod approval_flow;
+mod approver_dms;
 mod audit_chain;
 mod credentials;
 mod edge;
