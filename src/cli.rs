@@ -1105,6 +1105,35 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
     }
 
     #[test]
+    fn policy_check_shows_escalation_and_where_approvers_are_asked() {
+        let text = POSTGRES
+            .replace(
+                "objects_owner = \"jit_leftovers\"\napprovers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\"] }",
+                "objects_owner = \"jit_leftovers\"\napprovers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\"], notify = \"dm\" }\nescalate = [{ after = \"5m\", to = { users = [\"U0BOB\"], groups = [\"S0LEADS\"], channel = \"C0ONCALL\" } }, { after = \"20m\" }]",
+            )
+            .replace("allow_superuser_admin = true\n", "allow_superuser_admin = true\nescalate = []\n");
+        let policy = Policy::parse(&text, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        assert!(
+            out.contains("    approvers asked: by DM only (notify = \"dm\")\n    escalation: after 5m: + U0BOB, group S0LEADS, post in C0ONCALL; after 20m: reminder\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    escalation: none (no reminder)\n"),
+            "{out}"
+        );
+        let plain = Policy::parse(POSTGRES, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &plain);
+        assert!(
+            out.contains(
+                "    escalation: a reminder after 15m (the default: half the pending timeout)\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("approvers asked"), "{out}");
+    }
+
+    #[test]
     fn policy_check_shows_the_limits() {
         let policy = Policy::parse(POSTGRES, &|_| Err(std::io::Error::other("no files"))).unwrap();
         let out = summary(std::path::Path::new("jit.toml"), &policy);

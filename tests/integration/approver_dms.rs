@@ -306,3 +306,105 @@ driver_tests! {
         assert_eq!(dead, 0);
     }
 }
+
+const SOLO_POLICY: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[limits]
+requests_per_user_per_minute = 1000
+max_pending_per_user = 1000
+
+[[resource]]
+id = "solo"
+provider = "none"
+max_duration = "2h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"], notify = "dm" }
+"#;
+
+/// A harness whose request #1's DM copy to Alice is held back (its `conversations.open` was
+/// answered 429), with every other job of the request done.
+async fn copy_held_back() -> (Harness, RequestId) {
+    let h = Harness::with_options(Options {
+        policy: SOLO_POLICY.to_owned(),
+        ..Options::default()
+    })
+    .await;
+    h.slack.inject(
+        "conversations.open",
+        jit::slack::simulator::Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let id = h
+        .request_access(DEV, "solo 1h look at the billing queue")
+        .await;
+    h.run_jobs().await;
+    assert!(dm_copies(&h, ALICE, id).is_empty(), "held back by the 429");
+    (h, id)
+}
+
+driver_tests! {
+    /// The copy's post reached Slack but its answer was lost (as when a replica dies between
+    /// Slack's answer and recording it): the retry finds the tagged post and records it instead
+    /// of posting again; the decision then updates that one copy.
+    async fn a_dm_copy_whose_answer_was_lost_is_not_posted_twice() {
+        let (h, id) = copy_held_back().await;
+        h.slack
+            .inject("chat.postMessage", jit::slack::simulator::Fault::AnswerLost, 1);
+        h.advance_and_run(Duration::seconds(2)).await;
+        assert_eq!(dm_copies(&h, ALICE, id).len(), 1, "posted, answer lost");
+        assert!(copies_recorded(&h, id).await.is_empty(), "not recorded yet");
+        for _ in 0..5 {
+            h.advance_and_run(Duration::seconds(30)).await;
+        }
+        assert_eq!(dm_copies(&h, ALICE, id).len(), 1, "not posted again");
+        assert_eq!(copies_recorded(&h, id).await.len(), 1, "found and recorded");
+        click_in_dm(&h, ALICE, "jit.approve", id).await;
+        h.run_jobs().await;
+        let copy = &dm_copies(&h, ALICE, id)[0];
+        assert!(copy.rendered().contains(":white_check_mark: Approved by <@U0ALICE>"));
+        assert!(!copy.rendered().contains("[Approve"));
+        for (key, posts) in h.slack.posts_by_key() {
+            assert_eq!(posts, 1, "{key} was posted {posts} times");
+        }
+    }
+}
+
+driver_tests! {
+    /// The request is decided while its DM copy is on its way to Slack: the decision's updates
+    /// do not know the copy yet, so the copy, once recorded, sees the decision and updates
+    /// itself; nobody is left with live buttons on a decided request.
+    async fn a_copy_posted_while_the_request_is_decided_updates_itself() {
+        let (h, id) = copy_held_back().await;
+        h.slack.inject(
+            "chat.postMessage",
+            jit::slack::simulator::Fault::Hang(std::time::Duration::from_millis(1500)),
+            1,
+        );
+        h.advance(Duration::seconds(2));
+        let app = h.app.clone();
+        let worker = tokio::spawn(async move { jit::handlers::jobs::run_due(&app).await.unwrap() });
+        // The copy's post is under way (conversations.open answered, chat.postMessage waiting).
+        for _ in 0..50 {
+            if h.slack.call_count("conversations.open") >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(dm_copies(&h, ALICE, id).is_empty(), "still on its way");
+        click_in_dm(&h, ALICE, "jit.approve", id).await;
+        assert_eq!(h.state(id).await, State::Approved, "decided, the grant job not run yet");
+        worker.await.unwrap();
+        h.run_jobs().await;
+        let copies = dm_copies(&h, ALICE, id);
+        assert_eq!(copies.len(), 1);
+        let rendered = copies[0].rendered();
+        assert!(rendered.contains(":white_check_mark: Approved by <@U0ALICE>"), "{rendered}");
+        assert!(!rendered.contains("[Approve"), "{rendered}");
+        assert_eq!(copies[0].edits, 1, "updated by the copy's own job");
+    }
+}
