@@ -395,4 +395,37 @@ mod tests {
         );
         assert_eq!(Job::AuditAnchor.retry_policy().max_attempts, None);
     }
+
+    #[test]
+    fn a_nudge_queued_before_escalation_is_step_0() {
+        let legacy: Job = serde_json::from_str(r#"{"kind":"nudge","request":7}"#).unwrap();
+        assert_eq!(
+            legacy,
+            Job::Nudge {
+                request: RequestId(7),
+                step: 0
+            }
+        );
+        assert_eq!(keys::nudge(RequestId(7), 0), "nudge:7");
+        assert_eq!(keys::nudge(RequestId(7), 2), "nudge:7:2");
+        let old: Job = serde_json::from_str(r#"{"kind":"slack.nudge","request":7}"#).unwrap();
+        assert_eq!(
+            old,
+            Job::ApprovalNudge {
+                request: RequestId(7),
+                step: None
+            }
+        );
+        let copy = Job::ApprovalCopy {
+            request: RequestId(7),
+            user: Some(SlackUserId::parse("U0ALICE").unwrap()),
+            channel: None,
+        };
+        let json = serde_json::to_string(&copy).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"slack.approval_copy","request":7,"user":"U0ALICE"}"#
+        );
+        assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), copy);
+    }
 }

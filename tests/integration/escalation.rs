@@ -87,7 +87,12 @@ driver_tests! {
             "{rendered}"
         );
 
-        // Before the step, neither Bob nor a lead may decide.
+        // Before the step, neither Bob nor a lead may decide, and Bob's App Home lists nothing.
+        let home = jit::slack::home::render(&h.app, &jit::domain::ids::SlackUserId::parse(BOB).unwrap())
+            .await
+            .unwrap()
+            .to_string();
+        assert!(!home.contains("#1"), "{home}");
         h.advance_and_run(Duration::minutes(9)).await;
         for who in [BOB, CAROL] {
             h.click(who, "jit.approve", id).await;
@@ -128,6 +133,13 @@ driver_tests! {
             )),
             "{audit:?}"
         );
+
+        // Bob's App Home lists the request among those waiting for him, now that he may decide.
+        let home = jit::slack::home::render(&h.app, &jit::domain::ids::SlackUserId::parse(BOB).unwrap())
+            .await
+            .unwrap()
+            .to_string();
+        assert!(home.contains("#1"), "{home}");
 
         // Now Bob may decide.
         h.click(BOB, "jit.approve", id).await;
