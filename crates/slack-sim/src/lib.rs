@@ -2535,6 +2535,17 @@ mod tests {
         assert_eq!(dm, "D01ALICE");
         assert_eq!(fake.dm_owner(&dm), None, "not opened yet");
 
+        // A DM nobody opened is no conversation of the bot's, as in Slack.
+        assert_eq!(
+            api_error(
+                session
+                    .chat_post_message(&post(&dm, text("too early")))
+                    .await
+            ),
+            "channel_not_found"
+        );
+        assert!(fake.dms(ALICE).is_empty());
+
         let open = SlackApiConversationsOpenRequest::new().with_users(vec![ALICE.into()]);
         let opened = session.conversations_open(&open).await.unwrap();
         assert_eq!(opened.channel.id.0, dm);
