@@ -346,9 +346,9 @@ pub async fn store(
             "approved by policy".to_owned()
         } else {
             format!(
-                "waiting for approval from {} in {}",
+                "waiting for approval from {} {}",
                 blocks::approvers_of(resource),
-                crate::slack::text::channel(&resource.approvers.channel)
+                blocks::where_asked(resource)
             )
         };
         super::identity::notify_owners(tx, app, &request, blocks::owner_dm(&request, &status), now)

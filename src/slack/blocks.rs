@@ -105,6 +105,16 @@ pub fn approvers_of(resource: &Resource) -> String {
     })
 }
 
+/// Where a resource's approvers are asked: "in #approvals", "by DM" or "in #approvals and by DM".
+pub fn where_asked(resource: &Resource) -> String {
+    let channel = text::channel(&resource.approvers.channel);
+    match resource.approvers.notify {
+        crate::domain::policy::Notify::Channel => format!("in {channel}"),
+        crate::domain::policy::Notify::Dm => "by DM".to_owned(),
+        crate::domain::policy::Notify::Both => format!("in {channel} and by DM"),
+    }
+}
+
 /// Who may decide a request whose first `steps_run` escalation steps have run, as mentions.
 pub fn deciders_of(resource: &Resource, steps_run: u32) -> String {
     let (users, groups) = resource.deciders(steps_run);
@@ -437,11 +447,11 @@ pub fn submitted_dm(request: &Request, resource: &Resource, auto: bool) -> Msg {
         )
     } else {
         format!(
-            ":inbox_tray: Your request {} for {} is waiting for approval from {} in {}.",
+            ":inbox_tray: Your request {} for {} is waiting for approval from {} {}.",
             request.id,
             what(request),
             approvers_of(resource),
-            text::channel(&resource.approvers.channel)
+            where_asked(resource)
         )
     };
     simple(line)

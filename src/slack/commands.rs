@@ -185,11 +185,11 @@ pub async fn handle(
                     )
                 } else {
                     format!(
-                        ":inbox_tray: Extension {} of {id} by {} is waiting for approval from {} in {}.",
+                        ":inbox_tray: Extension {} of {id} by {} is waiting for approval from {} {}.",
                         submitted.request.id,
                         duration,
                         blocks::approvers_of(&submitted.resource),
-                        text::channel(&submitted.resource.approvers.channel)
+                        blocks::where_asked(&submitted.resource)
                     )
                 }),
                 Err(err) => error_reply(err),
@@ -228,12 +228,12 @@ fn submitted_line(submitted: &request::Submitted) -> String {
         )
     } else {
         format!(
-            ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. You will get a DM when it is decided.",
+            ":inbox_tray: Request {} for {} ({}) was sent to {} {}. You will get a DM when it is decided.",
             r.id,
             text::code(r.resource.as_str()),
             r.duration.humanize(),
             blocks::approvers_of(&submitted.resource),
-            text::channel(&submitted.resource.approvers.channel)
+            blocks::where_asked(&submitted.resource)
         )
     }
 }
@@ -390,16 +390,7 @@ pub fn why_reply(
             "not you"
         }
     ));
-    let asked_where = match resource.approvers.notify {
-        crate::domain::policy::Notify::Channel => {
-            format!("in {}", text::channel(&resource.approvers.channel))
-        }
-        crate::domain::policy::Notify::Dm => "by DM".to_owned(),
-        crate::domain::policy::Notify::Both => format!(
-            "in {} and by DM",
-            text::channel(&resource.approvers.channel)
-        ),
-    };
+    let asked_where = blocks::where_asked(resource);
     lines.push(format!(
         "• Approvers: {} {asked_where} · {} approval{} needed · nobody approves their own request",
         blocks::approvers_of(resource),

@@ -89,7 +89,9 @@ driver_tests! {
     /// buttons; Carol's stale copy is refused cleanly; each copy was posted once.
     async fn two_of_n_across_dms_and_the_channel_updates_every_copy() {
         let h = dm_harness().await;
-        let id = h.request_access(DEV, "two 1h migrate the orders table").await;
+        let reply = h.slash(DEV, "request two 1h migrate the orders table").await.text();
+        assert!(reply.contains("<!subteam^S0SRE> in <#C0APPROVALS> and by DM."), "{reply}");
+        let id = Harness::id_in(&reply);
         h.run_jobs().await;
         // The channel's message and a DM to each approver, the group's member too; none to the
         // requester.
@@ -185,7 +187,12 @@ driver_tests! {
     /// (a denial) updates every DM copy.
     async fn dm_only_asks_by_dm_escalates_by_dm_and_every_copy_follows_the_denial() {
         let h = dm_harness().await;
-        let id = h.request_access(DEV, "dm-only 1h look at the billing queue").await;
+        let reply = h.slash(DEV, "request dm-only 1h look at the billing queue").await.text();
+        assert!(
+            reply.contains("was sent to <@U0ALICE>, <@U0BOB> by DM. You will get a DM when it is decided."),
+            "{reply}"
+        );
+        let id = Harness::id_in(&reply);
         h.run_jobs().await;
         assert!(h.slack.messages(APPROVALS).is_empty(), "notify = dm posts nothing in the channel");
         assert_eq!(dm_copies(&h, ALICE, id).len(), 1);
