@@ -272,3 +272,36 @@ driver_tests! {
         assert_eq!(h.slack.thread(APPROVALS, &message_of(&h, id).ts).len(), 1);
     }
 }
+
+driver_tests! {
+    /// An extension waiting for approval escalates like a request: the step is recorded in the
+    /// grant's audit thread, and the escalated approver may then approve the extension.
+    async fn an_extension_escalates_too() {
+        let h = escalation_harness().await;
+        let grant = h.request_access(DEV, "prod 1h rotate the certificates").await;
+        h.run_jobs().await;
+        h.click(ALICE, "jit.approve", grant).await;
+        h.run_jobs().await;
+        assert_eq!(h.state(grant).await, State::Active);
+        let reply = h.slash(DEV, &format!("extend {} 30m", grant.0)).await.text();
+        let extension = Harness::id_in(&reply[reply.find("Extension").expect(&reply)..]);
+        assert_ne!(extension, grant);
+        h.run_jobs().await;
+        assert_eq!(h.state(extension).await, State::Pending);
+        h.click(BOB, "jit.approve", extension).await;
+        h.run_jobs().await;
+        assert_eq!(h.state(extension).await, State::Pending, "Bob may not decide yet");
+        h.advance_and_run(Duration::minutes(10)).await;
+        assert_eq!(h.stored(extension).await.escalation_step, 1);
+        let audit = h.audit_thread(grant);
+        assert!(
+            audit.iter().any(|l| l.contains(&format!(
+                "Escalated (step 1, after `10m`) (extension {extension}): <@U0BOB>"
+            ))),
+            "{audit:?}"
+        );
+        h.click(BOB, "jit.approve", extension).await;
+        h.run_jobs().await;
+        assert_eq!(h.state(extension).await, State::Applied);
+    }
+}
