@@ -422,7 +422,11 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             r.requesters.as_ref().map(names).unwrap_or_else(|| "anyone".into()),
             r.approvals_required,
             names(&approvers),
-            r.approvers.channel,
+            r.approvers
+                .channel
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "DMs".into()),
             r.auto_approve
                 .as_ref()
                 .map(|a| format!(

@@ -68,11 +68,13 @@ fn channels_in(policy: &Policy) -> Uses {
         "the audit channel".into(),
     );
     for r in policy.resources() {
-        add(
-            &mut uses,
-            r.approvers.channel.as_str(),
-            format!("approvers' channel of {}", r.id),
-        );
+        if let Some(channel) = &r.approvers.channel {
+            add(
+                &mut uses,
+                channel.as_str(),
+                format!("approvers' channel of {}", r.id),
+            );
+        }
         for (i, step) in r.escalate.iter().enumerate() {
             if let Some(channel) = step.to.as_ref().and_then(|t| t.channel.as_ref()) {
                 add(

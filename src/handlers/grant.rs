@@ -1035,7 +1035,7 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     let channel = app
         .policy
         .resource(request.resource.as_str())
-        .map(|r| r.approvers.channel.clone())
+        .and_then(|r| r.approvers.channel.clone())
         .or_else(|| request.approval_channel.clone());
     let undelivered = stored
         .delivery_failure

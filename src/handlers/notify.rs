@@ -138,7 +138,9 @@ pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::
                     request.resource
                 )));
             };
-            let channel = &resource.approvers.channel;
+            let Some(channel) = &resource.approvers.channel else {
+                return Ok(Outcome::Done);
+            };
             let key = format!("approval:{id}");
             let post = Post {
                 channel: channel.as_str(),
@@ -252,7 +254,7 @@ pub async fn approval_nudge(
     let Some(channel) = request
         .approval_channel
         .clone()
-        .or_else(|| resource.map(|r| r.approvers.channel.clone()))
+        .or_else(|| resource.and_then(|r| r.approvers.channel.clone()))
     else {
         return Ok(Outcome::Done);
     };

@@ -470,7 +470,10 @@ pub async fn store_for_approval(
         ));
         jobs.push((
             Job::ApprovalMessage { request: r.id },
-            Placement::approval(&p.resource.approvers.channel, audit_channel, &r.requester),
+            match &p.resource.approvers.channel {
+                Some(channel) => Placement::approval(channel, audit_channel, &r.requester),
+                None => Placement::none(),
+            },
             now,
         ));
         jobs.extend(super::escalation::initial_jobs(&p.resource, r.id, now));
@@ -560,11 +563,7 @@ async fn route(
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
-        Placement::approval(
-            &resource.approvers.channel,
-            &app.policy.audit_channel,
-            &request.requester,
-        ),
+        super::approvals_placement(app, &request),
         now,
         now,
     )

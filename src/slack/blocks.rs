@@ -107,11 +107,13 @@ pub fn approvers_of(resource: &Resource) -> String {
 
 /// Where a resource's approvers are asked: "in #approvals", "by DM" or "in #approvals and by DM".
 pub fn where_asked(resource: &Resource) -> String {
-    let channel = text::channel(&resource.approvers.channel);
-    match resource.approvers.notify {
-        crate::domain::policy::Notify::Channel => format!("in {channel}"),
-        crate::domain::policy::Notify::Dm => "by DM".to_owned(),
-        crate::domain::policy::Notify::Both => format!("in {channel} and by DM"),
+    let channel = resource.approvers.channel.as_ref().map(text::channel);
+    match (resource.approvers.notify, channel) {
+        (crate::domain::policy::Notify::Dm, _) | (_, None) => "by DM".to_owned(),
+        (crate::domain::policy::Notify::Channel, Some(channel)) => format!("in {channel}"),
+        (crate::domain::policy::Notify::Both, Some(channel)) => {
+            format!("in {channel} and by DM")
+        }
     }
 }
 

@@ -32,7 +32,8 @@ approvals_required = 2
 id = "dm-only"
 provider = "none"
 max_duration = "2h"
-approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB"], notify = "dm" }
+# No channel: the request is asked by DM only.
+approvers = { users = ["U0ALICE", "U0BOB"], notify = "dm" }
 escalate = [
   { after = "10m", to = { users = ["U0CAROL"] } },
   { after = "20m" },

@@ -166,7 +166,7 @@ fn resource() -> impl Strategy<Value = Resource> {
                 max_lifetime: jit::domain::policy::default_lifetime(max),
                 requesters: None,
                 approvers: Approvers {
-                    channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
+                    channel: Some(SlackChannelId::parse("C0APPROVALS").unwrap()),
                     users: (0..approvers).map(user).collect(),
                     groups: (0..approvers / 10)
                         .map(|n| SlackGroupId::parse(&format!("S{n:06}")).unwrap())

@@ -177,7 +177,7 @@ struct PrincipalsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApproversFile {
-    channel: SlackChannelId,
+    channel: Option<SlackChannelId>,
     #[serde(default)]
     users: Vec<SlackUserId>,
     #[serde(default)]
@@ -418,7 +418,8 @@ impl Membership for NoGroups {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approvers {
-    pub channel: SlackChannelId,
+    /// Where the request is posted; `None` only with `notify = "dm"`.
+    pub channel: Option<SlackChannelId>,
     pub users: Vec<SlackUserId>,
     pub groups: Vec<SlackGroupId>,
     /// Where each request reaches its approvers: the channel, a DM to each, or both.
@@ -1842,6 +1843,17 @@ fn build_resource(
         }
     };
 
+    let notify = raw
+        .approvers
+        .notify
+        .or(defaults.approvers_notify)
+        .unwrap_or_default();
+    if notify.in_channel() && raw.approvers.channel.is_none() {
+        return Err(format!(
+            "approvers needs a channel, where the request is posted (notify is \"{}\"; only with notify = \"dm\" may it be left out)",
+            notify.as_str()
+        ));
+    }
     let pending_timeout = raw.pending_timeout.unwrap_or(defaults.pending_timeout);
     let (escalate, escalate_is_default) = match (&raw.escalate, &defaults.escalate) {
         (Some(steps), _) => (escalation(steps, pending_timeout, "escalate")?, false),
@@ -1870,11 +1882,7 @@ fn build_resource(
             channel: raw.approvers.channel,
             users: raw.approvers.users,
             groups: raw.approvers.groups,
-            notify: raw
-                .approvers
-                .notify
-                .or(defaults.approvers_notify)
-                .unwrap_or_default(),
+            notify,
         },
         approvals_required,
         auto_approve,

@@ -1091,3 +1091,49 @@ fn bad_escalation_and_notify_are_refused_with_clear_errors() {
         assert!(err.contains(expected), "{err} should contain {expected}");
     }
 }
+
+#[test]
+fn the_channel_may_be_left_out_only_when_approvers_are_asked_by_dm() {
+    let dm_only = EXAMPLE.replace(
+        "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+        "approvers = { users = [\"U0ALICE\", \"U0BOB\"], notify = \"dm\" }",
+    );
+    let policy = parse(&dm_only).unwrap();
+    let db = policy.resource("prod-db").unwrap();
+    assert_eq!(db.approvers.channel, None);
+    assert_eq!(db.approvers.notify, Notify::Dm);
+
+    // By the default too.
+    let by_default = EXAMPLE
+        .replace(
+            "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+            "approvers = { users = [\"U0ALICE\", \"U0BOB\"] }",
+        )
+        .replace(
+            "pending_timeout = \"30m\"",
+            "pending_timeout = \"30m\"\napprovers_notify = \"dm\"",
+        );
+    assert_eq!(
+        parse(&by_default)
+            .unwrap()
+            .resource("prod-db")
+            .unwrap()
+            .approvers
+            .channel,
+        None
+    );
+
+    for notify in ["", ", notify = \"channel\"", ", notify = \"both\""] {
+        let text = EXAMPLE.replace(
+            "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+            &format!("approvers = {{ users = [\"U0ALICE\", \"U0BOB\"]{notify} }}"),
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "resource `prod-db`: approvers needs a channel, where the request is posted"
+            ),
+            "{err}"
+        );
+    }
+}
