@@ -431,7 +431,11 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             r.requesters.as_ref().map(names).unwrap_or_else(|| "anyone".into()),
             r.approvals_required,
             names(&approvers),
-            r.approvers.channel,
+            r.approvers
+                .channel
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "DMs".into()),
             r.auto_approve
                 .as_ref()
                 .map(|a| format!(
@@ -445,6 +449,52 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             r.reminder_before,
             r.max_start_ahead,
         ));
+        if r.approvers.notify != crate::domain::policy::Notify::Channel {
+            out.push_str(&format!(
+                "    approvers asked: {} (notify = \"{}\")\n",
+                if r.approvers.notify.in_channel() {
+                    "in the channel and by DM"
+                } else {
+                    "by DM only"
+                },
+                r.approvers.notify.as_str()
+            ));
+        }
+        let escalation = if r.escalate.is_empty() {
+            "none (no reminder)".to_owned()
+        } else if r.escalate_is_default {
+            format!(
+                "a reminder after {} (the default: half the pending timeout)",
+                r.escalate[0].after
+            )
+        } else {
+            r.escalate
+                .iter()
+                .map(|s| {
+                    let to = match &s.to {
+                        None => "reminder".to_owned(),
+                        Some(to) => {
+                            let mut parts = Vec::new();
+                            let people = crate::domain::policy::Principals {
+                                users: to.users.clone(),
+                                groups: to.groups.clone(),
+                                identities: Vec::new(),
+                            };
+                            if !people.is_empty() {
+                                parts.push(format!("+ {}", names(&people)));
+                            }
+                            if let Some(c) = &to.channel {
+                                parts.push(format!("post in {c}"));
+                            }
+                            parts.join(", ")
+                        }
+                    };
+                    format!("after {}: {to}", s.after)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        out.push_str(&format!("    escalation: {escalation}\n"));
         if let Some(rule) = r.justification.describe() {
             out.push_str(&format!("    justification: {rule}\n"));
         }
@@ -1095,6 +1145,35 @@ approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
                 .any(|l| l.ends_with("a start may be scheduled up to 7d ahead (max_start_ahead)")),
             "{out}"
         );
+    }
+
+    #[test]
+    fn policy_check_shows_escalation_and_where_approvers_are_asked() {
+        let text = POSTGRES
+            .replace(
+                "objects_owner = \"jit_leftovers\"\napprovers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\"] }",
+                "objects_owner = \"jit_leftovers\"\napprovers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\"], notify = \"dm\" }\nescalate = [{ after = \"5m\", to = { users = [\"U0BOB\"], groups = [\"S0LEADS\"], channel = \"C0ONCALL\" } }, { after = \"20m\" }]",
+            )
+            .replace("allow_superuser_admin = true\n", "allow_superuser_admin = true\nescalate = []\n");
+        let policy = Policy::parse(&text, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        assert!(
+            out.contains("    approvers asked: by DM only (notify = \"dm\")\n    escalation: after 5m: + U0BOB, group S0LEADS, post in C0ONCALL; after 20m: reminder\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    escalation: none (no reminder)\n"),
+            "{out}"
+        );
+        let plain = Policy::parse(POSTGRES, &|_| Err(std::io::Error::other("no files"))).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &plain);
+        assert!(
+            out.contains(
+                "    escalation: a reminder after 15m (the default: half the pending timeout)\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("approvers asked"), "{out}");
     }
 
     #[test]

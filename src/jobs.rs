@@ -33,18 +33,44 @@ pub enum Job {
     /// Remind the holder before expiry.
     #[serde(rename = "remind")]
     Remind { request: RequestId },
-    /// Nudge approvers at half the pending timeout.
+    /// Runs escalation step `step` (0-based) of a waiting request: a reminder, and with the
+    /// step's `to`, more people who may decide. The default step 0 is the half-time nudge (a job
+    /// queued before escalation existed carries no `step`: it is step 0).
     #[serde(rename = "nudge")]
-    Nudge { request: RequestId },
+    Nudge {
+        request: RequestId,
+        #[serde(default)]
+        step: u32,
+    },
     /// Expire an undecided request.
     #[serde(rename = "pending_timeout")]
     PendingTimeout { request: RequestId },
     /// Post or update the approvers' message to match the request's state.
     #[serde(rename = "slack.approval")]
     ApprovalMessage { request: RequestId },
-    /// Remind the approvers in the approval message's thread.
+    /// Remind the approvers in the approval message's thread; with `step` (1-based: the
+    /// escalation that brought the request to that many steps), mention whom that step added.
     #[serde(rename = "slack.nudge")]
-    ApprovalNudge { request: RequestId },
+    ApprovalNudge {
+        request: RequestId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+    },
+    /// Post a copy of the approval message (a DM to `user`, or a post in `channel`), or update
+    /// the copy already posted to the request's current state.
+    #[serde(rename = "slack.approval_copy")]
+    ApprovalCopy {
+        request: RequestId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<SlackUserId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<SlackChannelId>,
+    },
+    /// Send the request as a DM to each approver (`step` 0), or to the people escalation step
+    /// `step` (1-based) added: resolves groups off the ack path, then queues one
+    /// [`Job::ApprovalCopy`] per person.
+    #[serde(rename = "slack.approver_dms")]
+    ApproverDms { request: RequestId, step: u32 },
     /// Post one audit event in its request's audit thread (or the audit channel).
     #[serde(rename = "slack.audit")]
     AuditPost { seq: i64 },
@@ -91,6 +117,8 @@ impl JobSpec for Job {
             Job::PendingTimeout { .. } => "pending_timeout",
             Job::ApprovalMessage { .. } => "slack.approval",
             Job::ApprovalNudge { .. } => "slack.nudge",
+            Job::ApprovalCopy { .. } => "slack.approval_copy",
+            Job::ApproverDms { .. } => "slack.approver_dms",
             Job::AuditPost { .. } => "slack.audit",
             Job::AuditAnchor => "slack.audit_anchor",
             Job::Dm { .. } => "slack.dm",
@@ -145,6 +173,8 @@ impl JobSpec for Job {
             }
             Job::ApprovalMessage { .. }
             | Job::ApprovalNudge { .. }
+            | Job::ApprovalCopy { .. }
+            | Job::ApproverDms { .. }
             | Job::AuditPost { .. }
             | Job::Dm { .. }
             | Job::Ephemeral { .. }
@@ -179,10 +209,12 @@ impl Job {
             | Job::Revoke { request }
             | Job::Cleanup { request }
             | Job::Remind { request }
-            | Job::Nudge { request }
+            | Job::Nudge { request, .. }
             | Job::PendingTimeout { request }
             | Job::ApprovalMessage { request }
-            | Job::ApprovalNudge { request } => Some(*request),
+            | Job::ApprovalNudge { request, .. }
+            | Job::ApprovalCopy { request, .. }
+            | Job::ApproverDms { request, .. } => Some(*request),
             Job::Extend { extension } => Some(*extension),
             Job::AuditPost { .. }
             | Job::AuditAnchor
@@ -324,8 +356,17 @@ pub mod keys {
     pub fn remind(id: RequestId) -> String {
         format!("remind:{}", id.0)
     }
-    pub fn nudge(id: RequestId) -> String {
-        format!("nudge:{}", id.0)
+    /// Escalation step `step` (0-based) of a request; step 0 keeps the key of the half-time
+    /// nudge it replaces, so a queue from before escalation holds one live job per step too.
+    pub fn nudge(id: RequestId, step: u32) -> String {
+        match step {
+            0 => format!("nudge:{}", id.0),
+            n => format!("nudge:{}:{n}", id.0),
+        }
+    }
+    /// The DM copy of a request for one approver.
+    pub fn approval_copy(id: RequestId, user: &str) -> String {
+        format!("approval-copy:{}:{user}", id.0)
     }
     pub fn pending_timeout(id: RequestId) -> String {
         format!("pending_timeout:{}", id.0)
@@ -353,5 +394,38 @@ mod tests {
             Job::AuditAnchor
         );
         assert_eq!(Job::AuditAnchor.retry_policy().max_attempts, None);
+    }
+
+    #[test]
+    fn a_nudge_queued_before_escalation_is_step_0() {
+        let legacy: Job = serde_json::from_str(r#"{"kind":"nudge","request":7}"#).unwrap();
+        assert_eq!(
+            legacy,
+            Job::Nudge {
+                request: RequestId(7),
+                step: 0
+            }
+        );
+        assert_eq!(keys::nudge(RequestId(7), 0), "nudge:7");
+        assert_eq!(keys::nudge(RequestId(7), 2), "nudge:7:2");
+        let old: Job = serde_json::from_str(r#"{"kind":"slack.nudge","request":7}"#).unwrap();
+        assert_eq!(
+            old,
+            Job::ApprovalNudge {
+                request: RequestId(7),
+                step: None
+            }
+        );
+        let copy = Job::ApprovalCopy {
+            request: RequestId(7),
+            user: Some(SlackUserId::parse("U0ALICE").unwrap()),
+            channel: None,
+        };
+        let json = serde_json::to_string(&copy).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"slack.approval_copy","request":7,"user":"U0ALICE"}"#
+        );
+        assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), copy);
     }
 }

@@ -69,7 +69,8 @@ timeout = "10s"
 parameters = { log = "{log}" }
 max_duration = "4h"
 requesters = { users = ["U0DEV", "U0CAROL"], identities = ["ci"] }
-approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB"] }
+# "both": the approvers also get DM copies, so `approval_copies` has rows to copy.
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE", "U0BOB"], notify = "both" }
 
 [[identity]]
 name = "ci"

@@ -811,6 +811,35 @@ async fn an_unknown_user_fails() {
 }
 
 #[tokio::test]
+async fn escalation_steps_are_checked_like_approvers() {
+    let setup = Setup::new().await;
+    setup
+        .slack
+        .set_channel_state("C0ONCALL", ChannelState::NotInChannel);
+    setup.write_policy(&setup.default_policy().replace(
+        r#"approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }"#,
+        r#"approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+escalate = [{ after = "10m", to = { users = ["U0GHOST"], channel = "C0ONCALL" } }]"#,
+    ));
+    let out = setup.doctor().await;
+    out.fails_only(&["slack channel C0ONCALL", "slack user U0GHOST"]);
+    assert!(
+        out.line("slack user U0GHOST").starts_with(
+            "FAIL  slack user U0GHOST: user U0GHOST (approver of github-admin from escalation step 1, "
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.line("slack channel C0ONCALL")
+            .contains("escalation step 1 of github-admin"),
+        "{}",
+        out.stdout
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
 async fn an_unknown_group_fails() {
     let setup = Setup::new().await;
     setup.write_policy(

@@ -77,6 +77,21 @@ pub enum AuditEvent {
         extension: Option<i64>,
     },
     Nudged,
+    /// An escalation step ran: the people it names may decide from now on, and a channel it
+    /// names got the request too.
+    Escalated {
+        /// 1-based, in the resource's `escalate` order.
+        step: u32,
+        after: String,
+        #[serde(default)]
+        users: Vec<String>,
+        #[serde(default)]
+        groups: Vec<String>,
+        #[serde(default)]
+        channel: Option<String>,
+        #[serde(default)]
+        extension: Option<i64>,
+    },
     Granted {
         expires_at: String,
         handle: String,
@@ -193,7 +208,8 @@ impl AuditEvent {
             | Denied { .. }
             | Cancelled { .. }
             | TimedOut { .. }
-            | Nudged => "request",
+            | Nudged
+            | Escalated { .. } => "request",
             Granted { .. }
             | GrantFailed { .. }
             | ActivationRefused { .. }

@@ -68,11 +68,22 @@ fn channels_in(policy: &Policy) -> Uses {
         "the audit channel".into(),
     );
     for r in policy.resources() {
-        add(
-            &mut uses,
-            r.approvers.channel.as_str(),
-            format!("approvers' channel of {}", r.id),
-        );
+        if let Some(channel) = &r.approvers.channel {
+            add(
+                &mut uses,
+                channel.as_str(),
+                format!("approvers' channel of {}", r.id),
+            );
+        }
+        for (i, step) in r.escalate.iter().enumerate() {
+            if let Some(channel) = step.to.as_ref().and_then(|t| t.channel.as_ref()) {
+                add(
+                    &mut uses,
+                    channel.as_str(),
+                    format!("escalation step {} of {}", i + 1, r.id),
+                );
+            }
+        }
     }
     uses
 }
@@ -100,6 +111,18 @@ fn principals_in(policy: &Policy) -> (Uses, Uses) {
             identities: Vec::new(),
         };
         principals(&approvers, &|| format!("approver of {}", r.id));
+        for (i, step) in r.escalate.iter().enumerate() {
+            if let Some(to) = &step.to {
+                let added = crate::domain::policy::Principals {
+                    users: to.users.clone(),
+                    groups: to.groups.clone(),
+                    identities: Vec::new(),
+                };
+                principals(&added, &|| {
+                    format!("approver of {} from escalation step {}", r.id, i + 1)
+                });
+            }
+        }
         if let Some(a) = &r.auto_approve {
             principals(&a.who, &|| format!("auto-approved for {}", r.id));
         }
@@ -443,17 +466,19 @@ async fn group_checks(api: &SlackApi, policy: &Policy, groups: Uses) -> Vec<Chec
         .buffered(PARALLEL_CALLS)
         .collect()
         .await;
-    let approver_groups: Vec<&str> = policy
+    let approver_groups: Vec<crate::domain::ids::SlackGroupId> = policy
         .resources()
         .iter()
-        .flat_map(|r| r.approvers.groups.iter().map(|g| g.as_str()))
+        .flat_map(|r| r.all_decider_groups())
         .collect();
     let mut out = Vec::new();
     let mut found = Vec::new();
     for (id, uses, result) in results {
         let name = format!("slack group {id}");
         match result {
-            Ok(members) if members.is_empty() && approver_groups.contains(&id.as_str()) => {
+            Ok(members)
+                if members.is_empty() && approver_groups.iter().any(|g| g.as_str() == id) =>
+            {
                 out.push(Check::warn(
                     name,
                     format!(

@@ -16,7 +16,7 @@ use crate::jobs::{Job, keys};
 use crate::queue::{self, Placement};
 use crate::slack::blocks;
 use crate::store::WriteTx;
-use crate::store::requests::{self, Fenced};
+use crate::store::requests::{self, Fenced, StoredRequest};
 
 /// What a click on Approve did.
 #[derive(Debug, Clone)]
@@ -34,12 +34,16 @@ pub enum ApproveOutcome {
     Expired(Request),
 }
 
-/// Checks that `approver` may decide `request`, refreshing group membership on a cache miss.
+/// Checks that `approver` may decide `stored`'s request (its approvers, and those its escalation
+/// steps that have run added), refreshing group membership on a cache miss. A DM copy's button
+/// and the channel's are the same click: only the clicker's Slack user id counts.
 pub async fn authorize<'a>(
     app: &'a App,
-    request: &Request,
+    stored: &StoredRequest,
     approver: &SlackUserId,
 ) -> HandlerResult<&'a Resource> {
+    let request = &stored.request;
+    let steps_run = stored.escalation_step;
     let resource = app
         .policy
         .resource(request.resource.as_str())
@@ -49,13 +53,18 @@ pub async fn authorize<'a>(
                 request.resource, request.id
             ))
         })?;
-    app.directory
-        .refresh_on_miss(approver, &resource.approvers.groups)
-        .await;
+    let (_, groups) = resource.deciders(steps_run);
+    app.directory.refresh_on_miss(approver, &groups).await;
     app.policy
-        .may_decide(resource, &request.requester, approver, &app.directory)
+        .may_decide(
+            resource,
+            &request.requester,
+            approver,
+            steps_run,
+            &app.directory,
+        )
         .map_err(|refusal| {
-            let stale = app.directory.stale(&resource.approvers.groups);
+            let stale = app.directory.stale(&groups);
             if refusal == DecisionRefusal::NotAnApprover && !stale.is_empty() {
                 return HandlerError::user(stale_groups_message(&stale, request.id));
             }
@@ -84,7 +93,7 @@ pub async fn approve(
     id: RequestId,
 ) -> HandlerResult<ApproveOutcome> {
     let stored = load(app, id).await?;
-    authorize(app, &stored.request, approver).await?;
+    authorize(app, &stored, approver).await?;
     if stored.request.state != State::Pending {
         return Ok(ApproveOutcome::AlreadyDecided(stored.request));
     }
@@ -122,14 +131,7 @@ pub async fn approve(
             },
         )
         .await?;
-        queue::enqueue(
-            &mut tx,
-            &Job::ApprovalMessage { request: id },
-            super::approvals_placement(app, &request),
-            now,
-            now,
-        )
-        .await?;
+        super::escalation::refresh_messages(&mut tx, app, &request, now).await?;
         ApproveOutcome::Partial {
             count,
             required: request.approvals_required,
@@ -185,14 +187,7 @@ pub async fn approve_as(
     enqueue_issue(tx, &request, now).await?;
     let posted_to_approvers = request.pending_until.is_some();
     if posted_to_approvers {
-        queue::enqueue(
-            tx,
-            &Job::ApprovalMessage { request: id },
-            super::approvals_placement(app, &request),
-            now,
-            now,
-        )
-        .await?;
+        super::escalation::refresh_messages(tx, app, &request, now).await?;
         if let Some(user) = request.requester.user() {
             let dm = blocks::decision_dm(&request);
             queue::enqueue(
@@ -269,7 +264,7 @@ pub async fn deny(
         )));
     }
     let stored = load(app, id).await?;
-    authorize(app, &stored.request, approver).await?;
+    authorize(app, &stored, approver).await?;
     let already = |request: &Request| {
         HandlerError::user(format!(
             "Request {id} is already {}; nothing was changed.",
@@ -307,14 +302,7 @@ pub async fn deny(
         },
     )
     .await?;
-    queue::enqueue(
-        &mut tx,
-        &Job::ApprovalMessage { request: id },
-        super::approvals_placement(app, &request),
-        now,
-        now,
-    )
-    .await?;
+    super::escalation::refresh_messages(&mut tx, app, &request, now).await?;
     if let Some(user) = request.requester.user() {
         let dm = blocks::decision_dm(&request);
         queue::enqueue(

@@ -210,16 +210,7 @@ async fn update_approval_message(
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     if request.pending_until.is_some() {
-        queue::enqueue(
-            tx,
-            &Job::ApprovalMessage {
-                request: request.id,
-            },
-            super::approvals_placement(app, request),
-            now,
-            now,
-        )
-        .await?;
+        super::escalation::refresh_messages(tx, app, request, now).await?;
     }
     Ok(())
 }
@@ -1181,36 +1172,6 @@ pub async fn run_remind(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub async fn run_nudge(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
-    let Some(stored) = get(app, id).await? else {
-        return Ok(Outcome::Done);
-    };
-    if stored.request.state != State::Pending {
-        return Ok(Outcome::Done);
-    }
-    let now = app.clock.now();
-    let mut tx = app.store.begin_write().await?;
-    audit::record(
-        &mut tx,
-        now,
-        Some(stored.request.parent.unwrap_or(id)),
-        actor::SYSTEM,
-        &AuditEvent::Nudged,
-    )
-    .await?;
-    queue::enqueue(
-        &mut tx,
-        &Job::ApprovalNudge { request: id },
-        super::approvals_placement(app, &stored.request),
-        now,
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    app.waker.wake();
-    Ok(Outcome::Done)
-}
-
 pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Outcome> {
     let Some(stored) = get(app, id).await? else {
         return Ok(Outcome::Done);
@@ -1245,7 +1206,7 @@ pub async fn run_pending_timeout(app: &App, id: RequestId) -> anyhow::Result<Out
     let channel = app
         .policy
         .resource(request.resource.as_str())
-        .map(|r| r.approvers.channel.clone())
+        .and_then(|r| r.approvers.channel.clone())
         .or_else(|| request.approval_channel.clone());
     let undelivered = stored
         .delivery_failure

@@ -30,7 +30,7 @@ impl Runner for Dispatch {
             Job::Extend { extension } => grant::run_extend(app, *extension, ctx).await,
             Job::Cleanup { request } => grant::run_cleanup(app, *request, ctx).await,
             Job::Remind { request } => grant::run_remind(app, *request).await,
-            Job::Nudge { request } => grant::run_nudge(app, *request).await,
+            Job::Nudge { request, step } => super::escalation::run_step(app, *request, *step).await,
             Job::PendingTimeout { request } => grant::run_pending_timeout(app, *request).await,
             Job::ApprovalMessage { request } => notify::approval_message(app, ctx, *request).await,
             Job::AuditPost { seq } => notify::audit_post(app, ctx, *seq).await,
@@ -44,7 +44,15 @@ impl Runner for Dispatch {
                 text,
             } => notify::ephemeral(app, channel, user, text).await,
             Job::Home { user } => notify::home(app, user).await,
-            Job::ApprovalNudge { request } => notify::approval_nudge(app, ctx, *request).await,
+            Job::ApprovalNudge { request, step } => {
+                notify::approval_nudge(app, ctx, *request, *step).await
+            }
+            Job::ApprovalCopy {
+                request,
+                user,
+                channel,
+            } => notify::approval_copy(app, ctx, *request, user.as_ref(), channel.as_ref()).await,
+            Job::ApproverDms { request, step } => notify::approver_dms(app, *request, *step).await,
             Job::Webhook { url } => crate::webhooks::deliver(app, ctx, url).await,
             Job::Noop => Ok(Outcome::Done),
         }
@@ -83,6 +91,8 @@ impl Runner for Dispatch {
                 | Job::Ephemeral { .. }
                 | Job::ApprovalMessage { .. }
                 | Job::ApprovalNudge { .. }
+                | Job::ApprovalCopy { .. }
+                | Job::ApproverDms { .. }
                 | Job::Home { .. }
                 | Job::Webhook { .. },
             ) => {

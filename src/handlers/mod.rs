@@ -11,6 +11,7 @@
 pub mod access;
 pub mod committer;
 pub mod decision;
+pub mod escalation;
 pub mod grant;
 pub mod identity;
 pub mod jobs;
@@ -100,7 +101,7 @@ pub fn approvals_placement(
     let channel = request.approval_channel.clone().or_else(|| {
         app.policy
             .resource(request.resource.as_str())
-            .map(|r| r.approvers.channel.clone())
+            .and_then(|r| r.approvers.channel.clone())
     });
     match channel {
         Some(channel) => crate::queue::Placement::approval(

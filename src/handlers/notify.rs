@@ -114,7 +114,13 @@ pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::
     };
     let request = &stored.request;
     let resource = app.policy.resource(request.resource.as_str());
-    let msg = blocks::approval_message(request, resource, &app.policy, &approvals);
+    let msg = blocks::approval_message(
+        request,
+        resource,
+        &app.policy,
+        &approvals,
+        stored.escalation_step,
+    );
     match (&request.approval_channel, &request.approval_ts) {
         (Some(channel), Some(ts)) => Ok(outcome(
             app.slack
@@ -123,6 +129,8 @@ pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::
         )),
         // The channel refused the first post for good; the requester knows. Nothing to update.
         _ if stored.delivery_failure.is_some() => Ok(Outcome::Done),
+        // `notify = "dm"`: the approvers are asked in DMs only ([`approver_dms`]).
+        _ if resource.is_some_and(|r| !r.approvers.notify.in_channel()) => Ok(Outcome::Done),
         _ => {
             let Some(resource) = resource else {
                 return Ok(Outcome::Fail(format!(
@@ -130,7 +138,9 @@ pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::
                     request.resource
                 )));
             };
-            let channel = &resource.approvers.channel;
+            let Some(channel) = &resource.approvers.channel else {
+                return Ok(Outcome::Done);
+            };
             let key = format!("approval:{id}");
             let post = Post {
                 channel: channel.as_str(),
@@ -208,8 +218,14 @@ async fn undeliverable(
     Ok(())
 }
 
-/// Reminds the approvers in the approval message's thread.
-pub async fn approval_nudge(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::Result<Outcome> {
+/// Reminds the approvers in the approval message's thread; for escalation step `step`, tells
+/// the people it added that they may decide now.
+pub async fn approval_nudge(
+    app: &App,
+    ctx: JobCtx,
+    id: RequestId,
+    step: Option<u32>,
+) -> anyhow::Result<Outcome> {
     let stored = {
         let mut conn = app.store.read().await?;
         requests::get(&mut conn, id).await?
@@ -226,11 +242,19 @@ pub async fn approval_nudge(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::Re
         return Ok(Outcome::Done);
     }
     let resource = app.policy.resource(request.resource.as_str());
-    let text = blocks::nudge(request, resource);
+    let text = match (step, resource) {
+        (Some(step), Some(resource)) => {
+            let Some(text) = blocks::escalation_nudge(request, resource, step) else {
+                return Ok(Outcome::Done);
+            };
+            text
+        }
+        _ => blocks::nudge(request, resource, stored.escalation_step),
+    };
     let Some(channel) = request
         .approval_channel
         .clone()
-        .or_else(|| resource.map(|r| r.approvers.channel.clone()))
+        .or_else(|| resource.and_then(|r| r.approvers.channel.clone()))
     else {
         return Ok(Outcome::Done);
     };
@@ -247,6 +271,185 @@ pub async fn approval_nudge(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::Re
         },
     };
     Ok(outcome(post_once(app, ctx, post).await?.map(|_| ())))
+}
+
+/// The most approvers one request (or one escalation step) is sent to by DM: a large group
+/// would otherwise fill Slack's pace with copies. Beyond it, the first ones by user id get the
+/// DM, and a warning says so; everyone who may decide can still use the channel's message.
+pub const MAX_DM_COPIES: usize = 50;
+
+/// Posts one copy of the approval message (a DM to `user`, or a post in `channel`), or updates
+/// the copy already posted to how the request now stands. A decided request is never posted
+/// anew. Each copy is posted once (tagged, see [`post_once`]) and recorded with its channel and
+/// `ts`; a decision committed while the copy was on its way is seen by the write recording it,
+/// and the copy is brought up to date at once.
+pub async fn approval_copy(
+    app: &App,
+    ctx: JobCtx,
+    id: RequestId,
+    user: Option<&SlackUserId>,
+    channel: Option<&SlackChannelId>,
+) -> anyhow::Result<Outcome> {
+    let (stored, approvals, existing) = {
+        let mut conn = app.store.read().await?;
+        let Some(stored) = requests::get(&mut conn, id).await? else {
+            return Ok(Outcome::Done);
+        };
+        let approvals = requests::approvals(&mut conn, id).await?;
+        let existing = match (user, channel) {
+            (Some(user), _) => requests::copy_for(&mut conn, id, user.as_str()).await?,
+            (None, Some(channel)) => requests::copy_in(&mut conn, id, channel.as_str()).await?,
+            (None, None) => return Ok(Outcome::Done),
+        };
+        (stored, approvals, existing)
+    };
+    let request = &stored.request;
+    let resource = app.policy.resource(request.resource.as_str());
+    let msg = blocks::approval_message(
+        request,
+        resource,
+        &app.policy,
+        &approvals,
+        stored.escalation_step,
+    );
+    if let Some(copy) = existing {
+        return Ok(outcome(
+            app.slack
+                .update_message(&copy.channel, &copy.ts, &msg.text, Some(&msg.blocks))
+                .await,
+        ));
+    }
+    if request.state != crate::domain::request::State::Pending {
+        return Ok(Outcome::Done);
+    }
+    let target = match (user, channel) {
+        (Some(user), _) => match app.slack.open_dm(user.as_str()).await {
+            Ok(c) => c,
+            Err(e) => return Ok(outcome(Err(e))),
+        },
+        (None, Some(channel)) => channel.to_string(),
+        (None, None) => return Ok(Outcome::Done),
+    };
+    let key = format!("approval-copy:{id}:{target}");
+    let post = Post {
+        channel: &target,
+        thread: None,
+        text: &msg.text,
+        blocks: Some(&msg.blocks),
+        broadcast: false,
+        tag: PostTag {
+            key: &key,
+            request: Some(id.0),
+        },
+    };
+    let ts = match post_once(app, ctx, post).await? {
+        Ok(Some(ts)) => ts,
+        Ok(None) => return Ok(Outcome::Done),
+        Err(e) => return Ok(outcome(Err(e))),
+    };
+    let copy = requests::ApprovalCopy {
+        channel: target,
+        ts,
+        recipient: user.map(|u| u.to_string()),
+    };
+    let mut tx = app.store.begin_write().await?;
+    requests::record_copy(&mut tx, id, &copy, app.clock.now()).await?;
+    let now = requests::get(&mut tx, id).await?;
+    let approvals_now = requests::approvals(&mut tx, id).await?;
+    tx.commit().await?;
+    let Some(now) = now else {
+        return Ok(Outcome::Done);
+    };
+    let changed = now.request.state != request.state
+        || now.escalation_step != stored.escalation_step
+        || approvals_now != approvals;
+    if !changed {
+        return Ok(Outcome::Done);
+    }
+    // Changed while this copy was on its way (perhaps decided): the update queued then did not
+    // know this copy, so it is brought up to date here.
+    let msg = blocks::approval_message(
+        &now.request,
+        resource,
+        &app.policy,
+        &approvals_now,
+        now.escalation_step,
+    );
+    Ok(outcome(
+        app.slack
+            .update_message(&copy.channel, &copy.ts, &msg.text, Some(&msg.blocks))
+            .await,
+    ))
+}
+
+/// Queues the DM copies of a request: to its approvers (`step` 0), or to the people escalation
+/// step `step` (1-based) added. Groups are resolved here, in a job (reading again any group jit
+/// has not read lately), never in the ack path. Only people who may decide get a copy: not the
+/// requester, not an identity's owners, not a guest reached through a group.
+pub async fn approver_dms(app: &App, id: RequestId, step: u32) -> anyhow::Result<Outcome> {
+    let stored = {
+        let mut conn = app.store.read().await?;
+        requests::get(&mut conn, id).await?
+    };
+    let Some(stored) = stored else {
+        return Ok(Outcome::Done);
+    };
+    let request = &stored.request;
+    if request.state != crate::domain::request::State::Pending {
+        return Ok(Outcome::Done);
+    }
+    let Some(resource) = app.policy.resource(request.resource.as_str()) else {
+        return Ok(Outcome::Done);
+    };
+    let (users, groups) = match step {
+        0 => (
+            resource.approvers.users.clone(),
+            resource.approvers.groups.clone(),
+        ),
+        n => match resource
+            .escalate
+            .get(n as usize - 1)
+            .and_then(|s| s.to.as_ref())
+        {
+            Some(to) => (to.users.clone(), to.groups.clone()),
+            None => return Ok(Outcome::Done),
+        },
+    };
+    for group in app.directory.stale(&groups) {
+        app.directory.refresh(&group).await;
+    }
+    let mut people = users;
+    for group in &groups {
+        people.extend(app.directory.members(group));
+    }
+    people.sort();
+    people.dedup();
+    let steps_run = stored.escalation_step.max(step);
+    people.retain(|u| {
+        app.policy
+            .may_decide(resource, &request.requester, u, steps_run, &app.directory)
+            .is_ok()
+    });
+    if people.len() > MAX_DM_COPIES {
+        tracing::warn!(
+            request_id = id.0,
+            approvers = people.len(),
+            sent = MAX_DM_COPIES,
+            "more approvers than jit sends DMs to for one request; the others use the channel's message"
+        );
+        people.truncate(MAX_DM_COPIES);
+    }
+    let now = app.clock.now();
+    let mut tx = app.store.begin_write().await?;
+    for user in people {
+        let (job, mut placement) =
+            super::escalation::copy_job(app, request, Some(user.clone()), None);
+        placement.unique_key = Some(crate::jobs::keys::approval_copy(id, user.as_str()));
+        queue::enqueue(&mut tx, &job, placement, now, now).await?;
+    }
+    tx.commit().await?;
+    app.waker.wake();
+    Ok(Outcome::Done)
 }
 
 /// The most audit events one coalesced reply looks at (Slack's 50 blocks hold fewer anyway).

@@ -383,9 +383,9 @@ pub async fn store(
             "approved by policy".to_owned()
         } else {
             format!(
-                "waiting for approval from {} in {}",
+                "waiting for approval from {} {}",
                 blocks::approvers_of(resource),
-                crate::slack::text::channel(&resource.approvers.channel)
+                blocks::where_asked(resource)
             )
         };
         super::identity::notify_owners(tx, app, &request, blocks::owner_dm(&request, &status), now)
@@ -514,14 +514,13 @@ pub async fn store_for_approval(
         ));
         jobs.push((
             Job::ApprovalMessage { request: r.id },
-            Placement::approval(&p.resource.approvers.channel, audit_channel, &r.requester),
+            match &p.resource.approvers.channel {
+                Some(channel) => Placement::approval(channel, audit_channel, &r.requester),
+                None => Placement::none(),
+            },
             now,
         ));
-        jobs.push((
-            Job::Nudge { request: r.id },
-            Placement::unique(keys::nudge(r.id)),
-            now + (until - now) / 2,
-        ));
+        jobs.extend(super::escalation::initial_jobs(&p.resource, r.id, now));
         jobs.push((
             Job::PendingTimeout { request: r.id },
             Placement::unique(keys::pending_timeout(r.id)),
@@ -598,7 +597,8 @@ async fn insert(
 }
 
 /// Sends a new request down its route: approved by policy now, or posted to the approvers with
-/// the nudge and the pending timeout scheduled.
+/// its escalation steps (the half-time nudge by default), its DMs and its pending timeout
+/// scheduled.
 async fn route(
     tx: &mut WriteTx,
     app: &App,
@@ -614,27 +614,16 @@ async fn route(
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
-        Placement::approval(
-            &resource.approvers.channel,
-            &app.policy.audit_channel,
-            &request.requester,
-        ),
+        super::approvals_placement(app, &request),
         now,
         now,
     )
     .await?;
-    // Nudged at half the time left for a decision, which a scheduled start may shorten.
+    // A decision is due by the pending timeout, or by a scheduled start if that comes first.
     let until = request
         .pending_until
         .unwrap_or_else(|| now + resource.pending_timeout.to_chrono());
-    queue::enqueue(
-        tx,
-        &Job::Nudge { request: id },
-        Placement::unique(keys::nudge(id)),
-        now + (until - now) / 2,
-        now,
-    )
-    .await?;
+    super::escalation::schedule(tx, resource, id, now).await?;
     queue::enqueue(
         tx,
         &Job::PendingTimeout { request: id },
@@ -697,15 +686,8 @@ pub async fn cancel_as(app: &App, stored: &StoredRequest, actor: &str) -> Handle
         },
     )
     .await?;
-    queue::enqueue(
-        &mut tx,
-        &Job::ApprovalMessage { request: id },
-        super::approvals_placement(app, &stored.request),
-        now,
-        now,
-    )
-    .await?;
     let request = reload(&mut tx, id).await?;
+    super::escalation::refresh_messages(&mut tx, app, &request, now).await?;
     tx.commit().await?;
     app.waker.wake();
     app.metrics.request("cancelled");

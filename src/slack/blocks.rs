@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{limits, text};
 use crate::audit::AuditEvent;
 use crate::domain::ids::{RequestId, SlackChannelId};
-use crate::domain::policy::{Policy, Principals, Requester, Resource};
+use crate::domain::policy::{EscalationStep, Policy, Principals, Requester, Resource};
 use crate::domain::request::{Kind, Request, State};
 use crate::store::audit::AuditRow;
 
@@ -112,6 +112,79 @@ pub fn approvers_of(resource: &Resource) -> String {
     })
 }
 
+/// Where a resource's approvers are asked: "in #approvals", "by DM" or "in #approvals and by DM".
+pub fn where_asked(resource: &Resource) -> String {
+    let channel = resource.approvers.channel.as_ref().map(text::channel);
+    match (resource.approvers.notify, channel) {
+        (crate::domain::policy::Notify::Dm, _) | (_, None) => "by DM".to_owned(),
+        (crate::domain::policy::Notify::Channel, Some(channel)) => format!("in {channel}"),
+        (crate::domain::policy::Notify::Both, Some(channel)) => {
+            format!("in {channel} and by DM")
+        }
+    }
+}
+
+/// Who may decide a request whose first `steps_run` escalation steps have run, as mentions.
+pub fn deciders_of(resource: &Resource, steps_run: u32) -> String {
+    let (users, groups) = resource.deciders(steps_run);
+    text::principals(&Principals {
+        users,
+        groups,
+        identities: Vec::new(),
+    })
+}
+
+/// Whom and where an escalation step reaches, as mentions ("a reminder" for a plain one).
+pub fn escalation_target(step: &EscalationStep) -> String {
+    match &step.to {
+        None => "a reminder to the approvers".into(),
+        Some(to) => {
+            let mut parts = Vec::new();
+            let people = text::principals(&Principals {
+                users: to.users.clone(),
+                groups: to.groups.clone(),
+                identities: Vec::new(),
+            });
+            if !to.users.is_empty() || !to.groups.is_empty() {
+                parts.push(people);
+            }
+            if let Some(channel) = &to.channel {
+                parts.push(format!("posted in {}", text::channel(channel)));
+            }
+            parts.join(", ")
+        }
+    }
+}
+
+/// The escalation plan as one line, each step marked once it ran: "escalation: after 10m
+/// → @bob (done) · after 20m → posted in #oncall (14:20)".
+pub fn escalation_plan(request: &Request, resource: &Resource, steps_run: u32) -> Option<String> {
+    if resource.escalate.is_empty() || resource.escalate_is_default {
+        return None;
+    }
+    let steps: Vec<String> = resource
+        .escalate
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let when = if (i as u32) < steps_run {
+                "done".to_owned()
+            } else {
+                text::time(request.created_at + step.after.to_chrono())
+            };
+            format!(
+                "after {} → {} ({when})",
+                step.after,
+                escalation_target(step)
+            )
+        })
+        .collect();
+    Some(format!(
+        ":arrow_double_up: Escalation: {}",
+        steps.join(" · ")
+    ))
+}
+
 fn decided_by_mentions(decided_by: &str) -> String {
     decided_by
         .split(',')
@@ -127,6 +200,7 @@ pub fn approval_message(
     resource: Option<&Resource>,
     policy: &Policy,
     approvals: &[String],
+    steps_run: u32,
 ) -> Msg {
     let id = request.id;
     let mut headline = format!(
@@ -173,7 +247,14 @@ pub fn approval_message(
             text::ticket(ticket, resource.map(|r| &r.ticket))
         )));
     }
-    let approvers = resource.map(approvers_of).unwrap_or_else(|| "—".into());
+    let approvers = resource
+        .map(|r| deciders_of(r, steps_run))
+        .unwrap_or_else(|| "—".into());
+    let pending_now = request.state == State::Pending;
+    if pending_now && let Some(plan) = resource.and_then(|r| escalation_plan(request, r, steps_run))
+    {
+        blocks.push(context(plan));
+    }
     let status = match request.state {
         State::Pending => {
             let mut status = format!(
@@ -442,7 +523,7 @@ pub fn submitted_dm(request: &Request, resource: &Resource, auto: bool) -> Msg {
         )
     } else {
         format!(
-            ":inbox_tray: Your request {} for {}{} is waiting for approval from {} in {}.",
+            ":inbox_tray: Your request {} for {}{} is waiting for approval from {} {}.",
             request.id,
             what(request),
             request
@@ -450,7 +531,7 @@ pub fn submitted_dm(request: &Request, resource: &Resource, auto: bool) -> Msg {
                 .map(|s| format!(" starting {}", text::time(s)))
                 .unwrap_or_default(),
             approvers_of(resource),
-            text::channel(&resource.approvers.channel)
+            where_asked(resource)
         )
     };
     simple(line)
@@ -595,17 +676,47 @@ pub fn simple(line: String) -> Msg {
     Msg::new(&line, sections(&line), 0)
 }
 
-/// The reply in the approvers' thread at half the pending timeout (text only).
-pub fn nudge(request: &Request, resource: Option<&Resource>) -> String {
+/// The reply in the approvers' thread at half the pending timeout, or at a step without `to`
+/// (text only): it mentions everyone who may decide by now.
+pub fn nudge(request: &Request, resource: Option<&Resource>, steps_run: u32) -> String {
     limits::fallback(&format!(
         ":hourglass_flowing_sand: {} — request {} is still waiting for a decision; it expires {}.",
-        resource.map(approvers_of).unwrap_or_default(),
+        resource
+            .map(|r| deciders_of(r, steps_run))
+            .unwrap_or_default(),
         request.id,
         request
             .pending_until
             .map(text::time)
             .unwrap_or_else(|| "soon".into())
     ))
+}
+
+/// The reply in the approvers' thread when escalation step `step` (1-based) ran: it mentions
+/// the people the step added. `None` for a step that adds nobody.
+pub fn escalation_nudge(request: &Request, resource: &Resource, step: u32) -> Option<String> {
+    let to = resource
+        .escalate
+        .get((step as usize).checked_sub(1)?)?
+        .to
+        .as_ref()?;
+    if to.users.is_empty() && to.groups.is_empty() {
+        return None;
+    }
+    let people = text::principals(&Principals {
+        users: to.users.clone(),
+        groups: to.groups.clone(),
+        identities: Vec::new(),
+    });
+    Some(limits::fallback(&format!(
+        ":arrow_double_up: {people} — request {} has waited since {} and is escalated to you: you may approve or deny it now. It expires {}.",
+        request.id,
+        text::time(request.created_at),
+        request
+            .pending_until
+            .map(text::time)
+            .unwrap_or_else(|| "soon".into())
+    )))
 }
 
 /// The root of a request's audit thread.
@@ -798,6 +909,44 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
             format!(":hourglass: Expired without a decision{}", ext(extension))
         }
         Nudged => "Nudged the approvers".into(),
+        Escalated {
+            step,
+            after,
+            users,
+            groups,
+            channel,
+            extension,
+        } => {
+            let mut parts = Vec::new();
+            let mut people: Vec<String> = users
+                .iter()
+                .map(|u| match crate::domain::ids::SlackUserId::parse(u) {
+                    Ok(u) => text::user(&u),
+                    Err(_) => text::code(u),
+                })
+                .collect();
+            people.extend(groups.iter().map(|g| {
+                match crate::domain::ids::SlackGroupId::parse(g) {
+                    Ok(g) => text::group(&g),
+                    Err(_) => text::code(g),
+                }
+            }));
+            if !people.is_empty() {
+                parts.push(format!("{} may now decide", people.join(", ")));
+            }
+            if let Some(channel) = channel {
+                parts.push(match SlackChannelId::parse(channel) {
+                    Ok(c) => format!("posted in {}", text::channel(&c)),
+                    Err(_) => format!("posted in {}", text::code(channel)),
+                });
+            }
+            format!(
+                ":arrow_double_up: Escalated (step {step}, after {}){}: {}",
+                text::code(after),
+                ext(extension),
+                parts.join("; ")
+            )
+        }
         Granted {
             expires_at,
             handle,

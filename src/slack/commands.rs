@@ -197,11 +197,11 @@ pub async fn handle(
                     )
                 } else {
                     format!(
-                        ":inbox_tray: Extension {} of {id} by {} is waiting for approval from {} in {}.",
+                        ":inbox_tray: Extension {} of {id} by {} is waiting for approval from {} {}.",
                         submitted.request.id,
                         duration,
                         blocks::approvers_of(&submitted.resource),
-                        text::channel(&submitted.resource.approvers.channel)
+                        blocks::where_asked(&submitted.resource)
                     )
                 }),
                 Err(err) => error_reply(err),
@@ -245,12 +245,12 @@ fn submitted_line(submitted: &request::Submitted) -> String {
             )
         } else {
             format!(
-                ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. :calendar: If approved, access starts {} and lasts until {}; if nobody decides by {}, it expires. You will get a DM when it is decided.",
+                ":inbox_tray: Request {} for {} ({}) was sent to {} {}. :calendar: If approved, access starts {} and lasts until {}; if nobody decides by {}, it expires. You will get a DM when it is decided.",
                 r.id,
                 text::code(r.resource.as_str()),
                 r.duration.humanize(),
                 blocks::approvers_of(&submitted.resource),
-                text::channel(&submitted.resource.approvers.channel),
+                blocks::where_asked(&submitted.resource),
                 text::time(start),
                 text::time(until),
                 r.pending_until
@@ -268,12 +268,12 @@ fn submitted_line(submitted: &request::Submitted) -> String {
         )
     } else {
         format!(
-            ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. You will get a DM when it is decided.",
+            ":inbox_tray: Request {} for {} ({}) was sent to {} {}. You will get a DM when it is decided.",
             r.id,
             text::code(r.resource.as_str()),
             r.duration.humanize(),
             blocks::approvers_of(&submitted.resource),
-            text::channel(&submitted.resource.approvers.channel)
+            blocks::where_asked(&submitted.resource)
         )
     }
 }
@@ -442,10 +442,10 @@ pub fn why_reply(
             "not you"
         }
     ));
+    let asked_where = blocks::where_asked(resource);
     lines.push(format!(
-        "• Approvers: {} in {} · {} approval{} needed · nobody approves their own request",
+        "• Approvers: {} {asked_where} · {} approval{} needed · nobody approves their own request",
         blocks::approvers_of(resource),
-        text::channel(&resource.approvers.channel),
         resource.approvals_required,
         if resource.approvals_required == 1 {
             ""
@@ -500,6 +500,21 @@ pub fn why_reply(
         "• Pending requests expire after {}; reminders go out {} before a grant ends",
         resource.pending_timeout, resource.reminder_before
     ));
+    lines.push(match resource.escalate.as_slice() {
+        [] => "• Escalation: none (no reminder to the approvers)".to_owned(),
+        _ if resource.escalate_is_default => format!(
+            "• Escalation: the approvers are reminded after {} (half the pending time)",
+            resource.escalate[0].after
+        ),
+        steps => format!(
+            "• Escalation of a waiting request: {}",
+            steps
+                .iter()
+                .map(|s| format!("after {} → {}", s.after, blocks::escalation_target(s)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        ),
+    });
     lines.push(format!(
         "• Scheduled start: up to {} ({}) ahead, e.g. `/jit request {} {} at 23:00 …` · it may be approved ahead of time, but expires if nobody has decided by the start · the policy is checked again at the start, and access lasts its duration from then",
         resource.max_start_ahead,

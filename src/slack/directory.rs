@@ -89,7 +89,7 @@ impl Directory {
 pub fn groups_in(policy: &Policy) -> Vec<SlackGroupId> {
     let mut groups: HashSet<SlackGroupId> = policy.admins.groups.iter().cloned().collect();
     for r in policy.resources() {
-        groups.extend(r.approvers.groups.iter().cloned());
+        groups.extend(r.all_decider_groups());
         if let Some(p) = &r.requesters {
             groups.extend(p.groups.iter().cloned());
         }
@@ -308,6 +308,21 @@ impl Directory {
 }
 
 impl Directory {
+    /// The members of `group` jit knows, if its membership is fresh (see [`MAX_STALENESS`]);
+    /// sorted. Nobody for a group never read or read too long ago: it grants nothing then.
+    pub fn members(&self, group: &SlackGroupId) -> Vec<SlackUserId> {
+        let now = self.clock.now();
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        let mut members: Vec<SlackUserId> = cache
+            .groups
+            .get(group)
+            .filter(|(_, at)| fresh(now, *at))
+            .map(|(m, _)| m.iter().cloned().collect())
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+
     /// Which of `groups` jit has no trustworthy membership for: never read, or read longer ago
     /// than [`MAX_STALENESS`].
     pub fn stale(&self, groups: &[SlackGroupId]) -> Vec<SlackGroupId> {

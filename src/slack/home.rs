@@ -56,12 +56,18 @@ pub async fn render(app: &App, user: &SlackUserId) -> anyhow::Result<Value> {
         .policy
         .resources()
         .iter()
-        .filter(|r| r.approvers.includes(user, &app.directory))
+        .filter(|r| r.is_decider(user, r.escalate.len() as u32, &app.directory))
         .map(|r| r.id.as_str())
         .collect();
+    // Someone an escalation step names sees a request once that step has run.
     let waiting: Vec<Request> = requests::pending_on(&mut conn, &approvable)
         .await?
         .into_iter()
+        .filter(|s| {
+            app.policy
+                .resource(s.request.resource.as_str())
+                .is_some_and(|r| r.is_decider(user, s.escalation_step, &app.directory))
+        })
         .map(|s| s.request)
         .filter(|r| r.requester != who)
         .collect();

@@ -190,13 +190,14 @@ async fn open_form(app: &App, user: &SlackUserId, trigger: &str) -> Option<Strin
 }
 
 async fn open_deny(app: &App, user: &SlackUserId, id: RequestId, trigger: &str) -> Option<String> {
-    let request = match load(app, id).await {
-        Ok(stored) => stored.request,
+    let stored = match load(app, id).await {
+        Ok(stored) => stored,
         Err(err) => return Some(err.user_message()),
     };
-    if let Err(err) = decision::authorize(app, &request, user).await {
+    if let Err(err) = decision::authorize(app, &stored, user).await {
         return Some(err.user_message());
     }
+    let request = stored.request;
     if request.state != State::Pending {
         return Some(format!(
             "Request {id} is already {}; nothing was changed.",

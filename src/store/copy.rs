@@ -38,6 +38,7 @@ use crate::crypto::AuditKey;
 pub const TABLES: &[&str] = &[
     "requests",
     "approvals",
+    "approval_copies",
     "credentials",
     "issued",
     "api_tokens",

@@ -21,7 +21,8 @@ macro_rules! select_requests {
              state, approvals_required, created_at, pending_until, decided_at, decided_by, \
              decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
              approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
-             access_key, origin_channel, delivery_failure, grant_baseline, start_at FROM requests ",
+             access_key, origin_channel, delivery_failure, grant_baseline, start_at, escalation_step \
+             FROM requests ",
             $($tail),*
         )
     };
@@ -60,6 +61,7 @@ struct RequestRow {
     delivery_failure: Option<String>,
     grant_baseline: Option<String>,
     start_at: Option<String>,
+    escalation_step: i64,
 }
 
 /// A request plus the storage-only columns the workers need.
@@ -73,6 +75,8 @@ pub struct StoredRequest {
     pub delivery_failure: Option<String>,
     /// What the provider recorded before the grant acted ([`crate::providers::Provider::baseline`]).
     pub grant_baseline: Option<String>,
+    /// How many of the resource's escalation steps have run ([`escalate`]).
+    pub escalation_step: u32,
 }
 
 fn time(value: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
@@ -127,6 +131,7 @@ impl TryFrom<RequestRow> for StoredRequest {
                 .and_then(|c| SlackChannelId::parse(c).ok()),
             delivery_failure: row.delivery_failure,
             grant_baseline: row.grant_baseline,
+            escalation_step: row.escalation_step.clamp(0, u32::MAX as i64) as u32,
         })
     }
 }
@@ -707,6 +712,98 @@ pub async fn set_approval_message(
     .map(|r| r.rows_affected())
     })?;
     Ok(fenced(done))
+}
+
+/// Records that the first `steps` escalation steps of a pending request have run. `Lost`: it is
+/// no longer pending, or as many steps (or more) are already recorded.
+pub async fn escalate(conn: &mut Conn, id: RequestId, steps: u32) -> sqlx::Result<Fenced> {
+    let done = on!(conn, |c| {
+        sqlx::query(
+        "UPDATE requests SET escalation_step = $1 WHERE id = $2 AND state = 'pending' AND escalation_step < $1",
+    )
+    .bind(steps as i64)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(fenced(done))
+}
+
+/// A copy of a request's approval message: a DM to an approver, or a post in a channel an
+/// escalation step named.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ApprovalCopy {
+    pub channel: String,
+    pub ts: String,
+    /// The approver a DM copy went to; `None` for a channel copy.
+    pub recipient: Option<String>,
+}
+
+/// Remembers a copy once Slack accepted it. `false`: it was already recorded.
+pub async fn record_copy(
+    conn: &mut Conn,
+    id: RequestId,
+    copy: &ApprovalCopy,
+    at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = on!(conn, |c| sqlx::query(
+        "INSERT INTO approval_copies (request_id, channel, ts, recipient, posted_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id, channel) DO NOTHING",
+    )
+    .bind(id.0)
+    .bind(&copy.channel)
+    .bind(&copy.ts)
+    .bind(copy.recipient.as_deref())
+    .bind(format_time(at))
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(done == 1)
+}
+
+/// Every recorded copy of a request's approval message, oldest first.
+pub async fn copies(conn: &mut Conn, id: RequestId) -> sqlx::Result<Vec<ApprovalCopy>> {
+    on!(conn, |c| {
+        sqlx::query_as(
+        "SELECT channel, ts, recipient FROM approval_copies WHERE request_id = $1 ORDER BY posted_at, channel",
+    )
+    .bind(id.0)
+    .fetch_all(&mut *c)
+    .await
+    })
+}
+
+/// The copy of a request's approval message in `channel`, if one was recorded.
+pub async fn copy_in(
+    conn: &mut Conn,
+    id: RequestId,
+    channel: &str,
+) -> sqlx::Result<Option<ApprovalCopy>> {
+    on!(conn, |c| sqlx::query_as(
+        "SELECT channel, ts, recipient FROM approval_copies WHERE request_id = $1 AND channel = $2",
+    )
+    .bind(id.0)
+    .bind(channel)
+    .fetch_optional(&mut *c)
+    .await)
+}
+
+/// The copy of a request's approval message DMed to `recipient`, if one was recorded.
+pub async fn copy_for(
+    conn: &mut Conn,
+    id: RequestId,
+    recipient: &str,
+) -> sqlx::Result<Option<ApprovalCopy>> {
+    on!(conn, |c| {
+        sqlx::query_as(
+        "SELECT channel, ts, recipient FROM approval_copies WHERE request_id = $1 AND recipient = $2",
+    )
+    .bind(id.0)
+    .bind(recipient)
+    .fetch_optional(&mut *c)
+    .await
+    })
 }
 
 /// Remembers why the approvers' message could never be posted, once. `Applied` the first time.

@@ -167,11 +167,12 @@ fn resource() -> impl Strategy<Value = Resource> {
                 max_lifetime: jit::domain::policy::default_lifetime(max),
                 requesters: None,
                 approvers: Approvers {
-                    channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
+                    channel: Some(SlackChannelId::parse("C0APPROVALS").unwrap()),
                     users: (0..approvers).map(user).collect(),
                     groups: (0..approvers / 10)
                         .map(|n| SlackGroupId::parse(&format!("S{n:06}")).unwrap())
                         .collect(),
+                    notify: jit::domain::policy::Notify::Both,
                 },
                 approvals_required: 1,
                 auto_approve: Some(AutoApprove {
@@ -181,6 +182,21 @@ fn resource() -> impl Strategy<Value = Resource> {
                 breakglass: true,
                 reminder_before: GrantDuration::from_secs(600),
                 pending_timeout: GrantDuration::from_secs(1800),
+                // Many steps naming many people: the plan and the escalated approvers are shown
+                // in the approval message within Slack's limits.
+                escalate: (0..(approvers % 11) as u64)
+                    .map(|n| jit::domain::policy::EscalationStep {
+                        after: GrantDuration::from_secs(60 * (n + 1)),
+                        to: Some(jit::domain::policy::EscalationTarget {
+                            users: (0..approvers)
+                                .map(|u| user(u + 1000 * (n as usize + 1)))
+                                .collect(),
+                            groups: Vec::new(),
+                            channel: Some(SlackChannelId::parse("C0ONCALL").unwrap()),
+                        }),
+                    })
+                    .collect(),
+                escalate_is_default: false,
                 justification: Default::default(),
                 // A tracker address: a request's ticket is linked, percent-encoded, in messages.
                 ticket: jit::domain::policy::TicketRule {
@@ -256,6 +272,14 @@ fn audit_events(text: &str) -> Vec<AuditEvent> {
         },
         AuditEvent::ActivationRefused { reason: t() },
         AuditEvent::AutoApproved { extension: None },
+        AuditEvent::Escalated {
+            step: 3,
+            after: t(),
+            users: (0..300).map(|n| user(n).to_string()).chain([t()]).collect(),
+            groups: vec![t(), "S0SRE".into()],
+            channel: Some(t()),
+            extension: Some(3),
+        },
         AuditEvent::Approval {
             count: 1,
             required: 2,
@@ -348,8 +372,25 @@ fn every_message_builder_stays_within_slacks_limits() {
             let r = resource.as_ref();
             assert_message(
                 "approval message",
-                &blocks::approval_message(&request, r, &policy, &approvals),
+                &blocks::approval_message(&request, r, &policy, &approvals, 0),
             );
+            if let Some(r) = r {
+                for steps_run in [1, r.escalate.len() as u32] {
+                    assert_message(
+                        "escalated approval message",
+                        &blocks::approval_message(
+                            &request,
+                            Some(r),
+                            &policy,
+                            &approvals,
+                            steps_run,
+                        ),
+                    );
+                    if let Some(nudge) = blocks::escalation_nudge(&request, r, steps_run) {
+                        assert!(check_message(Some(&nudge), None).is_empty());
+                    }
+                }
+            }
             let now = t0();
             let later = now + Duration::hours(1);
             assert_message("decision DM", &blocks::decision_dm(&request));
@@ -385,7 +426,7 @@ fn every_message_builder_stays_within_slacks_limits() {
                     &blocks::timed_out_dm(&request, Some((code, &channel))),
                 );
             }
-            let nudge = blocks::nudge(&request, r);
+            let nudge = blocks::nudge(&request, r, 3);
             assert!(check_message(Some(&nudge), None).is_empty());
             assert_message("audit root", &blocks::audit_root(&request));
             for event in audit_events(&text) {

@@ -8,9 +8,11 @@ mod harness;
 
 mod api;
 mod approval_flow;
+mod approver_dms;
 mod audit_chain;
 mod credentials;
 mod edge;
+mod escalation;
 mod flood;
 mod hardened_edge;
 mod lifecycle;

@@ -10,6 +10,8 @@
 //!
 //! - `chat.postMessage` (thread replies with `thread_ts`), `chat.update`, `chat.postEphemeral`;
 //! - `conversations.open` for a one-to-one DM, whose channel id is [`FakeSlack::dm_channel_for`];
+//!   `chat.postMessage` and `chat.update` in a `D…` channel no `conversations.open` opened are
+//!   `channel_not_found`;
 //! - `users.info`, `users.list` (paged with `limit` and `cursor`) and `usergroups.users.list`,
 //!   from what the test registered with [`FakeSlack::set_user`] (or
 //!   [`FakeSlack::set_user_kind`], and [`FakeSlack::deactivate_user`]) and
@@ -1319,8 +1321,21 @@ impl SimState {
         json
     }
 
+    /// A DM exists for the bot once `conversations.open` opened it: a `D…` id jit made up or
+    /// kept from elsewhere is not a conversation the bot can post in or update.
+    fn check_dm_opened(&self, channel: &str) -> Result<(), Failure> {
+        if channel.starts_with('D') && !self.dm_owners.contains_key(channel) {
+            return Err(Failure::because(
+                "channel_not_found",
+                format!("{channel} is not a DM conversations.open opened"),
+            ));
+        }
+        Ok(())
+    }
+
     fn post_message(&mut self, params: &Map<String, Value>) -> ApiResult {
         let channel = channel_param(params)?;
+        self.check_dm_opened(&channel)?;
         self.check_channel(&channel)?;
         let (text, blocks) = message_content(params)?;
         if text.is_none() && blocks.is_none() && !params.contains_key("attachments") {
@@ -1376,6 +1391,7 @@ impl SimState {
 
     fn update_message(&mut self, params: &Map<String, Value>) -> ApiResult {
         let channel = channel_param(params)?;
+        self.check_dm_opened(&channel)?;
         self.check_channel(&channel)?;
         let ts = str_param(params, "ts").unwrap_or_default();
         let index = self
@@ -2555,6 +2571,17 @@ mod tests {
         let dm = fake.dm_channel_for(ALICE);
         assert_eq!(dm, "D01ALICE");
         assert_eq!(fake.dm_owner(&dm), None, "not opened yet");
+
+        // A DM nobody opened is no conversation of the bot's, as in Slack.
+        assert_eq!(
+            api_error(
+                session
+                    .chat_post_message(&post(&dm, text("too early")))
+                    .await
+            ),
+            "channel_not_found"
+        );
+        assert!(fake.dms(ALICE).is_empty());
 
         let open = SlackApiConversationsOpenRequest::new().with_users(vec![ALICE.into()]);
         let opened = session.conversations_open(&open).await.unwrap();

@@ -148,9 +148,12 @@ pub fn help_text() -> String {
         text.push_str(&format!("• `{}`: {}\n", sub.usage(), sub.summary()));
     }
     text.push_str(&format!(
-        "Durations are written {}. A start (`at …`) is written {START_FORMS}.",
+        "Durations are written {}. A start (`at …`) is written {START_FORMS}.\n",
         super::duration::DURATION_FORMS
     ));
+    text.push_str(
+        "Approvers are asked in their channel, by DM, or both; a request nobody decides is escalated to more approvers as the policy says. `/jit why <resource>` shows who, where and when.",
+    );
     text
 }
 

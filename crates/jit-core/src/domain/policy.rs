@@ -74,6 +74,13 @@ struct DefaultsFile {
     ticket: Option<TicketFile>,
     #[serde(default = "default_max_start_ahead")]
     max_start_ahead: GrantDuration,
+    /// Every resource's escalation unless it has its own (default: one reminder at half the
+    /// pending timeout).
+    #[serde(default)]
+    escalate: Option<Vec<EscalationStepFile>>,
+    /// Every resource's `approvers.notify` unless it sets its own (default: `channel`).
+    #[serde(default)]
+    approvers_notify: Option<Notify>,
 }
 
 impl Default for DefaultsFile {
@@ -87,6 +94,8 @@ impl Default for DefaultsFile {
             justification: None,
             ticket: None,
             max_start_ahead: default_max_start_ahead(),
+            escalate: None,
+            approvers_notify: None,
         }
     }
 }
@@ -178,11 +187,30 @@ struct PrincipalsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApproversFile {
-    channel: SlackChannelId,
+    channel: Option<SlackChannelId>,
     #[serde(default)]
     users: Vec<SlackUserId>,
     #[serde(default)]
     groups: Vec<SlackGroupId>,
+    notify: Option<Notify>,
+}
+
+/// One step of `escalate = [{ after = "10m", to = { users = […], groups = […], channel = "C…" } }]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct EscalationStepFile {
+    after: GrantDuration,
+    to: Option<EscalationTargetFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct EscalationTargetFile {
+    #[serde(default)]
+    users: Vec<SlackUserId>,
+    #[serde(default)]
+    groups: Vec<SlackGroupId>,
+    channel: Option<SlackChannelId>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +252,8 @@ struct ResourceFile {
     breakglass: bool,
     reminder_before: Option<GrantDuration>,
     pending_timeout: Option<GrantDuration>,
+    /// Replaces `defaults.escalate` for this resource (`[]`: no reminder, no escalation).
+    escalate: Option<Vec<EscalationStepFile>>,
     /// Replaces `defaults.justification` for this resource.
     justification: Option<JustificationFile>,
     /// Replaces `defaults.ticket` for this resource.
@@ -400,9 +430,12 @@ impl Membership for NoGroups {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approvers {
-    pub channel: SlackChannelId,
+    /// Where the request is posted; `None` only with `notify = "dm"`.
+    pub channel: Option<SlackChannelId>,
     pub users: Vec<SlackUserId>,
     pub groups: Vec<SlackGroupId>,
+    /// Where each request reaches its approvers: the channel, a DM to each, or both.
+    pub notify: Notify,
 }
 
 impl Approvers {
@@ -413,6 +446,59 @@ impl Approvers {
                 && self.groups.iter().any(|g| membership.is_member(user, g)))
     }
 }
+
+/// `approvers.notify`: where the approvers are asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notify {
+    /// One message in the approvers' channel (the default).
+    #[default]
+    Channel,
+    /// A DM to each approver, with the same buttons; nothing in the channel.
+    Dm,
+    /// The channel's message and a DM to each approver.
+    Both,
+}
+
+impl Notify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notify::Channel => "channel",
+            Notify::Dm => "dm",
+            Notify::Both => "both",
+        }
+    }
+
+    /// Whether the request is posted in the approvers' channel.
+    pub fn in_channel(self) -> bool {
+        self != Notify::Dm
+    }
+
+    /// Whether each approver gets the request as a DM.
+    pub fn by_dm(self) -> bool {
+        self != Notify::Channel
+    }
+}
+
+/// One step of a resource's escalation: `after` the request was made, while it still waits,
+/// jit reminds the approvers and, with `to`, adds the people named there to those who may
+/// decide (a channel only says where the request is posted too: it gives nobody rights).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscalationStep {
+    pub after: GrantDuration,
+    /// `None`: a reminder to the approvers so far (the default half-time nudge is one).
+    pub to: Option<EscalationTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscalationTarget {
+    pub users: Vec<SlackUserId>,
+    pub groups: Vec<SlackGroupId>,
+    pub channel: Option<SlackChannelId>,
+}
+
+/// The most escalation steps a resource may have.
+pub const MAX_ESCALATION_STEPS: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoApprove {
@@ -566,10 +652,58 @@ pub struct Resource {
     pub breakglass: bool,
     pub reminder_before: GrantDuration,
     pub pending_timeout: GrantDuration,
+    /// In `after` order, each before the pending timeout.
+    pub escalate: Vec<EscalationStep>,
+    /// Whether `escalate` is the built-in default (one reminder at half the pending timeout).
+    pub escalate_is_default: bool,
     pub justification: JustificationRule,
     pub ticket: TicketRule,
     /// How far ahead of the request a scheduled start may be.
     pub max_start_ahead: GrantDuration,
+}
+
+impl Resource {
+    /// Who may decide a request of this resource once its first `steps_run` escalation steps
+    /// have run: the approvers, and the users and groups those steps named. Deduplicated, in
+    /// policy order.
+    pub fn deciders(&self, steps_run: u32) -> (Vec<SlackUserId>, Vec<SlackGroupId>) {
+        let mut users = self.approvers.users.clone();
+        let mut groups = self.approvers.groups.clone();
+        for step in self.escalate.iter().take(steps_run as usize) {
+            if let Some(to) = &step.to {
+                for u in &to.users {
+                    if !users.contains(u) {
+                        users.push(u.clone());
+                    }
+                }
+                for g in &to.groups {
+                    if !groups.contains(g) {
+                        groups.push(g.clone());
+                    }
+                }
+            }
+        }
+        (users, groups)
+    }
+
+    /// Whether `user` is among [`Resource::deciders`] (named, or through a group for full
+    /// members of the workspace only).
+    pub fn is_decider(
+        &self,
+        user: &SlackUserId,
+        steps_run: u32,
+        membership: &dyn Membership,
+    ) -> bool {
+        let (users, groups) = self.deciders(steps_run);
+        users.contains(user)
+            || (membership.standing(user) == Standing::Member
+                && groups.iter().any(|g| membership.is_member(user, g)))
+    }
+
+    /// Every group that may ever decide (the approvers' and every escalation step's).
+    pub fn all_decider_groups(&self) -> Vec<SlackGroupId> {
+        self.deciders(self.escalate.len() as u32).1
+    }
 }
 
 /// A regular expression from the policy, compared by its text.
@@ -1408,12 +1542,14 @@ impl Policy {
         Ok(evaluation)
     }
 
-    /// Whether `approver` may decide a request by `requester` on `resource`.
+    /// Whether `approver` may decide a request by `requester` on `resource` whose first
+    /// `steps_run` escalation steps have run ([`Resource::deciders`]).
     pub fn may_decide(
         &self,
         resource: &Resource,
         requester: &Requester,
         approver: &SlackUserId,
+        steps_run: u32,
         membership: &dyn Membership,
     ) -> Result<(), DecisionRefusal> {
         if requester.user() == Some(approver) {
@@ -1428,7 +1564,7 @@ impl Policy {
                 return Err(DecisionRefusal::OwnIdentity);
             }
         }
-        if !resource.approvers.includes(approver, membership) {
+        if !resource.is_decider(approver, steps_run, membership) {
             return Err(DecisionRefusal::NotAnApprover);
         }
         Ok(())
@@ -1751,6 +1887,33 @@ fn build_resource(
         }
     };
 
+    let notify = raw
+        .approvers
+        .notify
+        .or(defaults.approvers_notify)
+        .unwrap_or_default();
+    if notify.in_channel() && raw.approvers.channel.is_none() {
+        return Err(format!(
+            "approvers needs a channel, where the request is posted (notify is \"{}\"; only with notify = \"dm\" may it be left out)",
+            notify.as_str()
+        ));
+    }
+    let pending_timeout = raw.pending_timeout.unwrap_or(defaults.pending_timeout);
+    let (escalate, escalate_is_default) = match (&raw.escalate, &defaults.escalate) {
+        (Some(steps), _) => (escalation(steps, pending_timeout, "escalate")?, false),
+        (None, Some(steps)) => (
+            escalation(steps, pending_timeout, "escalate (from [defaults])")?,
+            false,
+        ),
+        (None, None) => (
+            vec![EscalationStep {
+                after: pending_timeout.half(),
+                to: None,
+            }],
+            true,
+        ),
+    };
+
     Ok(Resource {
         id: raw.id,
         description: raw.description,
@@ -1763,12 +1926,15 @@ fn build_resource(
             channel: raw.approvers.channel,
             users: raw.approvers.users,
             groups: raw.approvers.groups,
+            notify,
         },
         approvals_required,
         auto_approve,
         breakglass: raw.breakglass,
         reminder_before: raw.reminder_before.unwrap_or(defaults.reminder_before),
-        pending_timeout: raw.pending_timeout.unwrap_or(defaults.pending_timeout),
+        pending_timeout,
+        escalate,
+        escalate_is_default,
         justification: justification_rule(
             raw.justification
                 .as_ref()
@@ -1777,6 +1943,58 @@ fn build_resource(
         ticket: ticket_rule(raw.ticket.as_ref().or(defaults.ticket.as_ref()))?,
         max_start_ahead,
     })
+}
+
+/// Validates escalation steps against the resource's pending timeout.
+fn escalation(
+    steps: &[EscalationStepFile],
+    pending_timeout: GrantDuration,
+    key: &str,
+) -> Result<Vec<EscalationStep>, String> {
+    if steps.len() > MAX_ESCALATION_STEPS {
+        return Err(format!(
+            "{key} has {} steps; at most {MAX_ESCALATION_STEPS} are allowed",
+            steps.len()
+        ));
+    }
+    let mut out: Vec<EscalationStep> = Vec::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        let n = i + 1;
+        if let Some(previous) = out.last()
+            && step.after <= previous.after
+        {
+            return Err(format!(
+                "{key} step {n} (after {}) must come later than step {} (after {}): steps are in increasing order",
+                step.after,
+                n - 1,
+                previous.after
+            ));
+        }
+        if step.after >= pending_timeout {
+            return Err(format!(
+                "{key} step {n} (after {}) comes at or after pending_timeout ({pending_timeout}): the request has expired by then",
+                step.after
+            ));
+        }
+        let to = match &step.to {
+            None => None,
+            Some(t) if t.users.is_empty() && t.groups.is_empty() && t.channel.is_none() => {
+                return Err(format!(
+                    "{key} step {n}: `to` names nobody; give users, groups or a channel, or leave `to` out to remind the approvers so far"
+                ));
+            }
+            Some(t) => Some(EscalationTarget {
+                users: t.users.clone(),
+                groups: t.groups.clone(),
+                channel: t.channel.clone(),
+            }),
+        };
+        out.push(EscalationStep {
+            after: step.after,
+            to,
+        });
+    }
+    Ok(out)
 }
 
 impl ProviderConfig {

@@ -340,26 +340,26 @@ fn deciding_needs_an_approver_who_is_not_the_requester() {
     let sre = SlackUserId::parse("U0SRE").unwrap();
     let mallory = SlackUserId::parse("U0MALLORY").unwrap();
     assert_eq!(
-        policy.may_decide(aws, &user("U0DEV"), &alice, &groups),
+        policy.may_decide(aws, &user("U0DEV"), &alice, 0, &groups),
         Ok(())
     );
     assert_eq!(
-        policy.may_decide(aws, &user("U0DEV"), &sre, &groups),
+        policy.may_decide(aws, &user("U0DEV"), &sre, 0, &groups),
         Ok(())
     );
     assert_eq!(
-        policy.may_decide(aws, &user("U0ALICE"), &alice, &groups),
+        policy.may_decide(aws, &user("U0ALICE"), &alice, 0, &groups),
         Err(DecisionRefusal::OwnRequest)
     );
     assert_eq!(
-        policy.may_decide(aws, &user("U0DEV"), &mallory, &groups),
+        policy.may_decide(aws, &user("U0DEV"), &mallory, 0, &groups),
         Err(DecisionRefusal::NotAnApprover)
     );
     // Admins are not approvers unless listed.
     let lead = SlackUserId::parse("U0SECLEAD").unwrap();
     assert!(policy.is_admin(&lead, &groups));
     assert_eq!(
-        policy.may_decide(aws, &user("U0DEV"), &lead, &groups),
+        policy.may_decide(aws, &user("U0DEV"), &lead, 0, &groups),
         Err(DecisionRefusal::NotAnApprover)
     );
 }
@@ -385,10 +385,10 @@ fn identities_request_only_what_they_are_declared_for() {
     let owner = SlackUserId::parse("U0OWNER").unwrap();
     let alice = SlackUserId::parse("U0ALICE").unwrap();
     assert_eq!(
-        policy.may_decide(db, &ci, &owner, &NoGroups),
+        policy.may_decide(db, &ci, &owner, 0, &NoGroups),
         Err(DecisionRefusal::OwnIdentity)
     );
-    assert_eq!(policy.may_decide(db, &ci, &alice, &NoGroups), Ok(()));
+    assert_eq!(policy.may_decide(db, &ci, &alice, 0, &NoGroups), Ok(()));
 
     let unknown_resource = text.replace("resources = [\"prod-db\"]", "resources = [\"nope\"]");
     assert!(error_of(&unknown_resource).message.contains("`nope`"));
@@ -976,4 +976,252 @@ fn a_start_may_be_at_most_max_start_ahead_away_and_never_past() {
         "{}",
         error_of(&junk).message
     );
+}
+/// The example with `prod-db`'s approvers table and escalation replaced.
+fn with_escalation(prod_db: &str, defaults: &str) -> String {
+    EXAMPLE
+        .replace(
+            "pending_timeout = \"30m\"",
+            &format!("pending_timeout = \"30m\"\n{defaults}"),
+        )
+        .replace(
+            "approvals_required = 2\nbreakglass = true",
+            &format!("approvals_required = 2\nbreakglass = true\n{prod_db}"),
+        )
+}
+
+#[test]
+fn the_default_escalation_is_the_half_time_nudge() {
+    let policy = parse(EXAMPLE).unwrap();
+    let db = policy.resource("prod-db").unwrap();
+    assert_eq!(
+        db.escalate,
+        [EscalationStep {
+            after: GrantDuration::from_mins(15),
+            to: None
+        }]
+    );
+    assert!(db.escalate_is_default);
+    assert_eq!(db.approvers.notify, Notify::Channel);
+    // Deciders never grow with a plain reminder.
+    assert_eq!(db.deciders(1), db.deciders(0));
+}
+
+#[test]
+fn escalation_steps_parse_and_widen_who_may_decide_step_by_step() {
+    let text = with_escalation(
+        r#"escalate = [
+  { after = "10m", to = { users = ["U0MGR"], groups = ["S0LEADS"] } },
+  { after = "20m", to = { channel = "C0ONCALL", users = ["U0MGR", "U0CTO"] } },
+  { after = "25m" },
+]"#,
+        "",
+    );
+    let policy = parse(&text).unwrap();
+    let db = policy.resource("prod-db").unwrap();
+    assert!(!db.escalate_is_default);
+    assert_eq!(db.escalate.len(), 3);
+    assert_eq!(db.escalate[0].after, GrantDuration::from_mins(10));
+    let second = db.escalate[1].to.as_ref().unwrap();
+    assert_eq!(second.channel.as_ref().unwrap().as_str(), "C0ONCALL");
+    assert!(db.escalate[2].to.is_none());
+
+    let ids = |v: Vec<SlackUserId>| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(db.deciders(0).0), ["U0ALICE", "U0BOB"]);
+    assert_eq!(ids(db.deciders(1).0), ["U0ALICE", "U0BOB", "U0MGR"]);
+    // Deduplicated across steps.
+    assert_eq!(
+        ids(db.deciders(2).0),
+        ["U0ALICE", "U0BOB", "U0MGR", "U0CTO"]
+    );
+    assert_eq!(db.deciders(1).1.len(), 1);
+    assert_eq!(db.all_decider_groups().len(), 1);
+
+    // The manager may decide only once step 1 ran; a lead through the group likewise.
+    let dev = user("U0DEV");
+    let mgr = user_id("U0MGR");
+    let lead = user_id("U0LEAD");
+    let groups = Groups(vec![("S0LEADS", "U0LEAD")]);
+    assert_eq!(
+        policy.may_decide(db, &dev, &mgr, 0, &groups),
+        Err(DecisionRefusal::NotAnApprover)
+    );
+    assert_eq!(policy.may_decide(db, &dev, &mgr, 1, &groups), Ok(()));
+    assert_eq!(
+        policy.may_decide(db, &dev, &lead, 0, &groups),
+        Err(DecisionRefusal::NotAnApprover)
+    );
+    assert_eq!(policy.may_decide(db, &dev, &lead, 1, &groups), Ok(()));
+    // A guest in the group gains nothing; the requester never decides, escalated or not.
+    assert_eq!(
+        policy.may_decide(db, &dev, &lead, 3, &GuestsToo(&groups)),
+        Err(DecisionRefusal::NotAnApprover)
+    );
+    assert_eq!(
+        policy.may_decide(db, &user("U0MGR"), &mgr, 3, &groups),
+        Err(DecisionRefusal::OwnRequest)
+    );
+}
+
+/// Everyone is a guest: group membership grants nothing.
+struct GuestsToo<'a>(&'a Groups);
+
+impl Membership for GuestsToo<'_> {
+    fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool {
+        self.0.is_member(user, group)
+    }
+    fn standing(&self, _: &SlackUserId) -> Standing {
+        Standing::Guest
+    }
+}
+
+#[test]
+fn escalation_and_notify_come_from_the_defaults_unless_the_resource_sets_its_own() {
+    let text = with_escalation(
+        "approvers_notify_placeholder",
+        "escalate = [{ after = \"5m\", to = { users = [\"U0MGR\"] } }]\napprovers_notify = \"both\"",
+    )
+    .replace("approvers_notify_placeholder", "escalate = []")
+    .replace(
+        "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+        "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"], notify = \"dm\" }",
+    );
+    let policy = parse(&text).unwrap();
+    let aws = policy.resource("aws-prod-readonly").unwrap();
+    assert_eq!(aws.escalate.len(), 1);
+    assert_eq!(aws.approvers.notify, Notify::Both);
+    let db = policy.resource("prod-db").unwrap();
+    assert!(db.escalate.is_empty(), "escalate = [] turns it off");
+    assert!(!db.escalate_is_default);
+    assert_eq!(db.approvers.notify, Notify::Dm);
+    assert!(!db.approvers.notify.in_channel() && db.approvers.notify.by_dm());
+}
+
+#[test]
+fn bad_escalation_and_notify_are_refused_with_clear_errors() {
+    let cases = [
+        (
+            with_escalation(
+                "escalate = [{ after = \"20m\" }, { after = \"10m\", to = { users = [\"U0MGR\"] } }]",
+                "",
+            ),
+            "resource `prod-db`: escalate step 2 (after 10m) must come later than step 1 (after 20m)",
+        ),
+        (
+            with_escalation("escalate = [{ after = \"10m\" }, { after = \"10m\" }]", ""),
+            "escalate step 2 (after 10m) must come later than step 1 (after 10m)",
+        ),
+        (
+            with_escalation("escalate = [{ after = \"30m\" }]", ""),
+            "escalate step 1 (after 30m) comes at or after pending_timeout (30m)",
+        ),
+        (
+            with_escalation("escalate = [{ after = \"0s\" }]", ""),
+            "`0s` is zero; a duration must be positive",
+        ),
+        (
+            with_escalation("escalate = [{ after = \"5m\", to = {} }]", ""),
+            "escalate step 1: `to` names nobody",
+        ),
+        (
+            with_escalation("escalate = [{ after = \"5m\", too = {} }]", ""),
+            "unknown field `too`",
+        ),
+        (
+            with_escalation(
+                "escalate = [{ after = \"5m\", to = { user = [\"U0MGR\"] } }]",
+                "",
+            ),
+            "unknown field `user`",
+        ),
+        (
+            with_escalation(
+                "escalate = [{ after = \"5m\", to = { users = [\"bob\"] } }]",
+                "",
+            ),
+            "bob",
+        ),
+        (
+            // A default that does not fit a resource's own, shorter pending timeout.
+            with_escalation(
+                "pending_timeout = \"10m\"",
+                "escalate = [{ after = \"15m\", to = { users = [\"U0MGR\"] } }]",
+            ),
+            "resource `prod-db`: escalate (from [defaults]) step 1 (after 15m) comes at or after pending_timeout (10m)",
+        ),
+        (
+            with_escalation(
+                &format!(
+                    "escalate = [{}]",
+                    (1..=11)
+                        .map(|m| format!("{{ after = \"{m}m\" }}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "",
+            ),
+            "escalate has 11 steps; at most 10 are allowed",
+        ),
+        (
+            with_escalation("", "approvers_notify = \"email\""),
+            "unknown variant `email`",
+        ),
+        (
+            EXAMPLE.replace(
+                "users = [\"U0ALICE\", \"U0BOB\"] }",
+                "users = [\"U0ALICE\", \"U0BOB\"], notify = \"sms\" }",
+            ),
+            "unknown variant `sms`, expected one of `channel`, `dm`, `both`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = parse(&text).expect_err(expected).to_string();
+        assert!(err.contains(expected), "{err} should contain {expected}");
+    }
+}
+
+#[test]
+fn the_channel_may_be_left_out_only_when_approvers_are_asked_by_dm() {
+    let dm_only = EXAMPLE.replace(
+        "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+        "approvers = { users = [\"U0ALICE\", \"U0BOB\"], notify = \"dm\" }",
+    );
+    let policy = parse(&dm_only).unwrap();
+    let db = policy.resource("prod-db").unwrap();
+    assert_eq!(db.approvers.channel, None);
+    assert_eq!(db.approvers.notify, Notify::Dm);
+
+    // By the default too.
+    let by_default = EXAMPLE
+        .replace(
+            "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+            "approvers = { users = [\"U0ALICE\", \"U0BOB\"] }",
+        )
+        .replace(
+            "pending_timeout = \"30m\"",
+            "pending_timeout = \"30m\"\napprovers_notify = \"dm\"",
+        );
+    assert_eq!(
+        parse(&by_default)
+            .unwrap()
+            .resource("prod-db")
+            .unwrap()
+            .approvers
+            .channel,
+        None
+    );
+
+    for notify in ["", ", notify = \"channel\"", ", notify = \"both\""] {
+        let text = EXAMPLE.replace(
+            "approvers = { channel = \"C0APPROVALS\", users = [\"U0ALICE\", \"U0BOB\"] }",
+            &format!("approvers = {{ users = [\"U0ALICE\", \"U0BOB\"]{notify} }}"),
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "resource `prod-db`: approvers needs a channel, where the request is posted"
+            ),
+            "{err}"
+        );
+    }
 }
