@@ -114,7 +114,13 @@ pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::
     };
     let request = &stored.request;
     let resource = app.policy.resource(request.resource.as_str());
-    let msg = blocks::approval_message(request, resource, &app.policy, &approvals);
+    let msg = blocks::approval_message(
+        request,
+        resource,
+        &app.policy,
+        &approvals,
+        stored.route_note.as_deref(),
+    );
     match (&request.approval_channel, &request.approval_ts) {
         (Some(channel), Some(ts)) => Ok(outcome(
             app.slack

@@ -210,6 +210,10 @@ pub struct Prepared {
     pub ticket: Option<String>,
     pub origin_channel: Option<SlackChannelId>,
     pub auto: bool,
+    /// The on-call schedule that got it approved by policy (`auto_approve.oncall`).
+    pub on_call: Option<String>,
+    /// For the approvers: why an auto-approval rule could not tell (PagerDuty unreachable…).
+    pub route_note: Option<String>,
     pub via: Via,
     pub delivery: Option<crate::slack::deliveries::Delivery>,
 }
@@ -257,6 +261,8 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         ticket,
         origin_channel: s.origin_channel.clone(),
         auto: evaluation.route == Route::Auto,
+        on_call: evaluation.on_call_schedule().map(str::to_owned),
+        route_note: evaluation.on_call_note(),
         via: s.via,
         delivery: s.delivery,
     };
@@ -340,7 +346,12 @@ pub async fn store(
         p.via,
     )
     .await?;
-    let request = route(tx, app, request, resource, p.auto, now).await?;
+    let how = How {
+        auto: p.auto,
+        on_call: p.on_call.as_deref(),
+        note: p.route_note.as_deref(),
+    };
+    let request = route(tx, app, request, resource, how, now).await?;
     if matches!(request.requester, Requester::Identity(_)) {
         let status = if p.auto {
             "approved by policy".to_owned()
@@ -485,6 +496,11 @@ pub async fn store_for_approval(
         ));
     }
     queue::enqueue_many(tx, jobs, now).await?;
+    for (r, p) in requests.iter().zip(items) {
+        if let Some(note) = &p.route_note {
+            requests::set_route_note(tx, r.id, note).await?;
+        }
+    }
     Ok(requests)
 }
 
@@ -546,6 +562,16 @@ async fn insert(
     Ok(request)
 }
 
+/// How a new request goes on, from its evaluation.
+#[derive(Debug, Clone, Copy)]
+struct How<'a> {
+    auto: bool,
+    /// The schedule whose on-call approved it.
+    on_call: Option<&'a str>,
+    /// Why a rule could not approve it, for the approvers.
+    note: Option<&'a str>,
+}
+
 /// Sends a new request down its route: approved by policy now, or posted to the approvers with
 /// the nudge and the pending timeout scheduled.
 async fn route(
@@ -553,13 +579,16 @@ async fn route(
     app: &App,
     request: Request,
     resource: &Resource,
-    auto: bool,
+    how: How<'_>,
     now: DateTime<Utc>,
 ) -> HandlerResult<Request> {
-    if auto {
-        return decision::approve_by_policy(tx, app, request, now).await;
+    if how.auto {
+        return decision::approve_by_policy(tx, app, request, how.on_call, now).await;
     }
     let id = request.id;
+    if let Some(note) = how.note {
+        requests::set_route_note(tx, id, note).await?;
+    }
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
@@ -733,6 +762,8 @@ pub async fn extend(
     check_rate(app, who)?;
     let resource = evaluation.resource.clone();
     let auto = evaluation.route == Route::Auto;
+    let on_call = evaluation.on_call_schedule().map(str::to_owned);
+    let route_note = evaluation.on_call_note();
     let justification = reason
         .map(str::trim)
         .filter(|r| !r.is_empty())
@@ -764,7 +795,12 @@ pub async fn extend(
         via,
     )
     .await?;
-    let request = route(&mut tx, app, request, &resource, auto, now).await?;
+    let how = How {
+        auto,
+        on_call: on_call.as_deref(),
+        note: route_note.as_deref(),
+    };
+    let request = route(&mut tx, app, request, &resource, how, now).await?;
     tx.commit().await?;
     app.waker.wake();
     Ok(Submitted {

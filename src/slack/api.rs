@@ -776,6 +776,8 @@ pub struct UserFacts {
     /// `is_restricted` or `is_ultra_restricted`.
     pub guest: bool,
     pub deleted: bool,
+    /// `profile.email` (needs the `users:read.email` scope): matches people to PagerDuty.
+    pub email: Option<String>,
 }
 
 impl UserFacts {
@@ -789,6 +791,10 @@ impl UserFacts {
                 .map(str::to_owned),
             guest: flag("is_restricted") || flag("is_ultra_restricted"),
             deleted: flag("deleted"),
+            email: user
+                .pointer("/profile/email")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
     }
 }

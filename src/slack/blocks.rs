@@ -120,6 +120,7 @@ pub fn approval_message(
     resource: Option<&Resource>,
     policy: &Policy,
     approvals: &[String],
+    route_note: Option<&str>,
 ) -> Msg {
     let id = request.id;
     let mut headline = format!(
@@ -157,6 +158,9 @@ pub fn approval_message(
             "Ticket: {}",
             text::ticket(ticket, resource.map(|r| &r.ticket))
         )));
+    }
+    if let Some(note) = route_note {
+        blocks.push(context(format!(":warning: {}", text::escape(note))));
     }
     let approvers = resource.map(approvers_of).unwrap_or_else(|| "—".into());
     let status = match request.state {
@@ -679,7 +683,18 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
                 })
                 .unwrap_or_default()
         }
-        AutoApproved { extension } => format!(":zap: Approved by policy{}", ext(extension)),
+        AutoApproved {
+            extension,
+            on_call: None,
+        } => format!(":zap: Approved by policy{}", ext(extension)),
+        AutoApproved {
+            extension,
+            on_call: Some(schedule),
+        } => format!(
+            ":zap: Approved by policy{}: the requester is on call in PagerDuty schedule {}",
+            ext(extension),
+            text::code(schedule)
+        ),
         Approval {
             count,
             required,

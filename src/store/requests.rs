@@ -21,7 +21,7 @@ macro_rules! select_requests {
              state, approvals_required, created_at, pending_until, decided_at, decided_by, \
              decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
              approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
-             access_key, origin_channel, delivery_failure, grant_baseline FROM requests ",
+             access_key, origin_channel, delivery_failure, grant_baseline, route_note FROM requests ",
             $($tail),*
         )
     };
@@ -59,6 +59,7 @@ struct RequestRow {
     origin_channel: Option<String>,
     delivery_failure: Option<String>,
     grant_baseline: Option<String>,
+    route_note: Option<String>,
 }
 
 /// A request plus the storage-only columns the workers need.
@@ -72,6 +73,8 @@ pub struct StoredRequest {
     pub delivery_failure: Option<String>,
     /// What the provider recorded before the grant acted ([`crate::providers::Provider::baseline`]).
     pub grant_baseline: Option<String>,
+    /// Why an auto-approval rule could not approve it (shown to the approvers).
+    pub route_note: Option<String>,
 }
 
 fn time(value: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
@@ -125,6 +128,7 @@ impl TryFrom<RequestRow> for StoredRequest {
                 .and_then(|c| SlackChannelId::parse(c).ok()),
             delivery_failure: row.delivery_failure,
             grant_baseline: row.grant_baseline,
+            route_note: row.route_note,
         })
     }
 }
@@ -669,6 +673,18 @@ pub async fn set_approval_message(
     .map(|r| r.rows_affected())
     })?;
     Ok(fenced(done))
+}
+
+/// Remembers why an auto-approval rule did not approve a request waiting for approval.
+pub async fn set_route_note(conn: &mut Conn, id: RequestId, note: &str) -> sqlx::Result<()> {
+    on!(conn, |c| {
+        sqlx::query("UPDATE requests SET route_note = $1 WHERE id = $2")
+            .bind(note)
+            .bind(id.0)
+            .execute(&mut *c)
+            .await
+            .map(|_| ())
+    })
 }
 
 /// Remembers why the approvers' message could never be posted, once. `Applied` the first time.

@@ -176,6 +176,7 @@ fn resource() -> impl Strategy<Value = Resource> {
                 auto_approve: Some(AutoApprove {
                     max_duration: max,
                     who: Principals::default(),
+                    oncall: None,
                 }),
                 breakglass: true,
                 reminder_before: GrantDuration::from_secs(600),
@@ -241,7 +242,10 @@ fn audit_events(text: &str) -> Vec<AuditEvent> {
             via: t(),
             extension: Some(3),
         },
-        AuditEvent::AutoApproved { extension: None },
+        AuditEvent::AutoApproved {
+            extension: None,
+            on_call: Some("PABC123".into()),
+        },
         AuditEvent::Approval {
             count: 1,
             required: 2,
@@ -334,7 +338,7 @@ fn every_message_builder_stays_within_slacks_limits() {
             let r = resource.as_ref();
             assert_message(
                 "approval message",
-                &blocks::approval_message(&request, r, &policy, &approvals),
+                &blocks::approval_message(&request, r, &policy, &approvals, None),
             );
             let now = t0();
             let later = now + Duration::hours(1);

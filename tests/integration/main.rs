@@ -15,6 +15,7 @@ mod flood;
 mod hardened_edge;
 mod lifecycle;
 mod limits_props;
+mod oncall;
 mod postgres;
 mod reliability;
 mod replicas;
