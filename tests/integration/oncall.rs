@@ -358,3 +358,47 @@ driver_tests! {
         );
     }
 }
+
+driver_tests! {
+    /// Nothing listens where PagerDuty should be: nobody is approved through the rule, and the
+    /// approvers and `/jit why` say PagerDuty could not be reached.
+    async fn an_unreachable_pagerduty_fails_closed() {
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let h = Harness::with_options(Options {
+            policy: ONCALL_POLICY.to_owned(),
+            pagerduty: Some(jit::oncall::PagerDutyConfig {
+                api_url: closed,
+                token: SecretString::from(PD_TOKEN),
+            }),
+            ..Options::default()
+        })
+        .await;
+        assert!(!refresh(&h).await);
+        let id = h.request_access(DEV, "prod 1h PagerDuty is unreachable").await;
+        h.run_jobs().await;
+        assert_eq!(h.state(id).await, State::Pending);
+        let approval = h.approval_message().rendered();
+        assert!(
+            approval.contains("On-call auto-approval did not apply: PagerDuty could not be reached (jit has no answer from it yet)"),
+            "{approval}"
+        );
+        let why = h.slash(DEV, "why prod 1h").await.text();
+        assert!(why.contains("PagerDuty could not be reached"), "{why}");
+    }
+
+    /// No PagerDuty token: the on-call rule approves nobody, and `/jit why` says why.
+    async fn without_a_token_the_rule_approves_nobody() {
+        let h = Harness::with_options(Options {
+            policy: ONCALL_POLICY.to_owned(),
+            ..Options::default()
+        })
+        .await;
+        let id = h.request_access(DEV, "prod 1h no token configured").await;
+        assert_eq!(h.state(id).await, State::Pending);
+        let why = h.slash(DEV, "why prod 1h").await.text();
+        assert!(why.contains("no PagerDuty token is configured"), "{why}");
+    }
+}
