@@ -55,6 +55,10 @@ pub struct Submitted {
     pub resource: Resource,
     /// Approved by policy at once.
     pub auto: bool,
+    /// The on-call schedule that got it approved by policy.
+    pub on_call: Option<String>,
+    /// Why an auto-approval rule could not tell (also in the approval message).
+    pub route_note: Option<String>,
 }
 
 /// Field-level problems, so a modal can show each next to its input.
@@ -295,6 +299,8 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
             auto: request.decided_by.as_deref() == Some(crate::audit::actor::POLICY),
             request,
             resource,
+            on_call: None,
+            route_note: None,
         }));
     }
     app.metrics
@@ -311,6 +317,8 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         request,
         resource,
         auto,
+        on_call: prepared.on_call,
+        route_note: prepared.route_note,
     }))
 }
 
@@ -807,6 +815,8 @@ pub async fn extend(
         request,
         resource,
         auto,
+        on_call,
+        route_note,
     })
 }
 

@@ -220,15 +220,25 @@ pub async fn handle(
 fn submitted_line(submitted: &request::Submitted) -> String {
     let r = &submitted.request;
     if submitted.auto {
+        let because = submitted
+            .on_call
+            .as_deref()
+            .map(|s| format!(" (you are on call in PagerDuty schedule {})", text::code(s)))
+            .unwrap_or_default();
         format!(
-            ":zap: Request {} for {} ({}) was approved by policy. Access is being issued; you will get a DM.",
+            ":zap: Request {} for {} ({}) was approved by policy{because}. Access is being issued; you will get a DM.",
             r.id,
             text::code(r.resource.as_str()),
             r.duration.humanize()
         )
     } else {
+        let note = submitted
+            .route_note
+            .as_deref()
+            .map(|n| format!("\n:warning: {}", text::escape(n)))
+            .unwrap_or_default();
         format!(
-            ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. You will get a DM when it is decided.",
+            ":inbox_tray: Request {} for {} ({}) was sent to {} in {}. You will get a DM when it is decided.{note}",
             r.id,
             text::code(r.resource.as_str()),
             r.duration.humanize(),

@@ -215,7 +215,12 @@ driver_tests! {
         let calls = pd.calls();
         assert_eq!(calls, 1);
 
-        let id = h.request_access(DEV, "prod 1h hotfix for INC-1").await;
+        let ack = h.slash(DEV, "request prod 1h hotfix for INC-1").await.text();
+        assert!(
+            ack.contains("was approved by policy (you are on call in PagerDuty schedule `PSECOND`)"),
+            "{ack}"
+        );
+        let id = Harness::id_in(&ack);
         assert_eq!(pd.calls(), calls, "the ack path makes no PagerDuty call");
         h.run_jobs().await;
         assert_eq!(h.state(id).await, State::Active);
@@ -227,6 +232,24 @@ driver_tests! {
             "{thread}"
         );
         assert!(h.slack.messages(APPROVALS).is_empty(), "nothing to approve");
+
+        // An extension within the rule's 2h in all is approved by on-call too, and audited so.
+        let extended = h.slash(DEV, &format!("extend {} 30m", id.0)).await.text();
+        assert!(extended.contains("approved by policy"), "{extended}");
+        h.run_jobs().await;
+        let details: Vec<Value> = {
+            let mut conn = h.app.store.read().await.unwrap();
+            jit::store::audit::for_request(&mut conn, id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.event == "auto_approved")
+                .map(|r| serde_json::from_str(&r.detail).unwrap())
+                .collect()
+        };
+        assert_eq!(details.len(), 2, "{details:?}");
+        assert!(details[1]["extension"].is_i64(), "{details:?}");
+        assert_eq!(details[1]["on_call"], "PSECOND", "{details:?}");
 
         // Longer than the rule: to the approvers even on call.
         let long = h.request_access(DEV, "prod 3h long migration INC-2").await;
@@ -287,7 +310,12 @@ driver_tests! {
         // Past the staleness bound with PagerDuty still down.
         h.advance(chrono::Duration::seconds(150));
         assert!(!refresh(&h).await);
-        let stale = h.request_access(DEV, "prod 1h PagerDuty is down").await;
+        let ack = h.slash(DEV, "request prod 1h PagerDuty is down").await.text();
+        assert!(
+            ack.contains("was sent to") && ack.contains(":warning: On-call auto-approval did not apply: PagerDuty could not be reached"),
+            "{ack}"
+        );
+        let stale = Harness::id_in(&ack);
         h.run_jobs().await;
         assert_eq!(h.state(stale).await, State::Pending);
         let approval = h.approval_message().rendered();
