@@ -1434,13 +1434,15 @@ impl Policy {
                 max_lifetime: resource.max_lifetime,
             });
         }
-        if evaluation.route == Route::Auto
-            && resource
-                .auto_approve
-                .as_ref()
-                .is_none_or(|rule| total > rule.max_duration)
+        if resource
+            .auto_approve
+            .as_ref()
+            .is_none_or(|rule| total > rule.max_duration)
         {
             evaluation.route = Route::Approval;
+            // The rule does not cover the whole grant, on call or not: no on-call verdict to
+            // report.
+            evaluation.on_call = None;
         }
         Ok(evaluation)
     }

@@ -1091,3 +1091,38 @@ fn pagerduty_ids_have_their_shape() {
         assert!(!is_pagerduty_id(bad), "{bad}");
     }
 }
+
+#[test]
+fn oncall_extensions_count_the_whole_grant() {
+    let policy =
+        oncall_policy(r#"{ max_duration = "2h", oncall = { pagerduty_schedules = ["PDAY"] } }"#)
+            .unwrap();
+    let rota = Rota {
+        on_call: vec![("PDAY", "U0BOB")],
+        unknown: None,
+        groups: vec![],
+    };
+    let within = policy
+        .evaluate_extension("prod", &user("U0BOB"), d("30m"), d("1h"), &rota)
+        .unwrap();
+    assert_eq!(within.route, Route::Auto);
+    assert_eq!(within.on_call_schedule(), Some("PDAY"));
+    let beyond = policy
+        .evaluate_extension("prod", &user("U0BOB"), d("90m"), d("1h"), &rota)
+        .unwrap();
+    assert_eq!(beyond.route, Route::Approval);
+    assert_eq!(beyond.on_call, None);
+    let down = Rota {
+        on_call: vec![],
+        unknown: Some("PagerDuty could not be reached"),
+        groups: vec![],
+    };
+    let beyond_blind = policy
+        .evaluate_extension("prod", &user("U0BOB"), d("90m"), d("1h"), &down)
+        .unwrap();
+    assert_eq!(
+        beyond_blind.on_call_note(),
+        None,
+        "no note when the rule could not have applied anyway"
+    );
+}
