@@ -112,6 +112,7 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
         pagerduty,
         parts.policy.oncall_schedules(),
         parts.clock.clone(),
+        metrics.clone(),
     );
     let app = Arc::new(App {
         policy: Arc::new(parts.policy),

@@ -186,6 +186,7 @@ pub struct OnCallCache {
     schedules: Arc<Vec<String>>,
     answer: Arc<RwLock<Answer>>,
     clock: SharedClock,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for OnCallCache {
@@ -196,12 +197,18 @@ impl std::fmt::Debug for OnCallCache {
 
 impl OnCallCache {
     /// `source` is `None` when no PagerDuty token is configured: every answer is Unknown.
-    pub fn new(source: Option<PagerDuty>, schedules: Vec<String>, clock: SharedClock) -> Self {
+    pub fn new(
+        source: Option<PagerDuty>,
+        schedules: Vec<String>,
+        clock: SharedClock,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
         Self {
             source,
             schedules: Arc::new(schedules),
             answer: Arc::default(),
             clock,
+            metrics,
         }
     }
 
@@ -229,6 +236,7 @@ impl OnCallCache {
                 answer.by_schedule = by_schedule;
                 answer.at = Some(self.clock.now());
                 answer.last_error = None;
+                self.metrics.pagerduty_refresh(true);
                 true
             }
             Err(err) => {
@@ -237,6 +245,7 @@ impl OnCallCache {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .last_error = Some(err.to_string());
+                self.metrics.pagerduty_refresh(false);
                 false
             }
         }

@@ -335,6 +335,20 @@ driver_tests! {
             why.contains("no for you now: on-call cannot be checked (PagerDuty could not be reached"),
             "{why}"
         );
+        let metrics = h
+            .http
+            .get(format!("{}/metrics", h.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("jit_pagerduty_refreshes_total{outcome=\"failed\"} 2")
+                && metrics.contains("jit_pagerduty_refreshes_total{outcome=\"ok\"} 1"),
+            "{metrics}"
+        );
 
         pd.set_failing(false);
         assert!(refresh(&h).await);
