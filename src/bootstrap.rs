@@ -74,6 +74,9 @@ pub struct Parts {
     pub posts_per_channel_per_second: NonZeroU32,
     /// The policy's webhooks with their secrets (`None`: the policy has none).
     pub webhooks: Option<crate::webhooks::Targets>,
+    /// PagerDuty, for `auto_approve.oncall` (`None`: no token configured; on-call rules then
+    /// approve nobody).
+    pub pagerduty: Option<crate::oncall::PagerDutyConfig>,
 }
 
 pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
@@ -101,10 +104,20 @@ pub fn build(parts: Parts) -> anyhow::Result<Arc<App>> {
     if let Some(targets) = parts.webhooks {
         services.insert(targets);
     }
+    let pagerduty = parts
+        .pagerduty
+        .map(crate::oncall::PagerDuty::new)
+        .transpose()?;
+    let oncall = crate::oncall::OnCallCache::new(
+        pagerduty,
+        parts.policy.oncall_schedules(),
+        parts.clock.clone(),
+        metrics.clone(),
+    );
     let app = Arc::new(App {
         policy: Arc::new(parts.policy),
         store: parts.store,
-        directory: Directory::new(slack.clone(), parts.clock.clone()),
+        directory: Directory::new(slack.clone(), parts.clock.clone()).with_oncall(oncall),
         slack,
         verifier: Verifier::new(parts.signing_secrets, parts.clock.clone()),
         clock: parts.clock,

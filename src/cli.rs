@@ -284,6 +284,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             match bootstrap::load_policy(&path) {
                 Ok(policy) => {
                     print!("{}", summary(&path, &policy));
+                    for warning in oncall_warnings(&policy, &env) {
+                        println!("warning: {warning}");
+                    }
                     Ok(0)
                 }
                 Err(message) => {
@@ -384,6 +387,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// What `jit policy check` warns about on-call rules, given the environment `jit serve` would
+/// have: no PagerDuty token means they approve nobody.
+pub fn oncall_warnings(policy: &Policy, env: crate::config::EnvFn<'_>) -> Vec<String> {
+    let schedules = policy.oncall_schedules();
+    if schedules.is_empty() {
+        return Vec::new();
+    }
+    let resources: Vec<&str> = policy
+        .resources()
+        .iter()
+        .filter(|r| r.auto_approve.as_ref().is_some_and(|a| a.oncall.is_some()))
+        .map(|r| r.id.as_str())
+        .collect();
+    match crate::config::pagerduty(env) {
+        Ok(Some(_)) => Vec::new(),
+        Ok(None) => vec![format!(
+            "auto_approve.oncall on {} needs a PagerDuty API token: set PAGERDUTY_TOKEN (or PAGERDUTY_TOKEN_FILE) for jit serve. Without it the on-call rules approve nobody (they fail closed).",
+            resources.join(", ")
+        )],
+        Err(e) => vec![format!(
+            "auto_approve.oncall on {}: {e}. Until it is fixed the on-call rules approve nobody.",
+            resources.join(", ")
+        )],
+    }
+}
+
 /// What `jit policy check` prints.
 pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
     let mut out = format!("{}: OK\n", path.display());
@@ -438,11 +467,18 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
                 .unwrap_or_else(|| "DMs".into()),
             r.auto_approve
                 .as_ref()
-                .map(|a| format!(
-                    "up to {} for {}",
-                    a.max_duration,
-                    if a.who.is_empty() { "any requester".into() } else { names(&a.who) }
-                ))
+                .map(|a| {
+                    let oncall = a.oncall.as_ref().map(|o| {
+                        format!("whoever is on call in PagerDuty schedule(s) {}", o.pagerduty_schedules.join(", "))
+                    });
+                    let whom = match (oncall, a.who.is_empty()) {
+                        (None, true) => "any requester".into(),
+                        (None, false) => names(&a.who),
+                        (Some(o), true) => o,
+                        (Some(o), false) => format!("{} and {o}", names(&a.who)),
+                    };
+                    format!("up to {} for {whom}", a.max_duration)
+                })
                 .unwrap_or_else(|| "never".into()),
             if r.breakglass { "allowed" } else { "no" },
             r.pending_timeout,
@@ -865,6 +901,7 @@ async fn admin_app() -> anyhow::Result<Arc<App>> {
         settings: Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1).expect("one"),
         webhooks: None,
+        pagerduty: None,
     })
 }
 
@@ -1037,6 +1074,42 @@ async fn grants(command: GrantsCommand) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oncall_rules_without_a_pagerduty_token_are_warned_about() {
+        let text = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "prod"
+provider = "none"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+auto_approve = { max_duration = "2h", oncall = { pagerduty_schedules = ["PABC123"] } }
+"#;
+        let policy = Policy::parse(text, &|_| Err(std::io::ErrorKind::NotFound.into())).unwrap();
+        let out = summary(std::path::Path::new("jit.toml"), &policy);
+        assert!(
+            out.contains(
+                "auto-approve: up to 2h for whoever is on call in PagerDuty schedule(s) PABC123"
+            ),
+            "{out}"
+        );
+        let none = oncall_warnings(&policy, &|_| None);
+        assert_eq!(none.len(), 1, "{none:?}");
+        assert!(
+            none[0].contains("prod needs a PagerDuty API token: set PAGERDUTY_TOKEN"),
+            "{none:?}"
+        );
+        let set = |name: &str| (name == "PAGERDUTY_TOKEN").then(|| "u+abc".to_owned());
+        assert!(oncall_warnings(&policy, &set).is_empty());
+        let unreadable = |name: &str| {
+            (name == "PAGERDUTY_TOKEN_FILE").then(|| "/nonexistent/pd-token".to_owned())
+        };
+        let bad = oncall_warnings(&policy, &unreadable);
+        assert!(bad[0].contains("PAGERDUTY_TOKEN_FILE"), "{bad:?}");
+    }
 
     const POSTGRES: &str = r#"
 [slack]

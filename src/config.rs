@@ -139,6 +139,35 @@ pub struct ServeConfig {
     pub unauthenticated_per_minute: u32,
     /// Proxies in front of jit whose `X-Forwarded-For` entries are trusted (0: none).
     pub trusted_proxy_hops: usize,
+    /// `PAGERDUTY_TOKEN` (or `_FILE`) and `JIT_PAGERDUTY_API_URL`, for `auto_approve.oncall`.
+    pub pagerduty: Option<crate::oncall::PagerDutyConfig>,
+}
+
+/// `PAGERDUTY_TOKEN` (or `PAGERDUTY_TOKEN_FILE`) and `JIT_PAGERDUTY_API_URL` (default
+/// <https://api.pagerduty.com>). No token: `None`.
+pub fn pagerduty(env: EnvFn<'_>) -> Result<Option<crate::oncall::PagerDutyConfig>, ConfigError> {
+    let Some(token) = secret(env, "PAGERDUTY_TOKEN")? else {
+        return Ok(None);
+    };
+    if secrecy::ExposeSecret::expose_secret(&token)
+        .trim()
+        .is_empty()
+    {
+        return Err(ConfigError("PAGERDUTY_TOKEN is empty".into()));
+    }
+    let token = SecretString::from(
+        secrecy::ExposeSecret::expose_secret(&token)
+            .trim()
+            .to_owned(),
+    );
+    let api_url =
+        env("JIT_PAGERDUTY_API_URL").unwrap_or_else(|| crate::oncall::DEFAULT_API_URL.into());
+    if url::Url::parse(&api_url).is_err() {
+        return Err(ConfigError(format!(
+            "JIT_PAGERDUTY_API_URL `{api_url}` is not a URL"
+        )));
+    }
+    Ok(Some(crate::oncall::PagerDutyConfig { api_url, token }))
 }
 
 fn parse_number<T: std::str::FromStr>(
@@ -376,6 +405,7 @@ impl ServeConfig {
             metrics_listen,
             unauthenticated_per_minute,
             trusted_proxy_hops,
+            pagerduty: pagerduty(env)?,
         })
     }
 }

@@ -353,6 +353,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> anyhow::Result<bo
         settings: Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1000).expect("positive"),
         webhooks: None,
+        pagerduty: None,
     })?;
     app.directory
         .refresh_all(&crate::slack::directory::groups_in(&app.policy))

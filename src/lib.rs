@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod jobs;
 pub mod logging;
 pub mod metrics;
+pub mod oncall;
 pub mod providers;
 pub mod queue;
 pub mod serve;

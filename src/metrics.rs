@@ -31,6 +31,7 @@ struct Inner {
     audit_coalesced: Counter,
     slack_posts_found: Counter,
     webhooks_sent: Counter,
+    pagerduty_refreshes: Family<Labels, Counter>,
 }
 
 /// Cheap to clone; all clones share the same registry.
@@ -139,6 +140,12 @@ impl Metrics {
             "Audit events a webhook acknowledged",
             webhooks_sent.clone(),
         );
+        let pagerduty_refreshes = Family::<Labels, Counter>::default();
+        registry.register(
+            "pagerduty_refreshes",
+            "Reads of who is on call from PagerDuty (auto_approve.oncall), by outcome (ok, failed); after 3 minutes of failures on-call rules approve nobody",
+            pagerduty_refreshes.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             requests,
@@ -156,6 +163,7 @@ impl Metrics {
             audit_coalesced,
             slack_posts_found,
             webhooks_sent,
+            pagerduty_refreshes,
         }))
     }
 
@@ -163,6 +171,16 @@ impl Metrics {
         self.0
             .requests
             .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    pub fn pagerduty_refresh(&self, ok: bool) {
+        self.0
+            .pagerduty_refreshes
+            .get_or_create(&vec![(
+                "outcome",
+                if ok { "ok" } else { "failed" }.to_owned(),
+            )])
             .inc();
     }
 

@@ -56,7 +56,13 @@ pub async fn build_app(config: &ServeConfig) -> anyhow::Result<Arc<App>> {
         },
         posts_per_channel_per_second: config.posts_per_channel_per_second,
         webhooks: Some(webhooks),
+        pagerduty: config.pagerduty.clone(),
     })?;
+    if !app.policy.oncall_schedules().is_empty() && config.pagerduty.is_none() {
+        tracing::warn!(
+            "the policy has auto_approve.oncall rules but PAGERDUTY_TOKEN (or PAGERDUTY_TOKEN_FILE) is not set: they approve nobody"
+        );
+    }
     // A configured workspace needs no auth.test before Slack requests are served.
     if let Some(id) = &config.slack_team_id {
         let enterprise = id.starts_with('E');
@@ -136,6 +142,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let groups = directory::groups_in(&app.policy);
     let refresher = tokio::spawn(app.directory.clone().keep_fresh(groups, DIRECTORY_REFRESH));
+    // Who is on call, read from PagerDuty in the background (never in the ack path).
+    let oncall_refresher = app
+        .directory
+        .oncall()
+        .cloned()
+        .map(|cache| tokio::spawn(cache.keep_fresh()));
     let pruner = tokio::spawn(prune_deliveries(app.clone()));
     let (stop, stopped) = watch::channel(false);
     let worker_task = tokio::spawn(jobs::run(app.clone(), stopped.clone()));
@@ -231,6 +243,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let _ = task.await;
     }
     refresher.abort();
+    if let Some(task) = oncall_refresher {
+        task.abort();
+    }
     pruner.abort();
     listener_task.abort();
     app.store.close().await;

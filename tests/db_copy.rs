@@ -178,6 +178,7 @@ impl Source {
             settings: Settings::default(),
             posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
             webhooks: None,
+            pagerduty: None,
         })
         .unwrap();
         app.directory

@@ -52,11 +52,20 @@ fn free_port() -> u16 {
 
 impl Server {
     fn start(slack: &FakeSlack) -> Server {
+        Self::start_with(slack, POLICY, |_| Vec::new())
+    }
+
+    /// With another policy, and more variables (given the server's own directory).
+    fn start_with(
+        slack: &FakeSlack,
+        policy_text: &str,
+        extra: impl FnOnce(&Path) -> Vec<(String, String)>,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("jit.toml");
-        std::fs::write(&policy, POLICY).unwrap();
+        std::fs::write(&policy, policy_text).unwrap();
         let port = free_port();
-        let env: Vec<(String, String)> = vec![
+        let mut env: Vec<(String, String)> = vec![
             (
                 "SLACK_SIGNING_SECRET".into(),
                 format!("rotated-out,{SECRET}"),
@@ -74,6 +83,7 @@ impl Server {
             ("JIT_SLACK_CHANNEL_RATE".into(), "100".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
+        env.extend(extra(dir.path()));
         let log = dir.path().join("serve.log");
         let child = Command::new(env!("CARGO_BIN_EXE_jit"))
             .arg("serve")
@@ -808,4 +818,118 @@ async fn a_wall_clock_behind_the_database_is_logged_loudly_at_start() {
             .contains("no teardown is delayed"),
         "{line}"
     );
+}
+
+/// `jit serve` with an on-call rule and `PAGERDUTY_TOKEN_FILE`: it reads who is on call from
+/// PagerDuty in the background (with the token from the file, never logged), and a request by
+/// the person on call is approved by policy.
+#[tokio::test]
+async fn serve_reads_who_is_on_call_from_pagerduty_in_the_background() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    const PD_TOKEN: &str = "pd-serve-token-Yk3";
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let router = axum::Router::new().route(
+        "/oncalls",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if headers.get("authorization").and_then(|v| v.to_str().ok())
+                    != Some(&format!("Token token={PD_TOKEN}"))
+                {
+                    return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+                }
+                let body = serde_json::json!({
+                    "oncalls": [{
+                        "escalation_policy": {"id": "PEP1"},
+                        "escalation_level": 1,
+                        "schedule": {"id": "PABC123"},
+                        "user": {"id": "PU1", "email": "dev@example.com"}
+                    }],
+                    "limit": 100, "offset": 0, "more": false
+                });
+                (axum::http::StatusCode::OK, body.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pd_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let slack = FakeSlack::start(TOKEN).await.unwrap();
+    slack.set_user("U0DEV", "dev", Some("dev@example.com"));
+    let policy = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "prod"
+provider = "none"
+max_duration = "4h"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+auto_approve = { max_duration = "2h", oncall = { pagerduty_schedules = ["PABC123"] } }
+"#;
+    let server = Server::start_with(&slack, policy, |dir| {
+        let file = dir.join("pagerduty-token");
+        std::fs::write(&file, format!("{PD_TOKEN}\n")).unwrap();
+        vec![
+            ("PAGERDUTY_TOKEN_FILE".into(), file.display().to_string()),
+            ("JIT_PAGERDUTY_API_URL".into(), pd_url.clone()),
+        ]
+    });
+    let http = reqwest::Client::new();
+    let ready_url = format!("{}/readyz", server.url);
+    wait_for("/readyz", async || {
+        http.get(&ready_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    wait_for("a PagerDuty refresh", async || {
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    // The directory (with dev's email) and PagerDuty are both read at startup; wait for the
+    // on-call answer to be what `/jit why` sees.
+    let driver = SlackDriver::new(
+        &server.url,
+        SecretString::from(SECRET),
+        Arc::new(SystemClock::default()),
+    );
+    let mut why = String::new();
+    wait_for("/jit why to see dev on call", async || {
+        why = driver
+            .slash("U0DEV", "C0GENERAL", "why prod 1h")
+            .await
+            .unwrap()
+            .text();
+        why.contains("you are on call now in `PABC123`")
+    })
+    .await;
+    let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let reply = driver
+        .slash("U0DEV", "C0GENERAL", "request prod 1h paged for INC-9")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    wait_for("the grant DM", async || {
+        slack
+            .dms("U0DEV")
+            .iter()
+            .any(|m| m.rendered().contains("You now have `prod`"))
+    })
+    .await;
+    assert!(
+        slack.messages("C0APPROVALS").is_empty(),
+        "approved by policy"
+    );
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) - before <= 1,
+        "at most the minute's background refresh, nothing per request"
+    );
+    let logs = server.logs();
+    assert!(!logs.contains(PD_TOKEN), "{logs}");
 }

@@ -136,6 +136,7 @@ impl Rig {
             settings: Settings::default(),
             posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
             webhooks: None,
+            pagerduty: None,
         })
         .unwrap();
         app.directory

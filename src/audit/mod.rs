@@ -50,6 +50,9 @@ pub enum AuditEvent {
     AutoApproved {
         #[serde(default)]
         extension: Option<i64>,
+        /// The PagerDuty schedule the requester was on call in (`auto_approve.oncall`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_call: Option<String>,
     },
     /// One approval of several needed.
     Approval {

@@ -98,6 +98,7 @@ pub async fn run(
         },
         posts_per_channel_per_second: std::num::NonZeroU32::new(1000).expect("positive"),
         webhooks: None,
+        pagerduty: None,
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();

@@ -212,6 +212,7 @@ pub async fn run(
         },
         posts_per_channel_per_second: std::num::NonZeroU32::new(1).expect("positive"),
         webhooks: None,
+        pagerduty: None,
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(crate::handlers::jobs::run(app.clone(), stopped));

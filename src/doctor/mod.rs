@@ -3,7 +3,7 @@
 //! check.
 //!
 //! **Read-only.** Doctor never writes: no message, DM or view in Slack (only `auth.test`,
-//! `conversations.info`, `users.info` and `usergroups.users.list`), no test grant and no
+//! `conversations.info`, `users.info` and `usergroups.users.list`; PagerDuty only `GET /oncalls`), no test grant and no
 //! `AssumeRole` (which would issue real credentials), no `PutRolePolicy`, nothing created in
 //! PostgreSQL (`check_admin` only reads the catalogs), and jit's own database (a SQLite file, or
 //! PostgreSQL in sessions with `default_transaction_read_only`) is opened read-only, without
@@ -17,6 +17,7 @@
 //! status is 1 when any check failed, else 0.
 
 mod database;
+mod oncall;
 mod providers;
 mod slack;
 
@@ -224,14 +225,16 @@ pub async fn run(env: EnvFn<'_>) -> Report {
         }
     };
     let dir = crate::bootstrap::policy_dir(path);
-    let (slack, providers, database) = tokio::join!(
+    let (slack, providers, database, oncall) = tokio::join!(
         slack::checks(&config, policy.as_ref()),
         providers::checks(policy.as_ref(), &dir, env),
         database::checks(&config),
+        oncall::checks(&config, policy.as_ref()),
     );
     checks.extend(slack);
     checks.extend(providers);
     checks.extend(database);
+    checks.extend(oncall);
     Report { checks }
 }
 

@@ -153,6 +153,19 @@ pub async fn approve_as(
     now: DateTime<Utc>,
     breakglass: bool,
 ) -> HandlerResult<Request> {
+    approve_with(tx, app, request, decided_by, now, breakglass, None).await
+}
+
+/// [`approve_as`], naming the on-call schedule that got it approved by policy.
+async fn approve_with(
+    tx: &mut WriteTx,
+    app: &App,
+    request: Request,
+    decided_by: &str,
+    now: DateTime<Utc>,
+    breakglass: bool,
+    on_call: Option<&str>,
+) -> HandlerResult<Request> {
     let id = request.id;
     if requests::decide(tx, id, State::Approved, decided_by, None, now).await? == Fenced::Lost {
         return Err(HandlerError::user(format!(
@@ -167,7 +180,10 @@ pub async fn approve_as(
             now,
             Some(target),
             actor::POLICY,
-            &AuditEvent::AutoApproved { extension },
+            &AuditEvent::AutoApproved {
+                extension,
+                on_call: on_call.map(str::to_owned),
+            },
         )
         .await?;
     } else if !breakglass {
@@ -222,9 +238,10 @@ pub async fn approve_by_policy(
     tx: &mut WriteTx,
     app: &App,
     request: Request,
+    on_call: Option<&str>,
     now: DateTime<Utc>,
 ) -> HandlerResult<Request> {
-    approve_as(tx, app, request, actor::POLICY, now, false).await
+    approve_with(tx, app, request, actor::POLICY, now, false, on_call).await
 }
 
 /// The job that acts on an approval: issue the grant (at its scheduled start, if it has one

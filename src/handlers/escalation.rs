@@ -4,7 +4,8 @@
 //! - **Steps are jobs.** A request waiting for approval gets one `nudge` job per escalation step
 //!   of its resource (`Job::Nudge { step }`, unique per request and step), due at
 //!   `created_at + after`. The default escalation is one reminder at half the pending timeout,
-//!   the half-time nudge jit always had.
+//!   the half-time nudge jit always had (half the time left before a scheduled start, when that
+//!   comes first).
 //! - **Recorded, then acted on.** A step that runs first raises `requests.escalation_step` in a
 //!   write fenced on `state = 'pending'` and on the count being lower. From that commit on, the
 //!   people it names may decide ([`crate::domain::policy::Resource::deciders`]): the click path
@@ -30,11 +31,14 @@ use crate::store::requests::{self, ApprovalCopy, Fenced};
 
 /// The jobs a request that waits for approval starts with, beyond its approval message and its
 /// pending timeout: one per escalation step, and the DMs to the approvers where the resource
-/// asks for them.
+/// asks for them. `until` is when the request stops waiting: its pending timeout, or a scheduled
+/// start that comes first. The default step (the half-time reminder) comes at half of that
+/// window; a step the policy names comes `after` the request, as written.
 pub fn initial_jobs(
     resource: &Resource,
     id: RequestId,
     now: DateTime<Utc>,
+    until: DateTime<Utc>,
 ) -> Vec<(Job, Placement, DateTime<Utc>)> {
     let mut jobs: Vec<(Job, Placement, DateTime<Utc>)> = resource
         .escalate
@@ -48,7 +52,11 @@ pub fn initial_jobs(
                     step: step_no,
                 },
                 Placement::unique(keys::nudge(id, step_no)),
-                now + step.after.to_chrono(),
+                if resource.escalate_is_default {
+                    now + (until - now) / 2
+                } else {
+                    now + step.after.to_chrono()
+                },
             )
         })
         .collect();
@@ -71,8 +79,9 @@ pub async fn schedule(
     resource: &Resource,
     id: RequestId,
     now: DateTime<Utc>,
+    until: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    for (job, placement, run_at) in initial_jobs(resource, id, now) {
+    for (job, placement, run_at) in initial_jobs(resource, id, now, until) {
         queue::enqueue(tx, &job, placement, run_at, now).await?;
     }
     Ok(())

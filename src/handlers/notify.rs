@@ -120,6 +120,7 @@ pub async fn approval_message(app: &App, ctx: JobCtx, id: RequestId) -> anyhow::
         &app.policy,
         &approvals,
         stored.escalation_step,
+        stored.route_note.as_deref(),
     );
     match (&request.approval_channel, &request.approval_ts) {
         (Some(channel), Some(ts)) => Ok(outcome(
@@ -311,6 +312,7 @@ pub async fn approval_copy(
         &app.policy,
         &approvals,
         stored.escalation_step,
+        stored.route_note.as_deref(),
     );
     if let Some(copy) = existing {
         return Ok(outcome(
@@ -374,6 +376,7 @@ pub async fn approval_copy(
         &app.policy,
         &approvals_now,
         now.escalation_step,
+        now.route_note.as_deref(),
     );
     Ok(outcome(
         app.slack

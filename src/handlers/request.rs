@@ -57,6 +57,10 @@ pub struct Submitted {
     pub resource: Resource,
     /// Approved by policy at once.
     pub auto: bool,
+    /// The on-call schedule that got it approved by policy.
+    pub on_call: Option<String>,
+    /// Why an auto-approval rule could not tell (also in the approval message).
+    pub route_note: Option<String>,
 }
 
 /// Field-level problems, so a modal can show each next to its input.
@@ -239,6 +243,10 @@ pub struct Prepared {
     pub origin_channel: Option<SlackChannelId>,
     pub start_at: Option<DateTime<Utc>>,
     pub auto: bool,
+    /// The on-call schedule that got it approved by policy (`auto_approve.oncall`).
+    pub on_call: Option<String>,
+    /// For the approvers: why an auto-approval rule could not tell (PagerDuty unreachable…).
+    pub route_note: Option<String>,
     pub via: Via,
     pub delivery: Option<crate::slack::deliveries::Delivery>,
 }
@@ -293,6 +301,8 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         origin_channel: s.origin_channel.clone(),
         start_at: s.start_at,
         auto: evaluation.route == Route::Auto,
+        on_call: evaluation.on_call_schedule().map(str::to_owned),
+        route_note: evaluation.on_call_note(),
         via: s.via,
         delivery: s.delivery,
     };
@@ -325,6 +335,8 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
             auto: request.decided_by.as_deref() == Some(crate::audit::actor::POLICY),
             request,
             resource,
+            on_call: None,
+            route_note: None,
         }));
     }
     app.metrics
@@ -341,6 +353,8 @@ pub async fn submit(app: &App, s: Submission<'_>) -> HandlerResult<Result<Submit
         request,
         resource,
         auto,
+        on_call: prepared.on_call,
+        route_note: prepared.route_note,
     }))
 }
 
@@ -377,7 +391,12 @@ pub async fn store(
         p.via,
     )
     .await?;
-    let request = route(tx, app, request, resource, p.auto, now).await?;
+    let how = How {
+        auto: p.auto,
+        on_call: p.on_call.as_deref(),
+        note: p.route_note.as_deref(),
+    };
+    let request = route(tx, app, request, resource, how, now).await?;
     if matches!(request.requester, Requester::Identity(_)) {
         let status = if p.auto {
             "approved by policy".to_owned()
@@ -520,7 +539,12 @@ pub async fn store_for_approval(
             },
             now,
         ));
-        jobs.extend(super::escalation::initial_jobs(&p.resource, r.id, now));
+        jobs.extend(super::escalation::initial_jobs(
+            &p.resource,
+            r.id,
+            now,
+            until,
+        ));
         jobs.push((
             Job::PendingTimeout { request: r.id },
             Placement::unique(keys::pending_timeout(r.id)),
@@ -528,6 +552,11 @@ pub async fn store_for_approval(
         ));
     }
     queue::enqueue_many(tx, jobs, now).await?;
+    for (r, p) in requests.iter().zip(items) {
+        if let Some(note) = &p.route_note {
+            requests::set_route_note(tx, r.id, note).await?;
+        }
+    }
     Ok(requests)
 }
 
@@ -596,6 +625,16 @@ async fn insert(
     Ok(request)
 }
 
+/// How a new request goes on, from its evaluation.
+#[derive(Debug, Clone, Copy)]
+struct How<'a> {
+    auto: bool,
+    /// The schedule whose on-call approved it.
+    on_call: Option<&'a str>,
+    /// Why a rule could not approve it, for the approvers.
+    note: Option<&'a str>,
+}
+
 /// Sends a new request down its route: approved by policy now, or posted to the approvers with
 /// its escalation steps (the half-time nudge by default), its DMs and its pending timeout
 /// scheduled.
@@ -604,13 +643,16 @@ async fn route(
     app: &App,
     request: Request,
     resource: &Resource,
-    auto: bool,
+    how: How<'_>,
     now: DateTime<Utc>,
 ) -> HandlerResult<Request> {
-    if auto {
-        return decision::approve_by_policy(tx, app, request, now).await;
+    if how.auto {
+        return decision::approve_by_policy(tx, app, request, how.on_call, now).await;
     }
     let id = request.id;
+    if let Some(note) = how.note {
+        requests::set_route_note(tx, id, note).await?;
+    }
     queue::enqueue(
         tx,
         &Job::ApprovalMessage { request: id },
@@ -623,7 +665,7 @@ async fn route(
     let until = request
         .pending_until
         .unwrap_or_else(|| now + resource.pending_timeout.to_chrono());
-    super::escalation::schedule(tx, resource, id, now).await?;
+    super::escalation::schedule(tx, resource, id, now, until).await?;
     queue::enqueue(
         tx,
         &Job::PendingTimeout { request: id },
@@ -837,6 +879,8 @@ pub async fn extend(
     check_rate(app, who)?;
     let resource = evaluation.resource.clone();
     let auto = evaluation.route == Route::Auto;
+    let on_call = evaluation.on_call_schedule().map(str::to_owned);
+    let route_note = evaluation.on_call_note();
     let justification = reason
         .map(str::trim)
         .filter(|r| !r.is_empty())
@@ -869,13 +913,20 @@ pub async fn extend(
         via,
     )
     .await?;
-    let request = route(&mut tx, app, request, &resource, auto, now).await?;
+    let how = How {
+        auto,
+        on_call: on_call.as_deref(),
+        note: route_note.as_deref(),
+    };
+    let request = route(&mut tx, app, request, &resource, how, now).await?;
     tx.commit().await?;
     app.waker.wake();
     Ok(Submitted {
         request,
         resource,
         auto,
+        on_call,
+        route_note,
     })
 }
 

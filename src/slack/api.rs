@@ -779,6 +779,8 @@ pub struct UserFacts {
     /// The person's UTC offset in seconds, as their Slack profile says (`tz_offset`, which
     /// follows daylight saving time as of when it was read).
     pub tz_offset: Option<i32>,
+    /// `profile.email` (needs the `users:read.email` scope): matches people to PagerDuty.
+    pub email: Option<String>,
 }
 
 impl UserFacts {
@@ -797,6 +799,10 @@ impl UserFacts {
                 .and_then(Value::as_i64)
                 .and_then(|o| i32::try_from(o).ok())
                 .filter(|o| o.abs() < 86_400),
+            email: user
+                .pointer("/profile/email")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
     }
 }

@@ -201,6 +201,7 @@ pub fn approval_message(
     policy: &Policy,
     approvals: &[String],
     steps_run: u32,
+    route_note: Option<&str>,
 ) -> Msg {
     let id = request.id;
     let mut headline = format!(
@@ -246,6 +247,9 @@ pub fn approval_message(
             "Ticket: {}",
             text::ticket(ticket, resource.map(|r| &r.ticket))
         )));
+    }
+    if let Some(note) = route_note {
+        blocks.push(context(format!(":warning: {}", text::escape(note))));
     }
     let approvers = resource
         .map(|r| deciders_of(r, steps_run))
@@ -885,7 +889,18 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
                 })
                 .unwrap_or_default()
         }
-        AutoApproved { extension } => format!(":zap: Approved by policy{}", ext(extension)),
+        AutoApproved {
+            extension,
+            on_call: None,
+        } => format!(":zap: Approved by policy{}", ext(extension)),
+        AutoApproved {
+            extension,
+            on_call: Some(schedule),
+        } => format!(
+            ":zap: Approved by policy{}: the requester is on call in PagerDuty schedule {}",
+            ext(extension),
+            text::code(schedule)
+        ),
         Approval {
             count,
             required,

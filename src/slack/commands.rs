@@ -10,7 +10,7 @@ use crate::app::App;
 use crate::domain::command::{self, Command};
 use crate::domain::duration::GrantDuration;
 use crate::domain::ids::{SlackChannelId, SlackUserId};
-use crate::domain::policy::{Membership, Policy, Requester, Route};
+use crate::domain::policy::{Membership, OnCall, Policy, Requester, Route};
 use crate::domain::request::{Request, State};
 use crate::handlers::access::{self, Revoker};
 use crate::handlers::request::{self, Submission, Via};
@@ -260,15 +260,25 @@ fn submitted_line(submitted: &request::Submitted) -> String {
         };
     }
     if submitted.auto {
+        let because = submitted
+            .on_call
+            .as_deref()
+            .map(|s| format!(" (you are on call in PagerDuty schedule {})", text::code(s)))
+            .unwrap_or_default();
         format!(
-            ":zap: Request {} for {} ({}) was approved by policy. Access is being issued; you will get a DM.",
+            ":zap: Request {} for {} ({}) was approved by policy{because}. Access is being issued; you will get a DM.",
             r.id,
             text::code(r.resource.as_str()),
             r.duration.humanize()
         )
     } else {
+        let note = submitted
+            .route_note
+            .as_deref()
+            .map(|n| format!("\n:warning: {}", text::escape(n)))
+            .unwrap_or_default();
         format!(
-            ":inbox_tray: Request {} for {} ({}) was sent to {} {}. You will get a DM when it is decided.",
+            ":inbox_tray: Request {} for {} ({}) was sent to {} {}. You will get a DM when it is decided.{note}",
             r.id,
             text::code(r.resource.as_str()),
             r.duration.humanize(),
@@ -476,17 +486,41 @@ pub fn why_reply(
     let auto = match &resource.auto_approve {
         None => "• Auto-approval: never for this resource".to_owned(),
         Some(rule) => {
-            let whom = if rule.who.is_empty() {
-                "anyone who may request it".to_owned()
-            } else {
-                text::principals(&rule.who)
+            let schedules = rule.oncall.as_ref().map(|o| {
+                o.pagerduty_schedules
+                    .iter()
+                    .map(|s| text::code(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            let whom = match (&schedules, rule.who.is_empty()) {
+                (None, true) => "anyone who may request it".to_owned(),
+                (None, false) => text::principals(&rule.who),
+                (Some(s), true) => format!("whoever is on call in PagerDuty schedule {s}"),
+                (Some(s), false) => format!(
+                    "{} and whoever is on call in PagerDuty schedule {s}",
+                    text::principals(&rule.who)
+                ),
             };
             let verdict = match &evaluation {
-                Ok(e) if e.route == Route::Auto => format!("*yes* for you at {asked}"),
-                Ok(_) if asked > rule.max_duration => {
-                    format!("no for you at {asked} (longer than {})", rule.max_duration)
-                }
-                Ok(_) => "no for you (you are not in the rule)".to_owned(),
+                Ok(e) => match (e.route, &e.on_call) {
+                    (Route::Auto, Some(OnCall::Yes { schedule })) => format!(
+                        "*yes* for you at {asked}: you are on call now in {}",
+                        text::code(schedule)
+                    ),
+                    (Route::Auto, _) => format!("*yes* for you at {asked}"),
+                    _ if asked > rule.max_duration => {
+                        format!("no for you at {asked} (longer than {})", rule.max_duration)
+                    }
+                    (_, Some(OnCall::No)) => {
+                        "no for you now (you are not in the rule, and not on call now)".to_owned()
+                    }
+                    (_, Some(OnCall::Unknown { why })) => format!(
+                        "no for you now: on-call cannot be checked ({}), so the rule fails closed",
+                        text::escape(why)
+                    ),
+                    _ => "no for you (you are not in the rule)".to_owned(),
+                },
                 Err(e) => format!("no: {}", text::escape(&e.to_string())),
             };
             format!(

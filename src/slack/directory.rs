@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 
 use crate::clock::SharedClock;
 use crate::domain::ids::{SlackGroupId, SlackUserId};
-use crate::domain::policy::Standing;
-use crate::domain::policy::{Membership, Policy};
+use crate::domain::policy::{Membership, OnCall, Policy, Standing};
+use crate::oncall::OnCallCache;
 use crate::slack::api::{SlackApi, UserFacts, WorkspaceInfo};
 
 /// Groups are not refetched on a miss more often than this.
@@ -59,6 +59,8 @@ pub struct Directory {
     cache: Arc<RwLock<Cache>>,
     api: SlackApi,
     clock: SharedClock,
+    /// Who is on call (`auto_approve.oncall`), matched by the profile emails held here.
+    oncall: Option<OnCallCache>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -111,7 +113,18 @@ impl Directory {
             cache: Arc::new(RwLock::new(Cache::default())),
             api,
             clock,
+            oncall: None,
         }
+    }
+
+    /// Answers [`Membership::on_call`] from `cache`.
+    pub fn with_oncall(mut self, cache: OnCallCache) -> Self {
+        self.oncall = Some(cache);
+        self
+    }
+
+    pub fn oncall(&self) -> Option<&OnCallCache> {
+        self.oncall.as_ref()
     }
 
     /// Fetches one group's members. Errors are logged and leave the previous answer in place.
@@ -363,6 +376,22 @@ impl Membership for Directory {
             self.learn_user(user);
             Standing::Unknown
         })
+    }
+
+    fn on_call(&self, user: &SlackUserId, schedules: &[String]) -> OnCall {
+        let Some(oncall) = &self.oncall else {
+            return OnCall::Unknown {
+                why: "no on-call source is configured".into(),
+            };
+        };
+        let email = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .users
+            .get(user)
+            .and_then(|facts| facts.email.clone());
+        oncall.lookup(email.as_deref(), schedules)
     }
 
     fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool {

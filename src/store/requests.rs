@@ -21,8 +21,8 @@ macro_rules! select_requests {
              state, approvals_required, created_at, pending_until, decided_at, decided_by, \
              decision_note, granted_at, expires_at, ended_at, revoked_at, failure, \
              approval_channel, approval_ts, audit_ts, reviewed_by, reviewed_at, grant_handle, \
-             access_key, origin_channel, delivery_failure, grant_baseline, start_at, escalation_step \
-             FROM requests ",
+             access_key, origin_channel, delivery_failure, grant_baseline, start_at, escalation_step, \
+             route_note FROM requests ",
             $($tail),*
         )
     };
@@ -62,6 +62,7 @@ struct RequestRow {
     grant_baseline: Option<String>,
     start_at: Option<String>,
     escalation_step: i64,
+    route_note: Option<String>,
 }
 
 /// A request plus the storage-only columns the workers need.
@@ -77,6 +78,8 @@ pub struct StoredRequest {
     pub grant_baseline: Option<String>,
     /// How many of the resource's escalation steps have run ([`escalate`]).
     pub escalation_step: u32,
+    /// Why an auto-approval rule could not approve it (shown to the approvers).
+    pub route_note: Option<String>,
 }
 
 fn time(value: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
@@ -132,6 +135,7 @@ impl TryFrom<RequestRow> for StoredRequest {
             delivery_failure: row.delivery_failure,
             grant_baseline: row.grant_baseline,
             escalation_step: row.escalation_step.clamp(0, u32::MAX as i64) as u32,
+            route_note: row.route_note,
         })
     }
 }
@@ -803,6 +807,18 @@ pub async fn copy_for(
     .bind(recipient)
     .fetch_optional(&mut *c)
     .await
+    })
+}
+
+/// Remembers why an auto-approval rule did not approve a request waiting for approval.
+pub async fn set_route_note(conn: &mut Conn, id: RequestId, note: &str) -> sqlx::Result<()> {
+    on!(conn, |c| {
+        sqlx::query("UPDATE requests SET route_note = $1 WHERE id = $2")
+            .bind(note)
+            .bind(id.0)
+            .execute(&mut *c)
+            .await
+            .map(|_| ())
     })
 }
 

@@ -467,6 +467,7 @@ async fn restarted(
         settings: jit::app::Settings::default(),
         posts_per_channel_per_second: std::num::NonZeroU32::new(1000).unwrap(),
         webhooks: None,
+        pagerduty: None,
     })
     .unwrap();
     app.directory

@@ -193,6 +193,7 @@ pub struct Harness {
     aws_endpoint: Option<String>,
     postgres_url: Option<String>,
     slack_timeout: std::time::Duration,
+    pagerduty: Option<jit::oncall::PagerDutyConfig>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -239,6 +240,8 @@ pub struct Options {
     pub slack_timeout: std::time::Duration,
     /// How long a claimed job is leased (the worker's heartbeat renews it).
     pub lease: std::time::Duration,
+    /// PagerDuty (a fake one) for `auto_approve.oncall`.
+    pub pagerduty: Option<jit::oncall::PagerDutyConfig>,
 }
 
 impl Default for Options {
@@ -250,6 +253,7 @@ impl Default for Options {
             postgres_url: None,
             slack_timeout: std::time::Duration::from_secs(10),
             lease: jit::app::DEFAULT_LEASE,
+            pagerduty: None,
         }
     }
 }
@@ -288,6 +292,7 @@ impl Harness {
             postgres_url: self.postgres_url.clone(),
             slack_timeout: self.slack_timeout,
             lease: self.app.settings.lease,
+            pagerduty: self.pagerduty.clone(),
         };
         Self::build(options, Some(self)).await
     }
@@ -303,6 +308,7 @@ impl Harness {
             postgres_url: self.postgres_url.clone(),
             slack_timeout: self.slack_timeout,
             lease: self.app.settings.lease,
+            pagerduty: self.pagerduty.clone(),
         };
         Self::build(options, Some(self)).await
     }
@@ -422,6 +428,7 @@ impl Harness {
                 })
                 .unwrap(),
             ),
+            pagerduty: options.pagerduty.clone(),
         })
         .unwrap();
         let groups = jit::slack::directory::groups_in(&app.policy);
@@ -454,6 +461,7 @@ impl Harness {
             aws_endpoint: options.aws_endpoint.clone(),
             postgres_url: options.postgres_url.clone(),
             slack_timeout: options.slack_timeout,
+            pagerduty: options.pagerduty.clone(),
             server,
         }
     }

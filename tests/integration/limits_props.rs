@@ -178,6 +178,7 @@ fn resource() -> impl Strategy<Value = Resource> {
                 auto_approve: Some(AutoApprove {
                     max_duration: max,
                     who: Principals::default(),
+                    oncall: None,
                 }),
                 breakglass: true,
                 reminder_before: GrantDuration::from_secs(600),
@@ -271,7 +272,10 @@ fn audit_events(text: &str) -> Vec<AuditEvent> {
             start_at: Some("2026-12-24T22:00:00.000Z".into()),
         },
         AuditEvent::ActivationRefused { reason: t() },
-        AuditEvent::AutoApproved { extension: None },
+        AuditEvent::AutoApproved {
+            extension: None,
+            on_call: Some("PABC123".into()),
+        },
         AuditEvent::Escalated {
             step: 3,
             after: t(),
@@ -372,7 +376,7 @@ fn every_message_builder_stays_within_slacks_limits() {
             let r = resource.as_ref();
             assert_message(
                 "approval message",
-                &blocks::approval_message(&request, r, &policy, &approvals, 0),
+                &blocks::approval_message(&request, r, &policy, &approvals, 0, None),
             );
             if let Some(r) = r {
                 for steps_run in [1, r.escalate.len() as u32] {
@@ -384,6 +388,7 @@ fn every_message_builder_stays_within_slacks_limits() {
                             &policy,
                             &approvals,
                             steps_run,
+                            Some("On-call auto-approval did not apply: PagerDuty has not answered for 3 minutes."),
                         ),
                     );
                     if let Some(nudge) = blocks::escalation_nudge(&request, r, steps_run) {

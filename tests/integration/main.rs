@@ -17,6 +17,7 @@ mod flood;
 mod hardened_edge;
 mod lifecycle;
 mod limits_props;
+mod oncall;
 mod postgres;
 mod reliability;
 mod replicas;

@@ -112,7 +112,7 @@ impl Subcommand {
             Subcommand::List => "your pending and active requests",
             Subcommand::Cancel => "withdraw your own pending request",
             Subcommand::Why => {
-                "which rule applies to a resource, who approves, the maximum duration and whether it is auto-approved"
+                "which rule applies to a resource, who approves, the maximum duration and whether it is auto-approved for you now (on call in PagerDuty included)"
             }
             Subcommand::Release => "give up your access now",
             Subcommand::Extend => "ask for more time on an active grant",

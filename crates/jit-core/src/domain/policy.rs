@@ -223,6 +223,13 @@ struct AutoApproveFile {
     groups: Vec<SlackGroupId>,
     #[serde(default)]
     identities: Vec<String>,
+    oncall: Option<OnCallFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnCallFile {
+    pagerduty_schedules: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -393,6 +400,14 @@ pub trait Membership {
     fn standing(&self, _user: &SlackUserId) -> Standing {
         Standing::Member
     }
+
+    /// Whether `user` is on call now in one of `schedules`, from a cache the caller keeps fresh
+    /// in the background (never a call in the ack path).
+    fn on_call(&self, _user: &SlackUserId, _schedules: &[String]) -> OnCall {
+        OnCall::Unknown {
+            why: "no on-call source is configured".into(),
+        }
+    }
 }
 
 /// A Slack user's standing in the workspace jit serves.
@@ -503,8 +518,40 @@ pub const MAX_ESCALATION_STEPS: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoApprove {
     pub max_duration: GrantDuration,
-    /// Empty: every permitted requester qualifies.
+    /// Empty (and no `oncall`): every permitted requester qualifies.
     pub who: Principals,
+    /// Whoever is on call now in one of these schedules qualifies too. With `oncall` and no
+    /// principals, only on-call people qualify.
+    pub oncall: Option<OnCallRule>,
+}
+
+/// `auto_approve.oncall`: the PagerDuty schedules whose current on-call people are approved by
+/// policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnCallRule {
+    pub pagerduty_schedules: Vec<String>,
+}
+
+/// Whether someone is on call now, as far as the caller's cache knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnCall {
+    /// On call now in `schedule`.
+    Yes { schedule: String },
+    /// Known not to be on call in any of the schedules.
+    No,
+    /// Cannot tell (no fresh answer from PagerDuty, no email for the user…): treated as not on
+    /// call, so the rule fails closed.
+    Unknown { why: String },
+}
+
+/// A PagerDuty object ID as it appears in a schedule's URL (`…/schedules/PABC123`): upper-case
+/// letters and digits, starting with `P`.
+pub fn is_pagerduty_id(id: &str) -> bool {
+    (2..=20).contains(&id.len())
+        && id.starts_with('P')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1319,6 +1366,19 @@ impl Policy {
         })
     }
 
+    /// Every PagerDuty schedule an `auto_approve.oncall` rule names, sorted, once each.
+    pub fn oncall_schedules(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .resources
+            .iter()
+            .filter_map(|r| r.auto_approve.as_ref()?.oncall.as_ref())
+            .flat_map(|o| o.pagerduty_schedules.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Where audit events are POSTed (`[[webhook]]`).
     pub fn webhooks(&self) -> &[Webhook] {
         &self.webhooks
@@ -1464,20 +1524,35 @@ impl Policy {
         let outsider = who
             .user()
             .is_some_and(|u| membership.standing(u) != Standing::Member);
-        let route = match &resource.auto_approve {
-            Some(rule)
-                if duration <= rule.max_duration
-                    && ((rule.who.is_empty() && !outsider)
-                        || rule.who.contains(who, membership)) =>
-            {
-                Route::Auto
+        let (route, on_call) = match &resource.auto_approve {
+            Some(rule) if duration <= rule.max_duration => {
+                let everyone = rule.who.is_empty() && rule.oncall.is_none() && !outsider;
+                if everyone || rule.who.contains(who, membership) {
+                    (Route::Auto, None)
+                } else {
+                    match (&rule.oncall, who) {
+                        // Only full members of the workspace qualify through a schedule, as
+                        // through a group.
+                        (Some(oncall), Requester::User(user)) if !outsider => {
+                            let status = membership.on_call(user, &oncall.pagerduty_schedules);
+                            let route = if matches!(status, OnCall::Yes { .. }) {
+                                Route::Auto
+                            } else {
+                                Route::Approval
+                            };
+                            (route, Some(status))
+                        }
+                        _ => (Route::Approval, None),
+                    }
+                }
             }
-            _ => Route::Approval,
+            _ => (Route::Approval, None),
         };
         Ok(Evaluation {
             resource,
             duration,
             route,
+            on_call,
         })
     }
 
@@ -1531,13 +1606,15 @@ impl Policy {
                 max_lifetime: resource.max_lifetime,
             });
         }
-        if evaluation.route == Route::Auto
-            && resource
-                .auto_approve
-                .as_ref()
-                .is_none_or(|rule| total > rule.max_duration)
+        if resource
+            .auto_approve
+            .as_ref()
+            .is_none_or(|rule| total > rule.max_duration)
         {
             evaluation.route = Route::Approval;
+            // The rule does not cover the whole grant, on call or not: no on-call verdict to
+            // report.
+            evaluation.on_call = None;
         }
         Ok(evaluation)
     }
@@ -1640,6 +1717,7 @@ fn build_resource(
                 ));
             }
             check_identities(&rule.identities, "auto_approve")?;
+            let oncall = rule.oncall.map(on_call_rule).transpose()?;
             Some(AutoApprove {
                 max_duration: rule.max_duration,
                 who: Principals {
@@ -1647,6 +1725,7 @@ fn build_resource(
                     groups: rule.groups,
                     identities: rule.identities,
                 },
+                oncall,
             })
         }
         None => None,
@@ -1997,6 +2076,30 @@ fn escalation(
     Ok(out)
 }
 
+fn on_call_rule(file: OnCallFile) -> Result<OnCallRule, String> {
+    let schedules = file.pagerduty_schedules;
+    if schedules.is_empty() {
+        return Err(
+            "auto_approve.oncall.pagerduty_schedules must name at least one PagerDuty schedule ID, such as \"PABC123\""
+                .into(),
+        );
+    }
+    if let Some(bad) = schedules.iter().find(|s| !is_pagerduty_id(s)) {
+        return Err(format!(
+            "auto_approve.oncall.pagerduty_schedules: `{bad}` is not a PagerDuty schedule ID (upper-case letters and digits starting with P, as in the schedule's address …/schedules/PABC123)"
+        ));
+    }
+    let mut seen = HashSet::new();
+    if let Some(twice) = schedules.iter().find(|s| !seen.insert(s.as_str())) {
+        return Err(format!(
+            "auto_approve.oncall.pagerduty_schedules names `{twice}` twice"
+        ));
+    }
+    Ok(OnCallRule {
+        pagerduty_schedules: schedules,
+    })
+}
+
 impl ProviderConfig {
     fn kind_name(kind: ProviderKind) -> &'static str {
         match kind {
@@ -2027,6 +2130,29 @@ pub struct Evaluation<'a> {
     pub resource: &'a Resource,
     pub duration: GrantDuration,
     pub route: Route,
+    /// What the rule's `oncall` said, when it was consulted: the requester was not otherwise
+    /// in the rule and the duration was within it.
+    pub on_call: Option<OnCall>,
+}
+
+impl Evaluation<'_> {
+    /// The schedule that got this request approved by policy, if on-call did.
+    pub fn on_call_schedule(&self) -> Option<&str> {
+        match (&self.on_call, self.route) {
+            (Some(OnCall::Yes { schedule }), Route::Auto) => Some(schedule),
+            _ => None,
+        }
+    }
+
+    /// For the approvers: why the on-call rule did not approve it, when it could not tell.
+    pub fn on_call_note(&self) -> Option<String> {
+        match &self.on_call {
+            Some(OnCall::Unknown { why }) if self.route == Route::Approval => Some(format!(
+                "On-call auto-approval did not apply: {why}. It fails closed, so this request waits for approval."
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request is refused. Shown to the requester.

@@ -1225,3 +1225,241 @@ fn the_channel_may_be_left_out_only_when_approvers_are_asked_by_dm() {
         );
     }
 }
+
+/// On call in the given schedules, or unable to tell.
+struct Rota {
+    on_call: Vec<(&'static str, &'static str)>,
+    unknown: Option<&'static str>,
+    groups: Vec<(&'static str, &'static str)>,
+}
+
+impl Membership for Rota {
+    fn is_member(&self, user: &SlackUserId, group: &SlackGroupId) -> bool {
+        self.groups
+            .iter()
+            .any(|(g, u)| *g == group.as_str() && *u == user.as_str())
+    }
+
+    fn on_call(&self, user: &SlackUserId, schedules: &[String]) -> OnCall {
+        if let Some(why) = self.unknown {
+            return OnCall::Unknown { why: why.into() };
+        }
+        match self
+            .on_call
+            .iter()
+            .find(|(s, u)| *u == user.as_str() && schedules.iter().any(|x| x == s))
+        {
+            Some((s, _)) => OnCall::Yes {
+                schedule: (*s).into(),
+            },
+            None => OnCall::No,
+        }
+    }
+}
+
+fn oncall_policy(rule: &str) -> Result<Policy, PolicyError> {
+    parse(&format!(
+        r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = {{ users = ["U0SECLEAD", "U0OTHER"] }}
+
+[[resource]]
+id = "prod"
+provider = "none"
+max_duration = "4h"
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+auto_approve = {rule}
+"#
+    ))
+}
+
+#[test]
+fn oncall_rules_are_validated() {
+    let policy = oncall_policy(
+        r#"{ max_duration = "2h", oncall = { pagerduty_schedules = ["PABC123", "P123"] } }"#,
+    )
+    .unwrap();
+    let rule = policy
+        .resource("prod")
+        .unwrap()
+        .auto_approve
+        .clone()
+        .unwrap();
+    assert_eq!(
+        rule.oncall,
+        Some(OnCallRule {
+            pagerduty_schedules: vec!["PABC123".into(), "P123".into()]
+        })
+    );
+    assert_eq!(policy.oncall_schedules(), vec!["P123", "PABC123"]);
+
+    let empty = oncall_policy(r#"{ max_duration = "2h", oncall = { pagerduty_schedules = [] } }"#)
+        .unwrap_err();
+    assert!(
+        empty.message.contains("at least one PagerDuty schedule ID"),
+        "{empty}"
+    );
+    for bad in [
+        "primary-oncall",
+        "pabc123",
+        "https://x.pagerduty.com/schedules/PABC123",
+        "XABC123",
+    ] {
+        let err = oncall_policy(&format!(
+            r#"{{ max_duration = "2h", oncall = {{ pagerduty_schedules = ["{bad}"] }} }}"#
+        ))
+        .unwrap_err();
+        assert!(
+            err.message.contains("is not a PagerDuty schedule ID") && err.message.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+    let twice = oncall_policy(
+        r#"{ max_duration = "2h", oncall = { pagerduty_schedules = ["PA1", "PA1"] } }"#,
+    )
+    .unwrap_err();
+    assert!(twice.message.contains("`PA1` twice"), "{twice}");
+    let missing = oncall_policy(r#"{ max_duration = "2h", oncall = { } }"#).unwrap_err();
+    assert!(missing.message.contains("pagerduty_schedules"), "{missing}");
+    let unknown = oncall_policy(
+        r#"{ max_duration = "2h", oncall = { pagerduty_schedules = ["PA1"], opsgenie = ["x"] } }"#,
+    )
+    .unwrap_err();
+    assert!(unknown.message.contains("opsgenie"), "{unknown}");
+}
+
+#[test]
+fn oncall_people_alone_are_approved_by_policy() {
+    let policy = oncall_policy(
+        r#"{ max_duration = "2h", oncall = { pagerduty_schedules = ["PDAY", "PNIGHT"] } }"#,
+    )
+    .unwrap();
+    let rota = Rota {
+        on_call: vec![("PNIGHT", "U0BOB")],
+        unknown: None,
+        groups: vec![],
+    };
+    let bob = policy
+        .evaluate("prod", &user("U0BOB"), Some(d("1h")), &rota)
+        .unwrap();
+    assert_eq!(bob.route, Route::Auto);
+    assert_eq!(bob.on_call_schedule(), Some("PNIGHT"));
+    assert_eq!(bob.on_call_note(), None);
+
+    // Not on call: with `oncall` and nobody else named, not everyone qualifies.
+    let carol = policy
+        .evaluate("prod", &user("U0CAROL"), Some(d("1h")), &rota)
+        .unwrap();
+    assert_eq!(carol.route, Route::Approval);
+    assert_eq!(carol.on_call, Some(OnCall::No));
+    assert_eq!(carol.on_call_note(), None);
+
+    // On call, but longer than the rule allows.
+    let long = policy
+        .evaluate("prod", &user("U0BOB"), Some(d("3h")), &rota)
+        .unwrap();
+    assert_eq!(long.route, Route::Approval);
+    assert_eq!(long.on_call, None);
+
+    // Cannot tell: fails closed, with a note for the approvers.
+    let down = Rota {
+        on_call: vec![("PNIGHT", "U0BOB")],
+        unknown: Some("PagerDuty could not be reached"),
+        groups: vec![],
+    };
+    let blind = policy
+        .evaluate("prod", &user("U0BOB"), Some(d("1h")), &down)
+        .unwrap();
+    assert_eq!(blind.route, Route::Approval);
+    assert_eq!(blind.on_call_schedule(), None);
+    let note = blind.on_call_note().unwrap();
+    assert!(note.contains("PagerDuty could not be reached"), "{note}");
+
+    // The default Membership knows no on-call source: fails closed too.
+    let none = policy
+        .evaluate("prod", &user("U0BOB"), Some(d("1h")), &NoGroups)
+        .unwrap();
+    assert_eq!(none.route, Route::Approval);
+    assert!(matches!(none.on_call, Some(OnCall::Unknown { .. })));
+}
+
+#[test]
+fn oncall_adds_to_the_people_a_rule_names() {
+    let policy = oncall_policy(
+        r#"{ max_duration = "2h", groups = ["S0SRE"], oncall = { pagerduty_schedules = ["PDAY"] } }"#,
+    )
+    .unwrap();
+    let rota = Rota {
+        on_call: vec![("PDAY", "U0BOB")],
+        unknown: None,
+        groups: vec![("S0SRE", "U0SRE")],
+    };
+    let sre = policy
+        .evaluate("prod", &user("U0SRE"), Some(d("1h")), &rota)
+        .unwrap();
+    assert_eq!(sre.route, Route::Auto);
+    assert_eq!(sre.on_call, None, "the group qualifies without asking");
+    let bob = policy
+        .evaluate("prod", &user("U0BOB"), Some(d("1h")), &rota)
+        .unwrap();
+    assert_eq!(bob.route, Route::Auto);
+    assert_eq!(bob.on_call_schedule(), Some("PDAY"));
+    let carol = policy
+        .evaluate("prod", &user("U0CAROL"), Some(d("1h")), &rota)
+        .unwrap();
+    assert_eq!(carol.route, Route::Approval);
+}
+
+#[test]
+fn pagerduty_ids_have_their_shape() {
+    for good in ["P123", "PABC123", "P0Z9"] {
+        assert!(is_pagerduty_id(good), "{good}");
+    }
+    for bad in [
+        "",
+        "P",
+        "ABC123",
+        "Pabc",
+        "P-1",
+        "P 1",
+        "PAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        assert!(!is_pagerduty_id(bad), "{bad}");
+    }
+}
+
+#[test]
+fn oncall_extensions_count_the_whole_grant() {
+    let policy =
+        oncall_policy(r#"{ max_duration = "2h", oncall = { pagerduty_schedules = ["PDAY"] } }"#)
+            .unwrap();
+    let rota = Rota {
+        on_call: vec![("PDAY", "U0BOB")],
+        unknown: None,
+        groups: vec![],
+    };
+    let within = policy
+        .evaluate_extension("prod", &user("U0BOB"), d("30m"), d("1h"), &rota)
+        .unwrap();
+    assert_eq!(within.route, Route::Auto);
+    assert_eq!(within.on_call_schedule(), Some("PDAY"));
+    let beyond = policy
+        .evaluate_extension("prod", &user("U0BOB"), d("90m"), d("1h"), &rota)
+        .unwrap();
+    assert_eq!(beyond.route, Route::Approval);
+    assert_eq!(beyond.on_call, None);
+    let down = Rota {
+        on_call: vec![],
+        unknown: Some("PagerDuty could not be reached"),
+        groups: vec![],
+    };
+    let beyond_blind = policy
+        .evaluate_extension("prod", &user("U0BOB"), d("90m"), d("1h"), &down)
+        .unwrap();
+    assert_eq!(
+        beyond_blind.on_call_note(),
+        None,
+        "no note when the rule could not have applied anyway"
+    );
+}
