@@ -24,6 +24,7 @@
 pub mod aws_sts;
 pub mod exec;
 pub mod postgres;
+pub mod principal;
 
 use std::collections::BTreeMap;
 use std::fmt;
