@@ -949,3 +949,40 @@ driver_tests! {
         );
     }
 }
+
+/// SQLite must not re-prepare a cached statement because a parameter was bound again (a claim's
+/// `LIMIT`, a unique key compared with a partial index's condition): each re-prepare parses and
+/// plans the statement anew, and before the planner's stability guarantee was turned on it cost
+/// the queue about half its CPU. Claims with different limits, enqueues with and without unique
+/// keys and completions, all on one connection, then no statement of it was re-prepared.
+#[tokio::test]
+async fn sqlite_never_re_prepares_a_statement_for_its_parameters() {
+    let db = db::TestDb::new(jit::store::Driver::Sqlite).await;
+    let store = db.store().await;
+    let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+    let lease = now + Duration::minutes(1);
+    let mut tx = store.begin_write().await.unwrap();
+    for round in 0..3 {
+        for n in 0..4 {
+            let mut new = job("noop", PRIORITY_ACCESS, now);
+            if n % 2 == 0 {
+                new.unique_key = Some(format!("key-{round}-{n}"));
+            }
+            enqueue(&mut tx, &new, now).await.unwrap();
+        }
+        for limit in [1, 2, 1] {
+            for row in claim(&mut tx, now, lease, limit, None).await.unwrap() {
+                let done = complete(&mut tx, row.id, row.attempts, now).await.unwrap();
+                assert_eq!(done, Fenced::Applied);
+            }
+        }
+        assert_eq!(
+            count(&mut tx, "noop", "done").await.unwrap(),
+            4 * (round + 1)
+        );
+        assert_eq!(count(&mut tx, "noop", "queued").await.unwrap(), 0);
+    }
+    let reprepared = jit::store::reprepared(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(reprepared, Some(0), "statements were re-prepared");
+}

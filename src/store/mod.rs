@@ -373,6 +373,33 @@ async fn hold_liveness_once(options: &PgConnectOptions, liveness: &Liveness) -> 
 /// and outcomes, reads, and the `LISTEN` connection.
 const PG_MAX_CONNECTIONS: u32 = 10;
 
+/// How many times SQLite has re-prepared the statements cached on this connection since each
+/// was prepared (`SQLITE_STMTSTATUS_REPREPARE`, summed); `None` on PostgreSQL. With
+/// [`Store::stable_plans`] in force it stays 0 however the statements' parameters are bound.
+pub async fn reprepared(conn: &mut Conn) -> sqlx::Result<Option<u64>> {
+    let Raw::Sqlite(c) = conn.raw() else {
+        return Ok(None);
+    };
+    let mut handle = c.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    let mut total = 0u64;
+    // SAFETY: `db` is held exclusively through the lock while the connection's statements are
+    // walked; `sqlite3_next_stmt` and `sqlite3_stmt_status` only read them.
+    unsafe {
+        let mut stmt = libsqlite3_sys::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !stmt.is_null() {
+            let n = libsqlite3_sys::sqlite3_stmt_status(
+                stmt,
+                libsqlite3_sys::SQLITE_STMTSTATUS_REPREPARE,
+                0,
+            );
+            total += u64::try_from(n).unwrap_or(0);
+            stmt = libsqlite3_sys::sqlite3_next_stmt(db, stmt);
+        }
+    }
+    Ok(Some(total))
+}
+
 impl Store {
     /// Opens the database at `url`: `sqlite://path` (created if needed), `sqlite::memory:`, or
     /// `postgres://…` (the database must exist; [`Store::migrate`] creates the tables).
@@ -406,10 +433,41 @@ impl Store {
             // A SQLite connection is a thread in this process; pinging it before every use
             // only adds a round trip to each transaction.
             .test_before_acquire(false)
+            .after_connect(|conn, _| Box::pin(Self::stable_plans(conn)))
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the database at {url}"))?;
         Ok(Self::with_pool(Pool::Sqlite(pool)))
+    }
+
+    /// Turns on SQLite's query planner stability guarantee (`SQLITE_DBCONFIG_ENABLE_QPSG`) for a
+    /// connection. Without it, SQLite lets the values bound to a statement shape its plan (a
+    /// `LIMIT $3`, a parameter compared with a partial index's condition), marks the prepared
+    /// statement expired whenever such a parameter is bound again, and parses and plans it anew on
+    /// the next step: every claim of the queue was a full re-prepare. jit's statements name their
+    /// states and kinds as literals where a plan depends on them, so a plan built without the bound
+    /// values is the same plan, and the statement cache works as meant.
+    async fn stable_plans(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        let mut now_on: std::os::raw::c_int = 0;
+        // SAFETY: `db` is this connection's open handle, held exclusively through the lock for the
+        // duration of the call; the arguments match the documented signature of this option (an
+        // int, then a pointer to an int that receives the new setting).
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_db_config(
+                db,
+                libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+                1 as std::os::raw::c_int,
+                &mut now_on as *mut std::os::raw::c_int,
+            )
+        };
+        if rc != libsqlite3_sys::SQLITE_OK || now_on != 1 {
+            return Err(sqlx::Error::Configuration(
+                format!("SQLite refused the query planner stability guarantee (code {rc})").into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Opens a PostgreSQL store with `options` (tests pass their own schema this way).
