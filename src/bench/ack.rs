@@ -347,17 +347,55 @@ fn plain_ok(status: u16, _: &[u8]) -> bool {
     status == 200
 }
 
-fn report(name: &str, load: &Load) {
+fn report(name: &str, load: &Load, cpu: Option<f64>) {
     println!(
-        "  {name:<22} {:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   p99.9 {:>7.2} ms   max {:>7.2} ms   ({} ok, {} failed)",
+        "  {name:<22} {:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   p99.9 {:>7.2} ms   max {:>7.2} ms   ({} ok, {} failed){}",
         load.rate(),
         load.latency.p50,
         load.latency.p99,
         load.latency.p999,
         load.latency.max,
         load.ok,
-        load.failed
+        load.failed,
+        cpu.map(|us| format!("   CPU {us:.0} µs/req"))
+            .unwrap_or_default()
     );
+}
+
+/// User plus system CPU seconds a process has used so far, from `/proc/<pid>/stat` (Linux;
+/// `None` elsewhere). The kernel counts them in USER_HZ ticks, which is 100 on every
+/// architecture Linux reports them for.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers, and
+    // utime and stime are the 14th and 15th of the line.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU seconds used so far by every target process together.
+fn cpu_of(targets: &[&Target]) -> Option<f64> {
+    targets.iter().map(|t| cpu_seconds(t.child.id())).sum()
+}
+
+/// Runs `load` and returns it with the targets' CPU time (user + system) per successful
+/// request, in microseconds: a figure that holds when the machine is noisy, where the
+/// throughput does not.
+async fn with_cpu(
+    targets: &[&Target],
+    load: impl std::future::Future<Output = anyhow::Result<Load>>,
+) -> anyhow::Result<(Load, Option<f64>)> {
+    let before = cpu_of(targets);
+    let load = load.await?;
+    let after = cpu_of(targets);
+    let per_request = match (before, after) {
+        (Some(before), Some(after)) if load.ok > 0 => Some(1e6 * (after - before) / load.ok as f64),
+        _ => None,
+    };
+    Ok((load, per_request))
 }
 
 async fn bare_target() -> anyhow::Result<Target> {
@@ -460,7 +498,11 @@ pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow
     let urls: Vec<String> = jit.iter().map(|t| t.url.clone()).collect();
     // Warm up connections and caches.
     load(&urls, args.connections, 1, jit_acked).await?;
-    let jit_load = load(&urls, args.connections, args.seconds, jit_acked).await?;
+    let (jit_load, jit_cpu) = with_cpu(
+        &jit.iter().collect::<Vec<_>>(),
+        load(&urls, args.connections, args.seconds, jit_acked),
+    )
+    .await?;
     drop(jit);
     let stored = {
         let store = crate::store::Store::connect(&database_url, durability).await?;
@@ -474,7 +516,7 @@ pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow
         store.close().await;
         n
     };
-    report("jit serve", &jit_load);
+    report("jit serve", &jit_load, jit_cpu);
     println!(
         "  {:<22} {stored} requests stored (warm-up included), every ack after its commit",
         ""
@@ -485,6 +527,10 @@ pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow
         ("ack p50 latency", format!("{:.2} ms", jit_load.latency.p50)),
         ("ack p99 latency", format!("{:.2} ms", jit_load.latency.p99)),
         ("jit serve processes", replicas.to_string()),
+        (
+            "ack CPU per request",
+            jit_cpu.map_or_else(|| "not measured".to_owned(), |us| format!("{us:.0} µs")),
+        ),
     ];
     if place.driver() == crate::store::Driver::Postgres {
         // The floor and the anchor do not depend on the database: measured once, beside SQLite.
@@ -500,8 +546,12 @@ pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow
     let bare = bare_target().await?;
     let bare_urls = [bare.url.clone()];
     load(&bare_urls, args.connections, 1, plain_ok).await?;
-    let bare_load = load(&bare_urls, args.connections, args.seconds, plain_ok).await?;
-    report(bare.name, &bare_load);
+    let (bare_load, bare_cpu) = with_cpu(
+        &[&bare],
+        load(&bare_urls, args.connections, args.seconds, plain_ok),
+    )
+    .await?;
+    report(bare.name, &bare_load, bare_cpu);
     drop(bare);
 
     let bolt_load = if args.no_bolt {
@@ -509,8 +559,12 @@ pub async fn run(args: AckArgs, durability: Durability, place: &Place) -> anyhow
     } else if let Some(bolt) = bolt_target(args.bolt_dir.as_deref()).await? {
         let bolt_urls = [bolt.url.clone()];
         load(&bolt_urls, args.connections, 1, plain_ok).await?;
-        let l = load(&bolt_urls, args.connections, args.seconds, plain_ok).await?;
-        report(bolt.name, &l);
+        let (l, cpu) = with_cpu(
+            &[&bolt],
+            load(&bolt_urls, args.connections, args.seconds, plain_ok),
+        )
+        .await?;
+        report(bolt.name, &l, cpu);
         Some(l)
     } else {
         None
