@@ -28,7 +28,7 @@ use crate::domain::policy::{Refusal, Requester};
 use crate::domain::request::{Kind, Request, State};
 use crate::jobs::{Job, keys};
 use crate::providers::{
-    GrantSpec, Issued, Provider, ProviderError, RevokeReason, RevokeSpec, Revoked,
+    GrantSpec, Issued, MAX_PENDING_WAIT, Provider, ProviderError, RevokeReason, RevokeSpec, Revoked,
 };
 use crate::queue::worker::{JobCtx, Outcome};
 use crate::queue::{self, Placement};
@@ -312,6 +312,12 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         Ok(issued) => {
             record_issued(app, &stored, issued, now, spec.expires_at).await?;
             Ok(Outcome::Done)
+        }
+        // Accepted and still being carried out: ask again later, without holding a worker or
+        // counting an attempt (the provider bounds the wait and then fails retryably).
+        Err(ProviderError::Pending { after, detail }) => {
+            tracing::info!(request_id = id.0, detail, "issuing is still in progress");
+            Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)))
         }
         Err(ProviderError::Retryable(error)) if ctx.attempt < GRANT_ATTEMPTS => {
             let mut tx = app.store.begin_write().await?;
@@ -739,6 +745,12 @@ pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result
             finish_teardown(app, &request, Vec::new(), revoked).await?;
             Ok(Outcome::Done)
         }
+        // Still being carried out: ask again later. The provider bounds the wait and then fails
+        // retryably, so a stuck removal ends in the counted, alerted path below.
+        Err(ProviderError::Pending { after, detail }) => {
+            tracing::info!(request_id = id.0, detail, "the revoke is still in progress");
+            Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)))
+        }
         Err(err) => {
             let error = err.to_string();
             record_teardown_failure(app, &request, ctx, &error).await?;
@@ -907,6 +919,9 @@ pub async fn run_cleanup(app: &App, id: RequestId, _ctx: JobCtx) -> anyhow::Resu
             app.waker.wake();
             Ok(Outcome::Done)
         }
+        Err(ProviderError::Pending { after, .. }) => {
+            Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)))
+        }
         Err(err) => Ok(Outcome::Retry(err.to_string())),
     }
 }
@@ -973,6 +988,9 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
     let handle = parent.grant_handle.clone().unwrap_or_default();
     let issued = match provider.extend(&spec, &handle).await {
         Ok(issued) => issued,
+        Err(ProviderError::Pending { after, .. }) => {
+            return Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)));
+        }
         Err(ProviderError::Retryable(error)) if ctx.attempt < GRANT_ATTEMPTS => {
             return Ok(Outcome::Retry(error));
         }
