@@ -44,6 +44,8 @@ driver_tests! {
             .create_permission_set()
             .instance_arn(&instance_arn)
             .name(format!("JitFlow{n}"))
+            // Without it moto answers DescribePermissionSet with a number the SDK refuses.
+            .session_duration("PT1H")
             .send()
             .await
             .unwrap()

@@ -2291,8 +2291,10 @@ fn identity_center_config(
             "permission_set_arn",
             "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-1234567890abcdef",
         )?;
+        // AWS writes arn:aws:sso:::permissionSet/ssoins-…/ps-… (moto: …:instance/ssoins-…/ps-…).
         if !permission_set_arn.starts_with("arn:aws")
-            || !permission_set_arn.contains(":sso:::permissionSet/")
+            || !permission_set_arn.contains(":sso:::")
+            || !permission_set_arn.contains("/ps-")
         {
             return Err(format!(
                 "permission_set_arn `{permission_set_arn}` is not a permission set ARN (arn:aws:sso:::permissionSet/ssoins-…/ps-…)"
