@@ -26,14 +26,29 @@ max_duration = "2h"
 approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
 "#;
 
-driver_tests! {
-    #[cfg_attr(not(jit_moto_tests), ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time")]
-    async fn identity_center_grant_polls_then_expiry_removes_it() {
+/// A permission set, an Identity Center user and two accounts in moto, and jit in front of the
+/// fault-injecting proxy.
+struct World {
+    sso: aws_sdk_ssoadmin::Client,
+    instance_arn: String,
+    set: String,
+    user: String,
+    account: String,
+    proxy: Proxy,
+    h: Harness,
+}
+
+impl World {
+    async fn new() -> World {
         let moto = std::env::var("JIT_TEST_AWS_ENDPOINT")
             .expect("JIT_TEST_AWS_ENDPOINT was set when these tests were built but is unset now");
         let sdk = moto_sdk(&moto).await;
         let sso = aws_sdk_ssoadmin::Client::new(&sdk);
-        let instances = sso.list_instances().send().await.expect("moto answers ListInstances");
+        let instances = sso
+            .list_instances()
+            .send()
+            .await
+            .expect("moto answers ListInstances");
         let instance = instances.instances().first().expect("moto has an instance");
         let (instance_arn, store) = (
             instance.instance_arn().unwrap().to_owned(),
@@ -75,31 +90,7 @@ driver_tests! {
             format!("{:012}", 200_000_000_000 + n),
             format!("{:012}", 300_000_000_000 + n),
         );
-        let assignees = || async {
-            sso.list_account_assignments()
-                .instance_arn(&instance_arn)
-                .account_id(&account)
-                .permission_set_arn(&set)
-                .send()
-                .await
-                .unwrap()
-                .account_assignments()
-                .iter()
-                .filter_map(|a| a.principal_id().map(str::to_owned))
-                .collect::<Vec<_>>()
-        };
         let proxy = Proxy::start(&moto).await;
-        proxy.inject("CreateAccountAssignment", &[Fault::Status("IN_PROGRESS")]);
-        proxy.inject(
-            "DescribeAccountAssignmentCreationStatus",
-            &[Fault::Status("IN_PROGRESS")],
-        );
-        // Three: the SDK's own retries (standard mode) are used up before jit sees an error.
-        proxy.inject(
-            "DeleteAccountAssignment",
-            &[Fault::ServerError, Fault::ServerError, Fault::ServerError],
-        );
-
         let policy = POLICY
             .replace("{instance}", &instance_arn)
             .replace("{store}", &store)
@@ -114,33 +105,92 @@ driver_tests! {
             ..Options::default()
         })
         .await;
-        // The requester picks the account: each is a resource of its own.
+        World {
+            sso,
+            instance_arn,
+            set,
+            user,
+            account,
+            proxy,
+            h,
+        }
+    }
+
+    async fn assignees(&self) -> Vec<String> {
+        self.sso
+            .list_account_assignments()
+            .instance_arn(&self.instance_arn)
+            .account_id(&self.account)
+            .permission_set_arn(&self.set)
+            .send()
+            .await
+            .unwrap()
+            .account_assignments()
+            .iter()
+            .filter_map(|a| a.principal_id().map(str::to_owned))
+            .collect()
+    }
+
+    fn told(&self) -> bool {
+        self.h.slack.dms(DEV).iter().any(|m| {
+            m.blocks
+                .to_string()
+                .contains("https://portal.example/start")
+                || m.text.contains("https://portal.example/start")
+        })
+    }
+
+    /// Requested (picking the account) and approved; AWS still carrying the assignment out.
+    async fn approved_and_pending(&self) -> jit::domain::ids::RequestId {
+        self.proxy
+            .inject("CreateAccountAssignment", &[Fault::Status("IN_PROGRESS")]);
+        self.proxy.inject(
+            "DescribeAccountAssignmentCreationStatus",
+            &[Fault::Status("IN_PROGRESS")],
+        );
+        let h = &self.h;
         let id = h
-            .request_access(DEV, &format!("aws-admin.{account} 1h fix the billing alarm"))
+            .request_access(
+                DEV,
+                &format!("aws-admin.{} 1h fix the billing alarm", self.account),
+            )
             .await;
         h.run_jobs().await;
         h.click(ALICE, "jit.approve", id).await;
         h.run_jobs().await;
-        // AWS is still carrying it out: the grant job was put back, nothing told yet.
-        assert_eq!(h.state(id).await, State::Approved, "{:?}", h.audit_events(id).await);
-        assert_eq!(proxy.count("CreateAccountAssignment"), 1);
-        let told = |h: &Harness| {
-            h.slack
-                .dms(DEV)
-                .iter()
-                .any(|m| m.blocks.to_string().contains("https://portal.example/start")
-                    || m.text.contains("https://portal.example/start"))
-        };
-        assert!(!told(&h));
+        // AWS is still carrying it out: the grant job was put back, nobody told yet.
+        assert_eq!(
+            h.state(id).await,
+            State::Approved,
+            "{:?}",
+            h.audit_events(id).await
+        );
+        assert_eq!(self.proxy.count("CreateAccountAssignment"), 1);
+        assert!(!self.told());
+        id
+    }
+}
+
+driver_tests! {
+    #[cfg_attr(not(jit_moto_tests), ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time")]
+    async fn identity_center_grant_polls_then_expiry_removes_it() {
+        let w = World::new().await;
+        let id = w.approved_and_pending().await;
+        let h = &w.h;
+        // Three: the SDK's own retries (standard mode) are used up before jit sees an error.
+        w.proxy.inject(
+            "DeleteAccountAssignment",
+            &[Fault::ServerError, Fault::ServerError, Fault::ServerError],
+        );
         h.advance_and_run(Duration::seconds(5)).await;
         assert_eq!(h.state(id).await, State::Approved);
         h.advance_and_run(Duration::seconds(5)).await;
         assert_eq!(h.state(id).await, State::Active, "{:?}", h.audit_events(id).await);
-        assert_eq!(proxy.count("CreateAccountAssignment"), 1, "created once");
-        assert_eq!(assignees().await, vec![user.clone()]);
-        assert!(told(&h), "the holder is told where to sign in");
+        assert_eq!(w.proxy.count("CreateAccountAssignment"), 1, "created once");
+        assert_eq!(w.assignees().await, vec![w.user.clone()]);
+        assert!(w.told(), "the holder is told where to sign in");
         let handle = h.stored(id).await.grant_handle.unwrap();
-        assert!(handle.contains(&account), "{handle}");
+        assert!(handle.contains(&w.account), "{handle}");
 
         // Expiry: the first revoke fails (HTTP 500s) and is retried; then the assignment is gone.
         h.advance_and_run(Duration::minutes(61)).await;
@@ -152,6 +202,23 @@ driver_tests! {
         );
         h.advance_and_run(Duration::minutes(5)).await;
         assert!(h.request(id).await.revoked_at.is_some(), "{:?}", h.audit_events(id).await);
-        assert!(assignees().await.is_empty());
+        assert!(w.assignees().await.is_empty());
+    }
+
+    #[cfg_attr(not(jit_moto_tests), ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time")]
+    async fn identity_center_released_while_pending_is_removed() {
+        let w = World::new().await;
+        let id = w.approved_and_pending().await;
+        let h = &w.h;
+        // Released before AWS finished: the creation (which went ahead at AWS) is treated as
+        // issued and torn down, though no attempt of the grant job failed.
+        h.click(DEV, "jit.release", id).await;
+        h.advance_and_run(Duration::seconds(5)).await;
+        h.advance_and_run(Duration::seconds(5)).await;
+        let events = h.audit_events(id).await;
+        assert!(events.iter().any(|e| e.contains("grant_uncertain")), "{events:?}");
+        assert!(h.request(id).await.revoked_at.is_some(), "{events:?}");
+        assert!(w.assignees().await.is_empty());
+        assert!(!w.told());
     }
 }
