@@ -641,3 +641,36 @@ async fn group_mode_adds_and_removes_the_membership_and_keeps_a_standing_one() {
     assert_eq!(members().await, 1);
     assert_eq!(proxy.count("CreateGroupMembership"), 1);
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
+async fn a_revoke_waits_for_a_creation_still_in_progress() {
+    let (world, proxy, p) = setup().await;
+    let now = Utc::now();
+    let spec = grant_spec(90, &format!("{}@corp.example", world.login), now);
+    let baseline = p.baseline(&spec).await.unwrap().unwrap();
+    proxy.inject("CreateAccountAssignment", &[Fault::Status("IN_PROGRESS")]);
+    pending(p.grant(&spec).await);
+    // The grant is revoked (released, say) while AWS is still creating the assignment: the
+    // revoke waits for the creation to end rather than miss an assignment that appears later.
+    proxy.inject(
+        "DescribeAccountAssignmentCreationStatus",
+        &[Fault::Status("IN_PROGRESS")],
+    );
+    let revoke = revoke_spec(
+        90,
+        &p.presumed_handle(&spec),
+        vec![baseline],
+        now,
+        RevokeReason::FailedGrant,
+    );
+    pending(p.revoke(&revoke).await);
+    assert_eq!(proxy.count("DeleteAccountAssignment"), 0);
+    p.revoke(&revoke).await.expect("removed once created");
+    assert_eq!(proxy.count("DescribeAccountAssignmentCreationStatus"), 2);
+    assert_eq!(proxy.count("DeleteAccountAssignment"), 1);
+    assert!(world.assignees().await.is_empty());
+}

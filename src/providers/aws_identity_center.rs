@@ -518,6 +518,34 @@ impl IdentityCenterProvider {
                 ..Revoked::default()
             });
         };
+        // A creation still in progress (a grant revoked while AWS carries it out) would add the
+        // assignment after the revoke looked: wait for it, then remove it.
+        if let Some(flight) = self.in_flight(handle).filter(|f| f.op == Op::Create)
+            && let Some(request_id) = &flight.request_id
+        {
+            let status = self
+                .sso
+                .describe_account_assignment_creation_status()
+                .instance_arn(&self.config.instance_arn)
+                .account_assignment_creation_request_id(request_id)
+                .send()
+                .await
+                .map_err(|e| {
+                    classify("sso:DescribeAccountAssignmentCreationStatus", account_id, e)
+                })?;
+            match status.account_assignment_creation_status() {
+                Some(s) if s.status() == Some(&StatusValues::InProgress) => {
+                    return Err(self.still_in_progress(
+                        handle,
+                        Op::Create,
+                        None,
+                        now,
+                        "the account assignment to remove is still being created",
+                    ));
+                }
+                _ => self.forget(handle),
+            }
+        }
         if let Some(flight) = self.in_flight(handle).filter(|f| f.op == Op::Delete)
             && let Some(request_id) = &flight.request_id
         {

@@ -81,6 +81,12 @@ impl World {
                     .family_name(&login)
                     .build(),
             )
+            // moto fails every lookup by email (HTTP 500) once a user without one exists.
+            .emails(
+                aws_sdk_identitystore::types::Email::builder()
+                    .value(format!("{login}@corp.example"))
+                    .build(),
+            )
             .send()
             .await
             .unwrap()
