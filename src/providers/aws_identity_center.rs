@@ -18,7 +18,9 @@
 //! path (an uncertain grant is revoked), and a revoke is retried and alerted like any other
 //! failed teardown. After a restart (or on another replica) the request id is gone: the call
 //! starts over from the assignments AWS lists, and a `ConflictException` (an operation on the same
-//! assignment in progress) is again [`ProviderError::Pending`].
+//! assignment in progress) is again [`ProviderError::Pending`]. A revoke waits for a creation it
+//! knows to be in progress before it looks; one started before a restart it cannot see (AWS's
+//! `ListAccountAssignmentCreationStatus` could; moto lacks it).
 //!
 //! **Idempotent.** A grant first lists the assignments of the permission set in the account
 //! (`ListAccountAssignments`) and creates nothing when the user already has it; a revoke deletes
