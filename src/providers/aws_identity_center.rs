@@ -716,7 +716,13 @@ impl Provider for IdentityCenterProvider {
     /// Never [`ProviderError::Refused`]: a call made again after [`ProviderError::Pending`] (which
     /// jit does not count as an attempt) follows one that acted. Refusals come from the baseline.
     async fn grant(&self, spec: &GrantSpec) -> Result<Issued, ProviderError> {
-        let access = self.access(spec).map_err(acted)?;
+        // The baseline found the user before the first call; not knowing them now means Slack did
+        // not give the email this time: ask again rather than presume a different handle.
+        let access = self.access(spec).map_err(|e| {
+            ProviderError::Retryable(format!(
+                "{e} (the grant had found them before: trying again)"
+            ))
+        })?;
         let _serial = serial(&access.handle()).lock_owned().await;
         let result = match &access.target {
             IdentityCenterTarget::Account {
