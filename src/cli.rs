@@ -450,6 +450,15 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
             ProviderConfig::Postgres(c) => postgres_summary(c),
             ProviderConfig::Exec(c) => format!("exec {}", c.grant_command.join(" ")),
             ProviderConfig::None => "none".into(),
+            ProviderConfig::AwsIdentityCenter(c) => match &c.target {
+                crate::domain::policy::IdentityCenterTarget::Account {
+                    account_id,
+                    permission_set_arn,
+                } => format!("aws_identity_center {permission_set_arn} in account {account_id}"),
+                crate::domain::policy::IdentityCenterTarget::Group { group_id } => {
+                    format!("aws_identity_center group {group_id}")
+                }
+            },
         };
         out.push_str(&format!(
             "  {}: {provider}\n    max {} (default {}; max_lifetime {}: the most in all, extensions included); requesters: {}; approvers: {} of {} in {}\n    auto-approve: {}; break-glass: {}; pending timeout {}; reminder {} before expiry; a start may be scheduled up to {} ahead (max_start_ahead)\n",
@@ -558,6 +567,11 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
     }
     for r in policy.resources() {
         if let ProviderConfig::Postgres(c) = &r.provider {
+            for warning in c.warnings() {
+                out.push_str(&format!("warning: {}: {warning}\n", r.id));
+            }
+        }
+        if let ProviderConfig::AwsIdentityCenter(c) = &r.provider {
             for warning in c.warnings() {
                 out.push_str(&format!("warning: {}: {warning}\n", r.id));
             }

@@ -80,7 +80,7 @@ fn demo_policy(script: &Path, aws_endpoint: Option<&str>) -> anyhow::Result<Stri
         .and_then(|r| r.as_array_mut())
         .context("the example policy has resources")?;
     resources.retain(|r| match r.get("provider").and_then(|p| p.as_str()) {
-        Some("postgres") => false,
+        Some("postgres") | Some("aws_identity_center") => false,
         Some("aws_sts") => aws_endpoint.is_some(),
         _ => true,
     });

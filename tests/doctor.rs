@@ -1712,3 +1712,98 @@ async fn an_unmigrated_postgres_database_is_only_a_warning() {
     store.close().await;
     setup.finish().await;
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
+async fn identity_center_resources_are_checked() {
+    let setup = Setup::new().await;
+    let Some(aws) = &setup.aws else {
+        panic!("JIT_TEST_AWS_ENDPOINT was set when this test was built but is unset now");
+    };
+    let sdk = jit::providers::aws_sts::aws_config_loader(Some(&aws.endpoint), Some("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "jit-tests",
+        ))
+        .load()
+        .await;
+    let sso = aws_sdk_ssoadmin::Client::new(&sdk);
+    let instances = sso.list_instances().send().await.unwrap();
+    let instance = instances.instances().first().expect("moto has an instance");
+    let (instance_arn, store) = (
+        instance.instance_arn().unwrap().to_owned(),
+        instance.identity_store_id().unwrap().to_owned(),
+    );
+    let mut sets = Vec::new();
+    for session in ["PT1H", "PT4H"] {
+        let set = sso
+            .create_permission_set()
+            .instance_arn(&instance_arn)
+            .name(format!("Doctor{}", rand::random::<u32>()))
+            .session_duration(session)
+            .send()
+            .await
+            .unwrap();
+        sets.push(
+            set.permission_set()
+                .unwrap()
+                .permission_set_arn()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let resource = |set: &str, store: &str| {
+        format!(
+            r#"
+[[resource]]
+id = "aws-ic"
+provider = "aws_identity_center"
+instance_arn = "{instance_arn}"
+identity_store_id = "{store}"
+portal_url = "https://portal.example/start"
+permission_set_arn = "{set}"
+account_id = "{ACCOUNT}"
+session_duration = "1h"
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+"#
+        )
+    };
+    setup.write_policy(&format!(
+        "{}{}",
+        setup.default_policy(),
+        resource(&sets[0], &store)
+    ));
+    let out = setup.doctor().await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let lines = out.lines("resource aws-ic");
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines.iter().all(|l| l.starts_with("ok ")), "{lines:#?}");
+    assert!(lines[0].contains(&instance_arn), "{}", lines[0]);
+    assert!(
+        lines[1].contains("sessions last up to PT1H"),
+        "{}",
+        lines[1]
+    );
+
+    // A permission set whose sessions outlast session_duration, and the wrong identity store.
+    setup.write_policy(&format!(
+        "{}{}",
+        setup.default_policy(),
+        resource(&sets[1], "d-0000000000")
+    ));
+    let out = setup.doctor().await;
+    out.fails_only(&["resource aws-ic"]);
+    let text = out.lines("resource aws-ic").join("\n");
+    assert!(text.contains("uses identity store"), "{text}");
+    assert!(
+        text.contains("lets a session last PT4H, longer than session_duration 1h"),
+        "{text}"
+    );
+    setup.finish().await;
+}

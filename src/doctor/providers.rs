@@ -74,6 +74,7 @@ async fn resource_checks(resource: &Resource, dir: &Path, env: EnvFn<'_>) -> Vec
     match &resource.provider {
         ProviderConfig::Exec(config) => vec![exec_check(&name, config, dir, env)],
         ProviderConfig::Postgres(_) => vec![postgres_check(&name, resource).await],
+        ProviderConfig::AwsIdentityCenter(_) => identity_center_checks(&name, resource).await,
         ProviderConfig::None | ProviderConfig::AwsSts(_) => Vec::new(),
     }
 }
@@ -739,6 +740,210 @@ async fn simulation_check(aws: &Aws, name: &str, role_arn: &str, trust: Option<&
             "allow them to jit's principal on the role (README: Providers, aws_sts)",
         ),
     }
+}
+
+/// `aws_identity_center`: with jit's AWS credentials (as `jit serve` loads them), the instance
+/// is listed (`sso:ListInstances`) with the configured identity store, the permission set exists
+/// (`sso:DescribePermissionSet`) with a session duration within `session_duration`, the
+/// assignments can be read (`sso:ListAccountAssignments`), and the identity store answers
+/// (`identitystore:ListUsers`; `identitystore:DescribeGroup` for `group_id`). Nothing is written.
+async fn identity_center_checks(name: &str, resource: &Resource) -> Vec<Check> {
+    use crate::domain::policy::IdentityCenterTarget;
+    use crate::providers::aws_identity_center::iso_duration;
+    let ProviderConfig::AwsIdentityCenter(config) = &resource.provider else {
+        return Vec::new();
+    };
+    let fix_creds = "give jit AWS credentials as for jit serve, with the IAM permissions the README lists for aws_identity_center";
+    let sdk = aws_sts::aws_config_loader(None, config.region.as_deref())
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(AWS_OPERATION_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await;
+    let sdk = if sdk.region().is_some() {
+        sdk
+    } else {
+        sdk.into_builder()
+            .region(aws_config::Region::from_static("us-east-1"))
+            .build()
+    };
+    let sso = aws_sdk_ssoadmin::Client::new(&sdk);
+    let store = aws_sdk_identitystore::Client::new(&sdk);
+    let mut out = Vec::new();
+    let work = async {
+        match sso.list_instances().send().await {
+            Ok(list) => match list
+                .instances()
+                .iter()
+                .find(|i| i.instance_arn() == Some(config.instance_arn.as_str()))
+            {
+                Some(i) if i.identity_store_id() == Some(config.identity_store_id.as_str()) => {
+                    out.push(Check::ok(
+                        name,
+                        format!(
+                            "aws_identity_center: instance {} with identity store {} is reachable",
+                            config.instance_arn, config.identity_store_id
+                        ),
+                    ))
+                }
+                Some(i) => out.push(Check::fail(
+                    name,
+                    format!(
+                        "aws_identity_center: instance {} uses identity store {}, not {}",
+                        config.instance_arn,
+                        i.identity_store_id().unwrap_or("?"),
+                        config.identity_store_id
+                    ),
+                    "set identity_store_id to the instance's identity store (IAM Identity Center > Settings)",
+                )),
+                None => out.push(Check::fail(
+                    name,
+                    format!(
+                        "aws_identity_center: jit's credentials do not see instance {}",
+                        config.instance_arn
+                    ),
+                    "check instance_arn and region (Identity Center lives in one region), and that jit runs in the organization's management or delegated administrator account",
+                )),
+            },
+            Err(e) => out.push(Check::fail(
+                name,
+                format!("aws_identity_center: sso:ListInstances: {}", sdk_error(&e)),
+                fix_creds,
+            )),
+        }
+        match &config.target {
+            IdentityCenterTarget::Account {
+                account_id,
+                permission_set_arn,
+            } => {
+                match sso
+                    .describe_permission_set()
+                    .instance_arn(&config.instance_arn)
+                    .permission_set_arn(permission_set_arn)
+                    .send()
+                    .await
+                {
+                    Ok(d) => {
+                        let set = d.permission_set();
+                        let set_name = set.and_then(|s| s.name()).unwrap_or("?");
+                        let session = set.and_then(|s| s.session_duration()).unwrap_or("PT1H");
+                        let longer = match (config.session_duration, iso_duration(session)) {
+                            (Some(limit), Some(actual)) => actual > limit,
+                            _ => false,
+                        };
+                        if longer {
+                            out.push(Check::fail(
+                                name,
+                                format!(
+                                    "aws_identity_center: permission set {set_name} lets a session last {session}, longer than session_duration {}; grants are refused",
+                                    config.session_duration.expect("compared above")
+                                ),
+                                "shorten the permission set's session duration, or raise session_duration",
+                            ));
+                        } else {
+                            out.push(Check::ok(
+                                name,
+                                format!(
+                                    "aws_identity_center: permission set {set_name} exists (sessions last up to {session}, and can outlive a grant by that much)"
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => out.push(Check::fail(
+                        name,
+                        format!(
+                            "aws_identity_center: sso:DescribePermissionSet {permission_set_arn}: {}",
+                            sdk_error(&e)
+                        ),
+                        "check permission_set_arn and jit's IAM permissions",
+                    )),
+                }
+                match sso
+                    .list_account_assignments()
+                    .instance_arn(&config.instance_arn)
+                    .account_id(account_id)
+                    .permission_set_arn(permission_set_arn)
+                    .max_results(1)
+                    .send()
+                    .await
+                {
+                    Ok(_) => out.push(Check::ok(
+                        name,
+                        format!(
+                            "aws_identity_center: assignments in account {account_id} can be read"
+                        ),
+                    )),
+                    Err(e) => out.push(Check::fail(
+                        name,
+                        format!(
+                            "aws_identity_center: sso:ListAccountAssignments in {account_id}: {}",
+                            sdk_error(&e)
+                        ),
+                        fix_creds,
+                    )),
+                }
+            }
+            IdentityCenterTarget::Group { group_id } => {
+                match store
+                    .describe_group()
+                    .identity_store_id(&config.identity_store_id)
+                    .group_id(group_id)
+                    .send()
+                    .await
+                {
+                    Ok(g) => out.push(Check::ok(
+                        name,
+                        format!(
+                            "aws_identity_center: group {} ({group_id}) exists",
+                            g.display_name().unwrap_or("?")
+                        ),
+                    )),
+                    Err(e) => out.push(Check::fail(
+                        name,
+                        format!(
+                            "aws_identity_center: identitystore:DescribeGroup {group_id}: {}",
+                            sdk_error(&e)
+                        ),
+                        "check group_id and jit's IAM permissions",
+                    )),
+                }
+            }
+        }
+        match store
+            .list_users()
+            .identity_store_id(&config.identity_store_id)
+            .max_results(1)
+            .send()
+            .await
+        {
+            Ok(_) => out.push(Check::ok(
+                name,
+                format!(
+                    "aws_identity_center: identity store {} answers (users are looked up there)",
+                    config.identity_store_id
+                ),
+            )),
+            Err(e) => out.push(Check::fail(
+                name,
+                format!(
+                    "aws_identity_center: identitystore:ListUsers: {}",
+                    sdk_error(&e)
+                ),
+                fix_creds,
+            )),
+        }
+    };
+    if tokio::time::timeout(CHECK_TIMEOUT * 2, work).await.is_err() {
+        return vec![Check::fail(
+            name,
+            "aws_identity_center: AWS did not answer in time",
+            "check the network path to AWS and run jit doctor again",
+        )];
+    }
+    out
 }
 
 #[cfg(test)]

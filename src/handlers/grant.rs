@@ -16,6 +16,11 @@
 //! lose what the provider returned, any of which may have acted, so its failure compensates
 //! whatever the last error says. (The job's attempt count is durable.)
 //!
+//! A provider whose work AWS carries out asynchronously answers [`ProviderError::Pending`]: the
+//! job runs again shortly without counting an attempt and without holding a worker, and the
+//! provider bounds the wait itself. A job run again after it (its baseline is recorded) is
+//! treated like a later attempt: whatever it ends in compensates.
+//!
 //! Before the first grant call, the provider's baseline ([`Provider::baseline`]) is recorded,
 //! so the revoke can tell what changed while the access was held.
 
@@ -28,7 +33,7 @@ use crate::domain::policy::{Refusal, Requester};
 use crate::domain::request::{Kind, Request, State};
 use crate::jobs::{Job, keys};
 use crate::providers::{
-    GrantSpec, Issued, Provider, ProviderError, RevokeReason, RevokeSpec, Revoked,
+    GrantSpec, Issued, MAX_PENDING_WAIT, Provider, ProviderError, RevokeReason, RevokeSpec, Revoked,
 };
 use crate::queue::worker::{JobCtx, Outcome};
 use crate::queue::{self, Placement};
@@ -248,7 +253,7 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         // it, and the request ended since. Issuing again would hand out access nobody holds a
         // grant for: treat it as issued and tear it down.
         State::Released | State::Revoked | State::Cancelled
-            if stored.grant_handle.is_none() && ctx.attempt > 1 =>
+            if stored.grant_handle.is_none() && earlier_run_may_have_acted(&stored, ctx) =>
         {
             if let Some(provider) = provider {
                 let spec = grant_spec(app, request, app.clock.now()).await;
@@ -280,7 +285,7 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
         }
         Activation::Refuse(reason) => {
             let spec;
-            let uncertain = match (&provider, ctx.attempt > 1) {
+            let uncertain = match (&provider, earlier_run_may_have_acted(&stored, ctx)) {
                 (Some(provider), true) => {
                     spec = grant_spec(app, request, app.clock.now()).await;
                     Some((provider.as_ref(), &spec))
@@ -313,6 +318,12 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
             record_issued(app, &stored, issued, now, spec.expires_at).await?;
             Ok(Outcome::Done)
         }
+        // Accepted and still being carried out: ask again later, without holding a worker or
+        // counting an attempt (the provider bounds the wait and then fails retryably).
+        Err(ProviderError::Pending { after, detail }) => {
+            tracing::info!(request_id = id.0, detail, "issuing is still in progress");
+            Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)))
+        }
         Err(ProviderError::Retryable(error)) if ctx.attempt < GRANT_ATTEMPTS => {
             let mut tx = app.store.begin_write().await?;
             audit::record(
@@ -331,11 +342,20 @@ pub async fn run_grant(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result<
             Ok(Outcome::Retry(error))
         }
         Err(err) => {
-            let uncertain = may_have_acted(&err, ctx).then_some((provider.as_ref(), &spec));
+            let acted = may_have_acted(&err, ctx) || earlier_run_may_have_acted(&stored, ctx);
+            let uncertain = acted.then_some((provider.as_ref(), &spec));
             fail_grant(app, request, &err.to_string(), ctx, uncertain).await?;
             Ok(Outcome::Done)
         }
     }
+}
+
+/// Whether an earlier run of this grant job may have acted: an earlier attempt failed, crashed
+/// or lost what the provider returned, or the provider was called before (its baseline is
+/// recorded just before the first call) and answered [`ProviderError::Pending`], which jit
+/// does not count as an attempt.
+fn earlier_run_may_have_acted(stored: &StoredRequest, ctx: JobCtx) -> bool {
+    ctx.attempt > 1 || stored.grant_baseline.is_some()
 }
 
 /// Whether a grant (or extension) job that ends with `err` may have left access behind: the
@@ -739,6 +759,12 @@ pub async fn run_revoke(app: &App, id: RequestId, ctx: JobCtx) -> anyhow::Result
             finish_teardown(app, &request, Vec::new(), revoked).await?;
             Ok(Outcome::Done)
         }
+        // Still being carried out: ask again later. The provider bounds the wait and then fails
+        // retryably, so a stuck removal ends in the counted, alerted path below.
+        Err(ProviderError::Pending { after, detail }) => {
+            tracing::info!(request_id = id.0, detail, "the revoke is still in progress");
+            Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)))
+        }
         Err(err) => {
             let error = err.to_string();
             record_teardown_failure(app, &request, ctx, &error).await?;
@@ -907,6 +933,9 @@ pub async fn run_cleanup(app: &App, id: RequestId, _ctx: JobCtx) -> anyhow::Resu
             app.waker.wake();
             Ok(Outcome::Done)
         }
+        Err(ProviderError::Pending { after, .. }) => {
+            Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)))
+        }
         Err(err) => Ok(Outcome::Retry(err.to_string())),
     }
 }
@@ -973,6 +1002,9 @@ pub async fn run_extend(app: &App, ext_id: RequestId, ctx: JobCtx) -> anyhow::Re
     let handle = parent.grant_handle.clone().unwrap_or_default();
     let issued = match provider.extend(&spec, &handle).await {
         Ok(issued) => issued,
+        Err(ProviderError::Pending { after, .. }) => {
+            return Ok(Outcome::Defer(after.min(MAX_PENDING_WAIT)));
+        }
         Err(ProviderError::Retryable(error)) if ctx.attempt < GRANT_ATTEMPTS => {
             return Ok(Outcome::Retry(error));
         }

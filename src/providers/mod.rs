@@ -21,6 +21,7 @@
 //! something people must look at says so in [`Revoked::attention`], which jit records as a loud
 //! audit event.
 
+pub mod aws_identity_center;
 pub mod aws_sts;
 pub mod exec;
 pub mod postgres;
@@ -204,6 +205,15 @@ pub enum ProviderError {
     /// request the remote side rejected as a whole, a program that could not be started).
     #[error("{0}")]
     Refused(String),
+    /// Accepted and still being carried out (an asynchronous AWS operation): call again after
+    /// `after`. The call has acted. jit runs the job again without counting an attempt, so the
+    /// provider itself must bound the wait and turn a request stuck past its deadline into
+    /// [`ProviderError::Retryable`] or [`ProviderError::Fatal`].
+    #[error("{detail}")]
+    Pending {
+        after: std::time::Duration,
+        detail: String,
+    },
 }
 
 impl ProviderError {
@@ -217,6 +227,9 @@ impl ProviderError {
         !matches!(self, ProviderError::Refused(_))
     }
 }
+
+/// How often jit asks again about an operation that is [`ProviderError::Pending`] at most.
+pub const MAX_PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
@@ -344,9 +357,9 @@ impl Providers {
                     }
                     providers.insert(&resource.id, Arc::new(exec))
                 }
-                ProviderConfig::AwsSts(_) | ProviderConfig::Postgres(_) => {
-                    rest.push(resource.clone())
-                }
+                ProviderConfig::AwsSts(_)
+                | ProviderConfig::Postgres(_)
+                | ProviderConfig::AwsIdentityCenter(_) => rest.push(resource.clone()),
             }
         }
         (providers, rest)
@@ -388,6 +401,18 @@ impl Providers {
                         postgres::PostgresProvider::new(resource.id.clone(), config.clone(), &url)
                             .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
                     postgres_checks.push(Arc::new(provider));
+                }
+                ProviderConfig::AwsIdentityCenter(config) => {
+                    let sdk =
+                        aws_sts::load_aws_config(aws_endpoint, config.region.as_deref()).await;
+                    providers.insert(
+                        &resource.id,
+                        Arc::new(aws_identity_center::IdentityCenterProvider::new(
+                            resource.id.clone(),
+                            config.clone(),
+                            &sdk,
+                        )),
+                    );
                 }
                 ProviderConfig::None | ProviderConfig::Exec(_) => {}
             }

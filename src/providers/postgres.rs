@@ -1663,6 +1663,10 @@ fn with_text(kind: &ProviderError, text: String) -> ProviderError {
         ProviderError::Retryable(_) => ProviderError::Retryable(text),
         ProviderError::Fatal(_) => ProviderError::Fatal(text),
         ProviderError::Refused(_) => ProviderError::Refused(text),
+        ProviderError::Pending { after, .. } => ProviderError::Pending {
+            after: *after,
+            detail: text,
+        },
     }
 }
 

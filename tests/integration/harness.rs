@@ -400,6 +400,23 @@ impl Harness {
                     .unwrap();
                     providers.insert(&resource.id, Arc::new(provider));
                 }
+                jit::domain::policy::ProviderConfig::AwsIdentityCenter(config) => {
+                    let endpoint = options
+                        .aws_endpoint
+                        .as_deref()
+                        .expect("an aws_identity_center resource needs Options::aws_endpoint");
+                    let sdk = moto_sdk(endpoint).await;
+                    providers.insert(
+                        &resource.id,
+                        Arc::new(
+                            jit::providers::aws_identity_center::IdentityCenterProvider::new(
+                                resource.id.clone(),
+                                config.clone(),
+                                &sdk,
+                            ),
+                        ),
+                    );
+                }
                 _ => {}
             }
         }

@@ -5,6 +5,8 @@
 #[path = "../support/db.rs"]
 mod db;
 mod harness;
+#[path = "../support/ic_proxy.rs"]
+mod ic_proxy;
 
 mod api;
 mod approval_flow;
@@ -15,6 +17,7 @@ mod edge;
 mod escalation;
 mod flood;
 mod hardened_edge;
+mod identity_center;
 mod lifecycle;
 mod limits_props;
 mod oncall;

@@ -239,6 +239,7 @@ enum ProviderKind {
     Exec,
     AwsSts,
     Postgres,
+    AwsIdentityCenter,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +293,24 @@ struct ResourceFile {
     connect_host: Option<String>,
     objects_owner: Option<String>,
     allow_superuser_admin: Option<bool>,
+
+    // aws_identity_center (and `region`)
+    instance_arn: Option<String>,
+    identity_store_id: Option<String>,
+    account_id: Option<OneOrMany>,
+    permission_set_arn: Option<String>,
+    group_id: Option<String>,
+    principals: Option<BTreeMap<String, String>>,
+    portal_url: Option<String>,
+    session_duration: Option<GrantDuration>,
+}
+
+/// `account_id = "111111111111"` or `account_id = ["111111111111", "222222222222"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -663,12 +682,66 @@ impl PostgresConfig {
     }
 }
 
+/// `aws_identity_center`: an IAM Identity Center account assignment (a permission set in an
+/// account) or a group membership, for the requester's Identity Center user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsIdentityCenterConfig {
+    pub instance_arn: String,
+    pub identity_store_id: String,
+    pub target: IdentityCenterTarget,
+    /// Slack user ID or `identity:<name>` → Identity Center user name or email; otherwise the
+    /// requester's Slack email.
+    pub principals: BTreeMap<String, String>,
+    /// The AWS access portal, where the holder signs in.
+    pub portal_url: String,
+    /// The longest session the permission set may give (its SessionDuration): grants refuse and
+    /// `jit doctor` fails when it is longer, since a session started during the grant outlives
+    /// the assignment by up to that much.
+    pub session_duration: Option<GrantDuration>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityCenterTarget {
+    /// One account (a resource naming several becomes one resource per account).
+    Account {
+        account_id: String,
+        permission_set_arn: String,
+    },
+    /// Membership of an Identity Center group.
+    Group { group_id: String },
+}
+
+impl AwsIdentityCenterConfig {
+    /// What `jit policy check` warns about.
+    pub fn warnings(&self) -> Vec<String> {
+        match (&self.target, self.session_duration) {
+            (IdentityCenterTarget::Account { .. }, None) => vec![
+                "no session_duration: an IAM Identity Center session started during a grant outlives \
+                 the assignment by up to the permission set's session duration (up to 12h). Set \
+                 session_duration to refuse grants of a permission set whose sessions last longer."
+                    .to_owned(),
+            ],
+            (IdentityCenterTarget::Group { .. }, _) => vec![
+                "group_id: sessions started through the group's assignments outlive the membership by \
+                 up to their permission sets' session durations, which jit does not check."
+                    .to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The longest session AWS lets a permission set give.
+pub const IDENTITY_CENTER_MAX_SESSION: GrantDuration = GrantDuration::from_hours(12);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderConfig {
     None,
     Exec(ExecConfig),
     AwsSts(AwsStsConfig),
     Postgres(PostgresConfig),
+    AwsIdentityCenter(AwsIdentityCenterConfig),
 }
 
 impl ProviderConfig {
@@ -678,6 +751,7 @@ impl ProviderConfig {
             ProviderConfig::Exec(_) => "exec",
             ProviderConfig::AwsSts(_) => "aws_sts",
             ProviderConfig::Postgres(_) => "postgres",
+            ProviderConfig::AwsIdentityCenter(_) => "aws_identity_center",
         }
     }
 }
@@ -1264,9 +1338,22 @@ impl Policy {
             if !seen.insert(raw.id.clone()) {
                 return Err(err_for("declared twice".into()));
             }
-            let resource =
+            let built =
                 build_resource(raw, &defaults, &identity_names, read_file).map_err(err_for)?;
-            resources.push(resource);
+            if built.len() > 1 {
+                // Expanded per account: the ids are the expanded ones.
+                seen.remove(&id);
+                positions.pop();
+            }
+            for resource in built {
+                if resource.id != id && !seen.insert(resource.id.clone()) {
+                    return Err(err(format!("resource `{}`: declared twice", resource.id)));
+                }
+                if resource.id != id {
+                    positions.push((line, column));
+                }
+                resources.push(resource);
+            }
         }
 
         // No command may see the admin URL of a postgres resource.
@@ -1653,7 +1740,7 @@ fn build_resource(
     defaults: &DefaultsFile,
     identity_names: &HashSet<String>,
     read_file: FileReader<'_>,
-) -> Result<Resource, String> {
+) -> Result<Vec<Resource>, String> {
     let max_duration = raw.max_duration.unwrap_or(defaults.max_duration);
     let default_duration = raw
         .default_duration
@@ -1767,7 +1854,23 @@ fn build_resource(
         "session_policy_file",
         ProviderKind::AwsSts,
     );
-    not_for(raw.region.is_some(), "region", ProviderKind::AwsSts);
+    not_for(
+        raw.region.is_some() && kind != ProviderKind::AwsIdentityCenter,
+        "region",
+        ProviderKind::AwsSts,
+    );
+    for (present, key) in [
+        (raw.instance_arn.is_some(), "instance_arn"),
+        (raw.identity_store_id.is_some(), "identity_store_id"),
+        (raw.account_id.is_some(), "account_id"),
+        (raw.permission_set_arn.is_some(), "permission_set_arn"),
+        (raw.group_id.is_some(), "group_id"),
+        (raw.principals.is_some(), "principals"),
+        (raw.portal_url.is_some(), "portal_url"),
+        (raw.session_duration.is_some(), "session_duration"),
+    ] {
+        not_for(present, key, ProviderKind::AwsIdentityCenter);
+    }
     not_for(
         raw.database_url_env.is_some(),
         "database_url_env",
@@ -1809,8 +1912,25 @@ fn build_resource(
         ));
     }
 
+    // An aws_identity_center resource naming several accounts becomes one resource per account.
+    let mut accounts: Vec<String> = Vec::new();
     let provider = match kind {
         ProviderKind::None => ProviderConfig::None,
+        ProviderKind::AwsIdentityCenter => {
+            let (config, all) = identity_center_config(IdentityCenterKeys {
+                instance_arn: raw.instance_arn,
+                identity_store_id: raw.identity_store_id,
+                account_id: raw.account_id,
+                permission_set_arn: raw.permission_set_arn,
+                group_id: raw.group_id,
+                principals: raw.principals,
+                portal_url: raw.portal_url,
+                session_duration: raw.session_duration,
+                region: raw.region,
+            })?;
+            accounts = all;
+            ProviderConfig::AwsIdentityCenter(config)
+        }
         ProviderKind::Exec => {
             let command = |c: Option<Vec<String>>, key: &str| match c {
                 Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Ok(argv),
@@ -1993,7 +2113,7 @@ fn build_resource(
         ),
     };
 
-    Ok(Resource {
+    let resource = Resource {
         id: raw.id,
         description: raw.description,
         provider,
@@ -2021,7 +2141,185 @@ fn build_resource(
         )?,
         ticket: ticket_rule(raw.ticket.as_ref().or(defaults.ticket.as_ref()))?,
         max_start_ahead,
-    })
+    };
+    per_account(resource, &accounts)
+}
+
+/// `<id>.<account>` for each of several accounts, each with the resource's rules; one account:
+/// the resource as written.
+fn per_account(resource: Resource, accounts: &[String]) -> Result<Vec<Resource>, String> {
+    if accounts.len() < 2 {
+        return Ok(vec![resource]);
+    }
+    accounts
+        .iter()
+        .map(|account| {
+            let id = ResourceId::parse(&format!("{}.{account}", resource.id)).map_err(|_| {
+                format!(
+                    "the id is too long to name one resource per account (`{}.{account}` must be at most 64 characters)",
+                    resource.id
+                )
+            })?;
+            let mut one = resource.clone();
+            one.id = id;
+            one.description = match resource.description.as_str() {
+                "" => format!("account {account}"),
+                d => format!("{d} (account {account})"),
+            };
+            if let ProviderConfig::AwsIdentityCenter(c) = &mut one.provider
+                && let IdentityCenterTarget::Account { account_id, .. } = &mut c.target
+            {
+                account_id.clone_from(account);
+            }
+            Ok(one)
+        })
+        .collect()
+}
+
+/// The `aws_identity_center` keys of a resource, as written.
+struct IdentityCenterKeys {
+    instance_arn: Option<String>,
+    identity_store_id: Option<String>,
+    account_id: Option<OneOrMany>,
+    permission_set_arn: Option<String>,
+    group_id: Option<String>,
+    principals: Option<BTreeMap<String, String>>,
+    portal_url: Option<String>,
+    session_duration: Option<GrantDuration>,
+    region: Option<String>,
+}
+
+/// The `aws_identity_center` keys, checked; and every account named.
+fn identity_center_config(
+    raw: IdentityCenterKeys,
+) -> Result<(AwsIdentityCenterConfig, Vec<String>), String> {
+    let need = |v: &Option<String>, key: &str, example: &str| match v {
+        Some(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        _ => Err(format!(
+            "provider `aws_identity_center` needs {key} (for example {key} = \"{example}\")"
+        )),
+    };
+    let instance_arn = need(
+        &raw.instance_arn,
+        "instance_arn",
+        "arn:aws:sso:::instance/ssoins-1234567890abcdef",
+    )?;
+    if !instance_arn.starts_with("arn:aws") || !instance_arn.contains(":sso:::instance/") {
+        return Err(format!(
+            "instance_arn `{instance_arn}` is not an IAM Identity Center instance ARN (arn:aws:sso:::instance/ssoins-…)"
+        ));
+    }
+    let identity_store_id = need(&raw.identity_store_id, "identity_store_id", "d-1234567890")?;
+    let portal_url = need(
+        &raw.portal_url,
+        "portal_url",
+        "https://d-1234567890.awsapps.com/start",
+    )?;
+    if !portal_url.starts_with("https://") && !portal_url.starts_with("http://") {
+        return Err(format!(
+            "portal_url `{portal_url}` is not a URL (the AWS access portal, e.g. https://d-1234567890.awsapps.com/start)"
+        ));
+    }
+    let principals = raw.principals.clone().unwrap_or_default();
+    for (key, login) in &principals {
+        if Requester::from_key(key).is_none() {
+            return Err(format!(
+                "principals key `{key}` is neither a Slack user ID nor identity:<name>"
+            ));
+        }
+        if login.trim().is_empty() {
+            return Err(format!(
+                "principals maps `{key}` to an empty Identity Center user name"
+            ));
+        }
+    }
+    if let Some(d) = raw.session_duration
+        && (d < GrantDuration::from_hours(1) || d > IDENTITY_CENTER_MAX_SESSION)
+    {
+        return Err(format!(
+            "session_duration {d} must be between 1h and 12h, as a permission set's session duration in IAM Identity Center"
+        ));
+    }
+    let (target, accounts) = if let Some(group) = &raw.group_id {
+        if raw.account_id.is_some() || raw.permission_set_arn.is_some() {
+            return Err(
+                "set group_id (group membership) or account_id with permission_set_arn (an account assignment), not both"
+                    .into(),
+            );
+        }
+        if group.trim().is_empty() {
+            return Err("group_id is empty".into());
+        }
+        if raw.session_duration.is_some() {
+            return Err(
+                "session_duration applies to account assignments (account_id), not to group_id"
+                    .into(),
+            );
+        }
+        (
+            IdentityCenterTarget::Group {
+                group_id: group.trim().to_owned(),
+            },
+            Vec::new(),
+        )
+    } else {
+        let account = &raw.account_id;
+        let accounts = match account {
+            Some(OneOrMany::One(a)) => vec![a.clone()],
+            Some(OneOrMany::Many(list)) => list.clone(),
+            None => Vec::new(),
+        };
+        if accounts.is_empty() {
+            return Err(
+                "provider `aws_identity_center` needs account_id = \"123456789012\" (or a list of accounts, or group_id for group membership)"
+                    .into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for a in &accounts {
+            if a.len() != 12 || !a.chars().all(|c| c.is_ascii_digit()) {
+                return Err(format!(
+                    "account_id `{a}` is not an AWS account ID (12 digits)"
+                ));
+            }
+            if !seen.insert(a.as_str()) {
+                return Err(format!("account_id names `{a}` twice"));
+            }
+        }
+        let permission_set_arn = need(
+            &raw.permission_set_arn,
+            "permission_set_arn",
+            "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-1234567890abcdef",
+        )?;
+        // AWS writes arn:aws:sso:::permissionSet/ssoins-…/ps-… (moto: …:instance/ssoins-…/ps-…).
+        if !permission_set_arn.starts_with("arn:aws")
+            || !permission_set_arn.contains(":sso:::")
+            || !permission_set_arn.contains("/ps-")
+        {
+            return Err(format!(
+                "permission_set_arn `{permission_set_arn}` is not a permission set ARN (arn:aws:sso:::permissionSet/ssoins-…/ps-…)"
+            ));
+        }
+        (
+            IdentityCenterTarget::Account {
+                account_id: accounts[0].clone(),
+                permission_set_arn,
+            },
+            accounts,
+        )
+    };
+    Ok((
+        AwsIdentityCenterConfig {
+            instance_arn,
+            identity_store_id,
+            target,
+            principals,
+            portal_url,
+            session_duration: raw.session_duration,
+            region: raw.region.clone(),
+        },
+        accounts,
+    ))
 }
 
 /// Validates escalation steps against the resource's pending timeout.
@@ -2107,6 +2405,7 @@ impl ProviderConfig {
             ProviderKind::Exec => "exec",
             ProviderKind::AwsSts => "aws_sts",
             ProviderKind::Postgres => "postgres",
+            ProviderKind::AwsIdentityCenter => "aws_identity_center",
         }
     }
 }

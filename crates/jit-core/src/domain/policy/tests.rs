@@ -1463,3 +1463,143 @@ fn oncall_extensions_count_the_whole_grant() {
         "no note when the rule could not have applied anyway"
     );
 }
+
+const IDENTITY_CENTER: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "aws-admin"
+description = "Admin"
+provider = "aws_identity_center"
+instance_arn = "arn:aws:sso:::instance/ssoins-1234567890abcdef"
+identity_store_id = "d-1234567890"
+portal_url = "https://d-1234567890.awsapps.com/start"
+permission_set_arn = "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-1234567890abcdef"
+account_id = ["111111111111", "222222222222"]
+principals = { U0ALICE = "alice@corp.example" }
+session_duration = "1h"
+region = "eu-west-1"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+
+[[identity]]
+name = "ci"
+owner = { users = ["U0ALICE"] }
+resources = ["aws-admin.222222222222"]
+"#;
+
+#[test]
+fn identity_center_accounts_become_one_resource_each() {
+    let policy = parse(IDENTITY_CENTER).unwrap();
+    let ids: Vec<&str> = policy.resources().iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["aws-admin.111111111111", "aws-admin.222222222222"]);
+    let second = policy.resource("aws-admin.222222222222").unwrap();
+    assert_eq!(second.description, "Admin (account 222222222222)");
+    assert_eq!(second.approvers.users.len(), 1, "the rules are inherited");
+    let ProviderConfig::AwsIdentityCenter(c) = &second.provider else {
+        panic!("{:?}", second.provider)
+    };
+    assert_eq!(
+        c.target,
+        IdentityCenterTarget::Account {
+            account_id: "222222222222".into(),
+            permission_set_arn:
+                "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-1234567890abcdef".into(),
+        }
+    );
+    assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(c.session_duration, Some(d("1h")));
+    assert!(c.warnings().is_empty());
+    // The base id is no resource any more.
+    assert!(policy.resource("aws-admin").is_none());
+    let err = error_of(&IDENTITY_CENTER.replace(
+        "resources = [\"aws-admin.222222222222\"]",
+        "resources = [\"aws-admin\"]",
+    ));
+    assert!(err.message.contains("not declared"), "{err}");
+
+    // One account: the resource as written.
+    let one = IDENTITY_CENTER.replace(
+        "account_id = [\"111111111111\", \"222222222222\"]",
+        "account_id = \"111111111111\"",
+    );
+    let one = one.replace("aws-admin.222222222222", "aws-admin");
+    let policy = parse(&one).unwrap();
+    assert_eq!(policy.resources().len(), 1);
+    assert_eq!(policy.resources()[0].id.as_str(), "aws-admin");
+}
+
+#[test]
+fn identity_center_keys_are_checked() {
+    let cases = [
+        (
+            "account_id = [\"111111111111\", \"222222222222\"]",
+            "account_id = \"1234\"",
+            "12 digits",
+        ),
+        (
+            "account_id = [\"111111111111\", \"222222222222\"]",
+            "account_id = [\"111111111111\", \"111111111111\"]",
+            "twice",
+        ),
+        (
+            "account_id = [\"111111111111\", \"222222222222\"]",
+            "account_id = []",
+            "needs account_id",
+        ),
+        (
+            "portal_url = \"https://d-1234567890.awsapps.com/start\"\n",
+            "",
+            "needs portal_url",
+        ),
+        (
+            "instance_arn = \"arn:aws:sso:::instance/ssoins-1234567890abcdef\"",
+            "instance_arn = \"ssoins-1\"",
+            "instance ARN",
+        ),
+        (
+            "session_duration = \"1h\"",
+            "session_duration = \"13h\"",
+            "between 1h and 12h",
+        ),
+        (
+            "U0ALICE = \"alice@corp.example\"",
+            "alice = \"alice@corp.example\"",
+            "Slack user ID",
+        ),
+        (
+            "region = \"eu-west-1\"",
+            "region = \"eu-west-1\"\ngroup_id = \"g-1\"",
+            "not both",
+        ),
+        (
+            "provider = \"aws_identity_center\"",
+            "provider = \"aws_sts\"\nrole_arn = \"arn:aws:iam::123456789012:role/r\"",
+            "only apply to another provider",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let text = IDENTITY_CENTER.replace(from, to);
+        assert_ne!(text, IDENTITY_CENTER, "{from}");
+        let err = error_of(&text);
+        assert!(err.message.contains(expected), "{to}: {err}");
+    }
+    // Group mode.
+    let group = IDENTITY_CENTER
+        .replace("account_id = [\"111111111111\", \"222222222222\"]\n", "group_id = \"g-1\"\n")
+        .replace("permission_set_arn = \"arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-1234567890abcdef\"\n", "")
+        .replace("session_duration = \"1h\"\n", "")
+        .replace("aws-admin.222222222222", "aws-admin");
+    let policy = parse(&group).unwrap();
+    let ProviderConfig::AwsIdentityCenter(c) = &policy.resources()[0].provider else {
+        panic!()
+    };
+    assert_eq!(
+        c.target,
+        IdentityCenterTarget::Group {
+            group_id: "g-1".into()
+        }
+    );
+    assert_eq!(c.warnings().len(), 1);
+}
