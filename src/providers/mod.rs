@@ -23,6 +23,7 @@
 
 pub mod aws_sts;
 pub mod exec;
+pub mod okta;
 pub mod postgres;
 pub mod principal;
 
@@ -327,6 +328,7 @@ impl Providers {
             .iter()
             .filter_map(|r| match &r.provider {
                 ProviderConfig::Postgres(c) => Some(c.database_url_env.clone()),
+                ProviderConfig::OktaGroup(c) => Some(c.api_token_env.clone()),
                 _ => None,
             })
             .flat_map(|name| [format!("{name}_FILE"), name])
@@ -344,9 +346,9 @@ impl Providers {
                     }
                     providers.insert(&resource.id, Arc::new(exec))
                 }
-                ProviderConfig::AwsSts(_) | ProviderConfig::Postgres(_) => {
-                    rest.push(resource.clone())
-                }
+                ProviderConfig::AwsSts(_)
+                | ProviderConfig::Postgres(_)
+                | ProviderConfig::OktaGroup(_) => rest.push(resource.clone()),
             }
         }
         (providers, rest)
@@ -388,6 +390,15 @@ impl Providers {
                         postgres::PostgresProvider::new(resource.id.clone(), config.clone(), &url)
                             .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
                     postgres_checks.push(Arc::new(provider));
+                }
+                ProviderConfig::OktaGroup(config) => {
+                    let provider = okta::token_from_env(config, &crate::config::process_env)
+                        .and_then(|token| {
+                            okta::OktaProvider::new(resource.id.clone(), config.clone(), token)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
+                    providers.insert(&resource.id, Arc::new(provider));
                 }
                 ProviderConfig::None | ProviderConfig::Exec(_) => {}
             }

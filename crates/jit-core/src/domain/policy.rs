@@ -239,6 +239,7 @@ enum ProviderKind {
     Exec,
     AwsSts,
     Postgres,
+    OktaGroup,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +293,12 @@ struct ResourceFile {
     connect_host: Option<String>,
     objects_owner: Option<String>,
     allow_superuser_admin: Option<bool>,
+
+    // okta_group
+    org_url: Option<String>,
+    group_id: Option<String>,
+    api_token_env: Option<String>,
+    principals: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -663,12 +670,26 @@ impl PostgresConfig {
     }
 }
 
+/// An Okta group whose membership jit grants (`okta_group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OktaGroupConfig {
+    /// `https://example.okta.com`, without a trailing slash.
+    pub org_url: String,
+    /// The group's Okta ID (`00g…`).
+    pub group_id: String,
+    /// Name of the environment variable (or `<name>_FILE`) holding the Okta API token.
+    pub api_token_env: String,
+    /// Requester key (Slack user ID or `identity:<name>`) → Okta login; else the Slack email.
+    pub principals: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderConfig {
     None,
     Exec(ExecConfig),
     AwsSts(AwsStsConfig),
     Postgres(PostgresConfig),
+    OktaGroup(OktaGroupConfig),
 }
 
 impl ProviderConfig {
@@ -678,6 +699,7 @@ impl ProviderConfig {
             ProviderConfig::Exec(_) => "exec",
             ProviderConfig::AwsSts(_) => "aws_sts",
             ProviderConfig::Postgres(_) => "postgres",
+            ProviderConfig::OktaGroup(_) => "okta_group",
         }
     }
 }
@@ -1269,11 +1291,12 @@ impl Policy {
             resources.push(resource);
         }
 
-        // No command may see the admin URL of a postgres resource.
+        // No command may see the admin URL of a postgres resource (or an Okta API token).
         let admin_urls: Vec<&str> = resources
             .iter()
             .filter_map(|r| match &r.provider {
                 ProviderConfig::Postgres(c) => Some(c.database_url_env.as_str()),
+                ProviderConfig::OktaGroup(c) => Some(c.api_token_env.as_str()),
                 _ => None,
             })
             .collect();
@@ -1288,7 +1311,7 @@ impl Policy {
                     line: *line,
                     column: *column,
                     message: format!(
-                        "resource `{}`: env may not pass `{name}`: it holds the admin URL of a postgres resource",
+                        "resource `{}`: env may not pass `{name}`: it holds the admin URL of a postgres resource or an Okta API token",
                         resource.id
                     ),
                 });
@@ -1801,6 +1824,18 @@ fn build_resource(
         "allow_superuser_admin",
         ProviderKind::Postgres,
     );
+    not_for(raw.org_url.is_some(), "org_url", ProviderKind::OktaGroup);
+    not_for(raw.group_id.is_some(), "group_id", ProviderKind::OktaGroup);
+    not_for(
+        raw.api_token_env.is_some(),
+        "api_token_env",
+        ProviderKind::OktaGroup,
+    );
+    not_for(
+        raw.principals.is_some(),
+        "principals",
+        ProviderKind::OktaGroup,
+    );
     if !misplaced.is_empty() {
         return Err(format!(
             "{} only apply to another provider than `{}`",
@@ -1964,6 +1999,12 @@ fn build_resource(
                 allow_superuser_admin: raw.allow_superuser_admin.unwrap_or(false),
             })
         }
+        ProviderKind::OktaGroup => ProviderConfig::OktaGroup(okta_group(
+            raw.org_url,
+            raw.group_id,
+            raw.api_token_env,
+            raw.principals,
+        )?),
     };
 
     let notify = raw
@@ -2107,8 +2148,80 @@ impl ProviderConfig {
             ProviderKind::Exec => "exec",
             ProviderKind::AwsSts => "aws_sts",
             ProviderKind::Postgres => "postgres",
+            ProviderKind::OktaGroup => "okta_group",
         }
     }
+}
+
+/// Checks the keys of an `okta_group` resource.
+fn okta_group(
+    org_url: Option<String>,
+    group_id: Option<String>,
+    api_token_env: Option<String>,
+    principals: Option<BTreeMap<String, String>>,
+) -> Result<OktaGroupConfig, String> {
+    let org_url = org_url
+        .ok_or("provider `okta_group` needs org_url, such as \"https://example.okta.com\"")?
+        .trim_end_matches('/')
+        .to_owned();
+    let host = org_url
+        .strip_prefix("https://")
+        .or_else(|| {
+            // Plain HTTP only to this machine (a test double); the token must not cross a network.
+            org_url
+                .strip_prefix("http://")
+                .filter(|h| h.starts_with("127.0.0.1:") || h.starts_with("localhost:"))
+        })
+        .ok_or_else(|| {
+            format!("org_url `{org_url}` must be an https:// URL such as https://example.okta.com")
+        })?;
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "org_url `{org_url}` must be the org's address only, such as https://example.okta.com"
+        ));
+    }
+    let group_id = group_id.ok_or(
+        "provider `okta_group` needs group_id, the group's Okta ID (00g…, from the group's page in the Admin Console)",
+    )?;
+    if group_id.is_empty()
+        || group_id.len() > 64
+        || !group_id.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "group_id `{group_id}` is not an Okta group ID (letters and digits, such as 00g1a2b3c4d5e6f7g8h9)"
+        ));
+    }
+    let api_token_env = api_token_env.ok_or(
+        "provider `okta_group` needs api_token_env, the name of the environment variable holding the Okta API token",
+    )?;
+    let env_ok = !api_token_env.is_empty()
+        && api_token_env
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !env_ok || is_reserved_env(&api_token_env) {
+        return Err(format!(
+            "api_token_env must name an environment variable of its own, such as OKTA_API_TOKEN, not `{api_token_env}`"
+        ));
+    }
+    let principals = principals.unwrap_or_default();
+    for (key, login) in &principals {
+        if Requester::from_key(key).is_none() {
+            return Err(format!(
+                "principals key `{key}` is neither a Slack user ID nor identity:<name>"
+            ));
+        }
+        if login.trim().is_empty() || login.contains(['/', '?', '#']) {
+            return Err(format!(
+                "principals value `{login}` (for {key}) is not an Okta login"
+            ));
+        }
+    }
+    Ok(OktaGroupConfig {
+        org_url,
+        group_id,
+        api_token_env,
+        principals,
+    })
 }
 
 /// A grant's lifetime cap when the resource names none: three times its `max_duration`.
