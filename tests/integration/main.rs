@@ -4,6 +4,8 @@
 #[macro_use]
 #[path = "../support/db.rs"]
 mod db;
+#[path = "../support/fake_okta.rs"]
+mod fake_okta;
 mod harness;
 
 mod api;
@@ -17,6 +19,7 @@ mod flood;
 mod hardened_edge;
 mod lifecycle;
 mod limits_props;
+mod okta;
 mod oncall;
 mod postgres;
 mod reliability;
