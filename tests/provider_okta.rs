@@ -429,3 +429,28 @@ async fn a_grant_to_a_missing_group_is_refused() {
     assert!(matches!(err, ProviderError::Refused(_)), "{err:?}");
     assert!(err.to_string().contains("00gmissing"), "{err}");
 }
+
+#[tokio::test]
+async fn teardown_removes_the_membership_of_the_group_the_grant_named() {
+    let fake = fake().await;
+    fake.add_group("00gnewadmins", "new-admins");
+    let okta = provider(&fake);
+    let grant = alice(17);
+    let baseline = okta.baseline(&grant).await.unwrap().unwrap();
+    let issued = okta.grant(&grant).await.unwrap();
+    // The policy now names another group; the grant's own membership still goes.
+    let mut config = config(&fake);
+    config.group_id = "00gnewadmins".into();
+    let changed = OktaProvider::new(
+        ResourceId::parse("okta-admins").unwrap(),
+        config,
+        SecretString::from(TOKEN),
+    )
+    .unwrap();
+    let revoked = changed
+        .revoke(&revoke_spec(&grant, &issued.handle, vec![baseline]))
+        .await
+        .unwrap();
+    assert!(!fake.is_member(GROUP, ALICE), "{revoked:?}");
+    assert!(revoked.attention.is_none());
+}

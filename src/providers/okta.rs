@@ -457,8 +457,8 @@ impl OktaProvider {
         })
     }
 
-    /// Whether `user_id` is in the group (its groups, page by page).
-    pub async fn is_member(&self, user_id: &str) -> Result<bool, ProviderError> {
+    /// Whether `user_id` is in `group` (the user's groups, page by page).
+    pub async fn is_member(&self, user_id: &str, group: &str) -> Result<bool, ProviderError> {
         let mut url = self.url(&["users", user_id, "groups"]);
         url.query_pairs_mut()
             .append_pair("limit", &PAGE_SIZE.to_string());
@@ -474,7 +474,7 @@ impl OktaProvider {
             let groups: Vec<Group> = response.json().await.map_err(|e| {
                 ProviderError::Retryable(format!("Okta's list of groups was not understood: {e}"))
             })?;
-            if groups.iter().any(|g| g.id == self.config.group_id) {
+            if groups.iter().any(|g| g.id == group) {
                 return Ok(true);
             }
             match next.and_then(|n| url::Url::parse(&n).ok()) {
@@ -551,8 +551,8 @@ impl OktaProvider {
         super::principal::login_for(spec, &self.config.principals, "Okta")
     }
 
-    async fn remove(&self, user_id: &str) -> Result<(), ProviderError> {
-        let url = self.url(&["groups", &self.config.group_id, "users", user_id]);
+    async fn remove(&self, user_id: &str, group: &str) -> Result<(), ProviderError> {
+        let url = self.url(&["groups", group, "users", user_id]);
         let response = self.send(Call::Remove, Method::DELETE, url).await?;
         match response.status() {
             // 404: the membership (or the group, or the user) is gone already.
@@ -601,12 +601,7 @@ impl Provider for OktaProvider {
 
     async fn revoke(&self, spec: &RevokeSpec) -> Result<Revoked, ProviderError> {
         let (group, login) = parse_handle(&spec.handle)?;
-        if group != self.config.group_id {
-            return Err(ProviderError::Fatal(format!(
-                "the handle names group {group}, but resource {} now grants {}: remove the membership in {group} by hand",
-                self.resource, self.config.group_id
-            )));
-        }
+        // The group the grant added the user to, even if the policy names another one now.
         let before = earliest(&spec.baselines);
         if let Some(b) = before.as_ref().filter(|b| b.standing) {
             return Ok(Revoked {
@@ -650,8 +645,8 @@ impl Provider for OktaProvider {
         } else {
             login
         };
-        self.remove(&user_id).await?;
-        if self.is_member(&user_id).await? {
+        self.remove(&user_id, group).await?;
+        if self.is_member(&user_id, group).await? {
             return Ok(Revoked {
                 detail: Some(format!(
                     "removed Okta user {who} from group {group}, but the read-back still finds them there"
@@ -672,7 +667,7 @@ impl Provider for OktaProvider {
     async fn baseline(&self, spec: &GrantSpec) -> Result<Option<String>, ProviderError> {
         let login = self.login(spec)?;
         let user_id = self.require_user_id(&login).await?;
-        let standing = self.is_member(&user_id).await?;
+        let standing = self.is_member(&user_id, &self.config.group_id).await?;
         Ok(Some(encode_baseline(&Baseline {
             taken_at: spec.now,
             standing,
