@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use chrono::Utc;
 use fake_okta::{FakeOkta, TOKEN};
 use jit::domain::ids::{RequestId, ResourceId, SlackUserId};
-use jit::domain::policy::{OktaGroupConfig, Requester};
+use jit::domain::policy::{OktaAuth, OktaGroupConfig, Requester};
 use jit::providers::okta::{OktaProvider, parse_baseline};
 use jit::providers::{GrantSpec, Provider, ProviderError, RevokeReason, RevokeSpec};
 use secrecy::SecretString;
@@ -23,7 +23,9 @@ fn config(fake: &FakeOkta) -> OktaGroupConfig {
     OktaGroupConfig {
         org_url: fake.url.clone(),
         group_id: GROUP.into(),
-        api_token_env: "OKTA_API_TOKEN".into(),
+        auth: OktaAuth::ApiToken {
+            env: "OKTA_API_TOKEN".into(),
+        },
         principals: BTreeMap::from([("U0BOB".to_owned(), "robert@corp.example".to_owned())]),
     }
 }
@@ -453,4 +455,133 @@ async fn teardown_removes_the_membership_of_the_group_the_grant_named() {
         .unwrap();
     assert!(!fake.is_member(GROUP, ALICE), "{revoked:?}");
     assert!(revoked.attention.is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// OAuth 2.0 client credentials with a private key
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+fn oauth_provider(fake: &FakeOkta, key_pem: &str) -> Result<OktaProvider, ProviderError> {
+    let mut config = config(fake);
+    config.auth = OktaAuth::PrivateKey {
+        client_id: "0oajitservice".into(),
+        private_key_env: "OKTA_PRIVATE_KEY".into(),
+        key_id: Some("jit-key-1".into()),
+    };
+    OktaProvider::new(
+        ResourceId::parse("okta-admins").unwrap(),
+        config,
+        SecretString::from(key_pem.to_owned()),
+    )
+}
+
+/// A fresh P-256 key: (PEM, public key).
+fn ec_key() -> (String, Vec<u8>) {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    (pem(pkcs8.as_ref()), pair.public_key().as_ref().to_vec())
+}
+
+/// The RSA test key of `tests/fixtures` (made for these tests only): (PEM, public key).
+fn rsa_key() -> (String, Vec<u8>) {
+    use base64::Engine;
+    use ring::signature::{KeyPair, RsaKeyPair};
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/okta-test-rsa-key.pem"),
+    )
+    .unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let pair = RsaKeyPair::from_pkcs8(&der).unwrap();
+    (text, pair.public_key().as_ref().to_vec())
+}
+
+#[tokio::test]
+async fn oauth_client_credentials_with_a_p256_or_an_rsa_key_grant_and_revoke() {
+    for (alg, (key_pem, public)) in [("ES256", ec_key()), ("RS256", rsa_key())] {
+        let fake = fake().await;
+        fake.add_client("0oajitservice", &public, alg);
+        let okta = oauth_provider(&fake, &key_pem).unwrap();
+        let grant = alice(20);
+        let baseline = okta.baseline(&grant).await.unwrap().unwrap();
+        let issued = okta.grant(&grant).await.unwrap();
+        assert!(fake.is_member(GROUP, ALICE), "{alg}");
+        okta.revoke(&revoke_spec(&grant, &issued.handle, vec![baseline]))
+            .await
+            .unwrap();
+        assert!(!fake.is_member(GROUP, ALICE), "{alg}");
+        // One access token served every call.
+        assert_eq!(fake.count("POST", "/oauth2/v1/token"), 1, "{alg}");
+        assert!(
+            fake.calls().iter().all(|c| c.status < 400),
+            "{alg}: {:?}",
+            fake.calls()
+        );
+        assert!(okta.check().await.is_ok(), "{alg}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_access_token_is_renewed_once() {
+    let (key_pem, public) = ec_key();
+    let fake = fake().await;
+    fake.add_client("0oajitservice", &public, "ES256");
+    let okta = oauth_provider(&fake, &key_pem).unwrap();
+    okta.grant(&alice(21)).await.unwrap();
+    fake.expire_access_tokens();
+    okta.grant(&alice(21)).await.unwrap();
+    assert_eq!(fake.count("POST", "/oauth2/v1/token"), 2);
+    let statuses: Vec<u16> = fake.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![200, 200, 204, 401, 200, 200, 204]);
+}
+
+#[tokio::test]
+async fn a_client_okta_does_not_know_by_that_key_is_refused_without_the_key() {
+    let (key_pem, _) = ec_key();
+    let (_, other_public) = ec_key();
+    let fake = fake().await;
+    fake.add_client("0oajitservice", &other_public, "ES256");
+    let okta = oauth_provider(&fake, &key_pem).unwrap();
+    let err = okta.grant(&alice(22)).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Refused(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("Okta refused jit's OAuth client 0oajitservice"),
+        "{text}"
+    );
+    assert!(
+        text.contains("okta.groups.manage okta.users.read"),
+        "{text}"
+    );
+    let key_body: String = key_pem.lines().nth(1).unwrap().to_owned();
+    assert!(!text.contains(&key_body), "{text}");
+    assert_eq!(fake.count("PUT", "/"), 0);
+
+    // Not a key at all: the variable is named, the text is not shown.
+    let err = oauth_provider(
+        &fake,
+        "-----BEGIN PRIVATE KEY-----\nnot-a-key-5ecret\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("OKTA_PRIVATE_KEY"), "{err}");
+    assert!(!err.to_string().contains("5ecret"), "{err}");
 }

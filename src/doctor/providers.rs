@@ -94,7 +94,7 @@ async fn okta_check(
     env: EnvFn<'_>,
 ) -> Check {
     use crate::providers::okta::{self, OktaProvider};
-    let var = &config.api_token_env;
+    let var = config.secret_env();
     let provider = match okta::token_from_env(config, env).and_then(|token| {
         OktaProvider::with_timeout(
             resource.id.clone(),

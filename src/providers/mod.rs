@@ -328,7 +328,7 @@ impl Providers {
             .iter()
             .filter_map(|r| match &r.provider {
                 ProviderConfig::Postgres(c) => Some(c.database_url_env.clone()),
-                ProviderConfig::OktaGroup(c) => Some(c.api_token_env.clone()),
+                ProviderConfig::OktaGroup(c) => Some(c.secret_env().to_owned()),
                 _ => None,
             })
             .flat_map(|name| [format!("{name}_FILE"), name])

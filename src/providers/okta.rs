@@ -29,10 +29,15 @@
 //!
 //! **Errors.** Timeouts, connection failures and 5xx are retryable. A 4xx answer to the PUT or to
 //! a read made before it means nothing changed ([`ProviderError::Refused`]); 401 and 403 name
-//! the token's variable and the permission missing, never the token. The token
-//! (`SSWS <token>`, from `api_token_env` or its `_FILE` variant, read once at startup) is a
-//! [`SecretString`]; it is only sent to the configured org (pagination links elsewhere are not
-//! followed).
+//! the secret's variable and the permission missing, never the secret.
+//!
+//! **Authentication.** An API token (`Authorization: SSWS <token>`, from `api_token_env` or its
+//! `_FILE` variant), or OAuth 2.0 client credentials of a service app with a private key
+//! (`client_id`, `private_key_env`: [`oauth`], `Authorization: Bearer <access token>`). The secret
+//! is read once at startup and kept as a [`SecretString`]; it is only sent to the configured org
+//! (pagination links elsewhere are not followed).
+
+pub mod oauth;
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,7 +50,7 @@ use serde::Deserialize;
 use super::{GrantSpec, Issued, Provider, ProviderError, RevokeSpec, Revoked};
 use crate::config::EnvFn;
 use crate::domain::ids::ResourceId;
-use crate::domain::policy::OktaGroupConfig;
+use crate::domain::policy::{OktaAuth, OktaGroupConfig};
 
 /// Prefix of handles and baselines.
 pub const PREFIX: &str = "okta:";
@@ -60,23 +65,32 @@ const MAX_PAGES: usize = 50;
 const PAGE_SIZE: u32 = 200;
 const MAX_ERROR_CHARS: usize = 300;
 
-/// Reads the API token from `api_token_env` or `<api_token_env>_FILE`. The error names the
-/// variable, never its value.
+/// Reads the API token (`api_token_env`) or the private key (`private_key_env`) from the
+/// variable or its `_FILE` variant. The error names the variable, never its value.
 pub fn token_from_env(config: &OktaGroupConfig, env: EnvFn<'_>) -> Result<SecretString, String> {
-    let name = &config.api_token_env;
+    let name = config.secret_env();
+    let what = match config.auth {
+        OktaAuth::ApiToken { .. } => "the Okta API token",
+        OktaAuth::PrivateKey { .. } => "the private key (PEM) of the Okta service app",
+    };
     match crate::config::secret(env, name) {
         Ok(Some(token)) => Ok(token),
         Ok(None) => Err(format!(
-            "the environment variable {name} (or {name}_FILE) must hold the Okta API token of this okta_group resource"
+            "the environment variable {name} (or {name}_FILE) must hold {what} of this okta_group resource"
         )),
         Err(e) => Err(e.to_string()),
     }
 }
 
+enum Credential {
+    ApiToken(SecretString),
+    PrivateKey(Box<oauth::ClientKey>),
+}
+
 pub struct OktaProvider {
     resource: ResourceId,
     config: OktaGroupConfig,
-    token: SecretString,
+    credential: Credential,
     http: reqwest::Client,
     /// No call starts before this (the rate limit was used up until its reset).
     paced_until: Mutex<Option<SystemTime>>,
@@ -271,16 +285,31 @@ impl OktaProvider {
         Self::with_timeout(resource, config, token, DEFAULT_TIMEOUT)
     }
 
+    /// `secret`: the API token, or the service app's private key (PEM), as the config says.
     /// `timeout` bounds each call (tests shorten it).
     pub fn with_timeout(
         resource: ResourceId,
         config: OktaGroupConfig,
-        token: SecretString,
+        secret: SecretString,
         timeout: Duration,
     ) -> Result<Self, ProviderError> {
         url::Url::parse(&config.org_url).map_err(|_| {
             ProviderError::Fatal(format!("org_url `{}` is not a URL", config.org_url))
         })?;
+        let credential = match &config.auth {
+            OktaAuth::ApiToken { .. } => Credential::ApiToken(secret),
+            OktaAuth::PrivateKey {
+                client_id,
+                private_key_env,
+                key_id,
+            } => Credential::PrivateKey(Box::new(oauth::ClientKey::new(
+                client_id,
+                key_id.as_deref(),
+                &secret,
+                &config.org_url,
+                private_key_env,
+            )?)),
+        };
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -290,7 +319,7 @@ impl OktaProvider {
         Ok(Self {
             resource,
             config,
-            token,
+            credential,
             http,
             paced_until: Mutex::new(None),
             max_rate_wait: MAX_RATE_WAIT,
@@ -342,15 +371,20 @@ impl OktaProvider {
         url: url::Url,
     ) -> Result<Response, ProviderError> {
         let mut attempt = 0;
+        let mut renewed = false;
         loop {
             self.wait_for_pace().await;
+            let authorization = match &self.credential {
+                Credential::ApiToken(token) => format!("SSWS {}", token.expose_secret()),
+                Credential::PrivateKey(key) => format!(
+                    "Bearer {}",
+                    key.access_token(&self.http).await?.expose_secret()
+                ),
+            };
             let response = self
                 .http
                 .request(method.clone(), url.clone())
-                .header(
-                    reqwest::header::AUTHORIZATION,
-                    format!("SSWS {}", self.token.expose_secret()),
-                )
+                .header(reqwest::header::AUTHORIZATION, authorization)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await
@@ -368,6 +402,15 @@ impl OktaProvider {
                     })
                 })?;
             self.note_rate_limit(&response);
+            if let Credential::PrivateKey(key) = &self.credential
+                && response.status() == StatusCode::UNAUTHORIZED
+                && !renewed
+            {
+                // The access token expired or was revoked early: once more with a new one.
+                key.forget().await;
+                renewed = true;
+                continue;
+            }
             if response.status() != StatusCode::TOO_MANY_REQUESTS {
                 return Ok(response);
             }
@@ -405,14 +448,18 @@ impl OktaProvider {
         } else {
             format!(" ({} {})", body.code, cut(&body.summary))
         };
-        let var = &self.config.api_token_env;
-        let text = match status.as_u16() {
-            401 => format!(
+        let var = self.config.secret_env();
+        let text = match (status.as_u16(), &self.config.auth) {
+            (401, OktaAuth::ApiToken { .. }) => format!(
                 "Okta refused the API token in {var} (401) when jit tried to {}{okta}: it is wrong, expired or revoked, or its admin was deactivated",
                 call.what()
             ),
-            403 => format!(
-                "the Okta API token in {var} may not {} (403){okta}: it needs {}",
+            (401, OktaAuth::PrivateKey { client_id, .. }) => format!(
+                "Okta refused the access token of OAuth client {client_id} (401) when jit tried to {}{okta}",
+                call.what()
+            ),
+            (403, _) => format!(
+                "jit's Okta credentials in {var} may not {} (403){okta}: they need {}",
                 call.what(),
                 call.permission()
             ),

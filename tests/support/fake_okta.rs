@@ -5,7 +5,10 @@
 //! It keeps users (id, login, email), groups (id, name, type) and memberships; checks the
 //! `Authorization: SSWS <token>` header; pages a user's groups (`limit`, `after`, `Link:
 //! rel="next"`; two per page by default, so paging is always exercised); answers every call
-//! with `X-Rate-Limit-*` headers of a configurable limit per window, and 429 past it. Faults:
+//! with `X-Rate-Limit-*` headers of a configurable limit per window, and 429 past it. OAuth 2.0
+//! client credentials: `/oauth2/v1/token` checks a `private_key_jwt` assertion (RS256 or ES256)
+//! against the public key registered for the client, and the scopes, and issues access tokens
+//! the API then accepts as `Bearer`. Faults:
 //! the next N calls answer 500; the next PUT applies the membership and then never answers;
 //! a DELETE is followed by an outside re-add of the member. Every call is recorded.
 
@@ -66,6 +69,10 @@ struct Inner {
     throttle_next: u32,
     hang_next_put: bool,
     readd_after_delete: bool,
+    /// client id → (public key, alg)
+    clients: BTreeMap<String, (Vec<u8>, String)>,
+    access_tokens: BTreeSet<String>,
+    issued: u32,
 }
 
 #[derive(Clone)]
@@ -213,6 +220,19 @@ impl FakeOkta {
         self.lock().hang_next_put = true;
     }
 
+    /// An OAuth service app with this public key (`RS256`: the RSAPublicKey DER; `ES256`: the
+    /// uncompressed P-256 point).
+    pub fn add_client(&self, client_id: &str, public_key: &[u8], alg: &str) {
+        self.lock()
+            .clients
+            .insert(client_id.into(), (public_key.to_vec(), alg.into()));
+    }
+
+    /// Every access token issued so far stops working (expired or revoked early).
+    pub fn expire_access_tokens(&self) {
+        self.lock().access_tokens.clear();
+    }
+
     /// Something outside jit adds the member back after every DELETE.
     pub fn readd_after_delete(&self) {
         self.lock().readd_after_delete = true;
@@ -248,6 +268,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let (mut response, hang) = {
         let mut state = inner.lock().unwrap();
@@ -262,7 +283,7 @@ async fn handle(
                 false,
             )
         } else {
-            answer(&mut state, &method, &uri, &headers)
+            answer(&mut state, &method, &uri, &headers, &body)
         };
         if let Some((limit, remaining, reset)) = limits {
             let h = response.headers_mut();
@@ -298,12 +319,113 @@ fn user_json(u: &User) -> serde_json::Value {
     })
 }
 
-fn answer(state: &mut Inner, method: &Method, uri: &Uri, headers: &HeaderMap) -> (Response, bool) {
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(&v.replace('+', " "))))
+        .collect()
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    json(
+        status,
+        serde_json::json!({"error": error, "error_description": description}),
+    )
+}
+
+/// `/oauth2/v1/token`: a client credentials grant with a `private_key_jwt` assertion.
+fn token(state: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let form = form(body);
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    if field("grant_type") != "client_credentials"
+        || field("client_assertion_type")
+            != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "bad grant");
+    }
+    let scopes: Vec<&str> = field("scope").split(' ').collect();
+    if !scopes.contains(&"okta.groups.manage") || !scopes.contains(&"okta.users.read") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "scope not granted",
+        );
+    }
+    let parts: Vec<&str> = field("client_assertion").split('.').collect();
+    let [h, c, sig] = parts.as_slice() else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "not a JWT");
+    };
+    let decode_json = |part: &str| -> serde_json::Value {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    let (header, claims) = (decode_json(h), decode_json(c));
+    let client_id = claims["iss"].as_str().unwrap_or_default().to_owned();
+    let Some((key, alg)) = state.clients.get(&client_id).cloned() else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let now = now_secs();
+    if header["alg"] != alg.as_str()
+        || claims["sub"] != client_id.as_str()
+        || claims["aud"] != format!("http://{host}/oauth2/v1/token").as_str()
+        || claims["exp"].as_u64().is_none_or(|exp| exp <= now)
+    {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "bad claims");
+    }
+    let verifier: &dyn ring::signature::VerificationAlgorithm = match alg.as_str() {
+        "RS256" => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        _ => &ring::signature::ECDSA_P256_SHA256_FIXED,
+    };
+    let signed = format!("{h}.{c}");
+    let valid = URL_SAFE_NO_PAD.decode(sig).is_ok_and(|sig| {
+        ring::signature::UnparsedPublicKey::new(verifier, &key)
+            .verify(signed.as_bytes(), &sig)
+            .is_ok()
+    });
+    if !valid {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The client_assertion signature is invalid.",
+        );
+    }
+    state.issued += 1;
+    let access = format!("fake-access-{}-{}", state.issued, now);
+    state.access_tokens.insert(access.clone());
+    json(
+        StatusCode::OK,
+        serde_json::json!({"token_type": "Bearer", "expires_in": 3600, "access_token": access, "scope": field("scope")}),
+    )
+}
+
+fn answer(
+    state: &mut Inner,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Response, bool) {
+    if method == Method::POST && uri.path() == "/oauth2/v1/token" {
+        return (token(state, headers, body), false);
+    }
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if auth != format!("SSWS {TOKEN}") {
+    let bearer = auth
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| state.access_tokens.contains(t));
+    if auth != format!("SSWS {TOKEN}") && !bearer {
         return (
             okta_error(
                 StatusCode::UNAUTHORIZED,

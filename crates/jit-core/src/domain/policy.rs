@@ -298,6 +298,9 @@ struct ResourceFile {
     org_url: Option<String>,
     group_id: Option<String>,
     api_token_env: Option<String>,
+    client_id: Option<String>,
+    private_key_env: Option<String>,
+    key_id: Option<String>,
     principals: Option<BTreeMap<String, String>>,
 }
 
@@ -677,10 +680,36 @@ pub struct OktaGroupConfig {
     pub org_url: String,
     /// The group's Okta ID (`00g…`).
     pub group_id: String,
-    /// Name of the environment variable (or `<name>_FILE`) holding the Okta API token.
-    pub api_token_env: String,
+    pub auth: OktaAuth,
     /// Requester key (Slack user ID or `identity:<name>`) → Okta login; else the Slack email.
     pub principals: BTreeMap<String, String>,
+}
+
+/// How jit authenticates to Okta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OktaAuth {
+    /// An API token (`SSWS`), from this environment variable (or `<name>_FILE`).
+    ApiToken { env: String },
+    /// OAuth 2.0 client credentials of a service app, with a `private_key_jwt` assertion signed
+    /// by the PEM private key in this environment variable (or `<name>_FILE`).
+    PrivateKey {
+        client_id: String,
+        private_key_env: String,
+        /// The key's `kid` in the app's key set, when it has several.
+        key_id: Option<String>,
+    },
+}
+
+impl OktaGroupConfig {
+    /// The environment variable holding the secret (token or private key).
+    pub fn secret_env(&self) -> &str {
+        match &self.auth {
+            OktaAuth::ApiToken { env } => env,
+            OktaAuth::PrivateKey {
+                private_key_env, ..
+            } => private_key_env,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1296,7 +1325,7 @@ impl Policy {
             .iter()
             .filter_map(|r| match &r.provider {
                 ProviderConfig::Postgres(c) => Some(c.database_url_env.as_str()),
-                ProviderConfig::OktaGroup(c) => Some(c.api_token_env.as_str()),
+                ProviderConfig::OktaGroup(c) => Some(c.secret_env()),
                 _ => None,
             })
             .collect();
@@ -1836,6 +1865,17 @@ fn build_resource(
         "principals",
         ProviderKind::OktaGroup,
     );
+    not_for(
+        raw.client_id.is_some(),
+        "client_id",
+        ProviderKind::OktaGroup,
+    );
+    not_for(
+        raw.private_key_env.is_some(),
+        "private_key_env",
+        ProviderKind::OktaGroup,
+    );
+    not_for(raw.key_id.is_some(), "key_id", ProviderKind::OktaGroup);
     if !misplaced.is_empty() {
         return Err(format!(
             "{} only apply to another provider than `{}`",
@@ -1999,12 +2039,15 @@ fn build_resource(
                 allow_superuser_admin: raw.allow_superuser_admin.unwrap_or(false),
             })
         }
-        ProviderKind::OktaGroup => ProviderConfig::OktaGroup(okta_group(
-            raw.org_url,
-            raw.group_id,
-            raw.api_token_env,
-            raw.principals,
-        )?),
+        ProviderKind::OktaGroup => {
+            let auth = okta_auth(
+                raw.api_token_env,
+                raw.client_id,
+                raw.private_key_env,
+                raw.key_id,
+            )?;
+            ProviderConfig::OktaGroup(okta_group(raw.org_url, raw.group_id, auth, raw.principals)?)
+        }
     };
 
     let notify = raw
@@ -2157,7 +2200,7 @@ impl ProviderConfig {
 fn okta_group(
     org_url: Option<String>,
     group_id: Option<String>,
-    api_token_env: Option<String>,
+    auth: OktaAuth,
     principals: Option<BTreeMap<String, String>>,
 ) -> Result<OktaGroupConfig, String> {
     let org_url = org_url
@@ -2191,18 +2234,6 @@ fn okta_group(
             "group_id `{group_id}` is not an Okta group ID (letters and digits, such as 00g1a2b3c4d5e6f7g8h9)"
         ));
     }
-    let api_token_env = api_token_env.ok_or(
-        "provider `okta_group` needs api_token_env, the name of the environment variable holding the Okta API token",
-    )?;
-    let env_ok = !api_token_env.is_empty()
-        && api_token_env
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-    if !env_ok || is_reserved_env(&api_token_env) {
-        return Err(format!(
-            "api_token_env must name an environment variable of its own, such as OKTA_API_TOKEN, not `{api_token_env}`"
-        ));
-    }
     let principals = principals.unwrap_or_default();
     for (key, login) in &principals {
         if Requester::from_key(key).is_none() {
@@ -2219,9 +2250,69 @@ fn okta_group(
     Ok(OktaGroupConfig {
         org_url,
         group_id,
-        api_token_env,
+        auth,
         principals,
     })
+}
+
+/// An API token, or OAuth 2.0 client credentials with a private key: one of the two.
+fn okta_auth(
+    api_token_env: Option<String>,
+    client_id: Option<String>,
+    private_key_env: Option<String>,
+    key_id: Option<String>,
+) -> Result<OktaAuth, String> {
+    let env_name = |key: &str, name: String| {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if ok && !is_reserved_env(&name) {
+            Ok(name)
+        } else {
+            Err(format!(
+                "{key} must name an environment variable of its own, such as OKTA_API_TOKEN, not `{name}`"
+            ))
+        }
+    };
+    match (api_token_env, client_id, private_key_env) {
+        (Some(env), None, None) => {
+            if key_id.is_some() {
+                return Err("key_id goes with client_id and private_key_env".into());
+            }
+            Ok(OktaAuth::ApiToken {
+                env: env_name("api_token_env", env)?,
+            })
+        }
+        (None, Some(client_id), Some(private_key_env)) => {
+            let plain = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 100
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !plain(&client_id) {
+                return Err(format!(
+                    "client_id `{client_id}` is not an Okta client ID (such as 0oa1b2c3d4e5f6g7h8i9)"
+                ));
+            }
+            if let Some(kid) = key_id.as_deref().filter(|k| !plain(k)) {
+                return Err(format!("key_id `{kid}` is not a key ID"));
+            }
+            Ok(OktaAuth::PrivateKey {
+                client_id,
+                private_key_env: env_name("private_key_env", private_key_env)?,
+                key_id,
+            })
+        }
+        (None, None, None) => Err(
+            "provider `okta_group` needs api_token_env (the environment variable holding an Okta API token), or client_id and private_key_env (OAuth 2.0 client credentials with a private key)"
+                .into(),
+        ),
+        _ => Err(
+            "set api_token_env, or client_id and private_key_env, not a mix (an API token, or OAuth 2.0 client credentials with a private key)"
+                .into(),
+        ),
+    }
 }
 
 /// A grant's lifetime cap when the resource names none: three times its `max_duration`.

@@ -1492,7 +1492,12 @@ fn okta_group_takes_an_https_org_a_group_id_and_a_token_variable() {
     };
     assert_eq!(c.org_url, "https://example.okta.com");
     assert_eq!(c.group_id, "00g1a2b3c4d5e6f7g8h9");
-    assert_eq!(c.api_token_env, "OKTA_API_TOKEN");
+    assert_eq!(
+        c.auth,
+        OktaAuth::ApiToken {
+            env: "OKTA_API_TOKEN".into()
+        }
+    );
     assert_eq!(c.principals["U0BOB"], "robert@example.com");
     // A test double on this machine may be plain http.
     assert!(okta("org_url = \"http://127.0.0.1:8080\"\n").is_ok());
@@ -1525,6 +1530,23 @@ fn okta_group_takes_an_https_org_a_group_id_and_a_token_variable() {
     ))
     .unwrap_err();
     assert!(err.to_string().contains("not an Okta group ID"), "{err}");
+    let oauth = OKTA.replace(
+        "api_token_env = \"OKTA_API_TOKEN\"",
+        "client_id = \"0oa1b2c3\"\nprivate_key_env = \"OKTA_PRIVATE_KEY\"\nkey_id = \"k1\"",
+    );
+    let policy = parse(&format!("{oauth}org_url = \"https://example.okta.com\"\n")).unwrap();
+    let ProviderConfig::OktaGroup(c) = &policy.resource("okta-admins").unwrap().provider else {
+        panic!("okta_group expected");
+    };
+    assert_eq!(c.secret_env(), "OKTA_PRIVATE_KEY");
+    assert!(
+        matches!(&c.auth, OktaAuth::PrivateKey { client_id, key_id: Some(k), .. } if client_id == "0oa1b2c3" && k == "k1")
+    );
+    let err = parse(&format!(
+        "{OKTA}org_url = \"https://example.okta.com\"\nclient_id = \"0oa1\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("not a mix"), "{err}");
     let reserved = OKTA.replace("OKTA_API_TOKEN", "SLACK_BOT_TOKEN");
     let err = parse(&format!(
         "{reserved}org_url = \"https://example.okta.com\"\n"
