@@ -10,7 +10,9 @@
 //! means already gone. The handle (`okta:<group id>:<login>`) is the same for every grant of the
 //! group to the same person, so overlapping grants are counted by jit as one access and torn
 //! down once, by the last; it is also the presumed handle, so a grant whose PUT timed out is
-//! revoked like any other.
+//! revoked like any other. Teardown removes the user ID the baseline recorded (else it looks
+//! the login up again; a login gone from Okta is an alert, since a renamed user keeps the
+//! membership) from the group the handle names, even if the policy names another one by now.
 //!
 //! **Standing membership.** Before a grant acts, the baseline ([`Provider::baseline`]) records
 //! whether the user already was a member, with the Okta user ID and the time it was taken
