@@ -16,7 +16,12 @@ pub fn login_for(
     principals: &BTreeMap<String, String>,
     provider: &str,
 ) -> Result<String, ProviderError> {
-    login_of(&spec.requester, spec.requester_email.as_deref(), principals, provider)
+    login_of(
+        &spec.requester,
+        spec.requester_email.as_deref(),
+        principals,
+        provider,
+    )
 }
 
 fn login_of(
@@ -29,7 +34,9 @@ fn login_of(
         return Ok(login.clone());
     }
     match (requester, email) {
-        (Requester::User(_), Some(email)) if !email.trim().is_empty() => Ok(email.trim().to_owned()),
+        (Requester::User(_), Some(email)) if !email.trim().is_empty() => {
+            Ok(email.trim().to_owned())
+        }
         (Requester::User(user), _) => Err(ProviderError::Refused(format!(
             "jit cannot tell who {user} is in {provider}: Slack gave no email for them (the app \
              needs the users:read.email scope) and the resource's `principals` map does not name \
@@ -60,7 +67,12 @@ mod tests {
 
     #[test]
     fn the_slack_email_is_used_without_a_map_entry() {
-        let login = login_of(&alice(), Some(" alice@corp.example "), &BTreeMap::new(), "Okta");
+        let login = login_of(
+            &alice(),
+            Some(" alice@corp.example "),
+            &BTreeMap::new(),
+            "Okta",
+        );
         assert_eq!(login.unwrap(), "alice@corp.example");
     }
 
