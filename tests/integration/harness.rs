@@ -413,10 +413,12 @@ impl Harness {
                         .expect("an okta_group resource needs Options::okta");
                     let mut config = config.clone();
                     config.org_url = org_url;
-                    let provider = jit::providers::okta::OktaProvider::new(
+                    // A short timeout: the fake answers at once unless a test makes it hang.
+                    let provider = jit::providers::okta::OktaProvider::with_timeout(
                         resource.id.clone(),
                         config,
                         SecretString::from(token),
+                        std::time::Duration::from_secs(2),
                     )
                     .unwrap();
                     providers.insert(&resource.id, Arc::new(provider));

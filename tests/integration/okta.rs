@@ -81,6 +81,38 @@ driver_tests! {
         assert!(!fake.is_member("00gadmins", DEV_ID), "{:?}", h.audit_events(second).await);
     }
 
+    async fn an_okta_grant_whose_put_acted_then_timed_out_is_revoked() {
+        let (fake, h) = setup().await;
+        // The first PUT adds the member and never answers; every later call fails.
+        fake.hang_next_put();
+        let id = h.request_access(DEV, "okta-admins 1h the PUT hangs").await;
+        h.run_jobs().await;
+        h.click(ALICE, "jit.approve", id).await;
+        h.run_jobs().await;
+        assert!(fake.is_member("00gadmins", DEV_ID), "the PUT acted");
+        fake.fail_next(1000);
+        for _ in 1..jit::handlers::grant::GRANT_ATTEMPTS {
+            h.advance_and_run(Duration::minutes(3)).await;
+        }
+        assert_eq!(h.state(id).await, State::Failed, "{:?}", h.audit_events(id).await);
+        assert!(h.audit_events(id).await.contains(&"grant_uncertain".to_owned()));
+        // Okta answers again: the compensating teardown, retried, removes the membership.
+        fake.fail_next(0);
+        for _ in 0..10 {
+            if h.request(id).await.revoked_at.is_some() {
+                break;
+            }
+            h.advance_and_run(Duration::minutes(5)).await;
+        }
+        assert!(h.request(id).await.revoked_at.is_some(), "{:?}", h.audit_events(id).await);
+        assert!(!fake.is_member("00gadmins", DEV_ID));
+        assert_eq!(
+            h.stored(id).await.grant_handle.as_deref(),
+            Some("okta:00gadmins:dev@example.com"),
+            "revoked under the presumed handle"
+        );
+    }
+
     async fn an_okta_member_re_added_outside_jit_alerts_at_teardown() {
         let (fake, h) = setup().await;
         let id = granted(&h, "okta-admins 1h check the alert").await;
