@@ -448,6 +448,7 @@ pub fn summary(path: &std::path::Path, policy: &Policy) -> String {
         let provider = match &r.provider {
             ProviderConfig::AwsSts(c) => format!("aws_sts {}", c.role_arn),
             ProviderConfig::Postgres(c) => postgres_summary(c),
+            ProviderConfig::OktaGroup(c) => format!("okta_group {} in {}", c.group_id, c.org_url),
             ProviderConfig::Exec(c) => format!("exec {}", c.grant_command.join(" ")),
             ProviderConfig::None => "none".into(),
             ProviderConfig::AwsIdentityCenter(c) => match &c.target {

@@ -2,7 +2,7 @@
 //!
 //! It runs the real HTTP server, handlers, queue worker and providers on a temporary SQLite
 //! database, with the example policy (`manifests/jit.toml`) adapted for a laptop: the `exec`
-//! resource runs a harmless script, the `postgres` resources are left out, and `aws_sts` is kept
+//! resource runs a harmless script, the `postgres` and `okta_group` resources are left out, and `aws_sts` is kept
 //! only when `AWS_ENDPOINT_URL` points at a moto server. Slack is the built-in simulator, served
 //! over HTTP; the demo plays the people, sending signed requests exactly as Slack would, and
 //! prints what each of them sees. Time is simulated, so a one-hour grant takes no time at all.
@@ -80,7 +80,7 @@ fn demo_policy(script: &Path, aws_endpoint: Option<&str>) -> anyhow::Result<Stri
         .and_then(|r| r.as_array_mut())
         .context("the example policy has resources")?;
     resources.retain(|r| match r.get("provider").and_then(|p| p.as_str()) {
-        Some("postgres") | Some("aws_identity_center") => false,
+        Some("postgres") | Some("aws_identity_center") | Some("okta_group") => false,
         Some("aws_sts") => aws_endpoint.is_some(),
         _ => true,
     });

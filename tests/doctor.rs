@@ -14,6 +14,8 @@
 
 #[path = "support/db.rs"]
 mod db;
+#[path = "support/fake_okta.rs"]
+mod fake_okta;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -1804,6 +1806,85 @@ approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
     assert!(
         text.contains("lets a session last PT4H, longer than session_duration 1h"),
         "{text}"
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn an_okta_group_is_checked_against_the_org() {
+    let setup = Setup::new().await;
+    let okta = fake_okta::FakeOkta::start().await;
+    okta.add_user("00ualice", "alice@example.com");
+    okta.add_group("00gadmins", "prod-admins");
+    let mut policy = setup.default_policy();
+    policy.push_str(&format!(
+        r#"
+[[resource]]
+id = "okta-admins"
+provider = "okta_group"
+org_url = "{}"
+group_id = "00gadmins"
+api_token_env = "DOCTOR_OKTA_TOKEN"
+approvers = {{ channel = "C0APPROVALS", users = ["U0ALICE"] }}
+"#,
+        okta.url
+    ));
+    setup.write_policy(&policy);
+    let out = setup
+        .doctor_with(&[("DOCTOR_OKTA_TOKEN", fake_okta::TOKEN)])
+        .await;
+    out.passes();
+    let line = out.line("resource okta-admins");
+    assert!(
+        line.starts_with(
+            "ok    resource okta-admins: okta_group: group 00gadmins (`prod-admins`) answers"
+        ),
+        "{line}"
+    );
+    assert_eq!(okta.count("GET", "/api/v1/groups/00gadmins"), 1);
+    assert!(
+        okta.calls().iter().all(|c| c.method == "GET"),
+        "doctor changes nothing"
+    );
+
+    // A token Okta refuses: named, never shown.
+    let out = setup
+        .doctor_with(&[("DOCTOR_OKTA_TOKEN", "doctor-wrong-okta-token")])
+        .await;
+    out.fails_only(&["resource okta-admins"]);
+    let line = out.line("resource okta-admins");
+    assert!(
+        line.contains("refused the API token in DOCTOR_OKTA_TOKEN (401)"),
+        "{line}"
+    );
+    assert!(
+        !out.stdout.contains("doctor-wrong-okta-token")
+            && !out.stderr.contains("doctor-wrong-okta-token")
+    );
+    assert!(!out.stdout.contains(fake_okta::TOKEN));
+
+    // A group that is not there.
+    setup.write_policy(&policy.replace("group_id = \"00gadmins\"", "group_id = \"00gmissing\""));
+    let out = setup
+        .doctor_with(&[("DOCTOR_OKTA_TOKEN", fake_okta::TOKEN)])
+        .await;
+    out.fails_only(&["resource okta-admins"]);
+    assert!(
+        out.line("resource okta-admins")
+            .contains("no group 00gmissing"),
+        "{}",
+        out.stdout
+    );
+
+    // No token at all.
+    setup.write_policy(&policy);
+    let out = setup.doctor().await;
+    out.fails_only(&["resource okta-admins"]);
+    assert!(
+        out.line("resource okta-admins")
+            .contains("DOCTOR_OKTA_TOKEN (or DOCTOR_OKTA_TOKEN_FILE)"),
+        "{}",
+        out.stdout
     );
     setup.finish().await;
 }

@@ -11,6 +11,9 @@
 //!   (`iam:PutRolePolicy`, `iam:DeleteRolePolicy`). Doctor never calls `AssumeRole`: it would
 //!   issue real credentials. What cannot be simulated is reported as not verified.
 //! - `postgres`: [`PostgresProvider::check_admin`], which only reads the catalogs.
+//! - `okta_group`: the API token is set, and with it `GET /api/v1/groups/{id}` (the org answers,
+//!   the group exists and is an `OKTA_GROUP`, whose members the API may change) and
+//!   `GET /api/v1/users?limit=1` (the token may read users, as every grant does).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,7 +78,58 @@ async fn resource_checks(resource: &Resource, dir: &Path, env: EnvFn<'_>) -> Vec
         ProviderConfig::Exec(config) => vec![exec_check(&name, config, dir, env)],
         ProviderConfig::Postgres(_) => vec![postgres_check(&name, resource).await],
         ProviderConfig::AwsIdentityCenter(_) => identity_center_checks(&name, resource).await,
+        ProviderConfig::OktaGroup(config) => vec![okta_check(&name, resource, config, env).await],
         ProviderConfig::None | ProviderConfig::AwsSts(_) => Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// okta_group
+
+/// The token is set, the org answers, the group exists and is Okta's own, and the token may read
+/// users ([`crate::providers::okta::OktaProvider::check`]).
+async fn okta_check(
+    name: &str,
+    resource: &Resource,
+    config: &crate::domain::policy::OktaGroupConfig,
+    env: EnvFn<'_>,
+) -> Check {
+    use crate::providers::okta::{self, OktaProvider};
+    let var = config.secret_env();
+    let provider = match okta::token_from_env(config, env).and_then(|token| {
+        OktaProvider::with_timeout(
+            resource.id.clone(),
+            config.clone(),
+            token,
+            AWS_OPERATION_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("okta_group: {e}"),
+                format!("set {var} (or {var}_FILE) as for jit serve"),
+            );
+        }
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await {
+        Ok(Ok(text)) => Check::ok(name, format!("okta_group: {text}")),
+        Ok(Err(e)) => Check::fail(
+            name,
+            format!("okta_group: {e}"),
+            "grants and teardowns of this resource fail until it is fixed: see the README's okta_group section for the token's admin role",
+        ),
+        Err(_) => Check::fail(
+            name,
+            format!(
+                "okta_group: {} did not answer within {}s",
+                config.org_url,
+                CHECK_TIMEOUT.as_secs()
+            ),
+            format!("check that {} is reachable from here", config.org_url),
+        ),
     }
 }
 

@@ -140,6 +140,13 @@ fn principals_in(policy: &Policy) -> (Uses, Uses) {
                 }
             }
         }
+        if let ProviderConfig::OktaGroup(c) = &r.provider {
+            for key in c.principals.keys() {
+                if let Some(Requester::User(user)) = Requester::from_key(key) {
+                    add(&mut users, user.as_str(), format!("principals of {}", r.id));
+                }
+            }
+        }
     }
     (users, groups)
 }

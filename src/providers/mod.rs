@@ -24,6 +24,7 @@
 pub mod aws_identity_center;
 pub mod aws_sts;
 pub mod exec;
+pub mod okta;
 pub mod postgres;
 pub mod principal;
 
@@ -340,6 +341,7 @@ impl Providers {
             .iter()
             .filter_map(|r| match &r.provider {
                 ProviderConfig::Postgres(c) => Some(c.database_url_env.clone()),
+                ProviderConfig::OktaGroup(c) => Some(c.secret_env().to_owned()),
                 _ => None,
             })
             .flat_map(|name| [format!("{name}_FILE"), name])
@@ -359,7 +361,8 @@ impl Providers {
                 }
                 ProviderConfig::AwsSts(_)
                 | ProviderConfig::Postgres(_)
-                | ProviderConfig::AwsIdentityCenter(_) => rest.push(resource.clone()),
+                | ProviderConfig::AwsIdentityCenter(_)
+                | ProviderConfig::OktaGroup(_) => rest.push(resource.clone()),
             }
         }
         (providers, rest)
@@ -413,6 +416,15 @@ impl Providers {
                             &sdk,
                         )),
                     );
+                }
+                ProviderConfig::OktaGroup(config) => {
+                    let provider = okta::token_from_env(config, &crate::config::process_env)
+                        .and_then(|token| {
+                            okta::OktaProvider::new(resource.id.clone(), config.clone(), token)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| anyhow::anyhow!("resource `{}`: {e}", resource.id))?;
+                    providers.insert(&resource.id, Arc::new(provider));
                 }
                 ProviderConfig::None | ProviderConfig::Exec(_) => {}
             }

@@ -194,6 +194,7 @@ pub struct Harness {
     postgres_url: Option<String>,
     slack_timeout: std::time::Duration,
     pagerduty: Option<jit::oncall::PagerDutyConfig>,
+    okta: Option<(String, String)>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -242,6 +243,8 @@ pub struct Options {
     pub lease: std::time::Duration,
     /// PagerDuty (a fake one) for `auto_approve.oncall`.
     pub pagerduty: Option<jit::oncall::PagerDutyConfig>,
+    /// Builds `okta_group` resources against this org (a fake one), with this API token.
+    pub okta: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -254,6 +257,7 @@ impl Default for Options {
             slack_timeout: std::time::Duration::from_secs(10),
             lease: jit::app::DEFAULT_LEASE,
             pagerduty: None,
+            okta: None,
         }
     }
 }
@@ -293,6 +297,7 @@ impl Harness {
             slack_timeout: self.slack_timeout,
             lease: self.app.settings.lease,
             pagerduty: self.pagerduty.clone(),
+            okta: self.okta.clone(),
         };
         Self::build(options, Some(self)).await
     }
@@ -309,6 +314,7 @@ impl Harness {
             slack_timeout: self.slack_timeout,
             lease: self.app.settings.lease,
             pagerduty: self.pagerduty.clone(),
+            okta: self.okta.clone(),
         };
         Self::build(options, Some(self)).await
     }
@@ -417,6 +423,23 @@ impl Harness {
                         ),
                     );
                 }
+                jit::domain::policy::ProviderConfig::OktaGroup(config) => {
+                    let (org_url, token) = options
+                        .okta
+                        .clone()
+                        .expect("an okta_group resource needs Options::okta");
+                    let mut config = config.clone();
+                    config.org_url = org_url;
+                    // A short timeout: the fake answers at once unless a test makes it hang.
+                    let provider = jit::providers::okta::OktaProvider::with_timeout(
+                        resource.id.clone(),
+                        config,
+                        SecretString::from(token),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .unwrap();
+                    providers.insert(&resource.id, Arc::new(provider));
+                }
                 _ => {}
             }
         }
@@ -479,6 +502,7 @@ impl Harness {
             postgres_url: options.postgres_url.clone(),
             slack_timeout: options.slack_timeout,
             pagerduty: options.pagerduty.clone(),
+            okta: options.okta.clone(),
             server,
         }
     }

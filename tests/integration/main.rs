@@ -4,6 +4,8 @@
 #[macro_use]
 #[path = "../support/db.rs"]
 mod db;
+#[path = "../support/fake_okta.rs"]
+mod fake_okta;
 mod harness;
 #[path = "../support/ic_proxy.rs"]
 mod ic_proxy;
@@ -20,6 +22,7 @@ mod hardened_edge;
 mod identity_center;
 mod lifecycle;
 mod limits_props;
+mod okta;
 mod oncall;
 mod postgres;
 mod reliability;

@@ -240,6 +240,7 @@ enum ProviderKind {
     AwsSts,
     Postgres,
     AwsIdentityCenter,
+    OktaGroup,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,10 +300,19 @@ struct ResourceFile {
     identity_store_id: Option<String>,
     account_id: Option<OneOrMany>,
     permission_set_arn: Option<String>,
-    group_id: Option<String>,
-    principals: Option<BTreeMap<String, String>>,
     portal_url: Option<String>,
     session_duration: Option<GrantDuration>,
+
+    // okta_group
+    org_url: Option<String>,
+    api_token_env: Option<String>,
+    client_id: Option<String>,
+    private_key_env: Option<String>,
+    key_id: Option<String>,
+
+    // aws_identity_center and okta_group
+    group_id: Option<String>,
+    principals: Option<BTreeMap<String, String>>,
 }
 
 /// `account_id = "111111111111"` or `account_id = ["111111111111", "222222222222"]`.
@@ -732,6 +742,45 @@ impl AwsIdentityCenterConfig {
     }
 }
 
+/// An Okta group whose membership jit grants (`okta_group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OktaGroupConfig {
+    /// `https://example.okta.com`, without a trailing slash.
+    pub org_url: String,
+    /// The group's Okta ID (`00g…`).
+    pub group_id: String,
+    pub auth: OktaAuth,
+    /// Requester key (Slack user ID or `identity:<name>`) → Okta login; else the Slack email.
+    pub principals: BTreeMap<String, String>,
+}
+
+/// How jit authenticates to Okta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OktaAuth {
+    /// An API token (`SSWS`), from this environment variable (or `<name>_FILE`).
+    ApiToken { env: String },
+    /// OAuth 2.0 client credentials of a service app, with a `private_key_jwt` assertion signed
+    /// by the PEM private key in this environment variable (or `<name>_FILE`).
+    PrivateKey {
+        client_id: String,
+        private_key_env: String,
+        /// The key's `kid` in the app's key set, when it has several.
+        key_id: Option<String>,
+    },
+}
+
+impl OktaGroupConfig {
+    /// The environment variable holding the secret (token or private key).
+    pub fn secret_env(&self) -> &str {
+        match &self.auth {
+            OktaAuth::ApiToken { env } => env,
+            OktaAuth::PrivateKey {
+                private_key_env, ..
+            } => private_key_env,
+        }
+    }
+}
+
 /// The longest session AWS lets a permission set give.
 pub const IDENTITY_CENTER_MAX_SESSION: GrantDuration = GrantDuration::from_hours(12);
 
@@ -742,6 +791,7 @@ pub enum ProviderConfig {
     AwsSts(AwsStsConfig),
     Postgres(PostgresConfig),
     AwsIdentityCenter(AwsIdentityCenterConfig),
+    OktaGroup(OktaGroupConfig),
 }
 
 impl ProviderConfig {
@@ -752,6 +802,7 @@ impl ProviderConfig {
             ProviderConfig::AwsSts(_) => "aws_sts",
             ProviderConfig::Postgres(_) => "postgres",
             ProviderConfig::AwsIdentityCenter(_) => "aws_identity_center",
+            ProviderConfig::OktaGroup(_) => "okta_group",
         }
     }
 }
@@ -1356,11 +1407,12 @@ impl Policy {
             }
         }
 
-        // No command may see the admin URL of a postgres resource.
+        // No command may see the admin URL of a postgres resource (or an Okta API token).
         let admin_urls: Vec<&str> = resources
             .iter()
             .filter_map(|r| match &r.provider {
                 ProviderConfig::Postgres(c) => Some(c.database_url_env.as_str()),
+                ProviderConfig::OktaGroup(c) => Some(c.secret_env()),
                 _ => None,
             })
             .collect();
@@ -1375,7 +1427,7 @@ impl Policy {
                     line: *line,
                     column: *column,
                     message: format!(
-                        "resource `{}`: env may not pass `{name}`: it holds the admin URL of a postgres resource",
+                        "resource `{}`: env may not pass `{name}`: it holds the admin URL of a postgres resource or an Okta API token",
                         resource.id
                     ),
                 });
@@ -1864,8 +1916,6 @@ fn build_resource(
         (raw.identity_store_id.is_some(), "identity_store_id"),
         (raw.account_id.is_some(), "account_id"),
         (raw.permission_set_arn.is_some(), "permission_set_arn"),
-        (raw.group_id.is_some(), "group_id"),
-        (raw.principals.is_some(), "principals"),
         (raw.portal_url.is_some(), "portal_url"),
         (raw.session_duration.is_some(), "session_duration"),
     ] {
@@ -1904,6 +1954,36 @@ fn build_resource(
         "allow_superuser_admin",
         ProviderKind::Postgres,
     );
+    not_for(raw.org_url.is_some(), "org_url", ProviderKind::OktaGroup);
+    not_for(
+        raw.api_token_env.is_some(),
+        "api_token_env",
+        ProviderKind::OktaGroup,
+    );
+    not_for(
+        raw.client_id.is_some(),
+        "client_id",
+        ProviderKind::OktaGroup,
+    );
+    not_for(
+        raw.private_key_env.is_some(),
+        "private_key_env",
+        ProviderKind::OktaGroup,
+    );
+    not_for(raw.key_id.is_some(), "key_id", ProviderKind::OktaGroup);
+    // Keys of both identity-provider kinds.
+    let identity_provider = matches!(
+        kind,
+        ProviderKind::AwsIdentityCenter | ProviderKind::OktaGroup
+    );
+    for (present, key) in [
+        (raw.group_id.is_some(), "group_id"),
+        (raw.principals.is_some(), "principals"),
+    ] {
+        if present && !identity_provider {
+            misplaced.push(key);
+        }
+    }
     if !misplaced.is_empty() {
         return Err(format!(
             "{} only apply to another provider than `{}`",
@@ -2083,6 +2163,15 @@ fn build_resource(
                 connect_host: raw.connect_host,
                 allow_superuser_admin: raw.allow_superuser_admin.unwrap_or(false),
             })
+        }
+        ProviderKind::OktaGroup => {
+            let auth = okta_auth(
+                raw.api_token_env,
+                raw.client_id,
+                raw.private_key_env,
+                raw.key_id,
+            )?;
+            ProviderConfig::OktaGroup(okta_group(raw.org_url, raw.group_id, auth, raw.principals)?)
         }
     };
 
@@ -2406,7 +2495,127 @@ impl ProviderConfig {
             ProviderKind::AwsSts => "aws_sts",
             ProviderKind::Postgres => "postgres",
             ProviderKind::AwsIdentityCenter => "aws_identity_center",
+            ProviderKind::OktaGroup => "okta_group",
         }
+    }
+}
+
+/// Checks the keys of an `okta_group` resource.
+fn okta_group(
+    org_url: Option<String>,
+    group_id: Option<String>,
+    auth: OktaAuth,
+    principals: Option<BTreeMap<String, String>>,
+) -> Result<OktaGroupConfig, String> {
+    let org_url = org_url
+        .ok_or("provider `okta_group` needs org_url, such as \"https://example.okta.com\"")?
+        .trim_end_matches('/')
+        .to_owned();
+    let host = org_url
+        .strip_prefix("https://")
+        .or_else(|| {
+            // Plain HTTP only to this machine (a test double); the token must not cross a network.
+            org_url
+                .strip_prefix("http://")
+                .filter(|h| h.starts_with("127.0.0.1:") || h.starts_with("localhost:"))
+        })
+        .ok_or_else(|| {
+            format!("org_url `{org_url}` must be an https:// URL such as https://example.okta.com")
+        })?;
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "org_url `{org_url}` must be the org's address only, such as https://example.okta.com"
+        ));
+    }
+    let group_id = group_id.ok_or(
+        "provider `okta_group` needs group_id, the group's Okta ID (00g…, from the group's page in the Admin Console)",
+    )?;
+    if group_id.is_empty()
+        || group_id.len() > 64
+        || !group_id.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "group_id `{group_id}` is not an Okta group ID (letters and digits, such as 00g1a2b3c4d5e6f7g8h9)"
+        ));
+    }
+    let principals = principals.unwrap_or_default();
+    for (key, login) in &principals {
+        if Requester::from_key(key).is_none() {
+            return Err(format!(
+                "principals key `{key}` is neither a Slack user ID nor identity:<name>"
+            ));
+        }
+        if login.trim().is_empty() || login.contains(['/', '?', '#']) {
+            return Err(format!(
+                "principals value `{login}` (for {key}) is not an Okta login"
+            ));
+        }
+    }
+    Ok(OktaGroupConfig {
+        org_url,
+        group_id,
+        auth,
+        principals,
+    })
+}
+
+/// An API token, or OAuth 2.0 client credentials with a private key: one of the two.
+fn okta_auth(
+    api_token_env: Option<String>,
+    client_id: Option<String>,
+    private_key_env: Option<String>,
+    key_id: Option<String>,
+) -> Result<OktaAuth, String> {
+    let env_name = |key: &str, name: String| {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if ok && !is_reserved_env(&name) {
+            Ok(name)
+        } else {
+            Err(format!(
+                "{key} must name an environment variable of its own, such as OKTA_API_TOKEN, not `{name}`"
+            ))
+        }
+    };
+    match (api_token_env, client_id, private_key_env) {
+        (Some(env), None, None) => {
+            if key_id.is_some() {
+                return Err("key_id goes with client_id and private_key_env".into());
+            }
+            Ok(OktaAuth::ApiToken {
+                env: env_name("api_token_env", env)?,
+            })
+        }
+        (None, Some(client_id), Some(private_key_env)) => {
+            let plain = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 100
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !plain(&client_id) {
+                return Err(format!(
+                    "client_id `{client_id}` is not an Okta client ID (such as 0oa1b2c3d4e5f6g7h8i9)"
+                ));
+            }
+            if let Some(kid) = key_id.as_deref().filter(|k| !plain(k)) {
+                return Err(format!("key_id `{kid}` is not a key ID"));
+            }
+            Ok(OktaAuth::PrivateKey {
+                client_id,
+                private_key_env: env_name("private_key_env", private_key_env)?,
+                key_id,
+            })
+        }
+        (None, None, None) => Err(
+            "provider `okta_group` needs api_token_env (the environment variable holding an Okta API token), or client_id and private_key_env (OAuth 2.0 client credentials with a private key)"
+                .into(),
+        ),
+        _ => Err(
+            "set api_token_env, or client_id and private_key_env, not a mix (an API token, or OAuth 2.0 client credentials with a private key)"
+                .into(),
+        ),
     }
 }
 

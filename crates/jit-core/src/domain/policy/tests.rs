@@ -1603,3 +1603,103 @@ fn identity_center_keys_are_checked() {
     );
     assert_eq!(c.warnings().len(), 1);
 }
+
+const OKTA: &str = r#"
+[slack]
+audit_channel = "C0AUDIT"
+admins = { users = ["U0SECLEAD"] }
+
+[[resource]]
+id = "okta-admins"
+provider = "okta_group"
+group_id = "00g1a2b3c4d5e6f7g8h9"
+api_token_env = "OKTA_API_TOKEN"
+approvers = { channel = "C0APPROVALS", users = ["U0ALICE"] }
+"#;
+
+fn okta(extra: &str) -> Result<Policy, PolicyError> {
+    parse(&format!("{OKTA}{extra}"))
+}
+
+#[test]
+fn okta_group_takes_an_https_org_a_group_id_and_a_token_variable() {
+    let policy = okta(
+        "org_url = \"https://example.okta.com/\"\nprincipals = { U0BOB = \"robert@example.com\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ProviderConfig::OktaGroup(c) = &policy.resource("okta-admins").unwrap().provider else {
+        panic!("okta_group expected");
+    };
+    assert_eq!(c.org_url, "https://example.okta.com");
+    assert_eq!(c.group_id, "00g1a2b3c4d5e6f7g8h9");
+    assert_eq!(
+        c.auth,
+        OktaAuth::ApiToken {
+            env: "OKTA_API_TOKEN".into()
+        }
+    );
+    assert_eq!(c.principals["U0BOB"], "robert@example.com");
+    // A test double on this machine may be plain http.
+    assert!(okta("org_url = \"http://127.0.0.1:8080\"\n").is_ok());
+
+    for (extra, expected) in [
+        ("", "needs org_url"),
+        (
+            "org_url = \"http://example.okta.com\"\n",
+            "must be an https:// URL",
+        ),
+        (
+            "org_url = \"https://example.okta.com/api/v1\"\n",
+            "the org's address only",
+        ),
+        (
+            "org_url = \"https://example.okta.com\"\nprincipals = { alice = \"a@example.com\" }\n",
+            "neither a Slack user ID",
+        ),
+        (
+            "org_url = \"https://example.okta.com\"\nroles = [\"x\"]\n",
+            "roles only apply to another provider",
+        ),
+    ] {
+        let err = okta(extra).unwrap_err().to_string();
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+    let bad_group = OKTA.replace("00g1a2b3c4d5e6f7g8h9", "00g/../users");
+    let err = parse(&format!(
+        "{bad_group}org_url = \"https://example.okta.com\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("not an Okta group ID"), "{err}");
+    let oauth = OKTA.replace(
+        "api_token_env = \"OKTA_API_TOKEN\"",
+        "client_id = \"0oa1b2c3\"\nprivate_key_env = \"OKTA_PRIVATE_KEY\"\nkey_id = \"k1\"",
+    );
+    let policy = parse(&format!("{oauth}org_url = \"https://example.okta.com\"\n")).unwrap();
+    let ProviderConfig::OktaGroup(c) = &policy.resource("okta-admins").unwrap().provider else {
+        panic!("okta_group expected");
+    };
+    assert_eq!(c.secret_env(), "OKTA_PRIVATE_KEY");
+    assert!(
+        matches!(&c.auth, OktaAuth::PrivateKey { client_id, key_id: Some(k), .. } if client_id == "0oa1b2c3" && k == "k1")
+    );
+    let err = parse(&format!(
+        "{OKTA}org_url = \"https://example.okta.com\"\nclient_id = \"0oa1\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("not a mix"), "{err}");
+    let reserved = OKTA.replace("OKTA_API_TOKEN", "SLACK_BOT_TOKEN");
+    let err = parse(&format!(
+        "{reserved}org_url = \"https://example.okta.com\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("api_token_env"), "{err}");
+}
+
+#[test]
+fn exec_commands_may_not_see_an_okta_token() {
+    let text = format!(
+        "{OKTA}org_url = \"https://example.okta.com\"\n\n[[resource]]\nid = \"script\"\nprovider = \"exec\"\ngrant_command = [\"./g\"]\nrevoke_command = [\"./r\"]\nenv = [\"OKTA_API_TOKEN_FILE\"]\napprovers = {{ channel = \"C0APPROVALS\", users = [\"U0ALICE\"] }}\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("Okta API token"), "{err}");
+}
