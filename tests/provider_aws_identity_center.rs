@@ -674,3 +674,62 @@ async fn a_revoke_waits_for_a_creation_still_in_progress() {
     assert_eq!(proxy.count("DeleteAccountAssignment"), 1);
     assert!(world.assignees().await.is_empty());
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(jit_moto_tests),
+    ignore = "needs JIT_TEST_AWS_ENDPOINT (moto) at build time"
+)]
+async fn a_revoke_elsewhere_waits_for_a_creation_it_cannot_see() {
+    let (world, proxy, replica_a) = setup().await;
+    // Replica B (or replica A after a restart) knows nothing of A's operation in progress.
+    let replica_b = IdentityCenterProvider::new(
+        ResourceId::parse("aws-ic").unwrap(),
+        world.config(PORTAL),
+        &sdk_config(&proxy.url).await,
+    );
+    let now = Utc::now();
+    let spec = grant_spec(91, &format!("{}@corp.example", world.login), now);
+    let baseline = replica_a.baseline(&spec).await.unwrap().unwrap();
+    proxy.inject("CreateAccountAssignment", &[Fault::Status("IN_PROGRESS")]);
+    pending(replica_a.grant(&spec).await);
+    let revoke = revoke_spec(
+        91,
+        &replica_a.presumed_handle(&spec),
+        vec![baseline.clone()],
+        now,
+        RevokeReason::FailedGrant,
+    );
+    // AWS does not list the assignment yet: B looks again later instead of finishing, since
+    // the assignment could appear after it looked.
+    proxy.inject("ListAccountAssignments", &[Fault::Empty]);
+    pending(replica_b.revoke(&revoke).await);
+    assert_eq!(proxy.count("DeleteAccountAssignment"), 0);
+    // Once it is listed, B removes it.
+    replica_b
+        .revoke(&revoke)
+        .await
+        .expect("removed once listed");
+    assert_eq!(proxy.count("DeleteAccountAssignment"), 1);
+    assert!(world.assignees().await.is_empty());
+    // Nothing there and the operation limit past since the grant's baseline: done at once.
+    let later = now + chrono::Duration::minutes(11);
+    let fresh = IdentityCenterProvider::new(
+        ResourceId::parse("aws-ic").unwrap(),
+        world.config(PORTAL),
+        &sdk_config(&proxy.url).await,
+    );
+    let mut after_limit = revoke_spec(
+        91,
+        &replica_a.presumed_handle(&spec),
+        vec![baseline],
+        later,
+        RevokeReason::Expired,
+    );
+    after_limit.natural_expiry = later;
+    fresh
+        .revoke(&after_limit)
+        .await
+        .expect("nothing to wait for");
+    assert_eq!(proxy.count("DeleteAccountAssignment"), 1);
+}

@@ -148,9 +148,10 @@ pub enum AuditEvent {
         attempts: u32,
         error: String,
     },
-    /// Loud: the access is gone, but the provider changed or could not check something people
-    /// must look at (postgres: objects made through the granted roles during the grant, whose
-    /// definer rights it stripped).
+    /// Loud: the teardown ran, but the provider changed, could not check or found something
+    /// people must look at (postgres: objects made through the granted roles during the grant,
+    /// whose definer rights it stripped; okta_group: the member re-added by something outside
+    /// jit, so the access may still be held).
     TeardownAttention {
         detail: String,
     },

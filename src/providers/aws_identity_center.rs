@@ -150,6 +150,18 @@ enum Op {
     Delete,
 }
 
+/// When the latest grant of the stretch took its baseline (it acted only after that): `None`
+/// when no baseline of this provider was recorded.
+pub fn latest_baseline_at(baselines: &[String]) -> Option<DateTime<Utc>> {
+    baselines
+        .iter()
+        .filter_map(|b| {
+            let (_, at) = b.split_once('@')?;
+            Some(DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc))
+        })
+        .max()
+}
+
 /// An assignment operation jit started and has not seen finish.
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -165,6 +177,11 @@ pub struct IdentityCenterProvider {
     sso: aws_sdk_ssoadmin::Client,
     store: aws_sdk_identitystore::Client,
     in_flight: Mutex<HashMap<String, InFlight>>,
+    /// When this process last saw an operation on an assignment finish (handle → time): a
+    /// creation that succeeded or failed, a deletion carried out. A revoke that finds no
+    /// assignment after that need not wait for a creation that may still be under way
+    /// ([`IdentityCenterProvider::creation_may_be_under_way`]).
+    settled: Mutex<HashMap<String, DateTime<Utc>>>,
     pending_limit: chrono::Duration,
     poll: Duration,
 }
@@ -177,6 +194,7 @@ impl IdentityCenterProvider {
             sso: aws_sdk_ssoadmin::Client::new(sdk),
             store: aws_sdk_identitystore::Client::new(sdk),
             in_flight: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
             pending_limit: PENDING_LIMIT,
             poll: POLL_INTERVAL,
         }
@@ -213,6 +231,49 @@ impl IdentityCenterProvider {
 
     fn forget(&self, handle: &str) {
         self.lock_map().remove(handle);
+    }
+
+    /// The operation in progress on `handle` is over (it succeeded or failed), as seen at `now`.
+    fn settle(&self, handle: &str, now: DateTime<Utc>) {
+        self.forget(handle);
+        self.settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.to_owned(), now);
+    }
+
+    /// A revoke that finds no assignment cannot tell a creation that never happened from one
+    /// AWS is still carrying out, started by another replica or by this process before a
+    /// restart (the request id of an operation in progress is kept in memory), which would
+    /// add the assignment after the revoke looked. So until the operation limit has passed
+    /// since the latest grant of the stretch took its baseline (a grant acts only after it),
+    /// the revoke looks again later, unless this process saw the operations on the assignment
+    /// finish after that baseline.
+    fn creation_may_be_under_way(
+        &self,
+        handle: &str,
+        started: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<ProviderError> {
+        let started = started?;
+        let settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(handle)
+            .copied();
+        if settled.is_some_and(|at| at >= started) {
+            return None;
+        }
+        let until = started + self.pending_limit;
+        (now < until).then(|| ProviderError::Pending {
+            after: self.poll,
+            detail: format!(
+                "the account assignment is not there, but a creation started after {} may still be under way in IAM Identity Center (on another replica, or before a restart); looking again until {}",
+                started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                until.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+        })
     }
 
     /// Records `op` as in progress (keeping the time jit first saw it) and says so: `Pending`,
@@ -438,10 +499,10 @@ impl IdentityCenterProvider {
                     ));
                 }
                 Some(s) if s.status() == Some(&StatusValues::Failed) => {
-                    self.forget(&handle);
+                    self.settle(&handle, now);
                     return Err(ProviderError::Fatal(failed("create", account_id, s)));
                 }
-                _ => self.forget(&handle),
+                _ => self.settle(&handle, now),
             }
         }
         if !self
@@ -473,9 +534,9 @@ impl IdentityCenterProvider {
                 Err(e) => return Err(classify("sso:CreateAccountAssignment", account_id, e)),
             };
             match status.as_ref().and_then(|s| s.status()) {
-                Some(StatusValues::Succeeded) => self.forget(&handle),
+                Some(StatusValues::Succeeded) => self.settle(&handle, now),
                 Some(StatusValues::Failed) => {
-                    self.forget(&handle);
+                    self.settle(&handle, now);
                     let s = status.as_ref().expect("has a status");
                     return Err(ProviderError::Fatal(failed("create", account_id, s)));
                 }
@@ -509,6 +570,7 @@ impl IdentityCenterProvider {
         handle: &str,
         account_id: &str,
         permission_set_arn: &str,
+        started: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Revoked, ProviderError> {
         let Some(user) = self.user_id(&access.login).await? else {
@@ -545,7 +607,7 @@ impl IdentityCenterProvider {
                         "the account assignment to remove is still being created",
                     ));
                 }
-                _ => self.forget(handle),
+                _ => self.settle(handle, now),
             }
         }
         if let Some(flight) = self.in_flight(handle).filter(|f| f.op == Op::Delete)
@@ -572,10 +634,10 @@ impl IdentityCenterProvider {
                     ));
                 }
                 Some(s) if s.status() == Some(&StatusValues::Failed) => {
-                    self.forget(handle);
+                    self.settle(handle, now);
                     return Err(ProviderError::Retryable(failed("delete", account_id, s)));
                 }
-                _ => self.forget(handle),
+                _ => self.settle(handle, now),
             }
         }
         if !self
@@ -583,6 +645,9 @@ impl IdentityCenterProvider {
             .await?
         {
             self.forget(handle);
+            if let Some(wait) = self.creation_may_be_under_way(handle, started, now) {
+                return Err(wait);
+            }
             return Ok(Revoked {
                 detail: Some(format!(
                     "account assignment removed: {} no longer has the permission set in account {account_id}",
@@ -633,7 +698,7 @@ impl IdentityCenterProvider {
                 Err(ProviderError::Retryable(failed("delete", account_id, s)))
             }
             _ => {
-                self.forget(handle);
+                self.settle(handle, now);
                 Ok(Revoked {
                     detail: Some(format!(
                         "account assignment removed: {} no longer has the permission set in account {account_id}",
@@ -774,8 +839,16 @@ impl Provider for IdentityCenterProvider {
                 account_id,
                 permission_set_arn,
             } => {
-                self.revoke_account(&access, &handle, account_id, permission_set_arn, spec.now)
-                    .await
+                let started = latest_baseline_at(&spec.baselines);
+                self.revoke_account(
+                    &access,
+                    &handle,
+                    account_id,
+                    permission_set_arn,
+                    started,
+                    spec.now,
+                )
+                .await
             }
             IdentityCenterTarget::Group { group_id } => self.revoke_group(&access, group_id).await,
         }

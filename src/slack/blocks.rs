@@ -1049,7 +1049,7 @@ fn describe(event: &AuditEvent, who: &str, policy: &Policy) -> String {
             text::escape_truncated(error, 1000)
         ),
         TeardownAttention { detail } => format!(
-            "*Teardown needs attention*: the access is gone, but {}",
+            "*Teardown needs attention*: {}",
             text::escape_truncated(detail, 2500)
         ),
         Breakglass { reason } => format!(
