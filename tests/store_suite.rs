@@ -986,3 +986,17 @@ async fn sqlite_never_re_prepares_a_statement_for_its_parameters() {
     tx.commit().await.unwrap();
     assert_eq!(reprepared, Some(0), "statements were re-prepared");
 }
+
+/// Statement journals and other temporary data stay in memory (`temp_store = MEMORY`): no
+/// temporary file per write batch, and no page of the database copied to a file outside it.
+#[tokio::test]
+async fn sqlite_keeps_temporary_data_in_memory() {
+    let db = db::TestDb::new(jit::store::Driver::Sqlite).await;
+    let store = db.store().await;
+    let mut conn = store.read().await.unwrap();
+    let temp_store: i64 = on!(&mut conn, |c| sqlx::query_scalar("PRAGMA temp_store")
+        .fetch_one(&mut *c)
+        .await)
+    .unwrap();
+    assert_eq!(temp_store, 2, "PRAGMA temp_store: 2 is MEMORY");
+}

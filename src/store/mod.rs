@@ -426,7 +426,12 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             // Deleted rows (erased credentials) are overwritten, not left in free pages.
-            .pragma("secure_delete", "ON");
+            .pragma("secure_delete", "ON")
+            // Statement journals (the page images SQLite keeps to undo one statement of a
+            // transaction, such as a batch's multi-row INSERT) and other temporary data stay in
+            // memory: no temporary file per batch, and no copy of a page on disk outside the
+            // database and its WAL.
+            .pragma("temp_store", "MEMORY");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
