@@ -43,17 +43,18 @@
 //! whose permission set allows longer sessions (jit never changes a permission set: it is shared).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_identitystore::types::{AlternateIdentifier, MemberId, UniqueAttribute};
-use aws_sdk_ssoadmin::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssoadmin::error::ProvideErrorMetadata;
 use aws_sdk_ssoadmin::types::{
     AccountAssignmentOperationStatus, PrincipalType, StatusValues, TargetType,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::aws_sts::{classify, truncate};
 use super::{GrantSpec, Issued, Provider, ProviderError, RevokeSpec, Revoked, principal};
 use crate::domain::duration::GrantDuration;
 use crate::domain::ids::ResourceId;
@@ -65,8 +66,6 @@ pub const PENDING_LIMIT: chrono::Duration = chrono::Duration::minutes(10);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(3);
 const HANDLE_PREFIX: &str = "aws_identity_center:";
 const PROVIDER_NAME: &str = "IAM Identity Center";
-const MAX_ERROR_CHARS: usize = 600;
-
 /// What is granted, as named in a handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
@@ -276,6 +275,39 @@ impl IdentityCenterProvider {
         })
     }
 
+    /// How the operation jit started (`request_id`) is going, as AWS reports it.
+    async fn operation_status(
+        &self,
+        op: Op,
+        request_id: &str,
+        account_id: &str,
+    ) -> Result<Option<AccountAssignmentOperationStatus>, ProviderError> {
+        match op {
+            Op::Create => self
+                .sso
+                .describe_account_assignment_creation_status()
+                .instance_arn(&self.config.instance_arn)
+                .account_assignment_creation_request_id(request_id)
+                .send()
+                .await
+                .map(|out| out.account_assignment_creation_status().cloned())
+                .map_err(|e| {
+                    classify("sso:DescribeAccountAssignmentCreationStatus", account_id, e)
+                }),
+            Op::Delete => self
+                .sso
+                .describe_account_assignment_deletion_status()
+                .instance_arn(&self.config.instance_arn)
+                .account_assignment_deletion_request_id(request_id)
+                .send()
+                .await
+                .map(|out| out.account_assignment_deletion_status().cloned())
+                .map_err(|e| {
+                    classify("sso:DescribeAccountAssignmentDeletionStatus", account_id, e)
+                }),
+        }
+    }
+
     /// Records `op` as in progress (keeping the time jit first saw it) and says so: `Pending`,
     /// or `Retryable` once it has been in progress longer than the limit.
     fn still_in_progress(
@@ -478,17 +510,11 @@ impl IdentityCenterProvider {
         if let Some(flight) = self.in_flight(&handle).filter(|f| f.op == Op::Create)
             && let Some(request_id) = &flight.request_id
         {
-            let status = self
-                .sso
-                .describe_account_assignment_creation_status()
-                .instance_arn(&self.config.instance_arn)
-                .account_assignment_creation_request_id(request_id)
-                .send()
-                .await
-                .map_err(|e| {
-                    classify("sso:DescribeAccountAssignmentCreationStatus", account_id, e)
-                })?;
-            match status.account_assignment_creation_status() {
+            match self
+                .operation_status(Op::Create, request_id, account_id)
+                .await?
+                .as_ref()
+            {
                 Some(s) if s.status() == Some(&StatusValues::InProgress) => {
                     return Err(self.still_in_progress(
                         &handle,
@@ -587,17 +613,11 @@ impl IdentityCenterProvider {
         if let Some(flight) = self.in_flight(handle).filter(|f| f.op == Op::Create)
             && let Some(request_id) = &flight.request_id
         {
-            let status = self
-                .sso
-                .describe_account_assignment_creation_status()
-                .instance_arn(&self.config.instance_arn)
-                .account_assignment_creation_request_id(request_id)
-                .send()
-                .await
-                .map_err(|e| {
-                    classify("sso:DescribeAccountAssignmentCreationStatus", account_id, e)
-                })?;
-            match status.account_assignment_creation_status() {
+            match self
+                .operation_status(Op::Create, request_id, account_id)
+                .await?
+                .as_ref()
+            {
                 Some(s) if s.status() == Some(&StatusValues::InProgress) => {
                     return Err(self.still_in_progress(
                         handle,
@@ -613,17 +633,11 @@ impl IdentityCenterProvider {
         if let Some(flight) = self.in_flight(handle).filter(|f| f.op == Op::Delete)
             && let Some(request_id) = &flight.request_id
         {
-            let status = self
-                .sso
-                .describe_account_assignment_deletion_status()
-                .instance_arn(&self.config.instance_arn)
-                .account_assignment_deletion_request_id(request_id)
-                .send()
-                .await
-                .map_err(|e| {
-                    classify("sso:DescribeAccountAssignmentDeletionStatus", account_id, e)
-                })?;
-            match status.account_assignment_deletion_status() {
+            match self
+                .operation_status(Op::Delete, request_id, account_id)
+                .await?
+                .as_ref()
+            {
                 Some(s) if s.status() == Some(&StatusValues::InProgress) => {
                     return Err(self.still_in_progress(
                         handle,
@@ -942,63 +956,7 @@ pub fn iso_duration(text: &str) -> Option<GrantDuration> {
 /// One lock per assignment in the process: two grants (or a grant and a revoke) of the same
 /// access never race between their check and their change.
 fn serial(handle: &str) -> Arc<tokio::sync::Mutex<()>> {
-    type Locks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
-    static LOCKS: OnceLock<Locks> = OnceLock::new();
-    let mut locks = LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    locks.entry(handle.to_owned()).or_default().clone()
-}
-
-fn truncate(text: &str) -> String {
-    if text.chars().count() <= MAX_ERROR_CHARS {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(MAX_ERROR_CHARS).collect();
-        cut.push('…');
-        cut
-    }
-}
-
-/// Error codes AWS uses for "slow down" or "try later".
-const RETRYABLE_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
-    "InternalServerException",
-    "ServiceUnavailable",
-    "RequestTimeout",
-];
-
-fn classify<E>(operation: &str, target: &str, err: SdkError<E>) -> ProviderError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match &err {
-        SdkError::ServiceError(ctx) => {
-            let status = ctx.raw().status().as_u16();
-            let code = err.code().unwrap_or("Unknown");
-            let message = err.message().unwrap_or("");
-            let text = truncate(&format!("{operation} on {target}: {code}: {message}"));
-            if status >= 500 || status == 429 || RETRYABLE_CODES.contains(&code) {
-                ProviderError::Retryable(text)
-            } else {
-                ProviderError::Fatal(text)
-            }
-        }
-        SdkError::ConstructionFailure(_) => ProviderError::Fatal(truncate(&format!(
-            "{operation} on {target}: cannot build the request: {}",
-            DisplayErrorContext(&err)
-        ))),
-        SdkError::TimeoutError(_) => {
-            ProviderError::Retryable(format!("{operation} on {target}: timed out"))
-        }
-        _ => ProviderError::Retryable(truncate(&format!(
-            "{operation} on {target}: {}",
-            DisplayErrorContext(&err)
-        ))),
-    }
+    super::keyed_lock(handle)
 }
 
 #[cfg(test)]

@@ -53,8 +53,7 @@
 //! role's trust policy) and, for early revocation, `iam:GetRolePolicy`, `iam:PutRolePolicy`,
 //! `iam:DeleteRolePolicy` on the role (`iam:GetRole` only if STS did not report the session's ID).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
@@ -843,7 +842,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn truncate(text: &str) -> String {
+pub(crate) fn truncate(text: &str) -> String {
     if text.chars().count() <= MAX_ERROR_CHARS {
         text.to_owned()
     } else {
@@ -870,6 +869,7 @@ const RETRYABLE_CODES: &[&str] = &[
     "InternalFailure",
     "InternalError",
     "InternalServerError",
+    "InternalServerException",
     "IDPCommunicationError",
     "RequestTimeout",
     "RequestTimeoutException",
@@ -880,7 +880,7 @@ const RETRYABLE_CODES: &[&str] = &[
 /// Maps an SDK error: throttling, 5xx, timeouts and dispatch failures may pass on retry;
 /// access denied, validation and malformed input will not. AWS error texts name ARNs and
 /// actions, never the caller's secret key; jit adds only the operation and the target.
-fn classify<E>(operation: &str, target: &str, err: SdkError<E>) -> ProviderError
+pub(crate) fn classify<E>(operation: &str, target: &str, err: SdkError<E>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -910,16 +910,9 @@ where
     }
 }
 
-type RoleLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
-
 /// One lock per role name, shared by every resource of the process that uses that role.
 fn role_lock(role: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<RoleLocks> = OnceLock::new();
-    let mut locks = LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    locks.entry(role.to_owned()).or_default().clone()
+    super::keyed_lock(&format!("aws_sts role {role}"))
 }
 
 #[cfg(test)]

@@ -315,6 +315,19 @@ pub fn distinct_handles(spec: &RevokeSpec) -> Vec<&str> {
     out
 }
 
+/// One lock per key in the process, for a provider's check-then-change steps that must not
+/// race (`aws_sts`: a role's deny policy; `aws_identity_center`: one assignment). Keys name
+/// their provider, so providers never share a lock by accident.
+pub(crate) fn keyed_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+    static LOCKS: std::sync::OnceLock<Locks> = std::sync::OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    locks.entry(key.to_owned()).or_default().clone()
+}
+
 /// The provider of each resource, built once at startup.
 #[derive(Clone, Default)]
 pub struct Providers {
