@@ -445,24 +445,7 @@ async fn aws_checks(resources: &[&Resource]) -> Vec<Vec<Check>> {
     if resources.is_empty() {
         return Vec::new();
     }
-    // The configuration jit serve loads (the standard chain, AWS_ENDPOINT_URL), with one retry
-    // and a timeout, so an unreachable endpoint fails the check rather than hanging it.
-    let sdk = aws_sts::aws_config_loader(None, None)
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(AWS_OPERATION_TIMEOUT)
-                .build(),
-        )
-        .load()
-        .await;
-    let sdk = if sdk.region().is_some() {
-        sdk
-    } else {
-        sdk.into_builder()
-            .region(aws_config::Region::from_static("us-east-1"))
-            .build()
-    };
+    let sdk = doctor_sdk(None).await;
     let sts = aws_sdk_sts::Client::new(&sdk);
     let identity = sts.get_caller_identity().send().await;
     let mut out = Vec::new();
@@ -808,22 +791,7 @@ async fn identity_center_checks(name: &str, resource: &Resource) -> Vec<Check> {
         return Vec::new();
     };
     let fix_creds = "give jit AWS credentials as for jit serve, with the IAM permissions the README lists for aws_identity_center";
-    let sdk = aws_sts::aws_config_loader(None, config.region.as_deref())
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(AWS_OPERATION_TIMEOUT)
-                .build(),
-        )
-        .load()
-        .await;
-    let sdk = if sdk.region().is_some() {
-        sdk
-    } else {
-        sdk.into_builder()
-            .region(aws_config::Region::from_static("us-east-1"))
-            .build()
-    };
+    let sdk = doctor_sdk(config.region.as_deref()).await;
     let sso = aws_sdk_ssoadmin::Client::new(&sdk);
     let store = aws_sdk_identitystore::Client::new(&sdk);
     let mut out = Vec::new();
@@ -998,6 +966,28 @@ async fn identity_center_checks(name: &str, resource: &Resource) -> Vec<Check> {
         )];
     }
     out
+}
+
+/// The AWS configuration jit serve loads (the standard chain, `AWS_ENDPOINT_URL`), with one
+/// retry and a timeout, so an unreachable endpoint fails a check rather than hanging it; a
+/// region is needed to sign, so one stands in when none is configured.
+async fn doctor_sdk(region: Option<&str>) -> aws_config::SdkConfig {
+    let sdk = aws_sts::aws_config_loader(None, region)
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(AWS_OPERATION_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await;
+    if sdk.region().is_some() {
+        sdk
+    } else {
+        sdk.into_builder()
+            .region(aws_config::Region::from_static("us-east-1"))
+            .build()
+    }
 }
 
 #[cfg(test)]
