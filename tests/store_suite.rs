@@ -1000,3 +1000,40 @@ async fn sqlite_keeps_temporary_data_in_memory() {
     .unwrap();
     assert_eq!(temp_store, 2, "PRAGMA temp_store: 2 is MEMORY");
 }
+
+/// On SQLite every write transaction runs on one connection of its own, apart from the
+/// connections that read: SQLite drops a connection's page cache whenever another connection
+/// wrote, so writes spread over the pool would each start cold. A temporary table is private to
+/// the connection that made it: the second write sees the first one's, a read does not.
+#[tokio::test]
+async fn sqlite_writes_share_one_connection_apart_from_reads() {
+    let db = db::TestDb::new(jit::store::Driver::Sqlite).await;
+    let store = db.store().await;
+    let mut tx = store.begin_write().await.unwrap();
+    on!(&mut tx, |c| sqlx::query(
+        "CREATE TEMP TABLE written_here (x INTEGER)"
+    )
+    .execute(&mut *c)
+    .await
+    .map(|_| ()))
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Held through the second write: the pool's idle connections are taken first.
+    let mut read = store.read().await.unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    let on_writer: i64 = on!(&mut tx, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM temp.sqlite_master WHERE name = 'written_here'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
+    tx.commit().await.unwrap();
+    let on_reader: i64 = on!(&mut read, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM temp.sqlite_master WHERE name = 'written_here'"
+    )
+    .fetch_one(&mut *c)
+    .await)
+    .unwrap();
+    assert_eq!(on_writer, 1, "the second write ran on another connection");
+    assert_eq!(on_reader, 0, "a read ran on the writers' connection");
+}

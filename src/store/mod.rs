@@ -130,6 +130,11 @@ pub struct Store {
     /// and on PostgreSQL a queue of connections parked on the advisory lock would empty the
     /// pool); other processes meet the database's own lock.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the one connection every write transaction of this process runs on. SQLite
+    /// discards a connection's page cache whenever another connection wrote since its last
+    /// transaction, so writes spread over a pool each start cold and read their pages again;
+    /// on one connection they find them cached, with their prepared statements.
+    sqlite_writes: Option<SqlitePool>,
     /// The audit chain's key, once [`Store::open_audit_chain`] checked it against the database.
     /// Write transactions carry it, so audit appends can key their rows.
     audit_key: Arc<std::sync::OnceLock<crate::crypto::AuditKey>>,
@@ -432,17 +437,25 @@ impl Store {
             // memory: no temporary file per batch, and no copy of a page on disk outside the
             // database and its WAL.
             .pragma("temp_store", "MEMORY");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .min_connections(1)
-            // A SQLite connection is a thread in this process; pinging it before every use
-            // only adds a round trip to each transaction.
-            .test_before_acquire(false)
-            .after_connect(|conn, _| Box::pin(Self::stable_plans(conn)))
-            .connect_with(options)
+        let pool_of = |connections: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(connections)
+                .min_connections(1)
+                // A SQLite connection is a thread in this process; pinging it before every use
+                // only adds a round trip to each transaction.
+                .test_before_acquire(false)
+                .after_connect(|conn, _| Box::pin(Self::stable_plans(conn)))
+                .connect_with(options.clone())
+        };
+        let pool = pool_of(7)
             .await
             .with_context(|| format!("cannot open the database at {url}"))?;
-        Ok(Self::with_pool(Pool::Sqlite(pool)))
+        let writes = pool_of(1)
+            .await
+            .with_context(|| format!("cannot open the database at {url}"))?;
+        let mut store = Self::with_pool(Pool::Sqlite(pool));
+        store.sqlite_writes = Some(writes);
+        Ok(store)
     }
 
     /// Turns on SQLite's query planner stability guarantee (`SQLITE_DBCONFIG_ENABLE_QPSG`) for a
@@ -498,6 +511,7 @@ impl Store {
         Store {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            sqlite_writes: None,
             audit_key: Arc::default(),
             clock: Arc::default(),
             liveness: Arc::new(Liveness {
@@ -641,6 +655,7 @@ impl Store {
         let turn = self.writer.clone().lock_owned().await;
         let conn = match &self.pool {
             Pool::Sqlite(pool) => {
+                let pool = self.sqlite_writes.as_ref().unwrap_or(pool);
                 Conn::Sqlite(SqliteHold::Tx(pool.begin_with("BEGIN IMMEDIATE").await?))
             }
             Pool::Postgres(pool) => {
@@ -679,7 +694,12 @@ impl Store {
 
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Sqlite(pool) => {
+                if let Some(writes) = &self.sqlite_writes {
+                    writes.close().await;
+                }
+                pool.close().await
+            }
             Pool::Postgres(pool) => pool.close().await,
         }
     }
