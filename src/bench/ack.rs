@@ -188,7 +188,18 @@ pub async fn spawn_jit_on(
         }
     };
     let addr = free_addr()?;
-    let mut command = Command::new(std::env::current_exe()?);
+    // `JIT_BENCH_SERVE_WRAPPER`: a command (split on spaces) that runs `jit serve`, such as
+    // the profiler that records the start-up code `link/startup-symbols.sh` lays out together.
+    let wrapper = std::env::var("JIT_BENCH_SERVE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(std::env::current_exe()?);
+            command
+        }
+        None => Command::new(std::env::current_exe()?),
+    };
     command
         .arg("serve")
         .env("SLACK_SIGNING_SECRET", SECRET)
