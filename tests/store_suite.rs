@@ -16,7 +16,7 @@ use jit::domain::request::{Kind, State};
 use jit::store::audit::{self, Verification};
 use jit::store::jobs::*;
 use jit::store::requests::{self, Fenced, NewRequest};
-use jit::store::{Store, credentials, deliveries, millis, on, pace, tokens};
+use jit::store::{Store, batch, credentials, deliveries, millis, on, pace, tokens};
 use serde_json::json;
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -244,6 +244,70 @@ driver_tests! {
                 ("s3".to_owned(), None)
             ]
         );
+    }
+
+    /// A batch's reads in one statement: the deliveries handled before (with the request each
+    /// created), the pending counts of its requesters, and the audit chain's head; appending after
+    /// a head another append has since moved fails, and the chain stays whole.
+    async fn a_batch_reads_deliveries_pending_counts_and_the_audit_head_at_once() {
+        let (_db, store, key) = keyed_store().await;
+        let mut tx = store.begin_write().await.unwrap();
+        let reads = batch::read(&mut tx, &["k1"], &["U0DEV".into()]).await.unwrap();
+        assert_eq!(reads.head, audit::Head::Empty, "no audit row yet");
+        assert!(reads.seen.is_empty() && reads.pending.is_empty(), "{reads:?}");
+        tx.commit().await.unwrap();
+
+        let first = new_request(&store, "U0DEV").await;
+        new_request(&store, "U0DEV").await;
+        new_request(&store, "U0OTHER").await;
+        let mut tx = store.begin_write().await.unwrap();
+        deliveries::claim_many(&mut tx, &[("k1", t(60), first)]).await.unwrap();
+        assert!(deliveries::claim(&mut tx, "k2", t(60)).await.unwrap());
+        let seq = audit::append(&mut tx, t(5), Some(first), "U0DEV", "requested", &json!({})).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin_write().await.unwrap();
+        let reads = batch::read(
+            &mut tx,
+            &["k1", "k2", "k3"],
+            &["U0DEV".into(), "U0NOBODY".into()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(reads.seen.len(), 2, "{reads:?}");
+        assert_eq!(reads.seen.get("k1"), Some(&Some(first.0)));
+        assert_eq!(reads.seen.get("k2"), Some(&None), "handled, no request made");
+        assert_eq!(reads.pending.get("U0DEV"), Some(&2));
+        assert_eq!(reads.pending.len(), 1, "U0OTHER was not asked about, U0NOBODY has none");
+        let row = audit::get(&mut tx, seq).await.unwrap().unwrap();
+        assert_eq!(
+            reads.head,
+            audit::Head::At { seq, hash: row.hash.clone(), at: row.at.clone() }
+        );
+        let after = audit::append_many_after(
+            &mut tx,
+            reads.head.clone(),
+            t(6),
+            &[(None, "U0A".into(), "b".into(), json!({}))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(after, vec![seq + 1]);
+        // Another append moved the head: appending after the old one is refused, not forked.
+        let stale = audit::append_many_after(
+            &mut tx,
+            reads.head,
+            t(7),
+            &[(None, "U0B".into(), "c".into(), json!({}))],
+        )
+        .await;
+        assert!(stale.is_err(), "appended after a stale head: {stale:?}");
+        tx.rollback().await.unwrap();
+        let mut conn = store.read().await.unwrap();
+        assert!(matches!(
+            audit::verify(&mut conn, &key).await.unwrap(),
+            Verification::Intact { rows: 1, .. }
+        ));
     }
 
     /// The audit chain appends in order under the key, verifies, and refuses edits and deletes

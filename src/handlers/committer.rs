@@ -24,13 +24,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::request::{
-    Prepared, over_pending_cap, pending_refusal, reload, store, store_for_approval,
+    Prepared, over_pending_cap, pending_cap_requesters, pending_refusal, reload, store,
+    store_for_approval,
 };
 use super::{HandlerError, HandlerResult};
 use crate::app::App;
 use crate::domain::ids::RequestId;
 use crate::domain::request::Request;
-use crate::store::{WriteTx, deliveries};
+use crate::store::{WriteTx, batch, deliveries};
 
 /// Most submissions stored in one transaction.
 const MAX_BATCH: usize = 128;
@@ -170,9 +171,16 @@ async fn store_batch_in(
         .iter()
         .filter_map(|p| p.delivery.as_ref().map(|d| d.key.as_str()))
         .collect();
-    // Under the write lock: nobody records a delivery between this read and the insert below.
-    let seen: HashMap<String, Option<i64>> =
-        deliveries::seen(tx, &keys).await?.into_iter().collect();
+    // The pending cap, for the submissions that would create a request (replays do not): the
+    // bulk path skips `store`'s own check, so the whole batch is checked here. Its counts, the
+    // deliveries seen and the audit chain's head are read together, under the write lock:
+    // nobody records a delivery or a request between this read and the inserts below.
+    let requesters = pending_cap_requesters(items);
+    let batch::BatchReads {
+        seen,
+        pending,
+        head,
+    } = batch::read(tx, &keys, &requesters).await?;
     let mut first: HashMap<&str, usize> = HashMap::new();
     let slots: Vec<Slot> = items
         .iter()
@@ -191,8 +199,6 @@ async fn store_batch_in(
             },
         })
         .collect();
-    // The pending cap, for the submissions that would create a request (replays do not): the
-    // bulk path skips `store`'s own check, so the whole batch is checked here.
     let fresh: Vec<usize> = (0..items.len())
         .filter(|i| matches!(slots[*i], Slot::New))
         .collect();
@@ -200,7 +206,7 @@ async fn store_batch_in(
     let mut over = vec![false; items.len()];
     for (i, is_over) in fresh
         .iter()
-        .zip(over_pending_cap(tx, app, &fresh_items).await?)
+        .zip(over_pending_cap(app, &fresh_items, pending))
     {
         over[*i] = is_over;
     }
@@ -209,7 +215,7 @@ async fn store_batch_in(
         .filter(|i| new(*i) && is_bulk(items[*i]))
         .map(|i| items[i])
         .collect();
-    let mut bulk_stored = store_for_approval(tx, &app.policy.audit_channel, &bulk, now)
+    let mut bulk_stored = store_for_approval(tx, &app.policy.audit_channel, &bulk, head, now)
         .await?
         .into_iter();
     let mut out: Vec<HandlerResult<Stored>> = Vec::with_capacity(items.len());

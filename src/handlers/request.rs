@@ -197,15 +197,9 @@ async fn check_pending(tx: &mut WriteTx, app: &App, requester: &Requester) -> Ha
     Ok(())
 }
 
-/// For each submission of a batch, whether it would exceed its requester's
-/// `limits.max_pending_per_user`, counting the requests already waiting and those earlier in the
-/// batch (one query for the whole batch, inside its transaction). Requests approved by policy at
-/// once never wait, so they are never refused.
-pub async fn over_pending_cap(
-    tx: &mut WriteTx,
-    app: &App,
-    batch: &[&Prepared],
-) -> HandlerResult<Vec<bool>> {
+/// The requesters whose pending requests [`over_pending_cap`] counts: those of the batch's
+/// submissions that would wait for approvers.
+pub fn pending_cap_requesters(batch: &[&Prepared]) -> Vec<String> {
     let mut keys: Vec<String> = batch
         .iter()
         .filter(|p| !p.auto)
@@ -213,15 +207,26 @@ pub async fn over_pending_cap(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut counts = requests::pending_counts(tx, &keys).await?;
+    keys
+}
+
+/// For each submission of a batch, whether it would exceed its requester's
+/// `limits.max_pending_per_user`, counting the requests already waiting (`pending`, read inside
+/// the batch's transaction for [`pending_cap_requesters`]) and those earlier in the batch.
+/// Requests approved by policy at once never wait, so they are never refused.
+pub fn over_pending_cap(
+    app: &App,
+    batch: &[&Prepared],
+    mut pending: std::collections::HashMap<String, u32>,
+) -> Vec<bool> {
     let max = app.policy.limits.max_pending_per_user;
-    Ok(batch
+    batch
         .iter()
         .map(|p| {
             if p.auto {
                 return false;
             }
-            let n = counts.entry(p.requester.key()).or_insert(0);
+            let n = pending.entry(p.requester.key()).or_insert(0);
             if *n >= max {
                 true
             } else {
@@ -229,7 +234,7 @@ pub async fn over_pending_cap(
                 false
             }
         })
-        .collect())
+        .collect()
 }
 
 /// A submission that passed every check, ready to be stored.
@@ -417,11 +422,13 @@ pub async fn store(
 /// all: one insert for the requests, one for their audit events, one for their jobs. The result is
 /// what [`store`] would give for each, in the same order.
 ///
-/// The caller applies `limits.max_pending_per_user` first ([`over_pending_cap`]).
+/// The caller applies `limits.max_pending_per_user` first ([`over_pending_cap`]), and gives the
+/// audit chain's head as read earlier in `tx` ([`crate::store::batch::read`]).
 pub async fn store_for_approval(
     tx: &mut WriteTx,
     audit_channel: &SlackChannelId,
     items: &[&Prepared],
+    head: crate::store::audit::Head,
     now: DateTime<Utc>,
 ) -> HandlerResult<Vec<Request>> {
     if items.is_empty() {
@@ -522,7 +529,7 @@ pub async fn store_for_approval(
             )
         })
         .collect();
-    let seqs = crate::store::audit::append_many(tx, now, &events).await?;
+    let seqs = crate::store::audit::append_many_after(tx, head, now, &events).await?;
     let mut jobs = Vec::with_capacity(requests.len() * 4);
     for (seq, (r, p)) in seqs.iter().zip(requests.iter().zip(items)) {
         let until = r.pending_until.unwrap_or(now);

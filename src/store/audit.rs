@@ -123,24 +123,56 @@ async fn last_row(conn: &mut Conn) -> sqlx::Result<Option<(i64, String, String)>
     .await)
 }
 
+/// The chain's newest row as read inside a write transaction ([`super::batch::read`]), for
+/// [`append_many_after`] in the same transaction.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// No row yet.
+    #[default]
+    Empty,
+    At {
+        seq: i64,
+        hash: String,
+        at: String,
+    },
+}
+
+impl Head {
+    fn from_row(row: Option<(i64, String, String)>) -> Head {
+        match row {
+            None => Head::Empty,
+            Some((seq, hash, at)) => Head::At { seq, hash, at },
+        }
+    }
+}
+
 /// Where the next row goes: its seq, its `prev_hash`, and its time: the clock read now, under
 /// the write lock, never before the caller's `at` or the last row's time.
 async fn next_slot(
     tx: &mut WriteTx,
     at: DateTime<Utc>,
 ) -> sqlx::Result<(i64, String, DateTime<Utc>)> {
-    let last = last_row(tx).await?;
+    let head = Head::from_row(last_row(tx).await?);
+    Ok(slot_after(tx, head, at))
+}
+
+/// [`next_slot`] after a head read earlier in the same transaction.
+fn slot_after(tx: &WriteTx, head: Head, at: DateTime<Utc>) -> (i64, String, DateTime<Utc>) {
     // The caller read `at` before it held the lock; another writer may have committed
     // meanwhile. So the time is read again here, where no one else can write.
     let at = at.max(tx.now_under_lock());
-    Ok(match last {
-        None => (1, GENESIS.to_owned(), at),
-        Some((seq, hash, last_at)) => {
+    match head {
+        Head::Empty => (1, GENESIS.to_owned(), at),
+        Head::At {
+            seq,
+            hash,
+            at: last_at,
+        } => {
             // A clock stepped back: time still never goes backwards along the chain.
             let floor = parse_time(&last_at).ok().unwrap_or(at);
             (seq + 1, hash, at.max(floor))
         }
-    })
+    }
 }
 
 /// Appends one event; returns its sequence number.
@@ -189,8 +221,24 @@ pub async fn append_many(
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let head = Head::from_row(last_row(tx).await?);
+    append_many_after(tx, head, at, events).await
+}
+
+/// [`append_many`] after `head`, read earlier in this transaction ([`super::batch::read`]):
+/// one round trip fewer. Should another row have been appended since, its `seq` is taken and
+/// the insert fails; the chain never forks.
+pub async fn append_many_after(
+    tx: &mut WriteTx,
+    head: Head,
+    at: DateTime<Utc>,
+    events: &[(Option<RequestId>, String, String, serde_json::Value)],
+) -> sqlx::Result<Vec<i64>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let key = key_of(tx)?;
-    let (first, mut prev_hash, at) = next_slot(tx, at).await?;
+    let (first, mut prev_hash, at) = slot_after(tx, head, at);
     let at = format_time(at);
     let mut rows = Vec::with_capacity(events.len());
     for (seq, (request, actor, event, detail)) in (first..).zip(events) {

@@ -28,6 +28,7 @@
 //! that every pooled connection gets them.
 
 pub mod audit;
+pub mod batch;
 pub mod copy;
 pub mod credentials;
 pub mod deliveries;
