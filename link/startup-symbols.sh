@@ -30,8 +30,10 @@ for path in files:
             obj = line[3:].strip()
         elif line.startswith("fn=") and obj == binary:
             name = line[3:].strip()
-            if not name.startswith("0x") and name not in seen:
+            if not name.startswith("0x") and " " not in name:
                 seen.add(name)
-                print(name)
+# Sorted: the layout only needs them together, and a regenerated list then diffs by what changed.
+for name in sorted(seen):
+    print(name)
 PY
 echo "link/startup-symbols.txt: $(wc -l < link/startup-symbols.txt) functions"
