@@ -28,21 +28,27 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 
-# 1. Dependencies only, cached while Cargo.toml and Cargo.lock are unchanged: build the real
-#    dependency graph against a placeholder library and binary.
+# 1. Dependencies only, cached while the manifests and Cargo.lock are unchanged: build the real
+#    dependency graph against placeholder crates (the workspace's members must all exist).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/jit-core/Cargo.toml crates/jit-core/
+COPY crates/slack-sim/Cargo.toml crates/slack-sim/
+RUN mkdir -p src crates/jit-core/src crates/slack-sim/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/jit-core/src/lib.rs crates/slack-sim/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src crates/jit-core/src crates/slack-sim/src
 
-# 2. The application. sqlx::migrate!("./migrations") embeds the SQL files at compile time, so
-#    migrations/ must be in the build context. (There is no build.rs.) Touch the sources so cargo
-#    rebuilds the jit crate even if their mtimes are older than the placeholder build above.
+# 2. The application. sqlx::migrate! embeds migrations/ at compile time, and build.rs hands the
+#    linker link/startup-symbols.txt (the start-up code laid out together; README, Performance).
+#    Touch the sources so cargo rebuilds the workspace's crates even if their mtimes are older
+#    than the placeholders above.
+COPY build.rs ./
+COPY link ./link
 COPY migrations ./migrations
+COPY crates ./crates
 COPY src ./src
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/jit-core/src/lib.rs crates/slack-sim/src/lib.rs \
     && cargo build --release --locked \
     && install -D -m 0755 target/release/jit /out/jit \
     && mkdir -p /out/var/lib/jit /out/etc/jit

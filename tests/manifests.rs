@@ -809,7 +809,40 @@ fn dockerfile_is_multi_stage_non_root_and_locked() {
         "sqlx::migrate! embeds migrations/ at compile time"
     );
     if root().join("build.rs").exists() {
-        assert!(text.contains("build.rs"), "build.rs must be copied");
+        assert!(
+            lines.iter().any(|l| l.starts_with("COPY build.rs")),
+            "build.rs must be copied"
+        );
+    }
+    if root().join("link/startup-symbols.txt").exists() {
+        assert!(
+            lines.iter().any(|l| l.starts_with("COPY link")),
+            "build.rs reads link/startup-symbols.txt: copy link/"
+        );
+    }
+    // Every workspace member must exist in both stages: its manifest for the dependencies,
+    // then its sources (cargo refuses a workspace with a member missing).
+    let workspace: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let members = workspace["workspace"]["members"].as_array().unwrap();
+    for member in members
+        .iter()
+        .filter_map(|m| m.as_str())
+        .filter(|m| *m != ".")
+    {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("COPY {member}/Cargo.toml "))),
+            "the dependency stage needs {member}/Cargo.toml"
+        );
+        let parent = member.split('/').next().unwrap();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("COPY {member} "))
+                    || l.starts_with(&format!("COPY {parent} "))),
+            "the application stage needs {member}"
+        );
     }
 
     // The builder's Rust is the crate's rust-version.
