@@ -410,9 +410,8 @@ driver_tests! {
             deliveries::answer(&mut conn, "sig:a").await.unwrap().as_deref(),
             Some("{\"text\":\"ok\"}")
         );
-        let mut seen = deliveries::seen(&mut conn, &["sig:b", "sig:c"]).await.unwrap();
-        seen.sort();
-        assert_eq!(seen, [("sig:b".to_owned(), Some(7))]);
+        let seen = batch::read(&mut conn, &["sig:b", "sig:c"], &[]).await.unwrap().seen;
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("sig:b".to_owned(), Some(7))]);
         drop(conn);
         let mut tx = store.begin_write().await.unwrap();
         assert_eq!(deliveries::prune(&mut tx, t(400)).await.unwrap(), 1);

@@ -38,10 +38,7 @@ pub async fn read(
             query.push(
                 " UNION ALL SELECT 'seen', key, request_id, NULL FROM slack_deliveries WHERE key IN (",
             );
-            let mut list = query.separated(", ");
-            for key in keys {
-                list.push_bind(*key);
-            }
+            super::push_list(&mut query, keys.iter().copied());
             query.push(")");
         }
         if !requesters.is_empty() {
@@ -49,10 +46,7 @@ pub async fn read(
                 " UNION ALL SELECT 'pending', requester, COUNT(*), NULL FROM requests \
                  WHERE state = 'pending' AND requester IN (",
             );
-            let mut list = query.separated(", ");
-            for requester in requesters {
-                list.push_bind(requester.as_str());
-            }
+            super::push_list(&mut query, requesters.iter().map(String::as_str));
             query.push(") GROUP BY requester");
         }
         query.build_query_as().fetch_all(&mut *c).await
@@ -75,8 +69,13 @@ pub async fn read(
             "seen" => {
                 reads.seen.insert(name, n);
             }
-            _ => {
+            "pending" => {
                 reads.pending.insert(name, n.unwrap_or(0).max(0) as u32);
+            }
+            other => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "a batch read returned a row of unknown kind `{other}`"
+                )));
             }
         }
     }

@@ -45,24 +45,6 @@ pub async fn claim_many(
     Ok(())
 }
 
-/// Which of `keys` were already handled, with the request each created (if it did).
-pub async fn seen(conn: &mut Conn, keys: &[&str]) -> sqlx::Result<Vec<(String, Option<i64>)>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    on!(conn, |c, Db| {
-        let mut query = sqlx::QueryBuilder::<Db>::new(
-            "SELECT key, request_id FROM slack_deliveries WHERE key IN (",
-        );
-        let mut list = query.separated(", ");
-        for key in keys {
-            list.push_bind(*key);
-        }
-        query.push(")");
-        query.build_query_as().fetch_all(&mut *c).await
-    })
-}
-
 /// The answer recorded for `key`, if the first delivery has one yet.
 pub async fn answer(conn: &mut Conn, key: &str) -> sqlx::Result<Option<String>> {
     Ok(on!(conn, |c| sqlx::query_scalar::<_, Option<String>>(

@@ -565,10 +565,7 @@ pub async fn complete_waiting(
         );
         query.push_bind(millis(now));
         query.push(" WHERE state = 'blocked' AND id IN (");
-        let mut list = query.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
+        super::push_list(&mut query, ids.iter().copied());
         query.push(")");
         query
             .build()

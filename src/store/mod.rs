@@ -117,6 +117,20 @@ impl Durability {
     }
 }
 
+/// Pushes the binds of an `IN (…)` list, `$1, $2, …`, between the parentheses the caller wrote.
+pub(crate) fn push_list<'t, DB, T>(
+    query: &mut sqlx::QueryBuilder<DB>,
+    values: impl IntoIterator<Item = T>,
+) where
+    DB: sqlx::Database,
+    T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Pool {
     Sqlite(SqlitePool),

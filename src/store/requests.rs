@@ -887,10 +887,7 @@ pub async fn pending_counts(
         let mut query = sqlx::QueryBuilder::<Db>::new(
             "SELECT requester, COUNT(*) FROM requests WHERE state = 'pending' AND requester IN (",
         );
-        let mut list = query.separated(", ");
-        for requester in requesters {
-            list.push_bind(requester.as_str());
-        }
+        super::push_list(&mut query, requesters.iter().map(String::as_str));
         query.push(") GROUP BY requester");
         query.build_query_as().fetch_all(&mut *c).await
     })?;
